@@ -1,0 +1,131 @@
+// Backend choice: tensorflow (libtensorflow through tfjs-node-gpu or tfjs-node) > wasm > cpu.
+//
+// tfjs-node(-gpu) are optional dependencies: their install step downloads libtensorflow, which fails
+// on machines without access to Google's host, and npm then leaves them out. So every candidate is
+// tried, the reason each one was passed over is kept, and the choice is reported once.
+import * as tf from '@tensorflow/tfjs';
+
+export type BackendName = 'tensorflow' | 'wasm' | 'cpu';
+
+export const BACKEND_NAMES: readonly BackendName[] = ['tensorflow', 'wasm', 'cpu'];
+
+export interface BackendInfo {
+  /** The tfjs backend now active. */
+  name: BackendName;
+  /** For `tensorflow`: which package provided it. */
+  provider?: '@tensorflow/tfjs-node-gpu' | '@tensorflow/tfjs-node';
+  /** Why this backend: requested explicitly, or the candidates passed over and why. */
+  reason: string;
+}
+
+export interface BackendOptions {
+  /** Overrides PVC_BACKEND and the automatic choice. */
+  backend?: BackendName;
+  /** Where the one-line report goes; defaults to stderr. Pass `null` to stay silent. */
+  log?: ((line: string) => void) | null;
+}
+
+let active: BackendInfo | undefined;
+
+function parseBackendName(value: string, source: string): BackendName {
+  if ((BACKEND_NAMES as readonly string[]).includes(value)) return value as BackendName;
+  throw new Error(`${source}: unknown backend '${value}'; expected one of ${BACKEND_NAMES.join(', ')}`);
+}
+
+function errorText(e: unknown): string {
+  const message = e instanceof Error ? e.message : String(e);
+  return message.split('\n')[0];
+}
+
+/** Loads tfjs-node-gpu or tfjs-node (which register the `tensorflow` backend); null with the reasons if neither loads. */
+function loadTensorflowProvider(): { provider: BackendInfo['provider']; failures: string[] } {
+  const failures: string[] = [];
+  for (const pkg of ['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node'] as const) {
+    try {
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      require(pkg);
+      if (tf.findBackendFactory('tensorflow') != null) {
+        return { provider: pkg, failures };
+      }
+      failures.push(`${pkg} loaded but registered no 'tensorflow' backend`);
+    } catch (e) {
+      const code = (e as { code?: string }).code;
+      failures.push(code === 'MODULE_NOT_FOUND' ? `${pkg} is not installed` : `${pkg} failed to load: ${errorText(e)}`);
+    }
+  }
+  return { provider: undefined, failures };
+}
+
+async function tryBackend(name: BackendName): Promise<{ ok: true; provider?: BackendInfo['provider'] } | { ok: false; why: string }> {
+  if (name === 'tensorflow') {
+    const { provider, failures } = loadTensorflowProvider();
+    if (provider === undefined) return { ok: false, why: failures.join('; ') };
+    if (!(await tf.setBackend('tensorflow'))) return { ok: false, why: `${provider} loaded but the tensorflow backend failed to initialise` };
+    return { ok: true, provider };
+  }
+  if (name === 'wasm') {
+    try {
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      require('@tensorflow/tfjs-backend-wasm');
+    } catch (e) {
+      return { ok: false, why: `@tensorflow/tfjs-backend-wasm failed to load: ${errorText(e)}` };
+    }
+    if (!(await tf.setBackend('wasm'))) return { ok: false, why: 'the wasm backend failed to initialise' };
+    return { ok: true };
+  }
+  // tfjs prints a banner recommending tfjs-node on first use of cpu in Node; our report already says why.
+  tf.env().set('PROD', true);
+  if (!(await tf.setBackend('cpu'))) return { ok: false, why: 'the cpu backend failed to initialise' };
+  return { ok: true };
+}
+
+/**
+ * Selects and initialises the tfjs backend. Order of precedence: `options.backend`, the PVC_BACKEND
+ * environment variable, then the first of tensorflow, wasm, cpu that works. An explicitly requested
+ * backend that cannot start is an error (no silent fallback). Calling again with the same request
+ * returns the active backend; a different request switches.
+ */
+export async function initBackend(options: BackendOptions = {}): Promise<BackendInfo> {
+  const log = options.log === undefined ? (line: string) => process.stderr.write(line + '\n') : options.log;
+  let requested: BackendName | undefined;
+  let source = '';
+  if (options.backend !== undefined) {
+    requested = parseBackendName(options.backend, 'backend option');
+    source = 'requested by the backend option';
+  } else if (process.env.PVC_BACKEND) {
+    requested = parseBackendName(process.env.PVC_BACKEND, 'PVC_BACKEND');
+    source = 'requested by PVC_BACKEND';
+  }
+  if (active !== undefined && (requested === undefined || requested === active.name) && tf.getBackend() === active.name) {
+    return active;
+  }
+
+  let info: BackendInfo;
+  if (requested !== undefined) {
+    const r = await tryBackend(requested);
+    if (!r.ok) throw new Error(`backend '${requested}' (${source}) is not available: ${r.why}`);
+    info = { name: requested, provider: r.provider, reason: source };
+  } else {
+    const passedOver: string[] = [];
+    let chosen: BackendInfo | undefined;
+    for (const name of BACKEND_NAMES) {
+      const r = await tryBackend(name);
+      if (r.ok) {
+        chosen = { name, provider: r.provider, reason: passedOver.length ? passedOver.join('; ') : 'first choice' };
+        break;
+      }
+      passedOver.push(`${name}: ${r.why}`);
+    }
+    if (chosen === undefined) throw new Error(`no tfjs backend could be initialised: ${passedOver.join('; ')}`);
+    info = chosen;
+  }
+  // Reported once per choice: on the first call and when a later request switches backends.
+  if (active?.name !== info.name) log?.(`[pvc-tfjs] backend: ${info.name}${info.provider ? ` (${info.provider})` : ''} (${info.reason})`);
+  active = info;
+  return info;
+}
+
+/** The backend chosen by the last `initBackend`, if any. */
+export function activeBackend(): BackendInfo | undefined {
+  return active;
+}
