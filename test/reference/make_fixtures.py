@@ -171,6 +171,52 @@ def load_tokenizer(ckpt_dir):
     return InternLM2Tokenizer.from_pretrained(ckpt_dir), RecordingTokenizer.from_pretrained(ckpt_dir)
 
 
+def tokenizer_corpus():
+    """At least 300 strings covering what the fast tokenizer must reproduce."""
+    rng = random.Random(SEED + 7)
+    base = [
+        'Hello world', 'Hello, who are you?', 'What is in the image?', 'Describe the image in detail.',
+        ' leading space', 'trailing space ', '  two leading spaces', 'a  b   c    d', '     ', ' ', '',
+        'line one\nline two', '\n\nstarts with newlines', 'tabs\tin\tthe\tmiddle', '\t\tindented', 'mixed \n\t \n end',
+        'CRLF line\r\nnext', 'Ünïcödé àccents café naïve', 'Привет, мир', 'مرحبا بالعالم', 'नमस्ते दुनिया', 'こんにちは世界',
+        '안녕하세요', 'emoji 😀🐼🎉 and 👩‍👩‍👧 family', '🐼', '熊猫在吃竹子。', '图片中有什么？', SYSTEM_MESSAGE,
+        '1234567890', '3.14159 + 2.71828 = 5.85987', 'x = [1, 2, 3]', 'def f(x):\n    return x * 2',
+        '<image>\nWhat is this?', 'Image-1: <image>\nImage-2: <image>\nCompare them.', 'Frame1: <image>\nFrame2: <image>\n',
+        '<img><IMG_CONTEXT><IMG_CONTEXT></img>', 'before<|im_end|>after', 'before <|im_end|> after', '<|im_start|>user\nhi<|im_end|>',
+        '<s>text</s>', 'a<unk>b', '<ref>the panda</ref><box>[[1, 2, 3, 4]]</box>', '<quad>x</quad>', '<|plugin|><|interpreter|><|action_start|><|action_end|>',
+        '[UNUSED_TOKEN_145]', '▁already▁escaped', 'zero\u200bwidth', 'nul\x00byte', 'bell\x07', '\u00a0non-breaking\u00a0space',
+        '<|im_start|>system\n' + SYSTEM_MESSAGE + '<|im_end|><|im_start|>user\n<image>\nWhat is in the image?<|im_end|><|im_start|>assistant\n',
+        '<|im_start|>system\n' + SYSTEM_MESSAGE + '<|im_end|><|im_start|>user\nHello<|im_end|><|im_start|>assistant\nHi there!<|im_end|><|im_start|>user\nMore<|im_end|><|im_start|>assistant\n',
+    ]
+    pieces = ['the', ' panda', ' 熊猫', '😀', ' ', '  ', '\n', '\t', '<|im_end|>', '<IMG_CONTEXT>', '<img>', 'é', 'ß', '42', '!', '?',
+              'Bamboo', ' 竹子', 'مرحبا', 'Ж', '\u3000', '</s>', 'green leaves', '。', '，', '\r\n', '🐼🐼', 'x' * 20, 'www']
+    out = list(base)
+    while len(out) < 320:
+        out.append(''.join(rng.choice(pieces) for _ in range(rng.randint(1, 12))))
+    return out
+
+
+def tokenizer_reference(tok, out_root):
+    texts = tokenizer_corpus()
+    records = []
+    for text in texts:
+        ids = tok(text)['input_ids']
+        records.append({'text': text, 'ids': ids, 'decoded': tok.decode(ids, skip_special_tokens=True)})
+    # Arbitrary id sequences (broken byte sequences, specials in the middle): decoding only.
+    rng = random.Random(SEED + 8)
+    n = len(tok)
+    decodes = []
+    for _ in range(60):
+        ids = [rng.randrange(n) for _ in range(rng.randint(1, 20))]
+        decodes.append({'ids': ids, 'decoded': tok.decode(ids, skip_special_tokens=True)})
+    path = os.path.join(out_root, 'reference', 'tokenizer-corpus.json')
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, 'w', encoding='utf-8') as f:
+        json.dump({'tokenizer': 'upstream InternLM2Tokenizer (slow), tiny-internvl2 tokenizer files',
+                   'encode': records, 'decode': decodes}, f, indent=1, ensure_ascii=False)
+        f.write('\n')
+
+
 # ---- models ------------------------------------------------------------------------------------
 
 def make_config(vision, llm, vocab_size, eos_im_end):
@@ -383,6 +429,7 @@ def build_fixture(name, vision, llm, seed, tok_src, out_root, upstream_commit, s
            'pixel_values': {'image_a_tiles': 3, 'image_b_tiles': 1}}
 
     if chat_references:
+        tokenizer_reference(tok, out_root)
         gen_cfg = {'max_new_tokens': 16, 'do_sample': False}
         chats = []
         single, answer = run_chat(model, rec_tok, 'single-image', pv_a, 'What is in the image?', gen_cfg)
