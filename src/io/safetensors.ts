@@ -281,37 +281,39 @@ export class SafetensorsCheckpoint {
 
   static open(dir: string): SafetensorsCheckpoint {
     const indexPath = path.join(dir, INDEX_FILE);
+    if (fs.existsSync(indexPath)) return SafetensorsCheckpoint.fromWeightMap(dir, readIndex(indexPath), indexPath);
+    const single = path.join(dir, SINGLE_FILE);
+    if (!fs.existsSync(single)) throw new Error(`${dir}: neither ${INDEX_FILE} nor ${SINGLE_FILE} found`);
+    const f = SafetensorsFile.open(single);
+    return new SafetensorsCheckpoint(dir, new Map([[SINGLE_FILE, f]]), new Map(f.names.map((n) => [n, SINGLE_FILE])));
+  }
+
+  /**
+   * Opens the shards a weight map names (tensor -> shard file in `dir`) and checks both ways: every
+   * mapped tensor is in its shard, every shard tensor is mapped. `indexName` names the map in errors.
+   */
+  static fromWeightMap(dir: string, weightMap: Record<string, string>, indexName: string): SafetensorsCheckpoint {
     const shards = new Map<string, SafetensorsFile>();
     const location = new Map<string, string>();
-    const closeAll = () => shards.forEach((s) => s.close());
     try {
-      if (fs.existsSync(indexPath)) {
-        const weightMap = readIndex(indexPath);
-        for (const shard of new Set(Object.values(weightMap))) {
-          const shardPath = path.join(dir, shard);
-          if (!fs.existsSync(shardPath)) throw new Error(`${indexPath}: names shard '${shard}', which does not exist in ${dir}`);
-          shards.set(shard, SafetensorsFile.open(shardPath));
+      for (const shard of new Set(Object.values(weightMap))) {
+        const shardPath = path.join(dir, shard);
+        if (!fs.existsSync(shardPath)) throw new Error(`${indexName}: names shard '${shard}', which does not exist in ${dir}`);
+        shards.set(shard, SafetensorsFile.open(shardPath));
+      }
+      for (const [name, shard] of Object.entries(weightMap)) {
+        if (!shards.get(shard)!.tensors.has(name)) {
+          throw new Error(`${indexName}: tensor '${name}' is mapped to '${shard}', which has no such tensor`);
         }
-        for (const [name, shard] of Object.entries(weightMap)) {
-          if (!shards.get(shard)!.tensors.has(name)) {
-            throw new Error(`${indexPath}: tensor '${name}' is mapped to '${shard}', which has no such tensor`);
-          }
-          location.set(name, shard);
+        location.set(name, shard);
+      }
+      for (const [shard, f] of shards) {
+        for (const name of f.names) {
+          if (!location.has(name)) throw new Error(`${path.join(dir, shard)}: tensor '${name}' is not listed in ${path.basename(indexName)}`);
         }
-        for (const [shard, f] of shards) {
-          for (const name of f.names) {
-            if (!location.has(name)) throw new Error(`${path.join(dir, shard)}: tensor '${name}' is not listed in ${INDEX_FILE}`);
-          }
-        }
-      } else {
-        const single = path.join(dir, SINGLE_FILE);
-        if (!fs.existsSync(single)) throw new Error(`${dir}: neither ${INDEX_FILE} nor ${SINGLE_FILE} found`);
-        const f = SafetensorsFile.open(single);
-        shards.set(SINGLE_FILE, f);
-        for (const name of f.names) location.set(name, SINGLE_FILE);
       }
     } catch (e) {
-      closeAll();
+      shards.forEach((s) => s.close());
       throw e;
     }
     return new SafetensorsCheckpoint(dir, shards, location);
@@ -388,6 +390,7 @@ export class SafetensorsWriter {
   private next = 0;
   private position: number;
   private readonly specs: TensorSpec[];
+  private readonly offsets = new Map<string, number>();
 
   constructor(readonly file: string, specs: TensorSpec[], metadata?: Record<string, string>) {
     this.specs = specs;
@@ -400,6 +403,7 @@ export class SafetensorsWriter {
       names.add(s.name);
       const bytes = numElements(s.shape) * DTYPE_SIZE[s.dtype];
       header[s.name] = { dtype: s.dtype, shape: s.shape, data_offsets: [offset, offset + bytes] };
+      this.offsets.set(s.name, offset);
       offset += bytes;
     }
     let json = JSON.stringify(header);
@@ -413,6 +417,14 @@ export class SafetensorsWriter {
     fs.writeSync(this.fd, lenBuf);
     fs.writeSync(this.fd, headerBuf);
     this.position = 8 + headerBuf.length;
+    for (const [name, begin] of this.offsets) this.offsets.set(name, this.position + begin);
+  }
+
+  /** Absolute byte offset of a declared tensor's data in the file. */
+  offsetOf(name: string): number {
+    const offset = this.offsets.get(name);
+    if (offset === undefined) throw new Error(`${this.file}: no tensor '${name}' declared`);
+    return offset;
   }
 
   /** Writes the next tensor's bytes; name and byte length must match the declared order. */

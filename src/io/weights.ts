@@ -1,0 +1,57 @@
+// A converted model directory (pvc-convert's output) -> named float32 tensors.
+// manifest.json lists every tensor with its shard, absolute offset, dtype, shape and sha256; the
+// shards are ordinary safetensors files. Opening checks the manifest against the shard headers.
+import * as fs from 'fs';
+import * as path from 'path';
+import { FORMAT_NAME, FORMAT_VERSION } from '../config';
+import { DType, SafetensorsCheckpoint } from './safetensors';
+
+export const MANIFEST_FILE = 'manifest.json';
+
+export interface ManifestEntry {
+  file: string;
+  offset: number;
+  dtype: DType;
+  shape: number[];
+  sha256: string;
+}
+
+export interface Manifest {
+  format: typeof FORMAT_NAME;
+  format_version: number;
+  storage_dtype: 'float32' | 'float16';
+  source: { model_type: string; files: { name: string; bytes: number }[] };
+  shards: string[];
+  tensors: Record<string, ManifestEntry>;
+}
+
+export function readManifest(dir: string): Manifest {
+  const file = path.join(dir, MANIFEST_FILE);
+  if (!fs.existsSync(file)) throw new Error(`${dir}: no ${MANIFEST_FILE}: not a model converted by pvc-convert (or an interrupted conversion)`);
+  let m: Manifest;
+  try {
+    m = JSON.parse(fs.readFileSync(file, 'utf8')) as Manifest;
+  } catch (e) {
+    throw new Error(`${file}: not valid JSON: ${(e as Error).message}`);
+  }
+  if (m.format !== FORMAT_NAME) throw new Error(`${file}: format ${JSON.stringify(m.format)} is not ${FORMAT_NAME}`);
+  if (m.format_version !== FORMAT_VERSION) throw new Error(`${file}: format_version ${m.format_version} is not supported (this build reads ${FORMAT_VERSION}); convert the checkpoint again`);
+  if (m.tensors === null || typeof m.tensors !== 'object') throw new Error(`${file}: missing "tensors"`);
+  return m;
+}
+
+/** Opens a converted model's weights; every manifest entry must agree with its shard's header. */
+export function openWeights(dir: string): { manifest: Manifest; weights: SafetensorsCheckpoint } {
+  const manifest = readManifest(dir);
+  const manifestPath = path.join(dir, MANIFEST_FILE);
+  const weightMap = Object.fromEntries(Object.entries(manifest.tensors).map(([name, t]) => [name, t.file]));
+  const weights = SafetensorsCheckpoint.fromWeightMap(dir, weightMap, manifestPath);
+  for (const [name, t] of Object.entries(manifest.tensors)) {
+    const info = weights.info(name);
+    if (info.dtype !== t.dtype || info.offset !== t.offset || JSON.stringify(info.shape) !== JSON.stringify(t.shape)) {
+      weights.close();
+      throw new Error(`${manifestPath}: tensor '${name}' is ${t.dtype} [${t.shape}] at ${t.offset} but ${t.file} holds ${info.dtype} [${info.shape}] at ${info.offset}`);
+    }
+  }
+  return { manifest, weights };
+}
