@@ -1,0 +1,95 @@
+// Writes a synthetic HF InternVL2 checkpoint of real layer widths (InternViT-300M, InternLM2-7B
+// layers, vocab 92553) with a chosen number of LLM layers, for measuring pvc-convert's memory and
+// speed on multi-GB input. Values are random bf16 in about ±1. Nothing here is committed output.
+//
+//   npx tsx test/bench/synthetic-checkpoint.ts <out-dir> [--llm-layers N]   (N=3: about 3.6 GB)
+import * as fs from 'fs';
+import * as path from 'path';
+import { normalizeHFConfig } from '../../converter/hf_config';
+import { tensorRules } from '../../converter/names';
+import { numElements, SafetensorsWriter } from '../../src/io/safetensors';
+import { checkpointDir } from '../helpers';
+
+const SHARD_BYTES = 1 << 30;
+
+export function syntheticConfig(llmLayers: number): Record<string, unknown> {
+  return {
+    model_type: 'internvl_chat', template: 'internlm2-chat', select_layer: -1, force_image_size: 448,
+    downsample_ratio: 0.5, ps_version: 'v2', dynamic_image_size: true, use_thumbnail: true,
+    min_dynamic_patch: 1, max_dynamic_patch: 12, architectures: ['InternVLChatModel'],
+    vision_config: {
+      hidden_size: 1024, intermediate_size: 4096, num_attention_heads: 16, num_hidden_layers: 24, image_size: 448,
+      patch_size: 14, num_channels: 3, norm_type: 'layer_norm', layer_norm_eps: 1e-6, hidden_act: 'gelu',
+      qkv_bias: true, qk_normalization: false,
+    },
+    llm_config: {
+      architectures: ['InternLM2ForCausalLM'], vocab_size: 92553, hidden_size: 4096, intermediate_size: 14336,
+      num_hidden_layers: llmLayers, num_attention_heads: 32, num_key_value_heads: 8, hidden_act: 'silu',
+      rms_norm_eps: 1e-5, rope_theta: 1000000, rope_scaling: { type: 'dynamic', factor: 2.0 },
+      max_position_embeddings: 32768, bias: false, tie_word_embeddings: false, bos_token_id: 1, eos_token_id: 2, pad_token_id: 2,
+    },
+  };
+}
+
+/** Random bf16 bits with exponents that keep values finite and around ±1. */
+function fillRandomBf16(out: Uint16Array, seed: number): void {
+  let x = seed | 1;
+  for (let i = 0; i < out.length; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    out[i] = (x & 0x807f) | (0x3c00 + ((x >>> 8) & 0x0380)); // sign, 7 mantissa bits, exponent 2^-7..2^0
+  }
+}
+
+export function writeSyntheticCheckpoint(outDir: string, llmLayers: number): number {
+  fs.mkdirSync(outDir, { recursive: true });
+  const hf = syntheticConfig(llmLayers);
+  fs.writeFileSync(path.join(outDir, 'config.json'), JSON.stringify(hf, null, 2));
+  for (const f of ['tokenizer.model', 'tokenizer_config.json', 'special_tokens_map.json', 'added_tokens.json']) {
+    fs.copyFileSync(path.join(checkpointDir('tiny-internvl2'), f), path.join(outDir, f));
+  }
+  const rules = tensorRules(normalizeHFConfig(hf, 'synthetic config'));
+  // Group into shards of about SHARD_BYTES, in rule order.
+  const groups: { name: string; shape: number[] }[][] = [[]];
+  let used = 0;
+  for (const r of rules) {
+    const bytes = numElements(r.hfShape) * 2;
+    if (used > 0 && used + bytes > SHARD_BYTES) {
+      groups.push([]);
+      used = 0;
+    }
+    groups[groups.length - 1].push({ name: r.hf, shape: r.hfShape });
+    used += bytes;
+  }
+  const weightMap: Record<string, string> = {};
+  let total = 0;
+  groups.forEach((group, g) => {
+    const file = `model-${String(g + 1).padStart(5, '0')}-of-${String(groups.length).padStart(5, '0')}.safetensors`;
+    const writer = new SafetensorsWriter(path.join(outDir, file), group.map((t) => ({ ...t, dtype: 'BF16' as const })), { format: 'pt' });
+    group.forEach((t, k) => {
+      const data = new Uint16Array(numElements(t.shape));
+      fillRandomBf16(data, g * 1000 + k + 1);
+      writer.write(t.name, new Uint8Array(data.buffer));
+      weightMap[t.name] = file;
+      total += data.byteLength;
+    });
+    writer.close();
+    process.stderr.write(`  wrote ${file}\n`);
+  });
+  fs.writeFileSync(path.join(outDir, 'model.safetensors.index.json'), JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }, null, 2));
+  return total;
+}
+
+if (require.main === module) {
+  const args = process.argv.slice(2);
+  const out = args[0];
+  const i = args.indexOf('--llm-layers');
+  const layers = i >= 0 ? Number(args[i + 1]) : 3;
+  if (!out || !Number.isInteger(layers) || layers < 1) {
+    process.stderr.write('usage: synthetic-checkpoint.ts <out-dir> [--llm-layers N]\n');
+    process.exit(2);
+  }
+  const bytes = writeSyntheticCheckpoint(out, layers);
+  process.stderr.write(`synthetic checkpoint: ${(bytes / 2 ** 30).toFixed(2)} GiB of bf16 tensors in ${out}\n`);
+}
