@@ -171,7 +171,10 @@ function checkDerived(c: ModelConfig, source: string): void {
   if (c.num_image_token !== (grid / scale) ** 2) fail(`num_image_token ${c.num_image_token} != (${grid} / ${scale})^2`);
   if (c.projector.input_size !== v.hidden_size * scale * scale) fail(`projector.input_size ${c.projector.input_size} != vision.hidden_size * ${scale * scale}`);
   if (c.projector.hidden_size !== c.llm.hidden_size) fail(`projector.hidden_size ${c.projector.hidden_size} != llm.hidden_size ${c.llm.hidden_size}`);
-  if (c.select_layer >= v.num_hidden_layers || c.select_layer < -v.num_hidden_layers) fail(`select_layer ${c.select_layer} is outside the ${v.num_hidden_layers} ViT layers`);
+  // Indexes the ViT's hidden states as upstream does: L + 1 of them (embeddings, then each layer).
+  if (c.select_layer > v.num_hidden_layers || c.select_layer < -(v.num_hidden_layers + 1)) {
+    fail(`select_layer ${c.select_layer} is outside the ${v.num_hidden_layers + 1} ViT hidden states`);
+  }
   const l = c.llm;
   if (l.num_attention_heads % l.num_key_value_heads !== 0) fail(`llm.num_attention_heads ${l.num_attention_heads} is not a multiple of llm.num_key_value_heads ${l.num_key_value_heads}`);
   if (l.head_dim * l.num_attention_heads !== l.hidden_size) fail(`llm.head_dim ${l.head_dim} * heads ${l.num_attention_heads} != llm.hidden_size ${l.hidden_size}`);

@@ -1,5 +1,6 @@
 // Shared test helpers: where the fixtures live and how to read the oracle's references.
 import * as fs from 'fs';
+import * as os from 'os';
 import * as path from 'path';
 import { SafetensorsFile } from '../src/io/safetensors';
 
@@ -55,3 +56,31 @@ export function loadReference(name: string): { doc: ReferenceDoc; tensors: Safet
 export function readJson<T = Record<string, unknown>>(file: string): T {
   return JSON.parse(fs.readFileSync(file, 'utf8')) as T;
 }
+
+/** Converts a fixture checkpoint with pvc-convert into a fresh temporary directory; returns its path. */
+export function convertFixture(name: string): string {
+  // Imported here so suites that do not convert do not load the converter.
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const { convertCheckpoint } = require('../converter/convert') as typeof import('../converter/convert');
+  const dir = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'pvc-fixture-')), name);
+  convertCheckpoint(checkpointDir(name), dir);
+  return dir;
+}
+
+/** max |a - b| / max |ref|: the parity measure the issues state tolerances in. */
+export function relativeMaxError(actual: ArrayLike<number>, ref: ArrayLike<number>): number {
+  if (actual.length !== ref.length) throw new Error(`length ${actual.length} != reference length ${ref.length}`);
+  let diff = 0;
+  let scale = 0;
+  for (let i = 0; i < ref.length; i++) {
+    diff = Math.max(diff, Math.abs(actual[i] - ref[i]));
+    scale = Math.max(scale, Math.abs(ref[i]));
+  }
+  return diff / scale;
+}
+
+/** The parity tolerance of the issues: max |a - b| <= 1e-4 * max |ref|. */
+export const PARITY_TOLERANCE = 1e-4;
+
+/** Backends the parity suites run on: wasm (default for tests) and cpu. */
+export const PARITY_BACKENDS = ['wasm', 'cpu'] as const;

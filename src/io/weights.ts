@@ -4,6 +4,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { FORMAT_NAME, FORMAT_VERSION } from '../config';
+import * as tf from '@tensorflow/tfjs';
 import { DType, SafetensorsCheckpoint } from './safetensors';
 
 export const MANIFEST_FILE = 'manifest.json';
@@ -54,4 +55,65 @@ export function openWeights(dir: string): { manifest: Manifest; weights: Safeten
     }
   }
   return { manifest, weights };
+}
+
+export interface LoadOptions {
+  /** Called after each tensor with the bytes read so far and the total. */
+  onProgress?: (bytesDone: number, bytesTotal: number) => void;
+}
+
+/**
+ * The model's tensors, by project name, as float32 tf tensors. Loaded once (each tensor read with
+ * one positioned read, each shard opened once); owned here and freed by `dispose()`.
+ */
+export class Weights {
+  private constructor(readonly dir: string, private readonly tensors: Map<string, tf.Tensor>) {}
+
+  static load(dir: string, options: LoadOptions = {}): Weights {
+    const { weights } = openWeights(dir);
+    const tensors = new Map<string, tf.Tensor>();
+    try {
+      const names = weights.names;
+      const total = names.reduce((a, n) => a + weights.info(n).byteLength, 0);
+      let done = 0;
+      for (const name of names) {
+        const info = weights.info(name);
+        tensors.set(name, tf.tensor(weights.readFloat32(name), info.shape, 'float32'));
+        done += info.byteLength;
+        options.onProgress?.(done, total);
+      }
+    } catch (e) {
+      tensors.forEach((t) => t.dispose());
+      throw e;
+    } finally {
+      weights.close();
+    }
+    return new Weights(dir, tensors);
+  }
+
+  /** Wraps tensors that are already in memory (tests, tools). Ownership passes to the store. */
+  static fromTensors(dir: string, tensors: Map<string, tf.Tensor>): Weights {
+    return new Weights(dir, tensors);
+  }
+
+  has(name: string): boolean {
+    return this.tensors.has(name);
+  }
+
+  get names(): string[] {
+    return [...this.tensors.keys()];
+  }
+
+  /** The tensor `name`; with `rank`, its rank is checked too. Missing names are errors naming the model. */
+  get(name: string, rank?: number): tf.Tensor {
+    const t = this.tensors.get(name);
+    if (t === undefined) throw new Error(`${this.dir}: the converted model has no tensor '${name}'`);
+    if (rank !== undefined && t.rank !== rank) throw new Error(`${this.dir}: tensor '${name}' has shape [${t.shape}], expected rank ${rank}`);
+    return t;
+  }
+
+  dispose(): void {
+    this.tensors.forEach((t) => t.dispose());
+    this.tensors.clear();
+  }
 }

@@ -420,6 +420,14 @@ def build_fixture(name, vision, llm, seed, tok_src, out_root, upstream_commit, s
     pv = torch.cat([pv_a, pv_b])
     tensors = {'pixel_values': pv}
     vit_embeds = vision_reference(model, pv, tensors)
+    # A smaller input than the checkpoint's grid: upstream resizes the position embedding (bicubic).
+    small = size - 2 * vision['patch_size']
+    pv_small = pixel_values(2, small, seed + 3)
+    with torch.no_grad():
+        states = model.vision_model(pixel_values=pv_small, output_hidden_states=True, return_dict=True).hidden_states
+    tensors['resized.pixel_values'] = pv_small
+    tensors['resized.vision.embeddings'] = states[0].clone()
+    tensors['resized.vision.out'] = states[-1].clone()
     doc = {'fixture': name, 'seed': seed, 'upstream_commit': upstream_commit,
            'versions': {'torch': torch.__version__, 'transformers': __import__('transformers').__version__},
            'shards': shards, 'vocab_size': vocab_size,

@@ -1,0 +1,229 @@
+// InternViT (InternViT-300M-448px, and InternViT-6B's rms_norm + qk-normalization variant).
+//
+//   pixels [N, 3, S, S] -> patch embedding (conv p x p stride p == one matmul) -> prepend CLS
+//   -> + position embedding (bicubic-resized when the grid differs from the checkpoint's)
+//   -> pre-norm blocks: x += ls1 * attn(norm1(x)); x += ls2 * mlp(norm2(x))
+//   -> the hidden state select_layer picks (no final norm). [N, G*G + 1, C]
+//
+// PVC's temporal layers hook into the blocks through `TemporalContext` (src/vision/temporal.ts);
+// without it the model is plain InternViT.
+import * as tf from '@tensorflow/tfjs';
+import { ModelConfig, VisionConfig } from '../config';
+import { Weights } from '../io/weights';
+import { attention, gelu, LayerNorm, Linear, mergeHeads, Norm, RMSNorm, splitHeads } from '../nn/layers';
+
+/** Receives intermediate values by name; it must keep (clone) what it wants beyond the call. */
+export type Tap = (name: string, value: tf.Tensor) => void;
+
+function makeNorm(w: Weights, name: string, cfg: VisionConfig): Norm {
+  return cfg.norm_type === 'layer_norm' ? new LayerNorm(w, name, cfg.layer_norm_eps) : new RMSNorm(w, name, cfg.layer_norm_eps);
+}
+
+class Attention {
+  readonly qkv: Linear;
+  readonly proj: Linear;
+  readonly qNorm: RMSNorm | null;
+  readonly kNorm: RMSNorm | null;
+  readonly heads: number;
+  readonly scale: number;
+
+  constructor(w: Weights, prefix: string, cfg: VisionConfig) {
+    this.qkv = new Linear(w, `${prefix}.qkv`, cfg.qkv_bias);
+    this.proj = new Linear(w, `${prefix}.proj`, true);
+    // q/k normalization (InternViT-6B) is RMSNorm over the full width, before the head split.
+    this.qNorm = cfg.qk_normalization ? new RMSNorm(w, `${prefix}.q_norm`, cfg.layer_norm_eps) : null;
+    this.kNorm = cfg.qk_normalization ? new RMSNorm(w, `${prefix}.k_norm`, cfg.layer_norm_eps) : null;
+    this.heads = cfg.num_attention_heads;
+    this.scale = (cfg.hidden_size / cfg.num_attention_heads) ** -0.5;
+  }
+
+  forward(x: tf.Tensor3D, tap?: Tap, name?: string): tf.Tensor3D {
+    let [q, k, v] = tf.split(this.qkv.forward(x), 3, -1) as tf.Tensor3D[];
+    if (this.qNorm && this.kNorm) {
+      q = this.qNorm.forward(q);
+      k = this.kNorm.forward(k);
+    }
+    const { out, probs } = attention(splitHeads(q, this.heads), splitHeads(k, this.heads), splitHeads(v, this.heads), this.scale);
+    if (tap) tap(`${name}.probs`, probs);
+    return this.proj.forward(mergeHeads(out));
+  }
+}
+
+class MLP {
+  readonly fc1: Linear;
+  readonly fc2: Linear;
+
+  constructor(w: Weights, prefix: string) {
+    this.fc1 = new Linear(w, `${prefix}.fc1`, true);
+    this.fc2 = new Linear(w, `${prefix}.fc2`, true);
+  }
+
+  forward(x: tf.Tensor3D): tf.Tensor3D {
+    return this.fc2.forward(gelu(this.fc1.forward(x)));
+  }
+}
+
+/** What PVC adds to a block: modulation of the two norms, and a temporal attention between them. */
+export interface BlockExtras {
+  /** AdaLN for this block: (shift1, scale1, shift2, scale2), each broadcastable to [N, T, C]. */
+  modulation?: [tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor];
+  /** Applied after the spatial attention residual: returns the new hidden state. */
+  temporal?: (x: tf.Tensor3D, tap?: Tap) => tf.Tensor3D;
+}
+
+export class EncoderLayer {
+  readonly norm1: Norm;
+  readonly norm2: Norm;
+  readonly attn: Attention;
+  readonly mlp: MLP;
+  readonly ls1: tf.Tensor1D;
+  readonly ls2: tf.Tensor1D;
+
+  constructor(w: Weights, readonly prefix: string, cfg: VisionConfig) {
+    this.norm1 = makeNorm(w, `${prefix}.norm1`, cfg);
+    this.norm2 = makeNorm(w, `${prefix}.norm2`, cfg);
+    this.attn = new Attention(w, `${prefix}.attn`, cfg);
+    this.mlp = new MLP(w, `${prefix}.mlp`);
+    this.ls1 = w.get(`${prefix}.ls1`, 1) as tf.Tensor1D;
+    this.ls2 = w.get(`${prefix}.ls2`, 1) as tf.Tensor1D;
+  }
+
+  forward(x: tf.Tensor3D, extras: BlockExtras = {}, tap?: Tap): tf.Tensor3D {
+    const mod = extras.modulation;
+    let h = this.norm1.forward(x);
+    if (mod) h = tf.add(tf.mul(h, tf.add(mod[1], 1)), mod[0]) as tf.Tensor3D;
+    const attnOut = this.attn.forward(h, tap, `${this.prefix}.attn`);
+    if (tap) tap(`${this.prefix}.attn.out`, attnOut);
+    x = tf.add(x, tf.mul(attnOut, this.ls1));
+    if (extras.temporal) x = extras.temporal(x, tap);
+    h = this.norm2.forward(x);
+    if (mod) h = tf.add(tf.mul(h, tf.add(mod[3], 1)), mod[2]) as tf.Tensor3D;
+    const mlpOut = this.mlp.forward(h);
+    if (tap) tap(`${this.prefix}.mlp.out`, mlpOut);
+    return tf.add(x, tf.mul(mlpOut, this.ls2));
+  }
+}
+
+/**
+ * PyTorch's F.interpolate(mode='bicubic', align_corners=False) of a [g0, g0, C] grid to [H, W, C]
+ * (cubic convolution with A = -0.75, edge samples clamped), separable in two passes.
+ */
+export function bicubicResizeGrid(grid: Float32Array, g0: number, C: number, H: number, W: number): Float32Array {
+  const A = -0.75;
+  const near = (t: number) => ((A + 2) * t - (A + 3)) * t * t + 1; // |t| <= 1
+  const far = (t: number) => ((A * t - 5 * A) * t + 8 * A) * t - 4 * A; // 1 < |t| < 2
+  const taps = (outSize: number) => {
+    const scale = g0 / outSize;
+    return Array.from({ length: outSize }, (_, o) => {
+      const src = scale * (o + 0.5) - 0.5;
+      const i0 = Math.floor(src);
+      const t = src - i0;
+      const weights = [far(t + 1), near(t), near(1 - t), far(2 - t)];
+      const index = [i0 - 1, i0, i0 + 1, i0 + 2].map((i) => Math.min(Math.max(i, 0), g0 - 1));
+      return { index, weights };
+    });
+  };
+  const rows = taps(H);
+  const cols = taps(W);
+  // Pass 1 over rows: [g0, g0, C] -> [H, g0, C]
+  const mid = new Float32Array(H * g0 * C);
+  rows.forEach(({ index, weights }, y) => {
+    for (let k = 0; k < 4; k++) {
+      const src = index[k] * g0 * C;
+      const wk = weights[k];
+      for (let j = 0; j < g0 * C; j++) mid[y * g0 * C + j] += wk * grid[src + j];
+    }
+  });
+  // Pass 2 over columns: [H, g0, C] -> [H, W, C]
+  const out = new Float32Array(H * W * C);
+  for (let y = 0; y < H; y++) {
+    cols.forEach(({ index, weights }, x) => {
+      const dst = (y * W + x) * C;
+      for (let k = 0; k < 4; k++) {
+        const src = (y * g0 + index[k]) * C;
+        const wk = weights[k];
+        for (let c = 0; c < C; c++) out[dst + c] += wk * mid[src + c];
+      }
+    });
+  }
+  return out;
+}
+
+export class InternVisionModel {
+  readonly config: VisionConfig;
+  readonly patchWeight: tf.Tensor2D;
+  readonly patchBias: tf.Tensor1D;
+  readonly cls: tf.Tensor1D;
+  readonly pos: tf.Tensor2D;
+  readonly layers: EncoderLayer[];
+  /** Hidden-state index (0 = embeddings, i = after layer i-1) that `forward` returns. */
+  readonly outputIndex: number;
+  /** Position embeddings resized to other grids, computed once per size. */
+  private readonly posByGrid = new Map<number, tf.Tensor2D>();
+
+  constructor(w: Weights, model: ModelConfig) {
+    const cfg = model.vision;
+    this.config = cfg;
+    this.patchWeight = w.get('vision.embeddings.patch.weight', 2) as tf.Tensor2D;
+    this.patchBias = w.get('vision.embeddings.patch.bias', 1) as tf.Tensor1D;
+    this.cls = w.get('vision.embeddings.cls', 1) as tf.Tensor1D;
+    this.pos = w.get('vision.embeddings.pos', 2) as tf.Tensor2D;
+    this.layers = Array.from({ length: cfg.num_hidden_layers }, (_, i) => new EncoderLayer(w, `vision.layers.${i}`, cfg));
+    const L = cfg.num_hidden_layers;
+    this.outputIndex = model.select_layer < 0 ? L + 1 + model.select_layer : model.select_layer;
+  }
+
+  /** The position embedding for a G x G patch grid: [G*G + 1, C] (CLS row first). */
+  positionEmbedding(G: number): tf.Tensor2D {
+    const g0 = this.config.image_size / this.config.patch_size;
+    if (G === g0) return this.pos;
+    let resized = this.posByGrid.get(G);
+    if (resized === undefined) {
+      const C = this.config.hidden_size;
+      const all = this.pos.dataSync() as Float32Array;
+      const grid = bicubicResizeGrid(all.subarray(C), g0, C, G, G);
+      const table = new Float32Array((G * G + 1) * C);
+      table.set(all.subarray(0, C));
+      table.set(grid, C);
+      resized = tf.keep(tf.tensor2d(table, [G * G + 1, C]));
+      this.posByGrid.set(G, resized);
+    }
+    return resized;
+  }
+
+  /** Patch + CLS + position embeddings: [N, 3, S, S] -> [N, G*G + 1, C]. */
+  embed(pixelValues: tf.Tensor4D): tf.Tensor3D {
+    const [N, channels, S, S2] = pixelValues.shape;
+    const p = this.config.patch_size;
+    if (channels !== this.config.num_channels || S !== S2 || S % p !== 0) {
+      throw new Error(`pixelValues has shape [${pixelValues.shape}]; expected [N, ${this.config.num_channels}, S, S] with S a multiple of ${p}`);
+    }
+    const G = S / p;
+    // Non-overlapping p x p patches, row-major over the grid, each flattened in (c, kh, kw) order.
+    const patches = pixelValues.reshape([N, channels, G, p, G, p]).transpose([0, 2, 4, 1, 3, 5]).reshape([N * G * G, channels * p * p]) as tf.Tensor2D;
+    const embedded = tf.fused.matMul({ a: patches, b: this.patchWeight, bias: this.patchBias }).reshape([N, G * G, -1]);
+    const C = this.config.hidden_size;
+    const cls = tf.broadcastTo(this.cls.reshape([1, 1, C]), [N, 1, C]);
+    return tf.add(tf.concat([cls, embedded], 1), this.positionEmbedding(G)) as tf.Tensor3D;
+  }
+
+  /**
+   * [N, 3, S, S] -> the selected hidden state [N, G*G + 1, C]. `extras(i)` supplies PVC's per-block
+   * additions. Call inside tf.tidy.
+   */
+  forward(pixelValues: tf.Tensor4D, options: { tap?: Tap; extras?: (layer: number) => BlockExtras } = {}): tf.Tensor3D {
+    const { tap, extras } = options;
+    let x = this.embed(pixelValues);
+    if (tap) tap('vision.embeddings', x);
+    for (let i = 0; i < this.outputIndex; i++) {
+      x = this.layers[i].forward(x, extras?.(i), tap);
+      if (tap) tap(`vision.layers.${i}.out`, x);
+    }
+    return x;
+  }
+
+  dispose(): void {
+    this.posByGrid.forEach((t) => t.dispose());
+    this.posByGrid.clear();
+  }
+}
