@@ -44,6 +44,7 @@ export interface ReferenceDoc {
     answers: string[];
   };
   greedy16?: number[];
+  ntk?: { max_position_embeddings: number; input_ids: number[]; tokens: number[] };
 }
 
 /** The oracle's reference for a fixture: its JSON document and its float32 tensors (close when done). */

@@ -4,6 +4,9 @@
 import * as tf from '@tensorflow/tfjs';
 import { Weights } from '../io/weights';
 
+/** Receives intermediate values by name (see `model.inspect`); it must keep (clone) what it wants beyond the call. */
+export type Tap = (name: string, value: tf.Tensor) => void;
+
 /** y = x @ W + b with W stored [in, out] (a plain 2-D matMul on every backend). */
 export class Linear {
   readonly weight: tf.Tensor2D;

@@ -10,10 +10,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { ModelConfig, VisionConfig } from '../config';
 import { Weights } from '../io/weights';
-import { attention, gelu, LayerNorm, Linear, mergeHeads, Norm, RMSNorm, splitHeads } from '../nn/layers';
-
-/** Receives intermediate values by name; it must keep (clone) what it wants beyond the call. */
-export type Tap = (name: string, value: tf.Tensor) => void;
+import { attention, gelu, LayerNorm, Linear, mergeHeads, Norm, RMSNorm, splitHeads, Tap } from '../nn/layers';
 
 function makeNorm(w: Weights, name: string, cfg: VisionConfig): Norm {
   return cfg.norm_type === 'layer_norm' ? new LayerNorm(w, name, cfg.layer_norm_eps) : new RMSNorm(w, name, cfg.layer_norm_eps);

@@ -352,6 +352,27 @@ def llm_reference(model, input_ids, vit_embeds, img_context_id, out, n_greedy=16
     return tokens
 
 
+def ntk_reference(ckpt_dir, input_ids, max_pos, tensors, n_steps=16):
+    """The LLM alone with a small max_position_embeddings, run past it: upstream's dynamic NTK rope
+    (stateful: the base grows with the sequence seen so far). A fresh model, so no earlier state."""
+    from internvl.model.internvl_chat import InternVLChatConfig, InternVLChatModel
+    cfg = InternVLChatConfig.from_pretrained(ckpt_dir)
+    cfg.llm_config.max_position_embeddings = max_pos
+    lm = InternVLChatModel.from_pretrained(ckpt_dir, config=cfg, torch_dtype=torch.float32).eval().language_model
+    with torch.no_grad():
+        out = lm(input_ids=torch.tensor([input_ids]), use_cache=True, return_dict=True)
+        tensors['ntk.prompt_logits'] = out.logits.clone()
+        tokens = [int(out.logits[0, -1].argmax())]
+        past, steps = out.past_key_values, []
+        while len(tokens) < n_steps:
+            out = lm(input_ids=torch.tensor([[tokens[-1]]]), past_key_values=past, use_cache=True, return_dict=True)
+            past = out.past_key_values
+            steps.append(out.logits[0, -1].clone())
+            tokens.append(int(out.logits[0, -1].argmax()))
+    tensors['ntk.step_logits'] = torch.stack(steps)
+    return {'max_position_embeddings': max_pos, 'input_ids': input_ids, 'tokens': tokens}
+
+
 def run_chat(model, rec_tok, conv_name, pv, question, gen_cfg, **kwargs):
     """One upstream chat() call, recording the prompt it built, the ids it fed and produced."""
     type(rec_tok).calls.clear()
@@ -477,6 +498,7 @@ def build_fixture(name, vision, llm, seed, tok_src, out_root, upstream_commit, s
         vit_a = vit_embeds[:3]
         doc['llm_prompt'] = 'chat[single-image].input_ids'
         doc['greedy16'] = llm_reference(model, input_ids, vit_a, img_context, tensors)
+        doc['ntk'] = ntk_reference(ckpt_dir, text['input_ids'], 48, tensors)
     write_reference(os.path.join(out_root, 'reference', name), tensors, doc)
     print(f'{name}: {len(shards)} shards, {sum(p.numel() for p in model.parameters())} parameters', file=sys.stderr)
 

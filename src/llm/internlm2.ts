@@ -1,0 +1,278 @@
+// InternLM2 (the LLM of InternVL2-8B / PVC-InternVL2-8B), with its KV cache.
+//
+//   ids or input embeddings [B, T, D]
+//   -> L x { h += wo(attn(rmsnorm(h)));  h += w2(silu(w1 x) * w3 x) with x = rmsnorm(h) }
+//   -> rmsnorm -> output head -> logits [B, T, V]
+//
+// Attention is grouped-query: kv head h serves query heads h*G .. h*G+G-1 (G = heads / kv_heads).
+// Queries and keys are rotated (RoPE, rotate_half convention) before the keys enter the cache.
+import * as tf from '@tensorflow/tfjs';
+import { LLMConfig } from '../config';
+import { Weights } from '../io/weights';
+import { Linear, mergeHeads, RMSNorm, silu, splitHeads, Tap } from '../nn/layers';
+
+/** The additive mask value for positions a query may not see (PyTorch's finfo(float32).min, as upstream). */
+const MASKED = -3.4028234663852886e38;
+
+/**
+ * Rotary embedding tables, computed in float32 arithmetic as upstream does (float32 inv_freq, float32
+ * t * inv_freq). With rope_scaling `dynamic` it is stateful exactly like upstream's
+ * InternLM2DynamicNTKScalingRotaryEmbedding: once a sequence longer than max_position_embeddings is
+ * seen, the base grows to theta * ((factor * len / max_pos) - (factor - 1))^(d / (d - 2)) and stays
+ * there; keys already in a KV cache keep the rotation they were computed with.
+ */
+export class RotaryEmbedding {
+  private invFreq: Float32Array;
+  /** Upstream's max_seq_len_cached: the tables are rebuilt (with a new NTK base) only beyond it. */
+  private cachedLength: number;
+
+  constructor(readonly config: LLMConfig) {
+    this.invFreq = RotaryEmbedding.inverseFrequencies(config.rope_theta, config.head_dim);
+    this.cachedLength = config.max_position_embeddings;
+  }
+
+  static inverseFrequencies(base: number, dim: number): Float32Array {
+    const f = Math.fround;
+    const b = f(base);
+    return Float32Array.from({ length: dim / 2 }, (_, i) => f(1 / f(Math.pow(b, f((2 * i) / dim)))));
+  }
+
+  /** Called with the total sequence length (cached + new) before each forward. */
+  update(seqLen: number): void {
+    if (seqLen <= this.cachedLength) return;
+    this.cachedLength = seqLen;
+    const { rope_scaling: scaling, max_position_embeddings: maxPos, head_dim: d, rope_theta: theta } = this.config;
+    if (scaling?.type === 'dynamic' && seqLen > maxPos) {
+      const base = theta * ((scaling.factor * seqLen) / maxPos - (scaling.factor - 1)) ** (d / (d - 2));
+      this.invFreq = RotaryEmbedding.inverseFrequencies(base, d);
+    }
+  }
+
+  /** cos and sin for the given positions: each [B, 1, T, head_dim] (the frequencies repeated twice). */
+  tables(positions: number[][]): { cos: tf.Tensor4D; sin: tf.Tensor4D } {
+    const f = Math.fround;
+    const half = this.invFreq.length;
+    const d = half * 2;
+    const B = positions.length;
+    const T = positions[0].length;
+    const cos = new Float32Array(B * T * d);
+    const sin = new Float32Array(B * T * d);
+    const linear = this.config.rope_scaling?.type === 'linear' ? this.config.rope_scaling.factor : 1;
+    for (let b = 0; b < B; b++) {
+      for (let t = 0; t < T; t++) {
+        const pos = f(positions[b][t] / linear);
+        const row = (b * T + t) * d;
+        for (let i = 0; i < half; i++) {
+          const angle = f(pos * this.invFreq[i]);
+          cos[row + i] = cos[row + half + i] = Math.cos(angle);
+          sin[row + i] = sin[row + half + i] = Math.sin(angle);
+        }
+      }
+    }
+    return { cos: tf.tensor4d(cos, [B, 1, T, d]), sin: tf.tensor4d(sin, [B, 1, T, d]) };
+  }
+}
+
+/** x * cos + rotate_half(x) * sin, rotate_half(x) = concat(-x[..., d/2:], x[..., :d/2]). */
+function applyRotary(x: tf.Tensor4D, cos: tf.Tensor4D, sin: tf.Tensor4D): tf.Tensor4D {
+  const half = x.shape[3] / 2;
+  const [x1, x2] = tf.split(x, [half, half], 3);
+  const rotated = tf.concat([tf.neg(x2), x1], 3);
+  return tf.add(tf.mul(x, cos), tf.mul(rotated, sin)) as tf.Tensor4D;
+}
+
+/** Per-layer keys and values of the positions seen so far: [B, kv_heads, T, head_dim], keys rotated. */
+export class KVCache {
+  keys: (tf.Tensor4D | null)[];
+  values: (tf.Tensor4D | null)[];
+  /** Attention mask over the cached positions (1 = real token, 0 = padding), per batch row. */
+  mask: number[][];
+
+  constructor(layers: number, batch: number) {
+    this.keys = new Array(layers).fill(null);
+    this.values = new Array(layers).fill(null);
+    this.mask = Array.from({ length: batch }, () => []);
+  }
+
+  get length(): number {
+    return this.mask[0]?.length ?? 0;
+  }
+
+  /** Appends this step's keys/values for a layer (the cache keeps them; old tensors are freed). */
+  append(layer: number, k: tf.Tensor4D, v: tf.Tensor4D): { keys: tf.Tensor4D; values: tf.Tensor4D } {
+    const prevK = this.keys[layer];
+    const prevV = this.values[layer];
+    const keys = tf.keep(prevK ? tf.concat([prevK, k], 2) : k.clone()) as tf.Tensor4D;
+    const values = tf.keep(prevV ? tf.concat([prevV, v], 2) : v.clone()) as tf.Tensor4D;
+    prevK?.dispose();
+    prevV?.dispose();
+    this.keys[layer] = keys;
+    this.values[layer] = values;
+    return { keys, values };
+  }
+
+  dispose(): void {
+    for (const t of [...this.keys, ...this.values]) t?.dispose();
+    this.keys.fill(null);
+    this.values.fill(null);
+  }
+}
+
+class Attention {
+  readonly q: Linear;
+  readonly k: Linear;
+  readonly v: Linear;
+  readonly o: Linear;
+
+  constructor(w: Weights, prefix: string, readonly config: LLMConfig) {
+    this.q = new Linear(w, `${prefix}.q`, false);
+    this.k = new Linear(w, `${prefix}.k`, false);
+    this.v = new Linear(w, `${prefix}.v`, false);
+    this.o = new Linear(w, `${prefix}.o`, false);
+  }
+
+  forward(x: tf.Tensor3D, rope: { cos: tf.Tensor4D; sin: tf.Tensor4D }, mask: tf.Tensor4D, cache: KVCache, layer: number, tap?: Tap, name?: string): tf.Tensor3D {
+    const { num_attention_heads: H, num_key_value_heads: KV, head_dim: hd } = this.config;
+    const [B, T] = x.shape;
+    const G = H / KV;
+    const q = applyRotary(splitHeads(this.q.forward(x), H), rope.cos, rope.sin);
+    const k = applyRotary(splitHeads(this.k.forward(x), KV), rope.cos, rope.sin);
+    const v = splitHeads(this.v.forward(x), KV);
+    const { keys, values } = cache.append(layer, k, v);
+    const Tk = keys.shape[2];
+    // Query heads grouped under their kv head: [B, KV, G*T, hd] against [B, KV, Tk, hd], no key repeat.
+    const grouped = tf.reshape(tf.mul(q, 1 / Math.sqrt(hd)), [B, KV, G * T, hd]);
+    const scores = tf.add(tf.reshape(tf.matMul(grouped, keys, false, true), [B, H, T, Tk]), mask);
+    const probs = tf.softmax(scores, -1) as tf.Tensor4D;
+    if (tap) tap(`${name}.probs`, probs);
+    const out = tf.reshape(tf.matMul(tf.reshape(probs, [B, KV, G * T, Tk]), values), [B, H, T, hd]) as tf.Tensor4D;
+    return this.o.forward(mergeHeads(out));
+  }
+}
+
+class MLP {
+  readonly gate: Linear;
+  readonly up: Linear;
+  readonly down: Linear;
+
+  constructor(w: Weights, prefix: string) {
+    this.gate = new Linear(w, `${prefix}.gate`, false);
+    this.up = new Linear(w, `${prefix}.up`, false);
+    this.down = new Linear(w, `${prefix}.down`, false);
+  }
+
+  forward(x: tf.Tensor3D): tf.Tensor3D {
+    return this.down.forward(tf.mul(silu(this.gate.forward(x)), this.up.forward(x)));
+  }
+}
+
+class DecoderLayer {
+  readonly attnNorm: RMSNorm;
+  readonly attn: Attention;
+  readonly mlpNorm: RMSNorm;
+  readonly mlp: MLP;
+
+  constructor(w: Weights, readonly prefix: string, config: LLMConfig) {
+    this.attnNorm = new RMSNorm(w, `${prefix}.attn_norm`, config.rms_norm_eps);
+    this.attn = new Attention(w, `${prefix}.attn`, config);
+    this.mlpNorm = new RMSNorm(w, `${prefix}.mlp_norm`, config.rms_norm_eps);
+    this.mlp = new MLP(w, `${prefix}.mlp`);
+  }
+
+  forward(h: tf.Tensor3D, rope: { cos: tf.Tensor4D; sin: tf.Tensor4D }, mask: tf.Tensor4D, cache: KVCache, layer: number, tap?: Tap): tf.Tensor3D {
+    const attnOut = this.attn.forward(this.attnNorm.forward(h), rope, mask, cache, layer, tap, `${this.prefix}.attn`);
+    if (tap) tap(`${this.prefix}.attn.out`, attnOut);
+    h = tf.add(h, attnOut);
+    const mlpOut = this.mlp.forward(this.mlpNorm.forward(h));
+    if (tap) tap(`${this.prefix}.mlp.out`, mlpOut);
+    return tf.add(h, mlpOut);
+  }
+}
+
+export interface ForwardOptions {
+  /** 1 = token, 0 = padding, for the new positions of each row (default all 1). */
+  attentionMask?: number[][];
+  /** Positions of the new tokens; default: from the mask, as upstream (cumsum - 1, padding at 1). */
+  positionIds?: number[][];
+  /** Compute logits for the last position of each row only (generation). */
+  lastOnly?: boolean;
+  tap?: Tap;
+}
+
+export class InternLM2 {
+  readonly embed: tf.Tensor2D;
+  readonly layers: DecoderLayer[];
+  readonly norm: RMSNorm;
+  readonly output: Linear;
+  readonly rotary: RotaryEmbedding;
+
+  constructor(w: Weights, readonly config: LLMConfig) {
+    this.embed = w.get('llm.embed.weight', 2) as tf.Tensor2D;
+    this.layers = Array.from({ length: config.num_hidden_layers }, (_, i) => new DecoderLayer(w, `llm.layers.${i}`, config));
+    this.norm = new RMSNorm(w, 'llm.norm', config.rms_norm_eps);
+    this.output = new Linear(w, 'llm.output', false);
+    this.rotary = new RotaryEmbedding(config);
+  }
+
+  newCache(batch: number): KVCache {
+    return new KVCache(this.config.num_hidden_layers, batch);
+  }
+
+  /** Token embeddings for ids [B, T]: [B, T, D]. */
+  embedTokens(ids: number[][]): tf.Tensor3D {
+    const V = this.config.vocab_size;
+    for (const row of ids) {
+      const bad = row.find((id) => !Number.isInteger(id) || id < 0 || id >= V);
+      if (bad !== undefined) throw new Error(`token id ${bad} is outside the vocabulary (0..${V - 1})`);
+    }
+    return tf.tidy(() => tf.gather(this.embed, tf.tensor2d(ids, [ids.length, ids[0].length], 'int32')) as unknown as tf.Tensor3D);
+  }
+
+  /**
+   * Runs new positions through the decoder, appending to `cache`; returns logits [B, T, V] (or
+   * [B, 1, V] with lastOnly). The caller owns the logits; everything else is freed.
+   */
+  forward(embeds: tf.Tensor3D, cache: KVCache, options: ForwardOptions = {}): tf.Tensor3D {
+    const [B, T] = embeds.shape;
+    if (embeds.shape[2] !== this.config.hidden_size) throw new Error(`input embeddings have width ${embeds.shape[2]}, expected ${this.config.hidden_size}`);
+    if (cache.mask.length !== B) throw new Error(`KV cache holds ${cache.mask.length} rows, the input ${B}`);
+    const newMask = options.attentionMask ?? Array.from({ length: B }, () => new Array(T).fill(1));
+    if (newMask.length !== B || newMask.some((r) => r.length !== T)) throw new Error(`attentionMask must be [${B}, ${T}]`);
+    const past = cache.length;
+    const fullMask = cache.mask.map((row, b) => [...row, ...newMask[b]]);
+    const positions = options.positionIds ?? fullMask.map((row) => {
+      let count = 0;
+      const pos = row.map((m) => (m ? count++ : 1));
+      return pos.slice(past);
+    });
+    this.rotary.update(past + T);
+    const tap = options.tap;
+    const logits = tf.tidy(() => {
+      const rope = this.rotary.tables(positions);
+      // Query t (absolute past + t) sees key j when j <= past + t and j is not padding.
+      const maskData = new Float32Array(B * T * (past + T));
+      for (let b = 0; b < B; b++) {
+        for (let t = 0; t < T; t++) {
+          for (let j = 0; j < past + T; j++) {
+            maskData[(b * T + t) * (past + T) + j] = j <= past + t && fullMask[b][j] ? 0 : MASKED;
+          }
+        }
+      }
+      const mask = tf.tensor4d(maskData, [B, 1, T, past + T]);
+      let h = embeds;
+      if (tap) tap('llm.embeds', h);
+      this.layers.forEach((layer, i) => {
+        h = layer.forward(h, rope, mask, cache, i, tap);
+        if (tap) tap(`llm.layers.${i}.out`, h);
+      });
+      if (options.lastOnly) h = h.slice([0, T - 1, 0], [B, 1, -1]);
+      h = this.norm.forward(h);
+      if (tap) tap('llm.norm', h);
+      const out = this.output.forward(h);
+      if (tap) tap('llm.logits', out);
+      return out;
+    });
+    cache.mask = fullMask;
+    return logits;
+  }
+}
