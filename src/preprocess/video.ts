@@ -1,0 +1,141 @@
+// Video preprocessing as upstream's load_video (InternVL2 / PVC quick start, decord reader):
+//   frame count and average fps of the first video stream -> get_index picks num_segments frames ->
+//   each frame decoded to RGB, tiled by dynamic_preprocess (max_num 1: one tile, no thumbnail) ->
+//   [frames * tiles, 3, S, S].
+// Decoding uses ffmpeg/ffprobe: a system ffmpeg on PATH when present, else the binaries shipped in
+// the @ffmpeg-installer / @ffprobe-installer npm packages. Only the chosen frames are converted and
+// read back.
+import * as tf from '@tensorflow/tfjs';
+import { spawn, spawnSync } from 'child_process';
+import * as fs from 'fs';
+import { initBackend } from '../backend';
+import { dynamicPreprocess, tilesToTensor } from './image';
+import { RGBImage } from './resample';
+
+export interface VideoOptions {
+  /** Frames sampled uniformly over the clip (or the bound). Default 32. */
+  numSegments?: number;
+  /** Tiles per frame (upstream uses 1). */
+  maxNum?: number;
+  /** [start, end] in seconds. */
+  bound?: [number, number];
+  inputSize?: number;
+  /** Where "numSegments exceeds the frame count" goes; default stderr. */
+  warn?: (message: string) => void;
+}
+
+export interface LoadedVideo {
+  /** [sum(numPatchesList), 3, S, S]; the caller owns it. */
+  pixelValues: tf.Tensor4D;
+  numPatchesList: number[];
+  frameIndices: number[];
+  fps: number;
+  /** Frames in the stream, as decord counts them. */
+  frameCount: number;
+}
+
+export interface VideoInfo {
+  width: number;
+  height: number;
+  frameCount: number;
+  fps: number;
+}
+
+function binary(name: 'ffmpeg' | 'ffprobe'): string {
+  const onPath = spawnSync(name, ['-version'], { stdio: 'ignore' });
+  if (onPath.status === 0) return name;
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const pkg = require(name === 'ffmpeg' ? '@ffmpeg-installer/ffmpeg' : '@ffprobe-installer/ffprobe') as { path: string };
+    try {
+      fs.accessSync(pkg.path, fs.constants.X_OK);
+    } catch {
+      fs.chmodSync(pkg.path, 0o755); // npm may skip the package's own chmod step
+    }
+    return pkg.path;
+  } catch (e) {
+    throw new Error(`${name} not found: install it on PATH or reinstall the optional npm package (${(e as Error).message})`);
+  }
+}
+
+/** Python's round() on floats: half to even. */
+export function roundHalfEven(x: number): number {
+  const r = Math.round(x);
+  return Math.abs(x % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
+}
+
+/** Upstream's get_index: num_segments frame indices over [bound] (seconds) or the whole clip. */
+export function getIndex(bound: [number, number] | undefined, fps: number, maxFrame: number, numSegments: number, firstIdx = 0): number[] {
+  const [start, end] = bound ?? [-100000, 100000];
+  const startIdx = Math.max(firstIdx, roundHalfEven(start * fps));
+  const endIdx = Math.min(roundHalfEven(end * fps), maxFrame);
+  const seg = (endIdx - startIdx) / numSegments;
+  return Array.from({ length: numSegments }, (_, k) => Math.trunc(startIdx + seg / 2 + roundHalfEven(seg * k)));
+}
+
+/** Frame count and average fps of the first video stream, as decord reports them. */
+export function probeVideo(file: string): VideoInfo {
+  if (!fs.existsSync(file)) throw new Error(`${file}: no such video file`);
+  if (fs.statSync(file).size === 0) throw new Error(`${file}: the file is empty (0 bytes)`);
+  const run = spawnSync(binary('ffprobe'), ['-v', 'error', '-select_streams', 'v:0', '-count_packets',
+    '-show_entries', 'stream=width,height,avg_frame_rate,nb_frames,nb_read_packets', '-of', 'json', file], { encoding: 'utf8' });
+  if (run.status !== 0) throw new Error(`${file}: cannot read the video (${(run.stderr || '').trim().split('\n')[0] || `ffprobe exit ${run.status}`})`);
+  const streams = (JSON.parse(run.stdout) as { streams?: Record<string, string | number>[] }).streams ?? [];
+  if (streams.length === 0) throw new Error(`${file}: no video stream`);
+  const s = streams[0];
+  const [num, den] = String(s.avg_frame_rate).split('/').map(Number);
+  const frameCount = Number(s.nb_read_packets ?? s.nb_frames);
+  if (!(den > 0 && num > 0) || !(frameCount > 0)) throw new Error(`${file}: the video stream reports no frames or no frame rate`);
+  return { width: Number(s.width), height: Number(s.height), frameCount, fps: num / den };
+}
+
+/** Decodes the frames with the given (ascending, distinct) indices to RGB. */
+export async function decodeFrames(file: string, info: VideoInfo, indices: number[]): Promise<RGBImage[]> {
+  const select = indices.map((i) => `eq(n\\,${i})`).join('+');
+  const args = ['-v', 'error', '-noautorotate', '-i', file, '-map', '0:v:0', '-vf', `select='${select}'`, '-vsync', '0',
+    '-f', 'rawvideo', '-pix_fmt', 'rgb24', 'pipe:1'];
+  const frameBytes = info.width * info.height * 3;
+  const chunks: Buffer[] = [];
+  let stderr = '';
+  await new Promise<void>((resolve, reject) => {
+    const proc = spawn(binary('ffmpeg'), args);
+    proc.stdout.on('data', (c: Buffer) => chunks.push(c));
+    proc.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+    proc.on('error', reject);
+    proc.on('close', (code) => (code === 0 ? resolve() : reject(new Error(`${file}: ffmpeg failed (exit ${code}): ${stderr.trim().split('\n')[0]}`))));
+  });
+  const all = Buffer.concat(chunks);
+  if (all.length !== frameBytes * indices.length) {
+    throw new Error(`${file}: expected ${indices.length} frames of ${info.width}x${info.height} from ffmpeg, got ${all.length / frameBytes}`);
+  }
+  return indices.map((_, k) => ({ width: info.width, height: info.height, data: new Uint8Array(all.buffer, all.byteOffset + k * frameBytes, frameBytes) }));
+}
+
+/** Loads a video into model input, as upstream's load_video. */
+export async function loadVideo(file: string, options: VideoOptions = {}): Promise<LoadedVideo> {
+  const numSegments = options.numSegments ?? 32;
+  const maxNum = options.maxNum ?? 1;
+  const inputSize = options.inputSize ?? 448;
+  if (!Number.isInteger(numSegments) || numSegments < 1) throw new Error(`numSegments ${numSegments}: expected a positive integer`);
+  if (options.bound !== undefined && !(options.bound.length === 2 && options.bound[0] <= options.bound[1])) {
+    throw new Error(`bound ${JSON.stringify(options.bound)}: expected [start, end] in seconds with start <= end`);
+  }
+  const info = probeVideo(file);
+  await initBackend(); // the tensor goes to the chosen backend (a no-op once one is active)
+  const frameIndices = getIndex(options.bound, info.fps, info.frameCount - 1, numSegments);
+  const unique = [...new Set(frameIndices)].sort((a, b) => a - b);
+  if (unique.length < frameIndices.length) {
+    (options.warn ?? ((m: string) => process.stderr.write(m + '\n')))(
+      `${file}: ${numSegments} segments over ${unique.length} distinct frames: some frames are repeated (as upstream's get_index does)`);
+  }
+  const decoded = await decodeFrames(file, info, unique);
+  const byIndex = new Map(unique.map((i, k) => [i, decoded[k]]));
+  const tiles: RGBImage[] = [];
+  const numPatchesList: number[] = [];
+  for (const i of frameIndices) {
+    const t = dynamicPreprocess(byIndex.get(i)!, { minNum: 1, maxNum, imageSize: inputSize, useThumbnail: true }).tiles;
+    tiles.push(...t);
+    numPatchesList.push(t.length);
+  }
+  return { pixelValues: tilesToTensor(tiles), numPatchesList, frameIndices, fps: info.fps, frameCount: info.frameCount };
+}
