@@ -147,6 +147,84 @@ export class PVCTokenizer {
   }
 }
 
+/** Python's str.isspace() characters (str.strip() removes these; JS trim() differs slightly). */
+const PY_WHITESPACE = ' \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000';
+
+export function pythonStrip(text: string, side: 'both' | 'left' | 'right' = 'both'): string {
+  let start = 0;
+  let end = text.length;
+  if (side !== 'right') while (start < end && PY_WHITESPACE.includes(text[start])) start++;
+  if (side !== 'left') while (end > start && PY_WHITESPACE.includes(text[end - 1])) end--;
+  return text.slice(start, end);
+}
+
+/**
+ * An answer as upstream's chat() returns it: the new tokens decoded with special tokens skipped,
+ * cut at the separator, stripped.
+ */
+export function decodeAnswer(tokenizer: PVCTokenizer, ids: readonly number[], separator = '<|im_end|>'): string {
+  return pythonStrip(tokenizer.decode(ids, { skipSpecialTokens: true }).split(separator)[0]);
+}
+
+/**
+ * Incremental decoding for streaming: `push` each generated id and get the text that is now final;
+ * `finish` returns the rest. The pieces concatenate to `decodeAnswer` of all ids. Text is held back
+ * while a later token could still change it: an unfinished UTF-8 sequence of byte-fallback pieces,
+ * trailing whitespace (the answer is stripped), and a trailing space that may start one of upstream's
+ * clean-up patterns (" .", " n't", " 's", ...: all start with a space and are at most 4 characters).
+ */
+export class StreamDecoder {
+  private ids: number[] = [];
+  private emitted = '';
+
+  constructor(private readonly tokenizer: PVCTokenizer, private readonly separator = '<|im_end|>') {}
+
+  push(id: number): string {
+    this.ids.push(id);
+    return this.advance(false);
+  }
+
+  finish(): string {
+    return this.advance(true);
+  }
+
+  private advance(final: boolean): string {
+    const decoded = this.tokenizer.decode(final ? this.ids : this.completeIds(), { skipSpecialTokens: true }).split(this.separator)[0];
+    let text = pythonStrip(decoded, final ? 'both' : 'left');
+    if (!final) {
+      text = pythonStrip(text, 'right');
+      const space = text.lastIndexOf(' ');
+      if (space >= 0 && space >= text.length - 3) text = text.slice(0, space);
+    }
+    if (!text.startsWith(this.emitted)) {
+      throw new Error(`stream decoding diverged: emitted ${JSON.stringify(this.emitted)}, now ${JSON.stringify(text)}`);
+    }
+    const piece = text.slice(this.emitted.length);
+    this.emitted = text;
+    return piece;
+  }
+
+  /** The ids without a trailing run of byte pieces that is still an incomplete UTF-8 sequence. */
+  private completeIds(): number[] {
+    let start = this.ids.length;
+    const bytes: number[] = [];
+    while (start > 0) {
+      const m = BYTE_PIECE.exec(this.tokenizer.idToToken(this.ids[start - 1]) ?? '');
+      if (!m) break;
+      bytes.unshift(parseInt(m[1], 16));
+      start--;
+    }
+    // Find where the last (possibly incomplete) character of the run starts.
+    for (let k = bytes.length - 1; k >= 0 && k >= bytes.length - 4; k--) {
+      const b = bytes[k];
+      if ((b & 0xc0) === 0x80) continue; // continuation byte
+      const need = b >= 0xf0 ? 4 : b >= 0xe0 ? 3 : b >= 0xc0 ? 2 : 1;
+      return bytes.length - k < need ? this.ids.slice(0, start + k) : this.ids;
+    }
+    return this.ids;
+  }
+}
+
 /** Loads the tokenizer of a converted model directory. */
 export async function loadTokenizer(dir: string): Promise<PVCTokenizer> {
   return PVCTokenizer.load(dir);

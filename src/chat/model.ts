@@ -1,0 +1,225 @@
+// PVCModel: a converted InternVL2 / PVC-InternVL2 model with upstream's chat(), batch_chat() and a
+// streaming variant.
+//
+//   question (+ history) -> internlm2-chat prompt -> <image> -> <img><IMG_CONTEXT> x n</img>
+//   -> ids -> embeddings, IMG_CONTEXT rows replaced by the visual tokens in order
+//   -> InternLM2 generation (eos <|im_end|>) -> answer
+import * as tf from '@tensorflow/tfjs';
+import { BackendName, initBackend } from '../backend';
+import { loadConfig, ModelConfig } from '../config';
+import { GenerationConfig, generateSteps, resolveGenerationConfig } from '../generation/generate';
+import { Weights } from '../io/weights';
+import { InternLM2 } from '../llm/internlm2';
+import { Tap } from '../nn/layers';
+import { decodeAnswer, PVCTokenizer, StreamDecoder } from '../tokenizer';
+import { InternVisionModel } from '../vision/intern_vit';
+import { Projector } from '../vision/projector';
+import { buildPrompt, expandImagePlaceholders, History, IMAGE_PLACEHOLDER, IMG_CONTEXT_TOKEN, SEPARATOR } from './template';
+
+/** Generation options: camelCase or upstream's snake_case keys (max_new_tokens, do_sample, ...). */
+export type GenerationOptions = Partial<GenerationConfig> & Record<string, unknown>;
+
+export interface ChatOptions {
+  /** Earlier (question, answer) turns. */
+  history?: History | null;
+  returnHistory?: boolean;
+  /** Tiles per image, in order of the <image> placeholders. Default: one image with every tile. */
+  numPatchesList?: number[];
+  /** PVC's per-sample kind: 1 single image, 2 multi-image, 3 video. */
+  dataFlag?: 1 | 2 | 3;
+  signal?: AbortSignal;
+}
+
+export interface LoadOptions {
+  backend?: BackendName;
+  /** Progress of reading the weights (bytes). */
+  onProgress?: (bytesDone: number, bytesTotal: number) => void;
+}
+
+export interface PreparedPrompt {
+  prompt: string;
+  /** The question as stored in history (with the automatic "<image>\n"). */
+  question: string;
+  inputIds: number[];
+}
+
+function checkDataFlag(dataFlag: unknown): void {
+  if (dataFlag !== undefined && dataFlag !== 1 && dataFlag !== 2 && dataFlag !== 3) {
+    throw new Error(`dataFlag ${JSON.stringify(dataFlag)}: expected 1 (single image), 2 (multi-image) or 3 (video)`);
+  }
+}
+
+export class PVCModel {
+  readonly vision: InternVisionModel;
+  readonly projector: Projector;
+  readonly llm: InternLM2;
+
+  private constructor(readonly dir: string, readonly config: ModelConfig, readonly weights: Weights) {
+    this.vision = new InternVisionModel(weights, config);
+    this.projector = new Projector(weights, config);
+    this.llm = new InternLM2(weights, config.llm);
+  }
+
+  /** Loads a model converted by pvc-convert. */
+  static async load(dir: string, options: LoadOptions = {}): Promise<PVCModel> {
+    await initBackend({ backend: options.backend });
+    const config = loadConfig(dir);
+    const weights = Weights.load(dir, { onProgress: options.onProgress });
+    try {
+      return new PVCModel(dir, config, weights);
+    } catch (e) {
+      weights.dispose();
+      throw e;
+    }
+  }
+
+  /** Visual tokens per tile (per frame for PVC). */
+  get numImageToken(): number {
+    return this.config.num_image_token;
+  }
+
+  /** Upstream's extract_feature: pixel values [N, 3, S, S] -> visual tokens [N, T, D]. Caller owns the result. */
+  extractFeature(pixelValues: tf.Tensor4D, tap?: Tap): tf.Tensor3D {
+    this.checkPixelValues(pixelValues);
+    return tf.tidy(() => {
+      const features = this.projector.forward(this.vision.forward(pixelValues, { tap }));
+      if (tap) tap('projector.out', features);
+      return features;
+    });
+  }
+
+  private checkPixelValues(pixelValues: tf.Tensor): void {
+    const S = this.config.image_size;
+    const [, c, h, w] = pixelValues.shape;
+    if (pixelValues.rank !== 4 || c !== 3 || h !== S || w !== S) {
+      throw new Error(`pixelValues has shape [${pixelValues.shape}]; expected [tiles, 3, ${S}, ${S}]`);
+    }
+  }
+
+  /**
+   * The prompt and ids chat() would feed the model, following upstream: "<image>\n" is prepended when
+   * there is no history, pixels are given and the question has no <image>; each numPatchesList entry
+   * expands the next <image>.
+   */
+  preparePrompt(tokenizer: PVCTokenizer, pixelValues: tf.Tensor4D | null, question: string, options: ChatOptions = {}): PreparedPrompt & { numPatchesList: number[] } {
+    checkDataFlag(options.dataFlag);
+    if (pixelValues !== null) this.checkPixelValues(pixelValues);
+    const history = options.history ?? null;
+    if (history === null && pixelValues !== null && !question.includes(IMAGE_PLACEHOLDER)) question = `${IMAGE_PLACEHOLDER}\n${question}`;
+    const numPatchesList = options.numPatchesList ?? (pixelValues !== null ? [pixelValues.shape[0]] : []);
+    const tiles = pixelValues?.shape[0] ?? 0;
+    const total = numPatchesList.reduce((a, b) => a + b, 0);
+    if (total !== tiles) throw new Error(`numPatchesList [${numPatchesList}] sums to ${total}, but pixelValues has ${tiles} tiles`);
+    const template = buildPrompt(this.config.system_message, history ?? [], question);
+    const prompt = expandImagePlaceholders(template, numPatchesList, this.numImageToken);
+    return { prompt, question, inputIds: tokenizer.encode(prompt), numPatchesList };
+  }
+
+  /** Embeddings of `ids` rows with the IMG_CONTEXT rows replaced by `visual` rows, in order. */
+  private mergeEmbeddings(ids: number[][], imgContextId: number, visual: tf.Tensor2D | null): tf.Tensor3D {
+    const slots = ids.flat().filter((id) => id === imgContextId).length;
+    const available = visual?.shape[0] ?? 0;
+    if (slots !== available) throw new Error(`the prompt has ${slots} ${IMG_CONTEXT_TOKEN} tokens but the images give ${available} visual tokens`);
+    const text = this.llm.embedTokens(ids);
+    if (visual === null) return text;
+    return tf.tidy(() => {
+      const [B, T, D] = text.shape;
+      // Row r of the flattened batch takes visual row k if it is the k-th IMG_CONTEXT, else its text row.
+      const index: number[] = [];
+      let k = 0;
+      for (const id of ids.flat()) index.push(id === imgContextId ? B * T + k++ : index.length);
+      const table = tf.concat([text.reshape([B * T, D]), visual]);
+      text.dispose();
+      return tf.gather(table, tf.tensor1d(index, 'int32')).reshape([B, T, D]) as tf.Tensor3D;
+    });
+  }
+
+  private generationConfig(tokenizer: PVCTokenizer, options: GenerationOptions): GenerationConfig {
+    const eos = tokenizer.tokenToId(SEPARATOR);
+    if (eos === undefined) throw new Error(`the tokenizer has no ${SEPARATOR} token`);
+    const config = resolveGenerationConfig(options, { eosTokenId: [eos], padTokenId: tokenizer.padTokenId });
+    // chat() always stops at <|im_end|> (upstream overwrites eos_token_id).
+    return { ...config, eosTokenId: [eos] };
+  }
+
+  /** Runs generation for prepared rows and yields each step's tokens; frees everything it makes. */
+  private async *steps(tokenizer: PVCTokenizer, pixelValues: tf.Tensor4D | null, rows: number[][], genOptions: GenerationOptions, signal?: AbortSignal) {
+    const config = this.generationConfig(tokenizer, genOptions);
+    const imgContextId = tokenizer.tokenToId(IMG_CONTEXT_TOKEN);
+    if (imgContextId === undefined) throw new Error(`the tokenizer has no ${IMG_CONTEXT_TOKEN} token`);
+    const T = Math.max(...rows.map((r) => r.length));
+    const padded = rows.map((r) => [...new Array(T - r.length).fill(tokenizer.padTokenId), ...r]);
+    const attentionMask = rows.map((r) => [...new Array(T - r.length).fill(0), ...r.map(() => 1)]);
+    const visual = pixelValues === null ? null : tf.tidy(() => {
+      const features = this.extractFeature(pixelValues);
+      return features.reshape([-1, features.shape[2]]) as tf.Tensor2D;
+    });
+    let embeds: tf.Tensor3D;
+    try {
+      embeds = this.mergeEmbeddings(padded, imgContextId, visual);
+    } finally {
+      visual?.dispose();
+    }
+    try {
+      // As upstream's generate() from embeddings, the ids the logits processors see start at <s>.
+      yield* generateSteps(this.llm, { embeds, attentionMask, seenIds: rows.map(() => [tokenizer.bosTokenId]) }, config, { signal });
+    } finally {
+      embeds.dispose();
+    }
+  }
+
+  /** The prompt chat() builds and the token ids it generates (eos included), without decoding them. */
+  async chatIds(tokenizer: PVCTokenizer, pixelValues: tf.Tensor4D | null, question: string, generation: GenerationOptions = {}, options: ChatOptions = {}): Promise<PreparedPrompt & { outputIds: number[] }> {
+    const prepared = this.preparePrompt(tokenizer, pixelValues, question, options);
+    const outputIds: number[] = [];
+    for await (const step of this.steps(tokenizer, pixelValues, [prepared.inputIds], generation, options.signal)) outputIds.push(step.tokens[0]);
+    return { prompt: prepared.prompt, question: prepared.question, inputIds: prepared.inputIds, outputIds };
+  }
+
+  /** Upstream's chat(): the answer (and the history with this turn appended, with returnHistory). */
+  async chat(tokenizer: PVCTokenizer, pixelValues: tf.Tensor4D | null, question: string, generation: GenerationOptions, options: ChatOptions & { returnHistory: true }): Promise<{ response: string; history: History }>;
+  async chat(tokenizer: PVCTokenizer, pixelValues: tf.Tensor4D | null, question: string, generation?: GenerationOptions, options?: ChatOptions): Promise<string>;
+  async chat(tokenizer: PVCTokenizer, pixelValues: tf.Tensor4D | null, question: string, generation: GenerationOptions = {}, options: ChatOptions = {}): Promise<string | { response: string; history: History }> {
+    const prepared = await this.chatIds(tokenizer, pixelValues, question, generation, options);
+    const response = decodeAnswer(tokenizer, prepared.outputIds);
+    if (!options.returnHistory) return response;
+    return { response, history: [...(options.history ?? []), [prepared.question, response]] };
+  }
+
+  /** chat() as a stream of text pieces whose concatenation is chat()'s answer. */
+  async *stream(tokenizer: PVCTokenizer, pixelValues: tf.Tensor4D | null, question: string, generation: GenerationOptions = {}, options: ChatOptions = {}): AsyncGenerator<string> {
+    const prepared = this.preparePrompt(tokenizer, pixelValues, question, options);
+    const decoder = new StreamDecoder(tokenizer);
+    for await (const step of this.steps(tokenizer, pixelValues, [prepared.inputIds], generation, options.signal)) {
+      const piece = decoder.push(step.tokens[0]);
+      if (piece) yield piece;
+    }
+    const rest = decoder.finish();
+    if (rest) yield rest;
+  }
+
+  /** Upstream's batch_chat(): several questions at once (left-padded), no history. */
+  async batchChat(tokenizer: PVCTokenizer, pixelValues: tf.Tensor4D | null, questions: string[], generation: GenerationOptions = {}, options: { numPatchesList?: number[]; dataFlag?: 1 | 2 | 3; signal?: AbortSignal } = {}): Promise<string[]> {
+    checkDataFlag(options.dataFlag);
+    const numPatchesList = options.numPatchesList ?? (pixelValues !== null ? [pixelValues.shape[0]] : questions.map(() => 0));
+    if (numPatchesList.length !== questions.length) {
+      throw new Error(`batchChat: ${questions.length} questions but numPatchesList has ${numPatchesList.length} entries`);
+    }
+    if (pixelValues !== null) this.checkPixelValues(pixelValues);
+    const tiles = pixelValues?.shape[0] ?? 0;
+    if (numPatchesList.reduce((a, b) => a + b, 0) !== tiles) throw new Error(`numPatchesList [${numPatchesList}] does not sum to the ${tiles} tiles of pixelValues`);
+    const rows = questions.map((q, i) => {
+      if (pixelValues !== null && !q.includes(IMAGE_PLACEHOLDER)) q = `${IMAGE_PLACEHOLDER}\n${q}`;
+      const prompt = expandImagePlaceholders(buildPrompt(this.config.system_message, [], q), pixelValues === null ? [] : [numPatchesList[i]], this.numImageToken);
+      return tokenizer.encode(prompt);
+    });
+    const out: number[][] = rows.map(() => []);
+    for await (const step of this.steps(tokenizer, pixelValues, rows, generation, options.signal)) step.tokens.forEach((t, b) => out[b].push(t));
+    return out.map((ids) => decodeAnswer(tokenizer, ids));
+  }
+
+  dispose(): void {
+    this.vision.dispose();
+    this.weights.dispose();
+  }
+}
