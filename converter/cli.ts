@@ -105,4 +105,4 @@ export function main(argv = process.argv.slice(2)): number {
   }
 }
 
-if (require.main === module) process.exitCode = main();
+

@@ -28,6 +28,8 @@ export interface ChatOptions {
   /** PVC's per-sample kind: 1 single image, 2 multi-image, 3 video. */
   dataFlag?: 1 | 2 | 3;
   signal?: AbortSignal;
+  /** Called with each generated token id (timing, inspection). */
+  onToken?: (id: number) => void;
 }
 
 export interface LoadOptions {
@@ -172,7 +174,10 @@ export class PVCModel {
   async chatIds(tokenizer: PVCTokenizer, pixelValues: tf.Tensor4D | null, question: string, generation: GenerationOptions = {}, options: ChatOptions = {}): Promise<PreparedPrompt & { outputIds: number[] }> {
     const prepared = this.preparePrompt(tokenizer, pixelValues, question, options);
     const outputIds: number[] = [];
-    for await (const step of this.steps(tokenizer, pixelValues, [prepared.inputIds], generation, options.signal)) outputIds.push(step.tokens[0]);
+    for await (const step of this.steps(tokenizer, pixelValues, [prepared.inputIds], generation, options.signal)) {
+      outputIds.push(step.tokens[0]);
+      options.onToken?.(step.tokens[0]);
+    }
     return { prompt: prepared.prompt, question: prepared.question, inputIds: prepared.inputIds, outputIds };
   }
 
@@ -191,6 +196,7 @@ export class PVCModel {
     const prepared = this.preparePrompt(tokenizer, pixelValues, question, options);
     const decoder = new StreamDecoder(tokenizer);
     for await (const step of this.steps(tokenizer, pixelValues, [prepared.inputIds], generation, options.signal)) {
+      options.onToken?.(step.tokens[0]);
       const piece = decoder.push(step.tokens[0]);
       if (piece) yield piece;
     }

@@ -1,0 +1,31 @@
+// A video: the PVC quick start's third example (frames sampled uniformly, one tile each), streamed.
+//   npx tsx examples/chat-video.ts [--model DIR] [--frames N]
+import { loadTokenizer, loadVideo, PVCModel } from '../src';
+import { exampleInput, modelDir, seconds } from './common';
+
+async function main() {
+  const dir = modelDir();
+  const model = await PVCModel.load(dir);
+  const tokenizer = await loadTokenizer(dir);
+  const i = process.argv.indexOf('--frames');
+  const numSegments = i >= 0 ? Number(process.argv[i + 1]) : 64;
+  let t = Date.now();
+  const video = await loadVideo(await exampleInput('example_video.mp4'), { numSegments, maxNum: 1, inputSize: model.config.image_size });
+  console.log(`video: ${video.frameCount} frames at ${video.fps.toFixed(2)} fps -> ${video.frameIndices.length} sampled in ${seconds(t)}`);
+
+  const videoPrefix = video.numPatchesList.map((_, k) => `Frame${k + 1}: <image>\n`).join('');
+  const question = videoPrefix + 'Describe this video in detail.';
+  console.log(`User: Frame1: <image>\n ... Frame${video.numPatchesList.length}: <image>\nDescribe this video in detail.\nAssistant: `);
+  t = Date.now();
+  for await (const piece of model.stream(tokenizer, video.pixelValues, question, { maxNewTokens: 64, doSample: false }, { dataFlag: 3, numPatchesList: video.numPatchesList })) {
+    process.stdout.write(piece);
+  }
+  console.log(`\n(${seconds(t)})`);
+  video.pixelValues.dispose();
+  model.dispose();
+}
+
+main().catch((e) => {
+  console.error(e instanceof Error ? e.message : e);
+  process.exit(1);
+});

@@ -1,0 +1,19 @@
+// Builds the embedded default models into weights/ by converting the committed tiny checkpoints
+// with pvc-convert (skipped when already built).
+//   npx tsx weights/build.ts
+import * as fs from 'fs';
+import * as path from 'path';
+import { convertCheckpoint } from '../converter/convert';
+
+const FIXTURES = path.join(__dirname, '..', 'test', 'fixtures', 'checkpoints');
+
+for (const name of ['tiny-internvl2']) {
+  const out = path.join(__dirname, name);
+  if (fs.existsSync(path.join(out, 'manifest.json'))) {
+    console.log(`weights/${name}: present`);
+    continue;
+  }
+  const t = Date.now();
+  convertCheckpoint(path.join(FIXTURES, name), out, { overwrite: true });
+  console.log(`weights/${name}: converted from test/fixtures/checkpoints/${name} in ${Date.now() - t} ms`);
+}
