@@ -14,6 +14,7 @@ import { Tap } from '../nn/layers';
 import { decodeAnswer, PVCTokenizer, StreamDecoder } from '../tokenizer';
 import { InternVisionModel } from '../vision/intern_vit';
 import { Projector } from '../vision/projector';
+import { pvcVisualTokens, repeatsFor, Sample, TemporalEncoder, TemporalVision } from '../vision/temporal';
 import { buildPrompt, expandImagePlaceholders, History, IMAGE_PLACEHOLDER, IMG_CONTEXT_TOKEN, SEPARATOR } from './template';
 
 /** Generation options: camelCase or upstream's snake_case keys (max_new_tokens, do_sample, ...). */
@@ -25,8 +26,10 @@ export interface ChatOptions {
   returnHistory?: boolean;
   /** Tiles per image, in order of the <image> placeholders. Default: one image with every tile. */
   numPatchesList?: number[];
-  /** PVC's per-sample kind: 1 single image, 2 multi-image, 3 video. */
-  dataFlag?: 1 | 2 | 3;
+  /** PVC's per-sample kind: 1 single image, 2 multi-image, 3 video (one per sample with splitSizes). */
+  dataFlag?: DataFlag | DataFlag[];
+  /** Tiles per sample (upstream's split_sizes); default: all tiles are one sample. */
+  splitSizes?: number[];
   signal?: AbortSignal;
   /** Called with each generated token id (timing, inspection). */
   onToken?: (id: number) => void;
@@ -45,21 +48,52 @@ export interface PreparedPrompt {
   inputIds: number[];
 }
 
+export type DataFlag = 1 | 2 | 3;
+
 function checkDataFlag(dataFlag: unknown): void {
-  if (dataFlag !== undefined && dataFlag !== 1 && dataFlag !== 2 && dataFlag !== 3) {
-    throw new Error(`dataFlag ${JSON.stringify(dataFlag)}: expected 1 (single image), 2 (multi-image) or 3 (video)`);
+  for (const flag of Array.isArray(dataFlag) ? dataFlag : [dataFlag]) {
+    if (flag !== undefined && flag !== 1 && flag !== 2 && flag !== 3) {
+      throw new Error(`dataFlag ${JSON.stringify(flag)}: expected 1 (single image), 2 (multi-image) or 3 (video)`);
+    }
   }
+}
+
+/**
+ * The samples of a request: splitSizes (tiles per sample) partitions numPatchesList's entries; each
+ * sample has its own dataFlag.
+ */
+function samplesOf(numPatchesList: number[], dataFlag: DataFlag | DataFlag[] | undefined, splitSizes?: number[]): Sample[] {
+  const total = numPatchesList.reduce((a, b) => a + b, 0);
+  const sizes = splitSizes ?? (total > 0 ? [total] : []);
+  const flags = Array.isArray(dataFlag) ? dataFlag : sizes.map(() => dataFlag);
+  if (flags.length !== sizes.length) throw new Error(`dataFlag has ${flags.length} entries but there are ${sizes.length} samples (splitSizes [${sizes}])`);
+  const samples: Sample[] = [];
+  let entry = 0;
+  let start = 0;
+  sizes.forEach((size, s) => {
+    const list: number[] = [];
+    let tiles = 0;
+    while (tiles < size && entry < numPatchesList.length) tiles += (list.push(numPatchesList[entry]), numPatchesList[entry++]);
+    if (tiles !== size) throw new Error(`splitSizes [${sizes}] does not follow numPatchesList [${numPatchesList}] (sample ${s} would take ${tiles} tiles, not ${size})`);
+    samples.push({ dataFlag: flags[s], start, numPatchesList: list });
+    start += size;
+  });
+  if (entry !== numPatchesList.length) throw new Error(`splitSizes [${sizes}] covers ${start} of the ${total} tiles`);
+  return samples;
 }
 
 export class PVCModel {
   readonly vision: InternVisionModel;
   readonly projector: Projector;
   readonly llm: InternLM2;
+  /** PVC's temporal layers (model_type pvc_internvl with use_temporal), else null. */
+  readonly temporal: TemporalVision | null;
 
   private constructor(readonly dir: string, readonly config: ModelConfig, readonly weights: Weights) {
     this.vision = new InternVisionModel(weights, config);
     this.projector = new Projector(weights, config);
     this.llm = new InternLM2(weights, config.llm);
+    this.temporal = config.pvc?.use_temporal ? new TemporalVision(weights, config, this.vision) : null;
   }
 
   /** Loads a model converted by pvc-convert. */
@@ -78,6 +112,30 @@ export class PVCModel {
   /** Visual tokens per tile (per frame for PVC). */
   get numImageToken(): number {
     return this.config.num_image_token;
+  }
+
+  /** IMG_CONTEXT tokens per tile for a sample of this kind: num_image_token, times PVC's repeat count. */
+  tokensPerTile(dataFlag?: DataFlag): number {
+    return this.numImageToken * (this.config.pvc ? repeatsFor(this.config.pvc, dataFlag) : 1);
+  }
+
+  /**
+   * The visual tokens of a request, in the order of the prompt's IMG_CONTEXT slots: [tokens, D].
+   * InternVL2: each tile's tokens. PVC: each tile (or each clip) as a temporal sequence (see temporal.ts).
+   */
+  visualTokens(pixelValues: tf.Tensor4D, samples: Sample[], tap?: Tap): tf.Tensor2D {
+    this.checkPixelValues(pixelValues);
+    return tf.tidy(() => {
+      if (this.temporal !== null) return pvcVisualTokens(this.temporal, this.projector, pixelValues, samples, tap);
+      const features = this.extractFeature(pixelValues, tap);
+      return features.reshape([-1, features.shape[2]]) as tf.Tensor2D;
+    });
+  }
+
+  /** PVC: a streaming encoder for one clip (frames in, visual tokens out, constant work per frame). */
+  videoEncoder(): TemporalEncoder {
+    if (this.temporal === null) throw new Error(`${this.dir}: videoEncoder needs a PVC model with temporal layers (model_type ${this.config.model_type})`);
+    return new TemporalEncoder(this.temporal, this.projector);
   }
 
   /** Upstream's extract_feature: pixel values [N, 3, S, S] -> visual tokens [N, T, D]. Caller owns the result. */
@@ -103,7 +161,7 @@ export class PVCModel {
    * there is no history, pixels are given and the question has no <image>; each numPatchesList entry
    * expands the next <image>.
    */
-  preparePrompt(tokenizer: PVCTokenizer, pixelValues: tf.Tensor4D | null, question: string, options: ChatOptions = {}): PreparedPrompt & { numPatchesList: number[] } {
+  preparePrompt(tokenizer: PVCTokenizer, pixelValues: tf.Tensor4D | null, question: string, options: ChatOptions = {}): PreparedPrompt & { numPatchesList: number[]; samples: Sample[] } {
     checkDataFlag(options.dataFlag);
     if (pixelValues !== null) this.checkPixelValues(pixelValues);
     const history = options.history ?? null;
@@ -112,9 +170,11 @@ export class PVCModel {
     const tiles = pixelValues?.shape[0] ?? 0;
     const total = numPatchesList.reduce((a, b) => a + b, 0);
     if (total !== tiles) throw new Error(`numPatchesList [${numPatchesList}] sums to ${total}, but pixelValues has ${tiles} tiles`);
+    const samples = samplesOf(numPatchesList, options.dataFlag, options.splitSizes);
+    const flags = samples.flatMap((s) => s.numPatchesList.map(() => s.dataFlag));
     const template = buildPrompt(this.config.system_message, history ?? [], question);
-    const prompt = expandImagePlaceholders(template, numPatchesList, this.numImageToken);
-    return { prompt, question, inputIds: tokenizer.encode(prompt), numPatchesList };
+    const prompt = expandImagePlaceholders(template, numPatchesList, numPatchesList.map((_, k) => this.tokensPerTile(flags[k])));
+    return { prompt, question, inputIds: tokenizer.encode(prompt), numPatchesList, samples };
   }
 
   /** Embeddings of `ids` rows with the IMG_CONTEXT rows replaced by `visual` rows, in order. */
@@ -145,17 +205,14 @@ export class PVCModel {
   }
 
   /** Runs generation for prepared rows and yields each step's tokens; frees everything it makes. */
-  private async *steps(tokenizer: PVCTokenizer, pixelValues: tf.Tensor4D | null, rows: number[][], genOptions: GenerationOptions, signal?: AbortSignal) {
+  private async *steps(tokenizer: PVCTokenizer, pixelValues: tf.Tensor4D | null, samples: Sample[], rows: number[][], genOptions: GenerationOptions, signal?: AbortSignal) {
     const config = this.generationConfig(tokenizer, genOptions);
     const imgContextId = tokenizer.tokenToId(IMG_CONTEXT_TOKEN);
     if (imgContextId === undefined) throw new Error(`the tokenizer has no ${IMG_CONTEXT_TOKEN} token`);
     const T = Math.max(...rows.map((r) => r.length));
     const padded = rows.map((r) => [...new Array(T - r.length).fill(tokenizer.padTokenId), ...r]);
     const attentionMask = rows.map((r) => [...new Array(T - r.length).fill(0), ...r.map(() => 1)]);
-    const visual = pixelValues === null ? null : tf.tidy(() => {
-      const features = this.extractFeature(pixelValues);
-      return features.reshape([-1, features.shape[2]]) as tf.Tensor2D;
-    });
+    const visual = pixelValues === null ? null : this.visualTokens(pixelValues, samples);
     let embeds: tf.Tensor3D;
     try {
       embeds = this.mergeEmbeddings(padded, imgContextId, visual);
@@ -174,7 +231,7 @@ export class PVCModel {
   async chatIds(tokenizer: PVCTokenizer, pixelValues: tf.Tensor4D | null, question: string, generation: GenerationOptions = {}, options: ChatOptions = {}): Promise<PreparedPrompt & { outputIds: number[] }> {
     const prepared = this.preparePrompt(tokenizer, pixelValues, question, options);
     const outputIds: number[] = [];
-    for await (const step of this.steps(tokenizer, pixelValues, [prepared.inputIds], generation, options.signal)) {
+    for await (const step of this.steps(tokenizer, pixelValues, prepared.samples, [prepared.inputIds], generation, options.signal)) {
       outputIds.push(step.tokens[0]);
       options.onToken?.(step.tokens[0]);
     }
@@ -195,7 +252,7 @@ export class PVCModel {
   async *stream(tokenizer: PVCTokenizer, pixelValues: tf.Tensor4D | null, question: string, generation: GenerationOptions = {}, options: ChatOptions = {}): AsyncGenerator<string> {
     const prepared = this.preparePrompt(tokenizer, pixelValues, question, options);
     const decoder = new StreamDecoder(tokenizer);
-    for await (const step of this.steps(tokenizer, pixelValues, [prepared.inputIds], generation, options.signal)) {
+    for await (const step of this.steps(tokenizer, pixelValues, prepared.samples, [prepared.inputIds], generation, options.signal)) {
       options.onToken?.(step.tokens[0]);
       const piece = decoder.push(step.tokens[0]);
       if (piece) yield piece;
@@ -205,7 +262,7 @@ export class PVCModel {
   }
 
   /** Upstream's batch_chat(): several questions at once (left-padded), no history. */
-  async batchChat(tokenizer: PVCTokenizer, pixelValues: tf.Tensor4D | null, questions: string[], generation: GenerationOptions = {}, options: { numPatchesList?: number[]; dataFlag?: 1 | 2 | 3; signal?: AbortSignal } = {}): Promise<string[]> {
+  async batchChat(tokenizer: PVCTokenizer, pixelValues: tf.Tensor4D | null, questions: string[], generation: GenerationOptions = {}, options: { numPatchesList?: number[]; dataFlag?: DataFlag | DataFlag[]; signal?: AbortSignal } = {}): Promise<string[]> {
     checkDataFlag(options.dataFlag);
     const numPatchesList = options.numPatchesList ?? (pixelValues !== null ? [pixelValues.shape[0]] : questions.map(() => 0));
     if (numPatchesList.length !== questions.length) {
@@ -214,13 +271,16 @@ export class PVCModel {
     if (pixelValues !== null) this.checkPixelValues(pixelValues);
     const tiles = pixelValues?.shape[0] ?? 0;
     if (numPatchesList.reduce((a, b) => a + b, 0) !== tiles) throw new Error(`numPatchesList [${numPatchesList}] does not sum to the ${tiles} tiles of pixelValues`);
+    // One sample per question.
+    const samples = pixelValues === null ? [] : samplesOf(numPatchesList, options.dataFlag, numPatchesList);
     const rows = questions.map((q, i) => {
       if (pixelValues !== null && !q.includes(IMAGE_PLACEHOLDER)) q = `${IMAGE_PLACEHOLDER}\n${q}`;
-      const prompt = expandImagePlaceholders(buildPrompt(this.config.system_message, [], q), pixelValues === null ? [] : [numPatchesList[i]], this.numImageToken);
+      const images = pixelValues === null ? [] : [numPatchesList[i]];
+      const prompt = expandImagePlaceholders(buildPrompt(this.config.system_message, [], q), images, images.map(() => this.tokensPerTile(samples[i].dataFlag)));
       return tokenizer.encode(prompt);
     });
     const out: number[][] = rows.map(() => []);
-    for await (const step of this.steps(tokenizer, pixelValues, rows, generation, options.signal)) step.tokens.forEach((t, b) => out[b].push(t));
+    for await (const step of this.steps(tokenizer, pixelValues, samples, rows, generation, options.signal)) step.tokens.forEach((t, b) => out[b].push(t));
     return out.map((ids) => decodeAnswer(tokenizer, ids));
   }
 

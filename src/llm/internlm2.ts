@@ -262,8 +262,14 @@ export class InternLM2 {
       let h = embeds;
       if (tap) tap('llm.embeds', h);
       this.layers.forEach((layer, i) => {
-        h = layer.forward(h, rope, mask, cache, i, tap);
-        if (tap) tap(`llm.layers.${i}.out`, h);
+        // A scope per layer: its intermediates are freed before the next layer runs.
+        const prev = h;
+        h = tf.tidy(() => {
+          const out = layer.forward(prev, rope, mask, cache, i, tap);
+          if (tap) tap(`llm.layers.${i}.out`, out);
+          return out;
+        });
+        if (prev !== embeds) prev.dispose();
       });
       if (options.lastOnly) h = h.slice([0, T - 1, 0], [B, 1, -1]);
       h = this.norm.forward(h);

@@ -213,8 +213,14 @@ export class InternVisionModel {
     let x = this.embed(pixelValues);
     if (tap) tap('vision.embeddings', x);
     for (let i = 0; i < this.outputIndex; i++) {
-      x = this.layers[i].forward(x, extras?.(i), tap);
-      if (tap) tap(`vision.layers.${i}.out`, x);
+      // A scope per layer: its intermediates are freed before the next layer runs.
+      const prev = x;
+      x = tf.tidy(() => {
+        const out = this.layers[i].forward(prev, extras?.(i), tap);
+        if (tap) tap(`vision.layers.${i}.out`, out);
+        return out;
+      });
+      prev.dispose();
     }
     return x;
   }

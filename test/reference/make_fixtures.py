@@ -256,7 +256,7 @@ def randomize(model, seed):
                 p.copy_(0.1 * r)
             elif p.ndim == 1 and (last == 'weight' or 'norm' in name):  # norm weights
                 p.copy_(1.0 + 0.2 * r)
-            elif last in ('ls1', 'ls2'):
+            elif last in ('ls1', 'ls2', 'ls_t'):
                 p.copy_(0.5 + 0.2 * r)
             elif 'class_embedding' in name or 'position_embedding' in name:
                 p.copy_(0.5 * r)

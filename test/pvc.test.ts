@@ -1,0 +1,177 @@
+// PVC (spec v0) against its PyTorch implementation on upstream's InternViT classes
+// (test/reference/pvc_spec.py), and the properties that hold whatever the spec's guesses.
+import * as tf from '@tensorflow/tfjs';
+import * as fs from 'fs';
+import * as path from 'path';
+import { initBackend } from '../src/backend';
+import { PVCModel } from '../src/chat/model';
+import { loadConfig, ModelConfig } from '../src/config';
+import { SafetensorsFile } from '../src/io/safetensors';
+import { Weights } from '../src/io/weights';
+import { loadTokenizer, PVCTokenizer } from '../src/tokenizer';
+import { InternVisionModel } from '../src/vision/intern_vit';
+import { Projector } from '../src/vision/projector';
+import { pvcVisualTokens, TemporalCache, TemporalEncoder, TemporalVision } from '../src/vision/temporal';
+import { ChatRecord, convertFixture, loadReference, PARITY_BACKENDS, PARITY_TOLERANCE, relativeMaxError } from './helpers';
+
+type PVCChat = ChatRecord & { data_flag: 1 | 2 | 3 };
+
+describe.each(PARITY_BACKENDS)('tiny-pvc on %s', (backend) => {
+  let dir: string;
+  let model: PVCModel;
+  let tokenizer: PVCTokenizer;
+  let ref: SafetensorsFile;
+  let chats: PVCChat[];
+  const tensor = (n: string) => tf.tensor4d(ref.readFloat32(n), ref.info(n).shape as [number, number, number, number]);
+
+  beforeAll(async () => {
+    dir = convertFixture('tiny-pvc');
+    model = await PVCModel.load(dir, { backend });
+    tokenizer = await loadTokenizer(dir);
+    const r = loadReference('tiny-pvc');
+    ref = r.tensors;
+    chats = (r.doc as unknown as { chat: PVCChat[] }).chat;
+  });
+  afterAll(() => {
+    model.dispose();
+    ref.close();
+    fs.rmSync(path.dirname(dir), { recursive: true, force: true });
+  });
+
+  test.each([
+    ['single', 'image_a', 1, [3]],
+    ['video', 'clip', 3, [1, 1, 1, 1, 1, 1]],
+  ] as const)('%s: every frame\'s ViT state per layer, the projector output, embeddings and logits match', async (prefix, input, dataFlag, numPatchesList) => {
+    const pixels = tensor(input);
+    const captured = new Map<string, Float32Array>();
+    const tap = (n: string, v: tf.Tensor) => captured.set(n, v.dataSync() as Float32Array);
+    const visual = model.visualTokens(pixels, [{ dataFlag, start: 0, numPatchesList: [...numPatchesList] }], tap);
+    visual.dispose();
+    const names = ['vision.embeddings', 'vision.layers.0.out', 'vision.layers.1.out', 'vision.layers.2.out', 'projector.out'];
+    for (const n of names) expect({ n, ok: relativeMaxError(captured.get(n)!, ref.readFloat32(`${prefix}.${n}`)) <= PARITY_TOLERANCE }).toEqual({ n, ok: true });
+
+    const chat = chats.find((c) => c.name === (prefix === 'single' ? 'single-image' : 'video'))!;
+    const prepared = model.preparePrompt(tokenizer, pixels, chat.question, { dataFlag, numPatchesList: [...numPatchesList] });
+    const embedsRef = ref.readFloat32(`${prefix}.llm.inputs_embeds`);
+    const cache = model.llm.newCache(1);
+    const vis = model.visualTokens(pixels, prepared.samples);
+    // Merge as chat() does and compare the embeddings the LLM receives, then its logits.
+    const imgContext = tokenizer.tokenToId('<IMG_CONTEXT>')!;
+    const text = model.llm.embedTokens([prepared.inputIds]);
+    const D = text.shape[2];
+    const rows = text.dataSync().slice();
+    const visData = vis.dataSync();
+    let k = 0;
+    prepared.inputIds.forEach((id, pos) => {
+      if (id === imgContext) rows.set(visData.subarray(k * D, ++k * D), pos * D);
+    });
+    expect(k * D).toBe(visData.length);
+    expect(relativeMaxError(rows, embedsRef)).toBeLessThanOrEqual(PARITY_TOLERANCE);
+    const embeds = tf.tensor3d(rows, text.shape);
+    const logits = model.llm.forward(embeds, cache);
+    expect(relativeMaxError(logits.dataSync(), ref.readFloat32(`${prefix}.llm.logits`))).toBeLessThanOrEqual(PARITY_TOLERANCE);
+    tf.dispose([pixels, vis, text, embeds, logits]);
+    cache.dispose();
+  });
+
+  // The cpu backend runs a subset.
+  test.each(backend === 'wasm' ? ['single-image', 'multi-image', 'video'] : ['single-image', 'video'])('%s: greedy chat is the spec implementation\'s, token for token', async (name) => {
+    const c = chats.find((x) => x.name === name)!;
+    const pixels = name === 'video' ? tensor('clip') : name === 'multi-image' ? tf.concat([tensor('image_a'), tensor('image_b')]) as tf.Tensor4D : tensor('image_a');
+    const out = await model.chatIds(tokenizer, pixels, c.question, { max_new_tokens: 16, do_sample: false }, { dataFlag: c.data_flag, numPatchesList: c.num_patches_list! });
+    expect(out.prompt).toBe(c.prompt);
+    expect(out.inputIds).toEqual(c.input_ids);
+    expect(out.outputIds).toEqual(c.output_ids.slice(1));
+    expect(await model.chat(tokenizer, pixels, c.question, { max_new_tokens: 16, do_sample: false }, { dataFlag: c.data_flag, numPatchesList: c.num_patches_list! })).toBe(c.answer);
+    pixels.dispose();
+  });
+
+  test('IMG_CONTEXT counts: num_image_token x tiles x image_repeat_time for images, x video_repeat_time for video', () => {
+    const pvc = model.config.pvc!;
+    expect(model.tokensPerTile(1)).toBe(model.numImageToken * pvc.image_repeat_time);
+    expect(model.tokensPerTile(undefined)).toBe(model.numImageToken * pvc.image_repeat_time);
+    expect(model.tokensPerTile(3)).toBe(model.numImageToken * pvc.video_repeat_time);
+  });
+});
+
+describe('PVC properties (independent of the spec\'s guesses)', () => {
+  let dir: string;
+  let config: ModelConfig;
+  let weights: Weights;
+  let vit: InternVisionModel;
+  let temporal: TemporalVision;
+  let projector: Projector;
+  let clip: tf.Tensor4D;
+
+  beforeAll(async () => {
+    await initBackend({ backend: 'wasm', log: null });
+    dir = convertFixture('tiny-pvc');
+    config = loadConfig(dir);
+    weights = Weights.load(dir);
+    vit = new InternVisionModel(weights, config);
+    temporal = new TemporalVision(weights, config, vit);
+    projector = new Projector(weights, config);
+    const ref = loadReference('tiny-pvc').tensors;
+    clip = tf.tensor4d(ref.readFloat32('clip'), ref.info('clip').shape as [number, number, number, number]);
+    ref.close();
+  });
+  afterAll(() => {
+    tf.dispose(clip);
+    weights.dispose();
+    fs.rmSync(path.dirname(dir), { recursive: true, force: true });
+  });
+
+  const encodeClip = (t: TemporalVision, frames: tf.Tensor4D) => tf.tidy(() => {
+    const cache = new TemporalCache();
+    const out = t.forward(frames, 1, cache);
+    cache.dispose();
+    return out;
+  });
+
+  test('with every new parameter zero, each frame\'s output is plain InternViT on that frame', () => {
+    const zeroed = new Map<string, tf.Tensor>();
+    for (const n of weights.names) {
+      const t = weights.get(n);
+      const isNew = /\.adaln\.(weight|bias)$|\.temporal\.(proj\.(weight|bias)|ls)$/.test(n);
+      zeroed.set(n, isNew ? tf.zerosLike(t) : t.clone());
+    }
+    expect([...zeroed.keys()].filter((n) => /adaln|temporal\.(proj|ls)/.test(n)).length).toBeGreaterThan(0);
+    const w0 = Weights.fromTensors(dir, zeroed);
+    const vit0 = new InternVisionModel(w0, config);
+    const pvcOut = encodeClip(new TemporalVision(w0, config, vit0), clip);
+    const plain = tf.tidy(() => vit0.forward(clip));
+    expect(relativeMaxError(pvcOut.dataSync(), plain.dataSync())).toBeLessThan(1e-6);
+    // ...and with the trained (random) parameters it is not: the test can tell the difference.
+    const real = encodeClip(temporal, clip);
+    expect(relativeMaxError(real.dataSync(), plain.dataSync())).toBeGreaterThan(1e-2);
+    tf.dispose([pvcOut, plain, real]);
+    w0.dispose();
+  });
+
+  test('causality: frame t\'s output does not change when frames after t change', () => {
+    const T = clip.shape[0];
+    const t = 2;
+    const altered = tf.tidy(() => tf.concat([clip.slice([0, 0, 0, 0], [t + 1, -1, -1, -1]), tf.randomNormal([T - t - 1, clip.shape[1], clip.shape[2], clip.shape[3]], 0, 1, 'float32', 7)]) as tf.Tensor4D);
+    const a = encodeClip(temporal, clip);
+    const b = encodeClip(temporal, altered);
+    const frame = (x: tf.Tensor, i: number) => x.slice([i, 0, 0], [1, -1, -1]).dataSync();
+    for (let i = 0; i <= t; i++) expect(relativeMaxError(frame(b, i), frame(a, i))).toBe(0);
+    expect(relativeMaxError(frame(b, t + 1), frame(a, t + 1))).toBeGreaterThan(1e-3);
+    tf.dispose([altered, a, b]);
+  });
+
+  test('frame-by-frame encoding with the temporal cache equals encoding the clip at once', () => {
+    const before = tf.memory().numTensors;
+    const whole = tf.tidy(() => pvcVisualTokens(temporal, projector, clip, [{ dataFlag: 3, start: 0, numPatchesList: new Array(clip.shape[0]).fill(1) }]));
+    const encoder = new TemporalEncoder(temporal, projector);
+    const frames = (start: number, n: number) => tf.tidy(() => encoder.encode(clip.slice([start, 0, 0, 0], [n, -1, -1, -1]) as tf.Tensor4D));
+    const pieces = [frames(0, 1), frames(1, 3)]; // one frame, then a chunk of three
+    for (let i = 4; i < clip.shape[0]; i++) pieces.push(frames(i, 1));
+    expect(encoder.framesSeen).toBe(clip.shape[0]);
+    const streamed = tf.tidy(() => tf.concat(pieces.map((p) => p.reshape([-1, p.shape[2]]))));
+    expect(relativeMaxError(streamed.dataSync(), whole.dataSync())).toBeLessThan(1e-5);
+    encoder.dispose();
+    tf.dispose([whole, streamed, ...pieces]);
+    expect(tf.memory().numTensors).toBe(before);
+  });
+});
