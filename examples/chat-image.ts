@@ -13,6 +13,9 @@ async function main() {
   t = Date.now();
   const image = await loadImage(await exampleInput('example_image1.jpg'), { inputSize: model.config.image_size, maxNum: 12 });
   console.log(`image: ${image.width}x${image.height} -> ${image.numPatches} tiles in ${seconds(t)}`);
+  const perTile = model.tokensPerTile(1);
+  console.log(`visual tokens: ${image.numPatches * perTile} (${perTile} per tile` +
+    (model.config.pvc ? `: ${model.config.pvc.image_repeat_time} frames of ${model.numImageToken} tokens)` : ')'));
 
   const question = '<image>\nWhat is in the image?';
   t = Date.now();

@@ -12,6 +12,7 @@ async function main() {
   let t = Date.now();
   const video = await loadVideo(await exampleInput('example_video.mp4'), { numSegments, maxNum: 1, inputSize: model.config.image_size });
   console.log(`video: ${video.frameCount} frames at ${video.fps.toFixed(2)} fps -> ${video.frameIndices.length} sampled in ${seconds(t)}`);
+  console.log(`visual tokens: ${video.frameIndices.length * model.tokensPerTile(3)} (${model.tokensPerTile(3)} per frame)`);
 
   const videoPrefix = video.numPatchesList.map((_, k) => `Frame${k + 1}: <image>\n`).join('');
   const question = videoPrefix + 'Describe this video in detail.';

@@ -17,7 +17,7 @@ export function modelDir(): string {
   if (!dir || !fs.existsSync(path.join(dir, 'manifest.json'))) {
     throw new Error(`${dir ?? '(missing)'} is not a converted model: run \`npm run demo\` once to build the tiny default, or pass --model DIR`);
   }
-  if (dir === DEFAULT_MODEL) console.log('(tiny model with random weights: its answers are noise; pass --model DIR for a real checkpoint)');
+  if (path.basename(dir).startsWith('tiny-')) console.log(`(${path.basename(dir)}: random weights, its answers are noise; pass --model DIR for a real checkpoint)`);
   return dir;
 }
 

@@ -7,7 +7,7 @@ import { convertCheckpoint } from '../converter/convert';
 
 const FIXTURES = path.join(__dirname, '..', 'test', 'fixtures', 'checkpoints');
 
-for (const name of ['tiny-internvl2']) {
+for (const name of ['tiny-internvl2', 'tiny-pvc']) {
   const out = path.join(__dirname, name);
   if (fs.existsSync(path.join(out, 'manifest.json'))) {
     console.log(`weights/${name}: present`);
