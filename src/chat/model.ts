@@ -15,6 +15,7 @@ import { decodeAnswer, PVCTokenizer, StreamDecoder } from '../tokenizer';
 import { InternVisionModel } from '../vision/intern_vit';
 import { Projector } from '../vision/projector';
 import { pvcVisualTokens, repeatsFor, Sample, TemporalEncoder, TemporalVision } from '../vision/temporal';
+import { expandTaps, TapRecorder, tapNames } from './inspect';
 import { buildPrompt, expandImagePlaceholders, History, IMAGE_PLACEHOLDER, IMG_CONTEXT_TOKEN, SEPARATOR } from './template';
 
 /** Generation options: camelCase or upstream's snake_case keys (max_new_tokens, do_sample, ...). */
@@ -39,6 +40,44 @@ export interface LoadOptions {
   backend?: BackendName;
   /** Progress of reading the weights (bytes). */
   onProgress?: (bytesDone: number, bytesTotal: number) => void;
+}
+
+export interface InspectRequest {
+  /** Default: the tokenizer of the model's directory. */
+  tokenizer?: PVCTokenizer;
+  pixelValues?: tf.Tensor4D | null;
+  /** A chat question (templated as chat() does), or the prompt ids themselves. */
+  question?: string;
+  inputIds?: number[];
+  history?: History | null;
+  numPatchesList?: number[];
+  dataFlag?: DataFlag | DataFlag[];
+  splitSizes?: number[];
+  /** Tap names or globs: `vision.layers.*.out`, `llm.layers.{0..3}.attn.probs`, ... (see src/chat/inspect.ts). */
+  taps: string[];
+  /** Generate too, recording the taps of every generation step. */
+  generate?: GenerationOptions;
+  /** Return plain arrays ({shape, data}) instead of tensors. */
+  asArrays?: boolean;
+}
+
+export interface TapArray {
+  shape: number[];
+  data: Float32Array;
+}
+
+export interface Inspection<T = tf.Tensor> {
+  /** The prompt pass, by tap name. */
+  taps: Record<string, T>;
+  /** steps[k]: the generation pass that read generated token k. */
+  steps: Record<string, T>[];
+  prompt: string | null;
+  inputIds: number[];
+  outputIds: number[];
+  /** Positions of the IMG_CONTEXT tokens in inputIds (where the visual tokens sit). */
+  imageTokenPositions: number[];
+  /** Frees the returned tensors. */
+  dispose(): void;
 }
 
 export interface PreparedPrompt {
@@ -205,14 +244,14 @@ export class PVCModel {
   }
 
   /** Runs generation for prepared rows and yields each step's tokens; frees everything it makes. */
-  private async *steps(tokenizer: PVCTokenizer, pixelValues: tf.Tensor4D | null, samples: Sample[], rows: number[][], genOptions: GenerationOptions, signal?: AbortSignal) {
+  private async *steps(tokenizer: PVCTokenizer, pixelValues: tf.Tensor4D | null, samples: Sample[], rows: number[][], genOptions: GenerationOptions, signal?: AbortSignal, tap?: Tap) {
     const config = this.generationConfig(tokenizer, genOptions);
     const imgContextId = tokenizer.tokenToId(IMG_CONTEXT_TOKEN);
     if (imgContextId === undefined) throw new Error(`the tokenizer has no ${IMG_CONTEXT_TOKEN} token`);
     const T = Math.max(...rows.map((r) => r.length));
     const padded = rows.map((r) => [...new Array(T - r.length).fill(tokenizer.padTokenId), ...r]);
     const attentionMask = rows.map((r) => [...new Array(T - r.length).fill(0), ...r.map(() => 1)]);
-    const visual = pixelValues === null ? null : this.visualTokens(pixelValues, samples);
+    const visual = pixelValues === null ? null : this.visualTokens(pixelValues, samples, tap);
     let embeds: tf.Tensor3D;
     try {
       embeds = this.mergeEmbeddings(padded, imgContextId, visual);
@@ -221,7 +260,7 @@ export class PVCModel {
     }
     try {
       // As upstream's generate() from embeddings, the ids the logits processors see start at <s>.
-      yield* generateSteps(this.llm, { embeds, attentionMask, seenIds: rows.map(() => [tokenizer.bosTokenId]) }, config, { signal });
+      yield* generateSteps(this.llm, { embeds, attentionMask, seenIds: rows.map(() => [tokenizer.bosTokenId]) }, config, { signal, tap });
     } finally {
       embeds.dispose();
     }
@@ -282,6 +321,71 @@ export class PVCModel {
     const out: number[][] = rows.map(() => []);
     for await (const step of this.steps(tokenizer, pixelValues, samples, rows, generation, options.signal)) step.tokens.forEach((t, b) => out[b].push(t));
     return out.map((ids) => decodeAnswer(tokenizer, ids));
+  }
+
+  private ownTokenizer: PVCTokenizer | null = null;
+
+  /** The tokenizer converted with the model (loaded on first use). */
+  tokenizer(): PVCTokenizer {
+    this.ownTokenizer ??= PVCTokenizer.load(this.dir);
+    return this.ownTokenizer;
+  }
+
+  /**
+   * Runs a prompt (and optionally generation) recording the selected taps. The returned tensors are
+   * the caller's: `dispose()` them (or ask for arrays). Without taps the model runs exactly as in chat().
+   */
+  async inspect(request: InspectRequest & { asArrays: true }): Promise<Inspection<TapArray>>;
+  async inspect(request: InspectRequest): Promise<Inspection<tf.Tensor>>;
+  async inspect(request: InspectRequest): Promise<Inspection<tf.Tensor> | Inspection<TapArray>> {
+    const tokenizer = request.tokenizer ?? this.tokenizer();
+    const pixelValues = request.pixelValues ?? null;
+    const recorder = new TapRecorder(expandTaps(request.taps, tapNames(this.config)));
+    let prompt: string | null = null;
+    let inputIds: number[];
+    let samples: Sample[];
+    if (request.question !== undefined) {
+      const prepared = this.preparePrompt(tokenizer, pixelValues, request.question, request);
+      ({ prompt, inputIds, samples } = prepared);
+    } else if (request.inputIds !== undefined) {
+      inputIds = request.inputIds;
+      samples = pixelValues === null ? [] : samplesOf(request.numPatchesList ?? [pixelValues.shape[0]], request.dataFlag, request.splitSizes);
+    } else {
+      throw new Error('inspect: give a question or inputIds');
+    }
+    const outputIds: number[] = [];
+    const dropAll = () => {
+      recorder.prompt.forEach((list) => tf.dispose(list));
+      recorder.steps.forEach((m) => tf.dispose([...m.values()]));
+    };
+    try {
+      for await (const step of this.steps(tokenizer, pixelValues, samples, [inputIds], request.generate ?? { maxNewTokens: 0 }, undefined, recorder.tap)) {
+        outputIds.push(step.tokens[0]);
+        recorder.step = step.step; // the next pass reads this token
+      }
+    } catch (e) {
+      dropAll();
+      throw e;
+    }
+    const imgContext = tokenizer.tokenToId(IMG_CONTEXT_TOKEN);
+    const base = {
+      prompt,
+      inputIds,
+      outputIds,
+      imageTokenPositions: inputIds.flatMap((id, i) => (id === imgContext ? [i] : [])),
+    };
+    const taps = recorder.promptValues();
+    const steps = recorder.steps.map((m) => Object.fromEntries(m));
+    if (!request.asArrays) {
+      return { ...base, taps, steps, dispose: () => tf.dispose([...Object.values(taps), ...steps.flatMap((s) => Object.values(s))]) };
+    }
+    const toArray = (t: tf.Tensor): TapArray => {
+      const out = { shape: t.shape, data: t.dataSync() as Float32Array };
+      t.dispose();
+      return out;
+    };
+    const mapValues = (r: Record<string, tf.Tensor>) => Object.fromEntries(Object.entries(r).map(([k, v]) => [k, toArray(v)]));
+    return { ...base, taps: mapValues(taps), steps: steps.map(mapValues), dispose: () => {} };
   }
 
   dispose(): void {

@@ -3,13 +3,19 @@
 //            [--sample --temperature T --top-p P --top-k K --seed S] [--backend B] [--json] "question"
 // Streams the answer to stdout; load time, prefill time and tokens/s go to stderr.
 import * as tf from '@tensorflow/tfjs';
+import * as fs from 'fs';
+import * as path from 'path';
 import { BackendName } from '../backend';
+import { formatSummaries, imageAttentionMap, logitLens, renderHeatmap, summarize } from '../chat/inspect';
+import { writeSafetensors } from '../io/safetensors';
 import { GenerationOptions, PVCModel } from '../chat/model';
 import { loadImage } from '../preprocess/image';
 import { loadVideo } from '../preprocess/video';
-import { loadTokenizer } from '../tokenizer';
+import { decodeAnswer, loadTokenizer } from '../tokenizer';
 
 const USAGE = `usage: pvc chat --model DIR [--image FILE ...] [--video FILE [--frames N]] [options] "question"
+       pvc inspect --model DIR [--image FILE] --taps PATTERN [PATTERN ...] --out DIR [--heatmap] [--logit-lens]
+                   [--max-new-tokens N] "question"
 
 options:
   --max-new-tokens N   most tokens to generate (default 512)
@@ -17,7 +23,12 @@ options:
   --sample             sample instead of greedy decoding, with:
   --temperature T  --top-p P  --top-k K  --seed S
   --backend B          tensorflow | wasm | cpu (default: the first that works)
-  --json               print one JSON object (answer, timings) instead of streaming text`;
+  --json               print one JSON object (answer, timings) instead of streaming text
+
+inspect writes DIR/taps.safetensors (prompt pass; generation step k as "step{k}.NAME"), DIR/summary.txt
+(name, shape, mean, std, min, max), with --heatmap DIR/heatmap.png (attention of the generated tokens
+over the image, the image's size) and with --logit-lens DIR/logit-lens.json (top tokens per LLM layer).
+Tap patterns: vision.layers.*.out, llm.layers.{0..3}.attn.probs, projector.out, llm.logits, ...`;
 
 interface ChatArgs {
   model: string;
@@ -138,28 +149,121 @@ async function chat(args: ChatArgs): Promise<void> {
   }
 }
 
+interface InspectArgs {
+  model: string;
+  image?: string;
+  taps: string[];
+  out: string;
+  heatmap: boolean;
+  logitLens: boolean;
+  maxNewTokens: number;
+  backend?: BackendName;
+  question: string;
+}
+
+function parseInspectArgs(argv: string[]): InspectArgs {
+  const a: Partial<InspectArgs> & { taps: string[] } = { taps: [], heatmap: false, logitLens: false, maxNewTokens: 8 };
+  const rest: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const flag = argv[i];
+    const value = () => {
+      if (i + 1 >= argv.length) throw new Error(`${flag} needs a value`);
+      return argv[++i];
+    };
+    switch (flag) {
+      case '--model': a.model = value(); break;
+      case '--image': a.image = value(); break;
+      case '--out': a.out = value(); break;
+      case '--heatmap': a.heatmap = true; break;
+      case '--logit-lens': a.logitLens = true; break;
+      case '--max-new-tokens': a.maxNewTokens = Number(value()); break;
+      case '--backend': a.backend = value() as BackendName; break;
+      case '--taps':
+        while (i + 1 < argv.length && !argv[i + 1].startsWith('--')) a.taps.push(argv[++i]);
+        break;
+      default:
+        if (flag.startsWith('--')) throw new Error(`unknown option ${flag}`);
+        rest.push(flag);
+    }
+  }
+  if (!a.model) throw new Error('--model DIR is required');
+  if (!a.out) throw new Error('--out DIR is required');
+  // The question is the last positional argument (it may follow the tap patterns).
+  if (rest.length === 0 && a.taps.length > 0) rest.push(a.taps.pop()!);
+  if (rest.length !== 1) throw new Error(`expected one question, got ${rest.length} argument(s)`);
+  if (a.heatmap && !a.image) throw new Error('--heatmap needs --image');
+  return { ...(a as InspectArgs), question: rest[0] };
+}
+
+async function inspect(args: InspectArgs): Promise<void> {
+  const model = await PVCModel.load(args.model, { backend: args.backend });
+  const taps = new Set(args.taps);
+  if (args.heatmap) taps.add('llm.layers.*.attn.probs');
+  if (args.logitLens) taps.add('llm.layers.*.out');
+  const image = args.image ? await loadImage(args.image, { inputSize: model.config.image_size, maxNum: model.config.max_dynamic_patch }) : null;
+  try {
+    const generate = args.heatmap ? { maxNewTokens: Math.max(args.maxNewTokens, 1) } : args.maxNewTokens > 0 ? { maxNewTokens: args.maxNewTokens } : undefined;
+    const result = await model.inspect({ pixelValues: image?.pixelValues ?? null, question: args.question, taps: [...taps], generate, dataFlag: image ? 1 : undefined });
+    try {
+      fs.mkdirSync(args.out, { recursive: true });
+      const all: [string, tf.Tensor][] = [
+        ...Object.entries(result.taps),
+        ...result.steps.flatMap((s, k) => Object.entries(s).map(([n, t]) => [`step${k}.${n}`, t] as [string, tf.Tensor])),
+      ];
+      writeSafetensors(path.join(args.out, 'taps.safetensors'), all.map(([name, t]) => ({ name, dtype: 'F32', shape: t.shape, data: t.dataSync() as Float32Array })));
+      const summary = formatSummaries(all.map(([n, t]) => summarize(n, t)));
+      fs.writeFileSync(path.join(args.out, 'summary.txt'), summary + '\n');
+      process.stdout.write(summary + '\n');
+      process.stdout.write(`answer: ${decodeAnswer(model.tokenizer(), result.outputIds)}\n`);
+      if (args.heatmap && image) {
+        const probs = result.steps.flatMap((s) => Object.entries(s).filter(([n]) => n.endsWith('.attn.probs') && n.startsWith('llm.')).map(([, t]) => t));
+        const layout = { grid: image.grid, tokensPerFrame: model.numImageToken, framesPerTile: model.tokensPerTile(1) / model.numImageToken };
+        const png = await renderHeatmap(args.image!, imageAttentionMap(probs, result.imageTokenPositions, layout));
+        fs.writeFileSync(path.join(args.out, 'heatmap.png'), png);
+        process.stdout.write(`heatmap: ${path.join(args.out, 'heatmap.png')} (${image.width}x${image.height})\n`);
+      }
+      if (args.logitLens) {
+        const states = new Map(Object.entries(result.taps).filter(([n]) => /^llm\.layers\.\d+\.out$/.test(n)).map(([n, t]) => [Number(n.split('.')[2]), t]));
+        const lens = logitLens(model.llm, model.tokenizer(), states, 5);
+        fs.writeFileSync(path.join(args.out, 'logit-lens.json'), JSON.stringify(lens, null, 1) + '\n');
+        for (const l of lens) process.stdout.write(`layer ${l.layer}: ${l.top.map((t) => `${JSON.stringify(t.token)} ${t.prob.toFixed(3)}`).join('  ')}\n`);
+      }
+    } finally {
+      result.dispose();
+    }
+  } finally {
+    image?.pixelValues.dispose();
+    model.dispose();
+  }
+}
+
 export async function main(argv = process.argv.slice(2)): Promise<number> {
   const [command, ...rest] = argv;
   if (command === undefined || command === '--help' || command === '-h') {
     process.stdout.write(USAGE + '\n');
     return command === undefined ? 2 : 0;
   }
-  if (command !== 'chat') {
+  const commands: Record<string, [(a: string[]) => unknown, (a: never) => Promise<void>]> = {
+    chat: [parseChatArgs, chat],
+    inspect: [parseInspectArgs, inspect],
+  };
+  const entry = commands[command];
+  if (entry === undefined) {
     process.stderr.write(`pvc: unknown command '${command}'\n${USAGE}\n`);
     return 2;
   }
-  let args: ChatArgs;
+  let args: unknown;
   try {
-    args = parseChatArgs(rest);
+    args = entry[0](rest);
   } catch (e) {
-    process.stderr.write(`pvc chat: ${(e as Error).message}\n${USAGE}\n`);
+    process.stderr.write(`pvc ${command}: ${(e as Error).message}\n${USAGE}\n`);
     return 2;
   }
   try {
-    await chat(args);
+    await entry[1](args as never);
     return 0;
   } catch (e) {
-    process.stderr.write(`pvc chat: ${(e as Error).message}\n`);
+    process.stderr.write(`pvc ${command}: ${(e as Error).message}\n`);
     return 1;
   }
 }

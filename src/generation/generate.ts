@@ -2,6 +2,7 @@
 // any eos id or max_new_tokens, abortable, streamed as an async iterator of token ids.
 import * as tf from '@tensorflow/tfjs';
 import { InternLM2, KVCache } from '../llm/internlm2';
+import { Tap } from '../nn/layers';
 import {
   applyMinNewTokens,
   applyRepetitionPenalty,
@@ -118,7 +119,7 @@ export async function* generateSteps(
   model: InternLM2,
   input: GenerationInput,
   config: GenerationConfig,
-  options: { signal?: AbortSignal } = {},
+  options: { signal?: AbortSignal; tap?: Tap } = {},
 ): AsyncGenerator<GenerationStep> {
   const [B, T] = input.embeds.shape;
   if (input.seenIds.length !== B) throw new Error(`seenIds has ${input.seenIds.length} rows, embeds ${B}`);
@@ -126,12 +127,14 @@ export async function* generateSteps(
   const unfinished = new Array(B).fill(true);
   const rng = new SeededRandom(config.seed);
   const cache: KVCache = model.newCache(B);
+  let logits: tf.Tensor | null = null;
   try {
-    let logits = model.forward(input.embeds, cache, { attentionMask: input.attentionMask ?? Array.from({ length: B }, () => new Array(T).fill(1)), lastOnly: true });
+    logits = model.forward(input.embeds, cache, { attentionMask: input.attentionMask ?? Array.from({ length: B }, () => new Array(T).fill(1)), lastOnly: true, tap: options.tap });
     for (let step = 0; step < config.maxNewTokens; step++) {
       options.signal?.throwIfAborted();
-      const rows = (await logits.data()) as Float32Array;
-      logits.dispose();
+      const rows = (await logits!.data()) as Float32Array;
+      logits!.dispose();
+      logits = null;
       const V = rows.length / B;
       const tokens = Array.from({ length: B }, (_, b) => {
         if (!unfinished[b]) return config.padTokenId;
@@ -146,12 +149,13 @@ export async function* generateSteps(
       options.signal?.throwIfAborted();
       const next = model.embedTokens(tokens.map((t) => [t]));
       try {
-        logits = model.forward(next, cache, { attentionMask: tokens.map(() => [1]), lastOnly: true });
+        logits = model.forward(next, cache, { attentionMask: tokens.map(() => [1]), lastOnly: true, tap: options.tap });
       } finally {
         next.dispose();
       }
     }
   } finally {
+    logits?.dispose();
     cache.dispose();
   }
 }

@@ -311,6 +311,9 @@ def vision_reference(model, pv, out):
     for i, layer in enumerate(model.vision_model.encoder.layers):
         hooks.append(layer.register_forward_hook(
             lambda m, inp, o, i=i: captured.__setitem__(f'vision.layers.{i}.out', o.detach().clone())))
+        # The attention probabilities are the input of the (identity) dropout after the softmax.
+        hooks.append(layer.attn.attn_drop.register_forward_hook(
+            lambda m, inp, o, i=i: captured.__setitem__(f'vision.layers.{i}.attn.probs', inp[0].detach().clone())))
     with torch.no_grad():
         proj = model.extract_feature(pv)
     for h in hooks:
@@ -335,9 +338,11 @@ def llm_reference(model, input_ids, vit_embeds, img_context_id, out, n_greedy=16
                 lambda m, inp, o, i=i: captured.__setitem__(f'llm.layers.{i}.out', o[0].detach().clone())))
         hooks.append(lm.model.norm.register_forward_hook(
             lambda m, inp, o: captured.__setitem__('llm.norm', o.detach().clone())))
-        result = lm(inputs_embeds=embeds, use_cache=False, return_dict=True)
+        result = lm(inputs_embeds=embeds, use_cache=False, return_dict=True, output_attentions=True)
         for h in hooks:
             h.remove()
+        for i, probs in enumerate(result.attentions):
+            captured[f'llm.layers.{i}.attn.probs'] = probs.detach().clone()
         out['llm.inputs_embeds'] = embeds.clone()
         out.update(captured)
         out['llm.logits'] = result.logits.detach().clone()

@@ -59,7 +59,9 @@ class TemporalAttention(nn.Module):
         scores = (q * d ** -0.5) @ k.transpose(-2, -1)
         causal = torch.triu(torch.ones(T, T, dtype=torch.bool), diagonal=1)
         scores = scores.masked_fill(causal, float('-inf'))
-        out = scores.softmax(-1) @ v  # S, N, H, T, d
+        probs = scores.softmax(-1)
+        self.last_probs = probs.detach().clone()  # [S, N, H, T, T], read by the reference writer
+        out = probs @ v  # S, N, H, T, d
         out = out.permute(0, 3, 1, 2, 4).reshape(ST, N, C)
         return self.proj(out)
 
@@ -117,6 +119,8 @@ class PVCVisionModel(nn.Module):
             x = layer(x, e, frames)
             if hooks is not None:
                 hooks[f'vision.layers.{i}.out'] = x.clone()
+                if hasattr(layer, 'temporal_attn'):
+                    hooks[f'vision.layers.{i}.temporal.probs'] = layer.temporal_attn.last_probs
         return x
 
 
