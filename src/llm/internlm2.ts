@@ -9,7 +9,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { LLMConfig } from '../config';
 import { Weights } from '../io/weights';
-import { Linear, mergeHeads, RMSNorm, silu, splitHeads, Tap } from '../nn/layers';
+import { attention, Linear, mergeHeads, RMSNorm, silu, splitHeads, Tap } from '../nn/layers';
 
 /** The additive mask value for positions a query may not see (PyTorch's finfo(float32).min, as upstream). */
 const MASKED = -3.4028234663852886e38;
@@ -140,13 +140,14 @@ class Attention {
     const v = splitHeads(this.v.forward(x), KV);
     const { keys, values } = cache.append(layer, k, v);
     const Tk = keys.shape[2];
-    // Query heads grouped under their kv head: [B, KV, G*T, hd] against [B, KV, Tk, hd], no key repeat.
-    const grouped = tf.reshape(tf.mul(q, 1 / Math.sqrt(hd)), [B, KV, G * T, hd]);
-    const scores = tf.add(tf.reshape(tf.matMul(grouped, keys, false, true), [B, H, T, Tk]), mask);
-    const probs = tf.softmax(scores, -1) as tf.Tensor4D;
-    if (tap) tap(`${name}.probs`, probs);
-    const out = tf.reshape(tf.matMul(tf.reshape(probs, [B, KV, G * T, Tk]), values), [B, H, T, hd]) as tf.Tensor4D;
-    return this.o.forward(mergeHeads(out));
+    // Query heads grouped under their kv head: [B*KV, G*T, hd] against [B*KV, Tk, hd], no key repeat.
+    // The mask [B, 1, T, Tk] is per batch row: repeated for the row's KV groups.
+    const groupMask = KV === 1 ? mask : tf.reshape(tf.tile(mask.reshape([B, 1, 1, T, Tk]), [1, KV, 1, 1, 1]), [B * KV, 1, T, Tk]);
+    const { out, probs } = attention(
+      q.reshape([B * KV, G * T, hd]) as tf.Tensor3D, keys.reshape([B * KV, Tk, hd]) as tf.Tensor3D, values.reshape([B * KV, Tk, hd]) as tf.Tensor3D,
+      1 / Math.sqrt(hd), G, groupMask);
+    if (tap) tap(`${name}.probs`, probs.reshape([B, H, T, Tk]));
+    return this.o.forward(mergeHeads(out.reshape([B, H, T, hd]) as tf.Tensor4D));
   }
 }
 

@@ -77,21 +77,41 @@ export function silu<T extends tf.Tensor>(x: T): T {
 }
 
 /**
- * Scaled dot-product attention over [B, H, Tq, hd] queries and [B, H, Tk, hd] keys/values:
- * softmax(q k^T * scale + mask) v. `mask` is added to the scores (0 or -Infinity), broadcast to
- * [B, H, Tq, Tk]. Returns the output and, on request, the attention probabilities.
+ * Scaled dot-product attention over Q groups: for each i, softmax(q_i k_i^T * scale + mask) v_i with
+ * q_i [R, d] (R = G * Tq query rows sharing the keys: G heads of a GQA group, or 1 head), k_i, v_i
+ * [Tk, d]. `mask` [Tq, Tk] or [Q, 1, Tq, Tk]-broadcastable per group is added to the scores viewed as
+ * [Q, G, Tq, Tk]. Returns the output [Q, R, d] and the probabilities [Q, R, Tk].
+ *
+ * On wasm only a plain 2-D matMul without transposes is fast (batched or transposed ones run ~10x
+ * slower), so there, when the score matrices are large, each group is two 2-D matMuls against an
+ * explicitly transposed key block; elsewhere one batched matMul does all groups.
  */
-export function attention(
-  q: tf.Tensor4D,
-  k: tf.Tensor4D,
-  v: tf.Tensor4D,
-  scale: number,
-  mask?: tf.Tensor,
-): { out: tf.Tensor4D; probs: tf.Tensor4D } {
-  let scores = tf.matMul(tf.mul(q, scale), k, false, true) as tf.Tensor4D;
-  if (mask !== undefined) scores = tf.add(scores, mask) as tf.Tensor4D;
-  const probs = tf.softmax(scores, -1) as tf.Tensor4D;
-  return { out: tf.matMul(probs, v) as tf.Tensor4D, probs };
+export function attention(q: tf.Tensor3D, k: tf.Tensor3D, v: tf.Tensor3D, scale: number, queriesPerGroup = 1, mask?: tf.Tensor): { out: tf.Tensor3D; probs: tf.Tensor3D } {
+  const [Q, R, d] = q.shape;
+  const Tk = k.shape[1];
+  const Tq = R / queriesPerGroup;
+  const addMask = (scores: tf.Tensor, group?: number) => {
+    if (mask === undefined) return scores;
+    const m = group === undefined || mask.rank < 4 || mask.shape[0] === 1 ? mask : mask.slice([group, 0, 0, 0], [1, -1, -1, -1]);
+    const shape = group === undefined ? [Q, queriesPerGroup, Tq, Tk] : [1, queriesPerGroup, Tq, Tk];
+    return tf.add(scores.reshape(shape), m).reshape(group === undefined ? [Q, R, Tk] : [R, Tk]);
+  };
+  if (tf.getBackend() === 'wasm' && R * Tk >= 4096) {
+    const outs: tf.Tensor2D[] = [];
+    const probs: tf.Tensor2D[] = [];
+    for (let i = 0; i < Q; i++) {
+      const qi = q.slice([i, 0, 0], [1, R, d]).reshape([R, d]) as tf.Tensor2D;
+      const kt = k.slice([i, 0, 0], [1, Tk, d]).reshape([Tk, d]).transpose() as tf.Tensor2D;
+      const vi = v.slice([i, 0, 0], [1, Tk, d]).reshape([Tk, d]) as tf.Tensor2D;
+      const p = tf.softmax(addMask(tf.matMul(tf.mul(qi, scale), kt), i), -1) as tf.Tensor2D;
+      probs.push(p);
+      outs.push(tf.matMul(p, vi));
+    }
+    return { out: tf.stack(outs) as tf.Tensor3D, probs: tf.stack(probs) as tf.Tensor3D };
+  }
+  const scores = addMask(tf.matMul(tf.mul(q, scale), k, false, true));
+  const probs = tf.softmax(scores, -1) as tf.Tensor3D;
+  return { out: tf.matMul(probs, v) as tf.Tensor3D, probs };
 }
 
 /** [B, T, H*hd] -> [B, H, T, hd] */

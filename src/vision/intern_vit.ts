@@ -40,9 +40,12 @@ class Attention {
       q = this.qNorm.forward(q);
       k = this.kNorm.forward(k);
     }
-    const { out, probs } = attention(splitHeads(q, this.heads), splitHeads(k, this.heads), splitHeads(v, this.heads), this.scale);
-    if (tap) tap(`${name}.probs`, probs);
-    return this.proj.forward(mergeHeads(out));
+    const [B, T] = x.shape;
+    const H = this.heads;
+    const heads = (t: tf.Tensor3D) => splitHeads(t, H).reshape([B * H, T, -1]) as tf.Tensor3D;
+    const { out, probs } = attention(heads(q), heads(k), heads(v), this.scale);
+    if (tap) tap(`${name}.probs`, probs.reshape([B, H, T, T]));
+    return this.proj.forward(mergeHeads(out.reshape([B, H, T, -1]) as tf.Tensor4D));
   }
 }
 

@@ -31,21 +31,34 @@ export function syntheticConfig(llmLayers: number): Record<string, unknown> {
   };
 }
 
-/** Random bf16 bits with exponents that keep values finite and around ±1. */
-function fillRandomBf16(out: Uint16Array, seed: number): void {
+/**
+ * Random bf16 values uniform in ±scale (xorshift; fast enough for GBs): weights at 1/sqrt(fan_in) keep
+ * activations O(1) like a trained model's, so timings see ordinary numbers (no overflow, no NaN).
+ */
+function fillRandomBf16(out: Uint16Array, seed: number, scale: number): void {
   let x = seed | 1;
+  const f = new Float32Array(1);
+  const u = new Uint16Array(f.buffer);
   for (let i = 0; i < out.length; i++) {
     x ^= x << 13;
     x ^= x >>> 17;
     x ^= x << 5;
-    out[i] = (x & 0x807f) | (0x3c00 + ((x >>> 8) & 0x0380)); // sign, 7 mantissa bits, exponent 2^-7..2^0
+    f[0] = ((x >>> 0) / 4294967296 - 0.5) * 2 * scale;
+    out[i] = u[1];
   }
 }
 
-export function writeSyntheticCheckpoint(outDir: string, llmLayers: number): number {
+/** Scale of a tensor's random values: norms and layer scales near 1, matrices 1/sqrt(fan_in), the rest small. */
+function scaleOf(name: string, shape: number[]): number {
+  if (shape.length >= 2) return 1 / Math.sqrt(shape.slice(1).reduce((a, b) => a * b, 1));
+  if (/norm|ls[12]$/.test(name) && name.endsWith('weight') || /ls[12]$/.test(name)) return 1;
+  return 0.1;
+}
+
+export function writeSyntheticCheckpoint(outDir: string, hf: Record<string, unknown>): number {
   fs.mkdirSync(outDir, { recursive: true });
-  const hf = syntheticConfig(llmLayers);
-  fs.writeFileSync(path.join(outDir, 'config.json'), JSON.stringify(hf, null, 2));
+  // Floats that are whole numbers keep their ".0" (upstream's config validation wants a float factor).
+  fs.writeFileSync(path.join(outDir, 'config.json'), JSON.stringify(hf, null, 2).replace(/"factor": (\d+)([,\n])/g, '"factor": $1.0$2'));
   for (const f of ['tokenizer.model', 'tokenizer_config.json', 'special_tokens_map.json', 'added_tokens.json']) {
     fs.copyFileSync(path.join(checkpointDir('tiny-internvl2'), f), path.join(outDir, f));
   }
@@ -69,13 +82,13 @@ export function writeSyntheticCheckpoint(outDir: string, llmLayers: number): num
     const writer = new SafetensorsWriter(path.join(outDir, file), group.map((t) => ({ ...t, dtype: 'BF16' as const })), { format: 'pt' });
     group.forEach((t, k) => {
       const data = new Uint16Array(numElements(t.shape));
-      fillRandomBf16(data, g * 1000 + k + 1);
+      fillRandomBf16(data, g * 1000 + k + 1, scaleOf(t.name, t.shape));
       writer.write(t.name, new Uint8Array(data.buffer));
       weightMap[t.name] = file;
       total += data.byteLength;
     });
     writer.close();
-    process.stderr.write(`  wrote ${file}\n`);
+    if (groups.length > 1) process.stderr.write(`  wrote ${file}\n`);
   });
   fs.writeFileSync(path.join(outDir, 'model.safetensors.index.json'), JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }, null, 2));
   return total;
@@ -90,6 +103,6 @@ if (require.main === module) {
     process.stderr.write('usage: synthetic-checkpoint.ts <out-dir> [--llm-layers N]\n');
     process.exit(2);
   }
-  const bytes = writeSyntheticCheckpoint(out, layers);
+  const bytes = writeSyntheticCheckpoint(out, syntheticConfig(layers));
   process.stderr.write(`synthetic checkpoint: ${(bytes / 2 ** 30).toFixed(2)} GiB of bf16 tensors in ${out}\n`);
 }

@@ -1,0 +1,90 @@
+// One benchmark worker: a converted model on one tfjs backend, timings as JSON on stdout.
+//   tsx test/bench/tfjs-bench.ts --model DIR --backend wasm --inputs FILE [--measures vision,llm] [--taps none|idle|all]
+import * as tf from '@tensorflow/tfjs';
+import { BackendName } from '../../src/backend';
+import { TapRecorder, tapNames } from '../../src/chat/inspect';
+import { PVCModel } from '../../src/chat/model';
+import { SafetensorsFile } from '../../src/io/safetensors';
+import { Tap } from '../../src/nn/layers';
+
+const arg = (name: string, fallback?: string) => {
+  const i = process.argv.indexOf(name);
+  return i >= 0 ? process.argv[i + 1] : fallback;
+};
+
+async function timeIt(f: () => Promise<void> | void, runs: number): Promise<number> {
+  await f(); // warm-up
+  const times: number[] = [];
+  for (let i = 0; i < runs; i++) {
+    const t = performance.now();
+    await f();
+    times.push(performance.now() - t);
+  }
+  return times.sort((a, b) => a - b)[Math.floor(times.length / 2)];
+}
+
+async function main() {
+  const dir = arg('--model')!;
+  const measures = (arg('--measures', 'vision,llm') ?? '').split(',');
+  const runs = Number(arg('--runs', '3'));
+  const t0 = performance.now();
+  const model = await PVCModel.load(dir, { backend: arg('--backend', 'wasm') as BackendName });
+  const loadMs = performance.now() - t0;
+  const weightBytes = model.weights.names.reduce((a, n) => a + model.weights.get(n).size * 4, 0);
+  const inputs = SafetensorsFile.open(arg('--inputs')!);
+  const result: Record<string, unknown> = { backend: tf.getBackend(), loadMs, loadMBps: weightBytes / 2 ** 20 / (loadMs / 1000) };
+  // Taps: 'none' (the normal path), 'idle' (a tap callback that records nothing), 'all' (every tap).
+  const tapMode = arg('--taps', 'none');
+  let tap: Tap | undefined;
+  if (tapMode !== 'none') {
+    const recorder = new TapRecorder(tapMode === 'all' ? new Set(tapNames(model.config)) : new Set<string>());
+    tap = (n, v) => {
+      recorder.tap(n, v);
+      recorder.prompt.forEach((l) => tf.dispose(l));
+      recorder.prompt.clear();
+    };
+  }
+  if (measures.includes('vision')) {
+    const pixels = tf.tensor4d(inputs.readFloat32('pixel_values'), inputs.info('pixel_values').shape as [number, number, number, number]);
+    result.visionMsPerTile = await timeIt(() => {
+      const out = model.extractFeature(pixels, tap);
+      out.dataSync();
+      out.dispose();
+    }, runs) / pixels.shape[0];
+    pixels.dispose();
+  }
+  if (measures.includes('llm')) {
+    const embeds = tf.tensor3d(inputs.readFloat32('embeds'), inputs.info('embeds').shape as [number, number, number]);
+    result.prefillTokens = embeds.shape[1];
+    result.prefillMs = await timeIt(() => {
+      const cache = model.llm.newCache(1);
+      const logits = model.llm.forward(embeds, cache, { lastOnly: true, tap });
+      logits.dataSync();
+      logits.dispose();
+      cache.dispose();
+    }, Math.max(1, runs - 1));
+    // Decode: after the prompt, one token at a time with the KV cache.
+    const steps = Number(arg('--decode-steps', '16'));
+    const cache = model.llm.newCache(1);
+    model.llm.forward(embeds, cache, { lastOnly: true }).dispose();
+    const t = performance.now();
+    for (let s = 0; s < steps; s++) {
+      const next = model.llm.embedTokens([[(s * 7919) % model.config.llm.vocab_size]]);
+      const logits = model.llm.forward(next, cache, { lastOnly: true, tap });
+      await logits.data();
+      tf.dispose([next, logits]);
+    }
+    result.decodeTokensPerSecond = steps / ((performance.now() - t) / 1000);
+    cache.dispose();
+    embeds.dispose();
+  }
+  inputs.close();
+  model.dispose();
+  result.peakRssMB = process.resourceUsage().maxRSS / 1024;
+  process.stdout.write(JSON.stringify(result) + '\n');
+}
+
+main().catch((e) => {
+  process.stderr.write(`${e instanceof Error ? e.stack : e}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,70 @@
+#!/usr/bin/env python3
+"""The PyTorch side of `npm run bench`: upstream's InternVL2 model (imported from --upstream, never
+committed), float32 eager on the CPU, on the same checkpoint and inputs as the tfjs worker. JSON on stdout."""
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'reference'))
+import make_fixtures as mf  # noqa: E402  (upstream set-up: sys.path, DropPath stand-in, .cuda())
+
+
+def median_ms(f, runs):
+    f()
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        f()
+        times.append((time.perf_counter() - t) * 1000)
+    return sorted(times)[len(times) // 2]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument('--upstream', required=True)
+    ap.add_argument('--model', required=True, help='the HF checkpoint directory')
+    ap.add_argument('--inputs', required=True)
+    ap.add_argument('--measures', default='vision,llm')
+    ap.add_argument('--runs', type=int, default=3)
+    ap.add_argument('--decode-steps', type=int, default=16)
+    args = ap.parse_args()
+    mf.setup_upstream(os.path.abspath(args.upstream))
+    from internvl.model.internvl_chat import InternVLChatModel
+    from safetensors.torch import load_file
+    t0 = time.perf_counter()
+    model = InternVLChatModel.from_pretrained(args.model, torch_dtype=torch.float32).eval()
+    result = {'backend': 'pytorch', 'torch': torch.__version__, 'threads': torch.get_num_threads(),
+              'loadMs': (time.perf_counter() - t0) * 1000}
+    inputs = load_file(args.inputs)
+    measures = args.measures.split(',')
+    with torch.no_grad():
+        if 'vision' in measures:
+            pixels = inputs['pixel_values']
+            result['visionMsPerTile'] = median_ms(lambda: model.extract_feature(pixels), args.runs) / pixels.shape[0]
+        if 'llm' in measures:
+            lm = model.language_model
+            embeds = inputs['embeds']
+            result['prefillTokens'] = embeds.shape[1]
+
+            def prefill():
+                out = lm(inputs_embeds=embeds, use_cache=True, return_dict=True)
+                return out.past_key_values
+            result['prefillMs'] = median_ms(prefill, max(1, args.runs - 1))
+            past = prefill()
+            vocab = lm.config.vocab_size
+            t = time.perf_counter()
+            for s in range(args.decode_steps):
+                out = lm(input_ids=torch.tensor([[(s * 7919) % vocab]]), past_key_values=past, use_cache=True, return_dict=True)
+                past = out.past_key_values
+            result['decodeTokensPerSecond'] = args.decode_steps / (time.perf_counter() - t)
+    result['peakRssMB'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result))
+
+
+if __name__ == '__main__':
+    main()
