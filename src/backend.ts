@@ -40,6 +40,8 @@ function errorText(e: unknown): string {
 /** Loads tfjs-node-gpu or tfjs-node (which register the `tensorflow` backend); null with the reasons if neither loads. */
 function loadTensorflowProvider(): { provider: BackendInfo['provider']; failures: string[] } {
   const failures: string[] = [];
+  // libtensorflow logs its CPU feature notes at load unless told otherwise; our own report suffices.
+  process.env.TF_CPP_MIN_LOG_LEVEL ??= '2';
   for (const pkg of ['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node'] as const) {
     try {
       // eslint-disable-next-line @typescript-eslint/no-require-imports

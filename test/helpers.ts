@@ -83,5 +83,17 @@ export function relativeMaxError(actual: ArrayLike<number>, ref: ArrayLike<numbe
 /** The parity tolerance of the issues: max |a - b| <= 1e-4 * max |ref|. */
 export const PARITY_TOLERANCE = 1e-4;
 
-/** Backends the parity suites run on: wasm (default for tests) and cpu. */
-export const PARITY_BACKENDS = ['wasm', 'cpu'] as const;
+function tensorflowInstalled(): boolean {
+  try {
+    require.resolve('@tensorflow/tfjs-node');
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Backends the parity suites run on: wasm (default for tests) and cpu, plus tensorflow when
+ * @tensorflow/tfjs-node is installed (e.g. built by `npm run build:tensorflow`).
+ */
+export const PARITY_BACKENDS: readonly ('wasm' | 'cpu' | 'tensorflow')[] = tensorflowInstalled() ? ['wasm', 'cpu', 'tensorflow'] : ['wasm', 'cpu'];
