@@ -28,6 +28,9 @@ PY
 
 echo "tensorflow backend: @tensorflow/tfjs-node@$TFJS_NODE_VERSION without its download step" >&2
 npm install --no-save --ignore-scripts --no-audit --no-fund "@tensorflow/tfjs-node@$TFJS_NODE_VERSION" >&2
+# npm also brings the other optional dependency, tfjs-node-gpu, without a binding: loading it would
+# register kernels and then fail. It needs CUDA's libtensorflow; leave it out unless it was built.
+ls node_modules/@tensorflow/tfjs-node-gpu/lib/napi-v*/tfjs_binding.node >/dev/null 2>&1 || rm -rf node_modules/@tensorflow/tfjs-node-gpu
 pkg=node_modules/@tensorflow/tfjs-node
 rm -rf "$pkg/deps" && mkdir -p "$pkg/deps/lib" "$pkg/deps/include"
 cp "$work"/ex/tensorflow/libtensorflow_cc.so.2 "$work"/ex/tensorflow/libtensorflow_framework.so.2 "$pkg/deps/lib/"
