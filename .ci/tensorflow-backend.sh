@@ -41,4 +41,4 @@ cp -r "$work"/ex/tensorflow/include/tensorflow "$work"/ex/tensorflow/include/tsl
 echo "tensorflow backend: building the binding (node-gyp)" >&2
 nodedir=$(dirname "$(dirname "$(command -v node)")")
 (cd "$pkg" && node ../../@mapbox/node-pre-gyp/bin/node-pre-gyp rebuild --build-from-source --nodedir="$nodedir" >&2)
-node -e "require('@tensorflow/tfjs-node'); const tf = require('@tensorflow/tfjs'); tf.setBackend('tensorflow').then(() => console.error('tensorflow backend: ready, ' + tf.matMul(tf.ones([2, 2]), tf.ones([2, 2])).dataSync()))"
+TF_CPP_MIN_LOG_LEVEL=2 node -e "require('@tensorflow/tfjs-node'); const tf = require('@tensorflow/tfjs'); tf.setBackend('tensorflow').then(() => console.error('tensorflow backend: ready, ' + tf.matMul(tf.ones([2, 2]), tf.ones([2, 2])).dataSync()))"

@@ -47,20 +47,38 @@ interface ChatArgs {
   question: string;
 }
 
+/** Walks the arguments: each flag, the value after it, and a look at what comes next. */
+class ArgReader {
+  private i = -1;
+  constructor(private readonly argv: string[]) {}
+
+  next(): string | undefined {
+    return this.argv[++this.i];
+  }
+
+  peek(): string | undefined {
+    return this.argv[this.i + 1];
+  }
+
+  value(flag: string): string {
+    if (this.i + 1 >= this.argv.length) throw new Error(`${flag} needs a value`);
+    return this.argv[++this.i];
+  }
+
+  number(flag: string): number {
+    const v = Number(this.value(flag));
+    if (!Number.isFinite(v)) throw new Error(`${flag} expects a number`);
+    return v;
+  }
+}
+
 function parseChatArgs(argv: string[]): ChatArgs {
   const a: Partial<ChatArgs> & { images: string[] } = { images: [], frames: 32, maxNewTokens: 512, sample: false, json: false };
   const rest: string[] = [];
-  for (let i = 0; i < argv.length; i++) {
-    const flag = argv[i];
-    const value = () => {
-      if (i + 1 >= argv.length) throw new Error(`${flag} needs a value`);
-      return argv[++i];
-    };
-    const number = (name: string) => {
-      const v = Number(value());
-      if (!Number.isFinite(v)) throw new Error(`${name} expects a number`);
-      return v;
-    };
+  const args = new ArgReader(argv);
+  for (let flag = args.next(); flag !== undefined; flag = args.next()) {
+    const value = () => args.value(flag!);
+    const number = (name: string) => args.number(name);
     switch (flag) {
       case '--model': a.model = value(); break;
       case '--image': a.images.push(value()); break;
@@ -164,22 +182,19 @@ interface InspectArgs {
 function parseInspectArgs(argv: string[]): InspectArgs {
   const a: Partial<InspectArgs> & { taps: string[] } = { taps: [], heatmap: false, logitLens: false, maxNewTokens: 8 };
   const rest: string[] = [];
-  for (let i = 0; i < argv.length; i++) {
-    const flag = argv[i];
-    const value = () => {
-      if (i + 1 >= argv.length) throw new Error(`${flag} needs a value`);
-      return argv[++i];
-    };
+  const args = new ArgReader(argv);
+  for (let flag = args.next(); flag !== undefined; flag = args.next()) {
+    const value = () => args.value(flag!);
     switch (flag) {
       case '--model': a.model = value(); break;
       case '--image': a.image = value(); break;
       case '--out': a.out = value(); break;
       case '--heatmap': a.heatmap = true; break;
       case '--logit-lens': a.logitLens = true; break;
-      case '--max-new-tokens': a.maxNewTokens = Number(value()); break;
+      case '--max-new-tokens': a.maxNewTokens = args.number(flag); break;
       case '--backend': a.backend = value() as BackendName; break;
       case '--taps':
-        while (i + 1 < argv.length && !argv[i + 1].startsWith('--')) a.taps.push(argv[++i]);
+        for (let next = args.peek(); next !== undefined && !next.startsWith('--'); next = args.peek()) a.taps.push(args.next()!);
         break;
       default:
         if (flag.startsWith('--')) throw new Error(`unknown option ${flag}`);
