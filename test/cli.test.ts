@@ -5,13 +5,12 @@ import * as path from 'path';
 import sharp from 'sharp';
 import { main } from '../src/cli/main';
 import { SafetensorsFile } from '../src/io/safetensors';
-import { convertFixture } from './helpers';
+import { captureOutput, convertFixture } from './helpers';
 
 const IMAGE = path.resolve(__dirname, '..', '..', 'shared', 'assets', 'example_image1.jpg');
 let dir: string;
 let out: string;
-let stdout: string;
-let stderr: string;
+const output = captureOutput();
 
 beforeAll(() => {
   dir = convertFixture('tiny-internvl2');
@@ -21,17 +20,10 @@ afterAll(() => {
   fs.rmSync(path.dirname(dir), { recursive: true, force: true });
   fs.rmSync(out, { recursive: true, force: true });
 });
-beforeEach(() => {
-  stdout = '';
-  stderr = '';
-  jest.spyOn(process.stdout, 'write').mockImplementation((s) => ((stdout += String(s)), true));
-  jest.spyOn(process.stderr, 'write').mockImplementation((s) => ((stderr += String(s)), true));
-});
-afterEach(() => jest.restoreAllMocks());
 
 test('pvc chat --json answers and reports timings', async () => {
   expect(await main(['chat', '--model', dir, '--image', IMAGE, '--max-new-tokens', '6', '--backend', 'wasm', '--json', 'What is in the image?'])).toBe(0);
-  const result = JSON.parse(stdout.trim().split('\n').pop()!);
+  const result = JSON.parse(output.stdout().trim().split('\n').pop()!);
   expect(result).toMatchObject({ question: 'What is in the image?', numPatchesList: [13], tokens: 6, tiles: 13, backend: 'wasm' });
   expect(typeof result.answer).toBe('string');
   expect(result.prefillSeconds).toBeGreaterThan(0);
@@ -51,9 +43,9 @@ test('pvc inspect writes taps, a summary and a heatmap of the image\'s size', as
 
 test('usage errors exit 2 and say what is wrong', async () => {
   expect(await main(['chat', '--model', dir])).toBe(2);
-  expect(stderr).toMatch(/expected one question, got 0 argument\(s\)/);
+  expect(output.stderr()).toMatch(/expected one question, got 0 argument\(s\)/);
   expect(await main(['inspect', '--model', dir, 'q'])).toBe(2);
-  expect(stderr).toMatch(/--out DIR is required/);
+  expect(output.stderr()).toMatch(/--out DIR is required/);
   expect(await main(['frobnicate'])).toBe(2);
-  expect(stderr).toMatch(/unknown command 'frobnicate'/);
+  expect(output.stderr()).toMatch(/unknown command 'frobnicate'/);
 });

@@ -7,7 +7,7 @@ import { applyTransform, tensorRules } from '../converter/names';
 import { loadConfig } from '../src/config';
 import { DType, f32ToF16, SafetensorsCheckpoint, SafetensorsFile, writeSafetensors } from '../src/io/safetensors';
 import { openWeights } from '../src/io/weights';
-import { checkpointDir, readJson } from './helpers';
+import { captureOutput, checkpointDir, readJson } from './helpers';
 
 let tmp: string;
 beforeEach(() => {
@@ -303,36 +303,28 @@ describe('bad checkpoints fail with a message naming the problem and leave no ou
 });
 
 describe('the pvc-convert command', () => {
-  let stdout: string;
-  let stderr: string;
-  beforeEach(() => {
-    stdout = '';
-    stderr = '';
-    jest.spyOn(process.stdout, 'write').mockImplementation((s) => ((stdout += String(s)), true));
-    jest.spyOn(process.stderr, 'write').mockImplementation((s) => ((stderr += String(s)), true));
-  });
-  afterEach(() => jest.restoreAllMocks());
+  const output = captureOutput();
 
   test('--audit prints the inventory and writes nothing', () => {
     expect(cliMain([checkpointDir('tiny-internvl2'), '--audit'])).toBe(0);
-    expect(stdout).toMatch(/tensors: 69 known, 0 unknown, 0 missing, 0 mismatched/);
-    expect(stdout).toMatch(/bytes by dtype: BF16 1\.4 MiB/);
+    expect(output.stdout()).toMatch(/tensors: 69 known, 0 unknown, 0 missing, 0 mismatched/);
+    expect(output.stdout()).toMatch(/bytes by dtype: BF16 1\.4 MiB/);
   });
 
   test('--audit on a broken checkpoint lists the problems and exits 1', () => {
     const src = editedCheckpoint('tiny-internvl2', path.join(tmp, 'hf'), (t) => t.delete('mlp1.3.bias'));
     expect(cliMain([src, '--audit'])).toBe(1);
-    expect(stdout).toMatch(/1 missing/);
-    expect(stdout).toMatch(/missing: mlp1\.3\.bias/);
+    expect(output.stdout()).toMatch(/1 missing/);
+    expect(output.stdout()).toMatch(/missing: mlp1\.3\.bias/);
   });
 
   test('converts, reporting the rate; bad arguments are usage errors', () => {
     expect(cliMain([checkpointDir('tiny-internvl2'), path.join(tmp, 'out'), '--dtype', 'float16'])).toBe(0);
-    expect(stderr).toMatch(/wrote 73 tensors in 1 shard\(s\) from 1\.4 MiB in [\d.]+s/);
+    expect(output.stderr()).toMatch(/wrote 73 tensors in 1 shard\(s\) from 1\.4 MiB in [\d.]+s/);
     expect(cliMain([checkpointDir('tiny-internvl2'), path.join(tmp, 'x'), '--dtype', 'int8'])).toBe(2);
-    expect(stderr).toMatch(/--dtype int8: expected float32 or float16/);
+    expect(output.stderr()).toMatch(/--dtype int8: expected float32 or float16/);
     expect(cliMain([path.join(tmp, 'nope'), path.join(tmp, 'y')])).toBe(2);
-    expect(stderr).toMatch(/nope: no such directory/);
+    expect(output.stderr()).toMatch(/nope: no such directory/);
   });
 });
 

@@ -97,3 +97,17 @@ function tensorflowInstalled(): boolean {
  * @tensorflow/tfjs-node is installed (e.g. built by `npm run build:tensorflow`).
  */
 export const PARITY_BACKENDS: readonly ('wasm' | 'cpu' | 'tensorflow')[] = tensorflowInstalled() ? ['wasm', 'cpu', 'tensorflow'] : ['wasm', 'cpu'];
+
+/** Captures process.stdout / stderr writes during each test of the calling suite. */
+export function captureOutput(): { stdout: () => string; stderr: () => string } {
+  let out = '';
+  let err = '';
+  beforeEach(() => {
+    out = '';
+    err = '';
+    jest.spyOn(process.stdout, 'write').mockImplementation((s) => ((out += String(s)), true));
+    jest.spyOn(process.stderr, 'write').mockImplementation((s) => ((err += String(s)), true));
+  });
+  afterEach(() => jest.restoreAllMocks());
+  return { stdout: () => out, stderr: () => err };
+}
