@@ -2,8 +2,7 @@
 //   npx tsx examples/inspect-layers.ts [--model DIR] [--out DIR]
 import * as fs from 'fs';
 import * as path from 'path';
-import { loadImage, PVCModel } from '../src';
-import { formatSummaries, imageAttentionMap, logitLens, renderHeatmap, summarize } from '../src/chat/inspect';
+import { formatSummaries, imageAttentionMap, loadImage, logitLens, PVCModel, renderHeatmap, summarize } from '../src';
 import { exampleInput, modelDir } from './common';
 
 async function main() {

@@ -16,3 +16,6 @@ export { initBackend } from './backend';
 export type { BackendInfo, BackendName } from './backend';
 export type { ModelConfig } from './config';
 export type { GenerationConfig } from './generation/generate';
+export type { DataFlag, InspectRequest, Inspection, TapArray } from './chat/model';
+export { formatSummaries, imageAttentionMap, logitLens, renderHeatmap, summarize, tapNames } from './chat/inspect';
+export { TemporalEncoder } from './vision/temporal';
