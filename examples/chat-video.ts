@@ -12,7 +12,9 @@ async function main() {
   let t = Date.now();
   const video = await loadVideo(await exampleInput('example_video.mp4'), { numSegments, maxNum: 1, inputSize: model.config.image_size });
   console.log(`video: ${video.frameCount} frames at ${video.fps.toFixed(2)} fps -> ${video.frameIndices.length} sampled in ${seconds(t)}`);
-  console.log(`visual tokens: ${video.frameIndices.length * model.tokensPerTile(3)} (${model.tokensPerTile(3)} per frame)`);
+  const c = model.config;
+  const at448 = (448 / c.vision.patch_size) ** 2 * c.downsample_ratio ** 2; // the same formula at the real tile size
+  console.log(`visual tokens: ${video.frameIndices.length * model.tokensPerTile(3)} (${model.tokensPerTile(3)} per frame at ${c.image_size} px; ${at448} per frame at 448 px)`);
 
   const videoPrefix = video.numPatchesList.map((_, k) => `Frame${k + 1}: <image>\n`).join('');
   const question = videoPrefix + 'Describe this video in detail.';
