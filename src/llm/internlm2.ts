@@ -131,7 +131,7 @@ class Attention {
     this.o = new Linear(w, `${prefix}.o`, false);
   }
 
-  forward(x: tf.Tensor3D, rope: { cos: tf.Tensor4D; sin: tf.Tensor4D }, mask: tf.Tensor4D, cache: KVCache, layer: number, tap?: Tap, name?: string): tf.Tensor3D {
+  forward(x: tf.Tensor3D, rope: { cos: tf.Tensor4D; sin: tf.Tensor4D }, mask: tf.Tensor4D | undefined, cache: KVCache, layer: number, tap?: Tap, name?: string): tf.Tensor3D {
     const { num_attention_heads: H, num_key_value_heads: KV, head_dim: hd } = this.config;
     const [B, T] = x.shape;
     const G = H / KV;
@@ -142,7 +142,7 @@ class Attention {
     const Tk = keys.shape[2];
     // Query heads grouped under their kv head: [B*KV, G*T, hd] against [B*KV, Tk, hd], no key repeat.
     // The mask [B, 1, T, Tk] is per batch row: repeated for the row's KV groups.
-    const groupMask = KV === 1 ? mask : tf.reshape(tf.tile(mask.reshape([B, 1, 1, T, Tk]), [1, KV, 1, 1, 1]), [B * KV, 1, T, Tk]);
+    const groupMask = mask === undefined || KV === 1 ? mask : tf.reshape(tf.tile(mask.reshape([B, 1, 1, T, Tk]), [1, KV, 1, 1, 1]), [B * KV, 1, T, Tk]);
     const { out, probs } = attention(
       q.reshape([B * KV, G * T, hd]) as tf.Tensor3D, keys.reshape([B * KV, Tk, hd]) as tf.Tensor3D, values.reshape([B * KV, Tk, hd]) as tf.Tensor3D,
       1 / Math.sqrt(hd), G, groupMask);
@@ -180,7 +180,7 @@ class DecoderLayer {
     this.mlp = new MLP(w, `${prefix}.mlp`);
   }
 
-  forward(h: tf.Tensor3D, rope: { cos: tf.Tensor4D; sin: tf.Tensor4D }, mask: tf.Tensor4D, cache: KVCache, layer: number, tap?: Tap): tf.Tensor3D {
+  forward(h: tf.Tensor3D, rope: { cos: tf.Tensor4D; sin: tf.Tensor4D }, mask: tf.Tensor4D | undefined, cache: KVCache, layer: number, tap?: Tap): tf.Tensor3D {
     const attnOut = this.attn.forward(this.attnNorm.forward(h), rope, mask, cache, layer, tap, `${this.prefix}.attn`);
     if (tap) tap(`${this.prefix}.attn.out`, attnOut);
     h = tf.add(h, attnOut);
@@ -250,16 +250,20 @@ export class InternLM2 {
     const tap = options.tap;
     const logits = tf.tidy(() => {
       const rope = this.rotary.tables(positions);
-      // Query t (absolute past + t) sees key j when j <= past + t and j is not padding.
-      const maskData = new Float32Array(B * T * (past + T));
-      for (let b = 0; b < B; b++) {
-        for (let t = 0; t < T; t++) {
-          for (let j = 0; j < past + T; j++) {
-            maskData[(b * T + t) * (past + T) + j] = j <= past + t && fullMask[b][j] ? 0 : MASKED;
+      // Query t (absolute past + t) sees key j when j <= past + t and j is not padding. A single new
+      // position with no padding anywhere sees everything: no mask (saves ops on every decode step).
+      let mask: tf.Tensor4D | undefined;
+      if (T > 1 || fullMask.some((row) => row.includes(0))) {
+        const maskData = new Float32Array(B * T * (past + T));
+        for (let b = 0; b < B; b++) {
+          for (let t = 0; t < T; t++) {
+            for (let j = 0; j < past + T; j++) {
+              maskData[(b * T + t) * (past + T) + j] = j <= past + t && fullMask[b][j] ? 0 : MASKED;
+            }
           }
         }
+        mask = tf.tensor4d(maskData, [B, 1, T, past + T]);
       }
-      const mask = tf.tensor4d(maskData, [B, 1, T, past + T]);
       let h = embeds;
       if (tap) tap('llm.embeds', h);
       this.layers.forEach((layer, i) => {
