@@ -27,6 +27,15 @@ export class Linear {
 
   forward<T extends tf.Tensor>(x: T): T {
     const lead = x.shape.slice(0, -1);
+    if (tf.getBackend() === 'tensorflow') {
+      // libtensorflow's BatchMatMulV2 takes [1, T, in] or [rows, in] against the 2-D weight as it is. Through
+      // tf.fused.matMul the same product costs six more ops (reshapes, each with a shape tensor), as much
+      // as the matVec itself for a small layer in a decode step.
+      const a = x.rank === 2 || (x.rank === 3 && x.shape[0] === 1) ? x : x.reshape([-1, this.inFeatures]);
+      let y = tf.engine().runKernel('BatchMatMul', { a, b: this.weight }, { transposeA: false, transposeB: false }) as tf.Tensor;
+      if (this.bias) y = tf.add(y, this.bias);
+      return (a === x ? y : y.reshape([...lead, this.outFeatures])) as T;
+    }
     const x2d = x.reshape([-1, this.inFeatures]) as tf.Tensor2D;
     const y = tf.fused.matMul({ a: x2d, b: this.weight, bias: this.bias ?? undefined });
     return y.reshape([...lead, this.outFeatures]) as T;
@@ -109,19 +118,26 @@ export function attention(q: tf.Tensor3D, k: tf.Tensor3D, v: tf.Tensor3D, scale:
     }
     return { out: tf.stack(outs) as tf.Tensor3D, probs: tf.stack(probs) as tf.Tensor3D };
   }
-  const scores = addMask(tf.matMul(tf.mul(q, scale), k, false, true));
+  const scores = addMask(batchMatMul(tf.mul(q, scale), k, true));
   const probs = tf.softmax(scores, -1) as tf.Tensor3D;
-  return { out: tf.matMul(probs, v) as tf.Tensor3D, probs };
+  return { out: batchMatMul(probs, v), probs };
 }
 
-/** [B, T, H*hd] -> [B, H, T, hd] */
+/** a @ b (or a @ b^T) for rank-3 operands as the one kernel it is; tf.matMul adds three reshape ops around it. */
+function batchMatMul(a: tf.Tensor3D, b: tf.Tensor3D, transposeB = false): tf.Tensor3D {
+  return tf.engine().runKernel('BatchMatMul', { a, b }, { transposeA: false, transposeB }) as tf.Tensor3D;
+}
+
+/** [B, T, H*hd] -> [B, H, T, hd] (for one position, T = 1, the same memory order: a reshape suffices) */
 export function splitHeads(x: tf.Tensor3D, heads: number): tf.Tensor4D {
   const [B, T, width] = x.shape;
+  if (T === 1) return tf.reshape(x, [B, heads, 1, width / heads]);
   return tf.transpose(tf.reshape(x, [B, T, heads, width / heads]), [0, 2, 1, 3]) as tf.Tensor4D;
 }
 
 /** [B, H, T, hd] -> [B, T, H*hd] */
 export function mergeHeads(x: tf.Tensor4D): tf.Tensor3D {
   const [B, H, T, hd] = x.shape;
+  if (T === 1) return tf.reshape(x, [B, 1, H * hd]);
   return tf.reshape(tf.transpose(x, [0, 2, 1, 3]), [B, T, H * hd]) as tf.Tensor3D;
 }

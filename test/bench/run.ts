@@ -4,6 +4,10 @@
 //
 //   PVC_TORCH_PYTHON   python with torch 2.13 + transformers 4.37.2 (test/reference/requirements.txt)
 //   PVC_UPSTREAM       OpenGVLab/InternVL's internvl_chat directory (test/reference/README.md)
+//
+// Options (for a partial run while optimising; the default is everything):
+//   --models a,b       only these models (vit-300m-layer, internlm2-7b-layer, medium, tiny-internvl2)
+//   --backends a,b     only these tfjs backends (tensorflow, wasm, cpu); PyTorch always runs
 import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
@@ -47,17 +51,29 @@ function backendsAvailable(): string[] {
   return list;
 }
 
+function listOption(flag: string): string[] | undefined {
+  const i = process.argv.indexOf(flag);
+  if (i < 0) return undefined;
+  const value = process.argv[i + 1];
+  if (!value) throw new Error(`${flag} needs a comma-separated list`);
+  return value.split(',');
+}
+
 async function main() {
+  const onlyModels = listOption('--models');
+  const onlyBackends = listOption('--backends');
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'pvc-bench-'));
   const python = process.env.PVC_TORCH_PYTHON ?? 'python3';
   const upstream = process.env.PVC_UPSTREAM;
   const backends = backendsAvailable();
   const tsx = path.join(ROOT, 'node_modules', '.bin', 'tsx');
   const results: Record<string, unknown>[] = [];
-  const models: [string, { hf: Record<string, unknown> | null; measures: string[]; note: string }][] = [
+  const allModels: [string, { hf: Record<string, unknown> | null; measures: string[]; note: string }][] = [
     ...Object.entries(BENCH_CONFIGS),
     ['tiny-internvl2', { hf: null, measures: ['vision', 'llm'], note: 'the tiny test model' }],
   ];
+  const models = allModels.filter(([name]) => !onlyModels || onlyModels.includes(name));
+  if (models.length === 0) throw new Error(`--models: none of ${onlyModels} is a benchmark model`);
   try {
     for (const [name, spec] of models) {
       const hfDir = spec.hf ? path.join(work, `${name}-hf`) : path.join(ROOT, 'test', 'fixtures', 'checkpoints', name);
@@ -73,12 +89,13 @@ async function main() {
         { name: 'embeds', dtype: 'F32', shape: [1, PROMPT_TOKENS, D], data: seededFloats(PROMPT_TOKENS * D, 2) },
       ]);
       const measures = spec.measures.join(',');
-      const runs = name.includes('layer') || name === 'medium' ? '2' : '3';
-      for (const backend of [...backends, ...(name === 'tiny-internvl2' ? ['cpu'] : [])]) {
+      const runs = name.includes('layer') || name === 'medium' ? '3' : '5';
+      const tfjsBackends = [...backends, ...(name === 'tiny-internvl2' ? ['cpu'] : [])].filter((b) => !onlyBackends || onlyBackends.includes(b));
+      for (const backend of tfjsBackends) {
         process.stderr.write(`bench: ${name} on ${backend}\n`);
         results.push({ model: name, note: spec.note, ...runJson(tsx, [path.join(__dirname, 'tfjs-bench.ts'), '--model', outDir, '--backend', backend, '--inputs', inputs, '--measures', measures, '--runs', runs]) });
       }
-      if (name === 'medium') {
+      if (name === 'medium' && tfjsBackends.includes('wasm')) {
         for (const taps of ['idle', 'all']) {
           process.stderr.write(`bench: ${name} on wasm with taps ${taps}\n`);
           results.push({ model: name, note: `${spec.note}; taps: ${taps}`, taps, ...runJson(tsx, [path.join(__dirname, 'tfjs-bench.ts'), '--model', outDir, '--backend', 'wasm', '--inputs', inputs, '--measures', measures, '--runs', runs, '--taps', taps]) });
@@ -113,6 +130,7 @@ function table(results: Record<string, unknown>[], machine: Record<string, unkno
     `# pvc-tfjs benchmark (${machine.cpus} cores, ${machine.cpu}, node ${machine.node})`,
     '',
     'Ratios are tfjs / PyTorch time (decode: PyTorch tokens/s over tfjs tokens/s): 1.0 is parity, higher is slower.',
+    'Each figure is the best of several runs after a warm-up, on both sides (timings on a shared machine vary by tens of percent).',
     '',
     '| model | backend | vision ms/tile | ratio | prefill ms (512 tok) | ratio | decode tok/s | ratio | load ms | load MB/s | peak RSS MB |',
     '|---|---|---|---|---|---|---|---|---|---|---|',
