@@ -42,10 +42,6 @@ function loadTensorflowProvider(): { provider: BackendInfo['provider']; failures
   const failures: string[] = [];
   // libtensorflow logs its CPU feature notes at load unless told otherwise; our own report suffices.
   process.env.TF_CPP_MIN_LOG_LEVEL ??= '2';
-  // libtensorflow 2.x on x86 runs MatMul through oneDNN by default, which is slow for our weight layout
-  // ([in, out], no transpose): measured on 2 cores, [1,4096]x[4096,14336] 16.1 ms with oneDNN vs 9.4 ms
-  // with Eigen, and [512,4096]x[4096,14336] 432 vs 260 ms. Set TF_ENABLE_ONEDNN_OPTS=1 to get it back.
-  process.env.TF_ENABLE_ONEDNN_OPTS ??= '0';
   for (const pkg of ['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node'] as const) {
     try {
       // eslint-disable-next-line @typescript-eslint/no-require-imports

@@ -1,6 +1,8 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
+import * as tf from '@tensorflow/tfjs';
+import { initBackend } from '../src/backend';
 import {
   bf16ToF32,
   f16ToF32,
@@ -10,6 +12,7 @@ import {
   SafetensorsWriter,
   writeSafetensors,
 } from '../src/io/safetensors';
+import { Weights } from '../src/io/weights';
 import { FIXTURES } from './helpers';
 
 let dir: string;
@@ -205,5 +208,22 @@ describe('malformed files are rejected with a message naming the file and the pr
 
   test('a directory with no checkpoint', () => {
     expect(() => SafetensorsCheckpoint.open(dir)).toThrow(/neither model\.safetensors\.index\.json nor model\.safetensors found/);
+  });
+});
+
+describe('the weight store', () => {
+  test('a tensor held transposed replaces the original (no second copy) and get() refuses it', async () => {
+    await initBackend({ backend: 'cpu', log: null });
+    const before = tf.memory().numTensors;
+    const w = Weights.fromTensors('mem', new Map([['l.weight', tf.tensor2d([1, 2, 3, 4, 5, 6], [2, 3])]]));
+    const t = w.transposed('l.weight');
+    expect(t.shape).toEqual([3, 2]);
+    expect(Array.from(t.dataSync())).toEqual([1, 4, 2, 5, 3, 6]);
+    expect(w.transposed('l.weight')).toBe(t);
+    expect(tf.memory().numTensors).toBe(before + 1);
+    expect(w.byteLength).toBe(24);
+    expect(() => w.get('l.weight')).toThrow(/'l\.weight' is held transposed for this backend; use transposed/);
+    w.dispose();
+    expect(tf.memory().numTensors).toBe(before);
   });
 });

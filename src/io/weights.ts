@@ -67,6 +67,9 @@ export interface LoadOptions {
  * one positioned read, each shard opened once); owned here and freed by `dispose()`.
  */
 export class Weights {
+  /** Names held as their transpose (see `transposed`). */
+  private readonly heldTransposed = new Set<string>();
+
   private constructor(readonly dir: string, private readonly tensors: Map<string, tf.Tensor>) {}
 
   static load(dir: string, options: LoadOptions = {}): Weights {
@@ -108,8 +111,30 @@ export class Weights {
   get(name: string, rank?: number): tf.Tensor {
     const t = this.tensors.get(name);
     if (t === undefined) throw new Error(`${this.dir}: the converted model has no tensor '${name}'`);
+    if (this.heldTransposed.has(name)) throw new Error(`${this.dir}: tensor '${name}' is held transposed for this backend; use transposed('${name}')`);
     if (rank !== undefined && t.rank !== rank) throw new Error(`${this.dir}: tensor '${name}' has shape [${t.shape}], expected rank ${rank}`);
     return t;
+  }
+
+  /**
+   * The 2-D tensor `name` transposed. The first call replaces the stored tensor by its transpose (the
+   * original is freed: memory is not doubled); from then on `get(name)` refuses it.
+   */
+  transposed(name: string): tf.Tensor2D {
+    if (!this.heldTransposed.has(name)) {
+      const t = this.get(name, 2);
+      this.tensors.set(name, tf.keep(tf.transpose(t)));
+      t.dispose();
+      this.heldTransposed.add(name);
+    }
+    return this.tensors.get(name) as tf.Tensor2D;
+  }
+
+  /** Bytes held (float32). */
+  get byteLength(): number {
+    let bytes = 0;
+    this.tensors.forEach((t) => (bytes += t.size * 4));
+    return bytes;
   }
 
   dispose(): void {

@@ -31,7 +31,7 @@ async function main() {
   const t0 = performance.now();
   const model = await PVCModel.load(dir, { backend: arg('--backend', 'wasm') as BackendName });
   const loadMs = performance.now() - t0;
-  const weightBytes = model.weights.names.reduce((a, n) => a + model.weights.get(n).size * 4, 0);
+  const weightBytes = model.weights.byteLength;
   const inputs = SafetensorsFile.open(arg('--inputs')!);
   const result: Record<string, unknown> = { backend: tf.getBackend(), loadMs, loadMBps: weightBytes / 2 ** 20 / (loadMs / 1000) };
   // Taps: 'none' (the normal path), 'idle' (a tap callback that records nothing), 'all' (every tap).
