@@ -127,6 +127,18 @@ export async function initBackend(options: BackendOptions = {}): Promise<Backend
   return info;
 }
 
+/**
+ * Whether libtensorflow runs its CPU kernels through oneDNN: its TF_ENABLE_ONEDNN_OPTS switch, read when
+ * it loads, on by default in the x86-64 Linux builds. Linear picks the weight layout that is fast for
+ * the engine in use (see Linear in src/nn/layers.ts).
+ */
+export function tensorflowUsesOneDNN(): boolean {
+  const value = process.env.TF_ENABLE_ONEDNN_OPTS?.toLowerCase();
+  if (value === '0' || value === 'false') return false;
+  if (value === '1' || value === 'true') return true;
+  return process.platform === 'linux' && process.arch === 'x64';
+}
+
 /** The backend chosen by the last `initBackend`, if any. */
 export function activeBackend(): BackendInfo | undefined {
   return active;

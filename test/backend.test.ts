@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
-import { initBackend } from '../src/backend';
+import { initBackend, tensorflowUsesOneDNN } from '../src/backend';
 
 function hasTfjsNode(): boolean {
   for (const pkg of ['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node']) {
@@ -61,4 +61,19 @@ describe('backend selection', () => {
         /backend 'tensorflow' \(requested by the backend option\) is not available: @tensorflow\/tfjs-node-gpu is not installed/);
     }
   });
+});
+
+test('the oneDNN switch is read as libtensorflow reads it, default on for x86-64 Linux', () => {
+  const saved = process.env.TF_ENABLE_ONEDNN_OPTS;
+  try {
+    for (const [value, expected] of [['0', false], ['false', false], ['FALSE', false], ['1', true], ['True', true]] as const) {
+      process.env.TF_ENABLE_ONEDNN_OPTS = value;
+      expect(tensorflowUsesOneDNN()).toBe(expected);
+    }
+    delete process.env.TF_ENABLE_ONEDNN_OPTS;
+    expect(tensorflowUsesOneDNN()).toBe(process.platform === 'linux' && process.arch === 'x64');
+  } finally {
+    if (saved === undefined) delete process.env.TF_ENABLE_ONEDNN_OPTS;
+    else process.env.TF_ENABLE_ONEDNN_OPTS = saved;
+  }
 });

@@ -2,24 +2,26 @@
 // Each holds its weights (tensors owned by the model's weight store) and has a plain `forward`.
 // Callers run them inside tf.tidy; nothing here keeps intermediates.
 import * as tf from '@tensorflow/tfjs';
+import { tensorflowUsesOneDNN } from '../backend';
 import { Weights } from '../io/weights';
 
 /** Receives intermediate values by name (see `model.inspect`); it must keep (clone) what it wants beyond the call. */
 export type Tap = (name: string, value: tf.Tensor) => void;
 
 /**
- * y = x @ W + b. The converted weight is [in, out]: on wasm only a plain 2-D matMul is fast. On the
- * tensorflow backend it is held transposed, [out, in], for x @ W^T: libtensorflow's oneDNN matMul is up
- * to 1.8x faster that way (2 cores: [512,4096] x [4096,14336] 236 vs 432 ms, matVec 10.8 vs 16.1 ms).
+ * y = x @ W + b. The converted weight is [in, out]: on wasm only a plain 2-D matMul is fast, and so is
+ * libtensorflow's Eigen matMul. libtensorflow with oneDNN (its default on x86-64 Linux) wants x @ W^T
+ * against [out, in] instead, so there the weight is held transposed. Measured on 2 cores, [512,4096] x
+ * [4096,14336]: oneDNN 236 ms transposed vs 432 ms not; Eigen 260 ms not transposed vs 731 ms transposed.
  */
 export class Linear {
-  /** [in, out], or [out, in] when `transposed` (tensorflow backend). */
+  /** [in, out], or [out, in] when `transposed` (tensorflow backend with oneDNN). */
   readonly weight: tf.Tensor2D;
   readonly transposed: boolean;
   readonly bias: tf.Tensor1D | null;
 
   constructor(w: Weights, name: string, bias: boolean) {
-    this.transposed = tf.getBackend() === 'tensorflow';
+    this.transposed = tf.getBackend() === 'tensorflow' && tensorflowUsesOneDNN();
     this.weight = this.transposed ? w.transposed(`${name}.weight`) : (w.get(`${name}.weight`, 2) as tf.Tensor2D);
     this.bias = bias ? (w.get(`${name}.bias`, 1) as tf.Tensor1D) : null;
   }
@@ -34,12 +36,12 @@ export class Linear {
 
   forward<T extends tf.Tensor>(x: T): T {
     const lead = x.shape.slice(0, -1);
-    if (this.transposed) {
+    if (tf.getBackend() === 'tensorflow') {
       // libtensorflow's BatchMatMulV2 takes [1, T, in] or [rows, in] against the 2-D weight as it is. Through
       // tf.fused.matMul the same product costs six more ops (reshapes, each with a shape tensor), as much
       // as the matVec itself for a small layer in a decode step.
       const a = x.rank === 2 || (x.rank === 3 && x.shape[0] === 1) ? x : x.reshape([-1, this.inFeatures]);
-      let y = tf.engine().runKernel('BatchMatMul', { a, b: this.weight }, { transposeA: false, transposeB: true }) as tf.Tensor;
+      let y = tf.engine().runKernel('BatchMatMul', { a, b: this.weight }, { transposeA: false, transposeB: this.transposed }) as tf.Tensor;
       if (this.bias) y = tf.add(y, this.bias);
       return (a === x ? y : y.reshape([...lead, this.outFeatures])) as T;
     }

@@ -30,8 +30,8 @@ function seededFloats(n: number, seed: number): Float32Array {
   });
 }
 
-function runJson(cmd: string, args: string[]): Record<string, unknown> {
-  const r = spawnSync(cmd, args, { encoding: 'utf8', maxBuffer: 1 << 26, env: { ...process.env } });
+function runJson(cmd: string, args: string[], env: Record<string, string> = {}): Record<string, unknown> {
+  const r = spawnSync(cmd, args, { encoding: 'utf8', maxBuffer: 1 << 26, env: { ...process.env, ...env } });
   const line = r.stdout.trim().split('\n').pop() ?? '';
   if (r.status !== 0 || !line.startsWith('{')) return { error: (r.stderr || r.stdout || `exit ${r.status}`).trim().split('\n').slice(-3).join(' | ') };
   return JSON.parse(line) as Record<string, unknown>;
@@ -92,8 +92,12 @@ async function main() {
       const runs = name.includes('layer') || name === 'medium' ? '3' : '5';
       const tfjsBackends = [...backends, ...(name === 'tiny-internvl2' ? ['cpu'] : [])].filter((b) => !onlyBackends || onlyBackends.includes(b));
       for (const backend of tfjsBackends) {
-        process.stderr.write(`bench: ${name} on ${backend}\n`);
-        results.push({ model: name, note: spec.note, ...runJson(tsx, [path.join(__dirname, 'tfjs-bench.ts'), '--model', outDir, '--backend', backend, '--inputs', inputs, '--measures', measures, '--runs', runs]) });
+        // libtensorflow runs with oneDNN (its default here) and with Eigen: each is faster at something.
+        const envs: Record<string, string>[] = backend === 'tensorflow' ? [{}, { TF_ENABLE_ONEDNN_OPTS: '0' }] : [{}];
+        for (const env of envs) {
+          process.stderr.write(`bench: ${name} on ${backend}${Object.keys(env).length ? ' (oneDNN off)' : ''}\n`);
+          results.push({ model: name, note: spec.note, ...runJson(tsx, [path.join(__dirname, 'tfjs-bench.ts'), '--model', outDir, '--backend', backend, '--inputs', inputs, '--measures', measures, '--runs', runs], env) });
+        }
       }
       if (name === 'medium' && tfjsBackends.includes('wasm')) {
         for (const taps of ['idle', 'all']) {
@@ -140,7 +144,7 @@ function table(results: Record<string, unknown>[], machine: Record<string, unkno
       lines.push(`| ${r.model} | ${r.backend ?? '?'}${r.taps ? ` (taps ${r.taps})` : ''} | error: ${String(r.error).slice(0, 120)} |||||||||`);
       continue;
     }
-    lines.push(`| ${r.model} | ${r.backend}${r.taps ? ` (taps ${r.taps})` : ''}${r.threads ? ` (${r.threads} threads)` : ''} | ${f(r.visionMsPerTile)} | ${r.backend === 'pytorch' ? '' : ratio(r, 'visionMsPerTile')} | ${f(r.prefillMs)} | ${r.backend === 'pytorch' ? '' : ratio(r, 'prefillMs')} | ${f(r.decodeTokensPerSecond)} | ${r.backend === 'pytorch' ? '' : ratio(r, 'decodeTokensPerSecond', true)} | ${f(r.loadMs, 0)} | ${f(r.loadMBps)} | ${f(r.peakRssMB, 0)} |`);
+    lines.push(`| ${r.model} | ${r.backend}${r.engine ? ` (${r.engine})` : ''}${r.taps ? ` (taps ${r.taps})` : ''}${r.threads ? ` (${r.threads} threads)` : ''} | ${f(r.visionMsPerTile)} | ${r.backend === 'pytorch' ? '' : ratio(r, 'visionMsPerTile')} | ${f(r.prefillMs)} | ${r.backend === 'pytorch' ? '' : ratio(r, 'prefillMs')} | ${f(r.decodeTokensPerSecond)} | ${r.backend === 'pytorch' ? '' : ratio(r, 'decodeTokensPerSecond', true)} | ${f(r.loadMs, 0)} | ${f(r.loadMBps)} | ${f(r.peakRssMB, 0)} |`);
   }
   lines.push('', ...Object.entries(BENCH_CONFIGS).map(([k, v]) => `- ${k}: ${v.note}`), '');
   return lines.join('\n');

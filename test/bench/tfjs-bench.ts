@@ -1,7 +1,7 @@
 // One benchmark worker: a converted model on one tfjs backend, timings as JSON on stdout.
 //   tsx test/bench/tfjs-bench.ts --model DIR --backend wasm --inputs FILE [--measures vision,llm] [--taps none|idle|all]
 import * as tf from '@tensorflow/tfjs';
-import { BackendName } from '../../src/backend';
+import { BackendName, tensorflowUsesOneDNN } from '../../src/backend';
 import { TapRecorder, tapNames } from '../../src/chat/inspect';
 import { PVCModel } from '../../src/chat/model';
 import { SafetensorsFile } from '../../src/io/safetensors';
@@ -34,6 +34,7 @@ async function main() {
   const weightBytes = model.weights.byteLength;
   const inputs = SafetensorsFile.open(arg('--inputs')!);
   const result: Record<string, unknown> = { backend: tf.getBackend(), loadMs, loadMBps: weightBytes / 2 ** 20 / (loadMs / 1000) };
+  if (tf.getBackend() === 'tensorflow') result.engine = tensorflowUsesOneDNN() ? 'oneDNN' : 'Eigen';
   // Taps: 'none' (the normal path), 'idle' (a tap callback that records nothing), 'all' (every tap).
   const tapMode = arg('--taps', 'none');
   let tap: Tap | undefined;
