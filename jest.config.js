@@ -1,5 +1,6 @@
-// src/backend.ts quiets libtensorflow's load-time notes; inside Jest's sandbox process.env is a copy that
-// native code never sees, so the tests' tensorflow backend is told here (tests run in band).
+// src/backend.ts sets these for libtensorflow before it loads; inside Jest's sandbox process.env is a
+// copy that native code never sees, so the tests' tensorflow backend gets them here (tests run in band).
+process.env.TF_ENABLE_ONEDNN_OPTS ??= '0';
 process.env.TF_CPP_MIN_LOG_LEVEL ??= '2';
 
 /** @type {import('jest').Config} */

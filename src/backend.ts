@@ -42,6 +42,11 @@ function loadTensorflowProvider(): { provider: BackendInfo['provider']; failures
   const failures: string[] = [];
   // libtensorflow logs its CPU feature notes at load unless told otherwise; our own report suffices.
   process.env.TF_CPP_MIN_LOG_LEVEL ??= '2';
+  // libtensorflow's Eigen kernels by default, not oneDNN: in `npm run bench` (2 cores) Eigen keeps a
+  // real-size InternLM2 layer's decode step and prefill within 1.4x of PyTorch, while oneDNN is faster at
+  // prefill and vision (attention, softmax) but 1.6-1.7x slower than PyTorch at decode (its matVec is
+  // ~20% slower) and needs the weights transposed at load. TF_ENABLE_ONEDNN_OPTS=1 chooses oneDNN.
+  process.env.TF_ENABLE_ONEDNN_OPTS ??= '0';
   for (const pkg of ['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node'] as const) {
     try {
       // eslint-disable-next-line @typescript-eslint/no-require-imports
@@ -129,8 +134,8 @@ export async function initBackend(options: BackendOptions = {}): Promise<Backend
 
 /**
  * Whether libtensorflow runs its CPU kernels through oneDNN: its TF_ENABLE_ONEDNN_OPTS switch, read when
- * it loads, on by default in the x86-64 Linux builds. Linear picks the weight layout that is fast for
- * the engine in use (see Linear in src/nn/layers.ts).
+ * it loads (set to 0 by this module unless given; libtensorflow's own default is on for x86-64 Linux).
+ * Linear picks the weight layout that is fast for the engine in use (see Linear in src/nn/layers.ts).
  */
 export function tensorflowUsesOneDNN(): boolean {
   const value = process.env.TF_ENABLE_ONEDNN_OPTS?.toLowerCase();

@@ -63,7 +63,7 @@ describe('backend selection', () => {
   });
 });
 
-test('the oneDNN switch is read as libtensorflow reads it, default on for x86-64 Linux', () => {
+test('the oneDNN switch is read as libtensorflow reads it (its own default: on for x86-64 Linux)', () => {
   const saved = process.env.TF_ENABLE_ONEDNN_OPTS;
   try {
     for (const [value, expected] of [['0', false], ['false', false], ['FALSE', false], ['1', true], ['True', true]] as const) {

@@ -10,9 +10,10 @@ export type Tap = (name: string, value: tf.Tensor) => void;
 
 /**
  * y = x @ W + b. The converted weight is [in, out]: on wasm only a plain 2-D matMul is fast, and so is
- * libtensorflow's Eigen matMul. libtensorflow with oneDNN (its default on x86-64 Linux) wants x @ W^T
- * against [out, in] instead, so there the weight is held transposed. Measured on 2 cores, [512,4096] x
- * [4096,14336]: oneDNN 236 ms transposed vs 432 ms not; Eigen 260 ms not transposed vs 731 ms transposed.
+ * libtensorflow's Eigen matMul (the tensorflow backend's default engine, see src/backend.ts). With
+ * oneDNN (TF_ENABLE_ONEDNN_OPTS=1) x @ W^T against [out, in] is fast instead, so there the weight is held
+ * transposed. Measured on 2 cores, [512,4096] x [4096,14336]: Eigen 260 ms as stored vs 731 ms
+ * transposed; oneDNN 236 ms transposed vs 432 ms as stored.
  */
 export class Linear {
   /** [in, out], or [out, in] when `transposed` (tensorflow backend with oneDNN). */

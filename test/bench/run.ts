@@ -92,10 +92,10 @@ async function main() {
       const runs = name.includes('layer') || name === 'medium' ? '3' : '5';
       const tfjsBackends = [...backends, ...(name === 'tiny-internvl2' ? ['cpu'] : [])].filter((b) => !onlyBackends || onlyBackends.includes(b));
       for (const backend of tfjsBackends) {
-        // libtensorflow runs with oneDNN (its default here) and with Eigen: each is faster at something.
-        const envs: Record<string, string>[] = backend === 'tensorflow' ? [{}, { TF_ENABLE_ONEDNN_OPTS: '0' }] : [{}];
+        // libtensorflow with its Eigen kernels (our default) and with oneDNN: each is faster at something.
+        const envs: Record<string, string>[] = backend === 'tensorflow' ? [{ TF_ENABLE_ONEDNN_OPTS: '0' }, { TF_ENABLE_ONEDNN_OPTS: '1' }] : [{}];
         for (const env of envs) {
-          process.stderr.write(`bench: ${name} on ${backend}${Object.keys(env).length ? ' (oneDNN off)' : ''}\n`);
+          process.stderr.write(`bench: ${name} on ${backend}${env.TF_ENABLE_ONEDNN_OPTS ? ` (TF_ENABLE_ONEDNN_OPTS=${env.TF_ENABLE_ONEDNN_OPTS})` : ''}\n`);
           results.push({ model: name, note: spec.note, ...runJson(tsx, [path.join(__dirname, 'tfjs-bench.ts'), '--model', outDir, '--backend', backend, '--inputs', inputs, '--measures', measures, '--runs', runs], env) });
         }
       }
