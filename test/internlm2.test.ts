@@ -92,9 +92,11 @@ describe.each(PARITY_BACKENDS)('on %s', (backend) => {
     c2.dispose();
   });
 
-  test('decoding with the KV cache gives the logits of recomputing the whole sequence, over 40 steps', () => {
+  // tailLimit 7: the cache's tail block is folded into the main block five times within the 40 steps.
+  test.each([256, 7])('decoding with the KV cache (tail limit %i) gives the logits of recomputing the whole sequence, over 40 steps', (tailLimit) => {
     const ids = doc.chat!.find((c) => c.name === 'text-only')!.input_ids.slice(0, 24);
-    const cache = llm.newCache(1);
+    const before = tf.memory().numTensors;
+    const cache = llm.newCache(1, tailLimit);
     const embeds = llm.embedTokens([ids]);
     let logits = llm.forward(embeds, cache, { lastOnly: true });
     embeds.dispose();
@@ -118,6 +120,7 @@ describe.each(PARITY_BACKENDS)('on %s', (backend) => {
     }
     logits.dispose();
     cache.dispose();
+    expect(tf.memory().numTensors).toBe(before);
     expect(worst).toBeLessThanOrEqual(1e-5);
   });
 

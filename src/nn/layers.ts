@@ -101,13 +101,18 @@ export function silu<T extends tf.Tensor>(x: T): T {
  * [Tk, d]. `mask` [Tq, Tk] or [Q, 1, Tq, Tk]-broadcastable per group is added to the scores viewed as
  * [Q, G, Tq, Tk]. Returns the output [Q, R, d] and the probabilities [Q, R, Tk].
  *
+ * Keys and values may come as consecutive blocks along Tk (a KV cache's main block and its tail): the
+ * scores of the blocks are joined before the softmax and the output is the sum of each block's share.
+ *
  * On wasm only a plain 2-D matMul without transposes is fast (batched or transposed ones run ~10x
  * slower), so there, when the score matrices are large, each group is two 2-D matMuls against an
  * explicitly transposed key block; elsewhere one batched matMul does all groups.
  */
-export function attention(q: tf.Tensor3D, k: tf.Tensor3D, v: tf.Tensor3D, scale: number, queriesPerGroup = 1, mask?: tf.Tensor): { out: tf.Tensor3D; probs: tf.Tensor3D } {
+export function attention(q: tf.Tensor3D, k: tf.Tensor3D | tf.Tensor3D[], v: tf.Tensor3D | tf.Tensor3D[], scale: number, queriesPerGroup = 1, mask?: tf.Tensor): { out: tf.Tensor3D; probs: tf.Tensor3D } {
+  const keys = Array.isArray(k) ? k : [k];
+  const values = Array.isArray(v) ? v : [v];
   const [Q, R, d] = q.shape;
-  const Tk = k.shape[1];
+  const Tk = keys.reduce((n, b) => n + b.shape[1], 0);
   const Tq = R / queriesPerGroup;
   const addMask = (scores: tf.Tensor, group?: number) => {
     if (mask === undefined) return scores;
@@ -116,21 +121,26 @@ export function attention(q: tf.Tensor3D, k: tf.Tensor3D, v: tf.Tensor3D, scale:
     return tf.add(scores.reshape(shape), m).reshape(group === undefined ? [Q, R, Tk] : [R, Tk]);
   };
   if (tf.getBackend() === 'wasm' && R * Tk >= 4096) {
+    const kAll = keys.length === 1 ? keys[0] : tf.concat(keys, 1);
+    const vAll = values.length === 1 ? values[0] : tf.concat(values, 1);
     const outs: tf.Tensor2D[] = [];
     const probs: tf.Tensor2D[] = [];
     for (let i = 0; i < Q; i++) {
       const qi = q.slice([i, 0, 0], [1, R, d]).reshape([R, d]) as tf.Tensor2D;
-      const kt = k.slice([i, 0, 0], [1, Tk, d]).reshape([Tk, d]).transpose() as tf.Tensor2D;
-      const vi = v.slice([i, 0, 0], [1, Tk, d]).reshape([Tk, d]) as tf.Tensor2D;
+      const kt = kAll.slice([i, 0, 0], [1, Tk, d]).reshape([Tk, d]).transpose() as tf.Tensor2D;
+      const vi = vAll.slice([i, 0, 0], [1, Tk, d]).reshape([Tk, d]) as tf.Tensor2D;
       const p = tf.softmax(addMask(tf.matMul(tf.mul(qi, scale), kt), i), -1) as tf.Tensor2D;
       probs.push(p);
       outs.push(tf.matMul(p, vi));
     }
     return { out: tf.stack(outs) as tf.Tensor3D, probs: tf.stack(probs) as tf.Tensor3D };
   }
-  const scores = addMask(batchMatMul(tf.mul(q, scale), k, true));
-  const probs = tf.softmax(scores, -1) as tf.Tensor3D;
-  return { out: batchMatMul(probs, v), probs };
+  const scaled = tf.mul(q, scale) as tf.Tensor3D;
+  const blockScores = keys.map((kb) => batchMatMul(scaled, kb, true));
+  const probs = tf.softmax(addMask(blockScores.length === 1 ? blockScores[0] : tf.concat(blockScores, 2)), -1) as tf.Tensor3D;
+  if (values.length === 1) return { out: batchMatMul(probs, values[0]), probs };
+  const blockProbs = tf.split(probs, values.map((b) => b.shape[1]), 2) as tf.Tensor3D[];
+  return { out: tf.addN(blockProbs.map((p, i) => batchMatMul(p, values[i]))), probs };
 }
 
 /** a @ b (or a @ b^T) for rank-3 operands as the one kernel it is; tf.matMul adds three reshape ops around it. */
