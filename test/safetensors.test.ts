@@ -13,7 +13,8 @@ import {
   writeSafetensors,
 } from '../src/io/safetensors';
 import { Weights } from '../src/io/weights';
-import { FIXTURES } from './helpers';
+import { checkpointDir, FIXTURES } from './helpers';
+import { convertCheckpoint } from '../converter/convert';
 
 let dir: string;
 beforeEach(() => {
@@ -212,6 +213,48 @@ describe('malformed files are rejected with a message naming the file and the pr
 });
 
 describe('the weight store', () => {
+  test('loading opens each shard once and reads no byte of it twice', async () => {
+    await initBackend({ backend: 'cpu', log: null });
+    const out = path.join(dir, 'model');
+    convertCheckpoint(checkpointDir('tiny-internvl2'), out, { shardSize: 256 << 10 });
+    const shards = fs.readdirSync(out).filter((f) => f.endsWith('.safetensors')).map((f) => path.join(out, f));
+    expect(shards.length).toBeGreaterThan(1);
+    const opened = new Map<number, string>();
+    const openCount = new Map<string, number>();
+    const reads = new Map<string, [number, number][]>();
+    // The module object itself (the `import * as` namespace above has fixed properties).
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const nodeFs = require('fs') as typeof fs;
+    const realOpen = nodeFs.openSync;
+    const realRead = nodeFs.readSync;
+    const openSpy = jest.spyOn(nodeFs, 'openSync').mockImplementation(((file: fs.PathLike, ...rest: unknown[]) => {
+      const fd = (realOpen as (...a: unknown[]) => number)(file, ...rest);
+      opened.set(fd, String(file));
+      openCount.set(String(file), (openCount.get(String(file)) ?? 0) + 1);
+      return fd;
+    }) as typeof fs.openSync);
+    const readSpy = jest.spyOn(nodeFs, 'readSync').mockImplementation(((fd: number, buffer: NodeJS.ArrayBufferView, offset: number, length: number, position: number) => {
+      const n = realRead(fd, buffer, offset, length, position);
+      const file = opened.get(fd);
+      if (file) reads.set(file, [...(reads.get(file) ?? []), [position, position + n]]);
+      return n;
+    }) as typeof fs.readSync);
+    let weights: Weights;
+    try {
+      weights = Weights.load(out);
+    } finally {
+      openSpy.mockRestore();
+      readSpy.mockRestore();
+    }
+    for (const shard of shards) {
+      expect(openCount.get(shard)).toBe(1);
+      const spans = (reads.get(shard) ?? []).sort((a, b) => a[0] - b[0]);
+      spans.slice(1).forEach(([start], i) => expect(start).toBeGreaterThanOrEqual(spans[i][1]));
+      expect(spans.reduce((n, [a, b]) => n + b - a, 0)).toBe(fs.statSync(shard).size);
+    }
+    weights.dispose();
+  });
+
   test('a tensor held transposed replaces the original (no second copy) and get() refuses it', async () => {
     await initBackend({ backend: 'cpu', log: null });
     const before = tf.memory().numTensors;
