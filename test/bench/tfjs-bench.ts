@@ -1,6 +1,8 @@
 // One benchmark worker: a converted model on one tfjs backend, timings as JSON on stdout.
 //   tsx test/bench/tfjs-bench.ts --model DIR --backend wasm --inputs FILE [--measures vision,llm] [--taps none|idle|all]
+import * as os from 'os';
 import * as tf from '@tensorflow/tfjs';
+import { getThreadsCount } from '@tensorflow/tfjs-backend-wasm';
 import { BackendName, tensorflowUsesOneDNN } from '../../src/backend';
 import { TapRecorder, tapNames } from '../../src/chat/inspect';
 import { PVCModel } from '../../src/chat/model';
@@ -35,6 +37,9 @@ async function main() {
   const inputs = SafetensorsFile.open(arg('--inputs')!);
   const result: Record<string, unknown> = { backend: tf.getBackend(), loadMs, loadMBps: weightBytes / 2 ** 20 / (loadMs / 1000) };
   if (tf.getBackend() === 'tensorflow') result.engine = tensorflowUsesOneDNN() ? 'oneDNN' : 'Eigen';
+  // Threads doing the math: libtensorflow's intra-op pool defaults to one per core (tfjs-node does not
+  // change it); tfjs turns wasm threads off under Node; the cpu backend is plain JavaScript.
+  result.threads = tf.getBackend() === 'tensorflow' ? os.cpus().length : tf.getBackend() === 'wasm' ? getThreadsCount() : 1;
   // Taps: 'none' (the normal path), 'idle' (a tap callback that records nothing), 'all' (every tap).
   const tapMode = arg('--taps', 'none');
   let tap: Tap | undefined;
