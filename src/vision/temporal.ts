@@ -179,18 +179,12 @@ export function pvcVisualTokens(temporal: TemporalVision, projector: Projector, 
   for (const sample of samples) {
     const tiles = sample.numPatchesList.reduce((a, b) => a + b, 0);
     const pixels = pixelValues.slice([sample.start, 0, 0, 0], [tiles, -1, -1, -1]) as tf.Tensor4D;
-    const reps = repeatsFor(pvc, sample.dataFlag);
-    let frames: tf.Tensor4D;
-    let sequences: number;
-    if (sample.dataFlag === 3) {
-      const multi = sample.numPatchesList.find((n) => n !== 1);
-      if (multi !== undefined) throw new Error(`PVC spec v0 takes one tile per video frame (numPatchesList entry ${multi}); load the video with maxNum 1`);
-      frames = repeatInterleave(pixels, reps);
-      sequences = 1;
-    } else {
-      frames = repeatInterleave(pixels, reps);
-      sequences = tiles;
-    }
+    const isVideo = sample.dataFlag === 3;
+    const multi = sample.numPatchesList.find((n) => n !== 1);
+    if (isVideo && multi !== undefined) throw new Error(`PVC spec v0 takes one tile per video frame (numPatchesList entry ${multi}); load the video with maxNum 1`);
+    const frames = repeatInterleave(pixels, repeatsFor(pvc, sample.dataFlag));
+    // A video is one sequence of its frames; each image tile is a sequence of its own.
+    const sequences = isVideo ? 1 : tiles;
     const cache = new TemporalCache();
     try {
       const hidden = temporal.forward(frames, sequences, cache, tap);
