@@ -12,6 +12,7 @@ import { Manifest, ManifestEntry, MANIFEST_FILE, readManifest } from '../src/io/
 import { normalizeHFConfig } from './hf_config';
 import { applyTransform, detectPVCLayers, TensorRule, tensorRules } from './names';
 import { convertTokenizer } from './tokenizer';
+import { readJsonFile } from '../src/json';
 
 export type StorageDType = 'float32' | 'float16';
 
@@ -57,12 +58,7 @@ export interface Audit {
 
 function readHFConfig(hfDir: string): Record<string, unknown> {
   const file = path.join(hfDir, 'config.json');
-  if (!fs.existsSync(file)) throw new Error(`${hfDir}: config.json is missing: not a HuggingFace checkpoint directory`);
-  try {
-    return JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>;
-  } catch (e) {
-    throw new Error(`${file}: not valid JSON: ${(e as Error).message}`);
-  }
+  return readJsonFile<Record<string, unknown>>(file, `not a HuggingFace checkpoint directory`);
 }
 
 /** Compares the checkpoint's tensors with the name table for its config. Throws only on unreadable input. */

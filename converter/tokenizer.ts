@@ -14,6 +14,7 @@
 // the same id.
 import * as fs from 'fs';
 import * as path from 'path';
+import { readJsonFile } from '../src/json';
 
 export enum PieceType {
   NORMAL = 1,
@@ -318,12 +319,7 @@ function stringSetting(v: unknown): string | undefined {
 }
 
 function readJsonIfPresent(file: string): Record<string, unknown> | undefined {
-  if (!fs.existsSync(file)) return undefined;
-  try {
-    return JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>;
-  } catch (e) {
-    throw new Error(`${file}: not valid JSON: ${(e as Error).message}`);
-  }
+  return fs.existsSync(file) ? readJsonFile<Record<string, unknown>>(file) : undefined;
 }
 
 /**

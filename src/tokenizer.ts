@@ -6,9 +6,9 @@
 // a valid UTF-8 sequence, while the library turns a whole invalid run into one or several U+FFFD by
 // other rules. Everything else (▁ -> space, special tokens dropped on request, upstream's
 // clean-up of spaces before punctuation) is plain.
-import * as fs from 'fs';
 import * as path from 'path';
 import { Tokenizer } from '@huggingface/tokenizers';
+import { readJsonFile } from './json';
 
 const BYTE_PIECE = /^<0x([0-9A-Fa-f]{2})>$/;
 const REPLACEMENT = '\uFFFD';
@@ -93,15 +93,7 @@ export class PVCTokenizer {
 
   /** Loads `tokenizer.json` + `tokenizer_config.json` from a converted model directory. */
   static load(dir: string): PVCTokenizer {
-    const read = (name: string) => {
-      const file = path.join(dir, name);
-      if (!fs.existsSync(file)) throw new Error(`${file} is missing: is ${dir} a model converted by pvc-convert?`);
-      try {
-        return JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>;
-      } catch (e) {
-        throw new Error(`${file}: not valid JSON: ${(e as Error).message}`);
-      }
-    };
+    const read = (name: string) => readJsonFile<Record<string, unknown>>(path.join(dir, name), `is ${dir} a model converted by pvc-convert?`);
     const json = read('tokenizer.json');
     const config = read('tokenizer_config.json');
     return new PVCTokenizer(new Tokenizer(json, config), config, dir);

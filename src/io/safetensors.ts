@@ -7,6 +7,7 @@
 // name each tensor's file in `model.safetensors.index.json` ({ "weight_map": { tensor: file } }).
 import * as fs from 'fs';
 import * as path from 'path';
+import { readJsonFile } from '../json';
 
 export type DType = 'F64' | 'F32' | 'F16' | 'BF16' | 'I64' | 'I32' | 'I16' | 'I8' | 'U8' | 'BOOL';
 
@@ -141,7 +142,7 @@ export class SafetensorsFile {
     try {
       fd = fs.openSync(file, 'r');
     } catch (e) {
-      throw new Error(`${file}: cannot open safetensors file: ${(e as Error).message}`);
+      throw new Error(`${file}: cannot open safetensors file: ${(e as Error).message}`, { cause: e });
     }
     try {
       const { tensors, metadata, size } = readHeader(fd, file);
@@ -208,7 +209,7 @@ function readHeader(fd: number, file: string): { tensors: Map<string, TensorInfo
   try {
     header = JSON.parse(headerBuf.toString('utf8'));
   } catch (e) {
-    throw new Error(`${file}: header is not valid JSON: ${(e as Error).message}`);
+    throw new Error(`${file}: header is not valid JSON: ${(e as Error).message}`, { cause: e });
   }
   if (header === null || typeof header !== 'object' || Array.isArray(header)) {
     throw new Error(`${file}: header must be a JSON object`);
@@ -352,12 +353,7 @@ export class SafetensorsCheckpoint {
 }
 
 function readIndex(indexPath: string): Record<string, string> {
-  let index: unknown;
-  try {
-    index = JSON.parse(fs.readFileSync(indexPath, 'utf8'));
-  } catch (e) {
-    throw new Error(`${indexPath}: not valid JSON: ${(e as Error).message}`);
-  }
+  const index = readJsonFile(indexPath);
   const weightMap = (index as { weight_map?: unknown } | null)?.weight_map;
   if (weightMap === null || typeof weightMap !== 'object' || Array.isArray(weightMap)) {
     throw new Error(`${indexPath}: missing "weight_map" object`);

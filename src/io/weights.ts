@@ -1,11 +1,11 @@
 // A converted model directory (pvc-convert's output) -> named float32 tensors.
 // manifest.json lists every tensor with its shard, absolute offset, dtype, shape and sha256; the
 // shards are ordinary safetensors files. Opening checks the manifest against the shard headers.
-import * as fs from 'fs';
 import * as path from 'path';
 import { FORMAT_NAME, FORMAT_VERSION } from '../config';
 import * as tf from '@tensorflow/tfjs';
 import { DType, SafetensorsCheckpoint } from './safetensors';
+import { readJsonFile } from '../json';
 
 export const MANIFEST_FILE = 'manifest.json';
 
@@ -28,13 +28,7 @@ export interface Manifest {
 
 export function readManifest(dir: string): Manifest {
   const file = path.join(dir, MANIFEST_FILE);
-  if (!fs.existsSync(file)) throw new Error(`${dir}: no ${MANIFEST_FILE}: not a model converted by pvc-convert (or an interrupted conversion)`);
-  let m: Manifest;
-  try {
-    m = JSON.parse(fs.readFileSync(file, 'utf8')) as Manifest;
-  } catch (e) {
-    throw new Error(`${file}: not valid JSON: ${(e as Error).message}`);
-  }
+  const m = readJsonFile<Manifest>(file, 'not a model converted by pvc-convert (or an interrupted conversion)');
   if (m.format !== FORMAT_NAME) throw new Error(`${file}: format ${JSON.stringify(m.format)} is not ${FORMAT_NAME}`);
   if (m.format_version !== FORMAT_VERSION) throw new Error(`${file}: format_version ${m.format_version} is not supported (this build reads ${FORMAT_VERSION}); convert the checkpoint again`);
   if (m.tensors === null || typeof m.tensors !== 'object') throw new Error(`${file}: missing "tensors"`);
@@ -67,7 +61,7 @@ export interface LoadOptions {
  * one positioned read, each shard opened once); owned here and freed by `dispose()`.
  */
 export class Weights {
-  /** Names held as their transpose (see `transposed`). */
+  /** Names held as their transpose (see `storeTransposed`). */
   private readonly heldTransposed = new Set<string>();
 
   private constructor(readonly dir: string, private readonly tensors: Map<string, tf.Tensor>) {}
@@ -111,16 +105,17 @@ export class Weights {
   get(name: string, rank?: number): tf.Tensor {
     const t = this.tensors.get(name);
     if (t === undefined) throw new Error(`${this.dir}: the converted model has no tensor '${name}'`);
-    if (this.heldTransposed.has(name)) throw new Error(`${this.dir}: tensor '${name}' is held transposed for this backend; use transposed('${name}')`);
+    if (this.heldTransposed.has(name)) throw new Error(`${this.dir}: tensor '${name}' is held transposed (storeTransposed); a second reader of it would get the wrong layout`);
     if (rank !== undefined && t.rank !== rank) throw new Error(`${this.dir}: tensor '${name}' has shape [${t.shape}], expected rank ${rank}`);
     return t;
   }
 
   /**
-   * The 2-D tensor `name` transposed. The first call replaces the stored tensor by its transpose (the
-   * original is freed: memory is not doubled); from then on `get(name)` refuses it.
+   * Replaces the stored 2-D tensor `name` by its transpose and returns it (the original is freed:
+   * memory is not doubled). Called once per weight while a model is built, by a Linear whose kernels
+   * want the [out, in] layout; from then on `get(name)` refuses the name.
    */
-  transposed(name: string): tf.Tensor2D {
+  storeTransposed(name: string): tf.Tensor2D {
     if (!this.heldTransposed.has(name)) {
       const t = this.get(name, 2);
       this.tensors.set(name, tf.keep(tf.transpose(t)));

@@ -68,7 +68,7 @@ export async function decodeRGB(source: string | Buffer): Promise<RGBImage> {
     return { width: info.width, height: info.height, data: new Uint8Array(data.buffer, data.byteOffset, data.length) };
   } catch (e) {
     const message = (e as Error).message.split('\n')[0];
-    throw new Error(`${what}: cannot decode the image (${message})`);
+    throw new Error(`${what}: cannot decode the image (${message})`, { cause: e });
   }
 }
 

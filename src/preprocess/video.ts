@@ -54,7 +54,7 @@ function binary(name: 'ffmpeg' | 'ffprobe'): string {
     }
     return pkg.path;
   } catch (e) {
-    throw new Error(`${name} not found: install it on PATH or reinstall the optional npm package (${(e as Error).message})`);
+    throw new Error(`${name} not found: install it on PATH or reinstall the optional npm package (${(e as Error).message})`, { cause: e });
   }
 }
 
