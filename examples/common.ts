@@ -3,6 +3,7 @@ import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
+import ffmpegInstaller from '@ffmpeg-installer/ffmpeg';
 import sharp from 'sharp';
 
 const ROOT = path.join(__dirname, '..');
@@ -32,7 +33,7 @@ export async function exampleInput(name: 'example_image1.jpg' | 'example_image2.
     for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) pixels.set([(x * 255) / w, (y * 255) / h, 128], (y * w + x) * 3);
     await sharp(pixels, { raw: { width: w, height: h, channels: 3 } }).jpeg().toFile(out);
   } else {
-    const ffmpeg = (require('@ffmpeg-installer/ffmpeg') as { path: string }).path;
+    const ffmpeg = ffmpegInstaller.path;
     const run = spawnSync(ffmpeg, ['-v', 'error', '-f', 'lavfi', '-i', 'testsrc=duration=4:size=360x640:rate=30', '-pix_fmt', 'yuv420p', '-y', out]);
     if (run.status !== 0) throw new Error(`could not generate ${name}: ${run.stderr}`);
   }

@@ -1,4 +1,5 @@
 // Image and video preprocessing against upstream's (PIL tiles, decord frames, get_index).
+import ffmpegInstaller from '@ffmpeg-installer/ffmpeg';
 import * as tf from '@tensorflow/tfjs';
 import { createHash } from 'crypto';
 import { spawnSync } from 'child_process';
@@ -128,7 +129,7 @@ describe('bad inputs give errors naming the file and the problem', () => {
     fs.writeFileSync(path.join(tmp, 'empty.jpg'), '');
     fs.writeFileSync(path.join(tmp, 'text.jpg'), 'not an image at all');
     fs.writeFileSync(path.join(tmp, 'truncated.jpg'), fs.readFileSync(path.join(ASSETS, 'example_image1.jpg')).subarray(0, 30000));
-    const ffmpeg = require('@ffmpeg-installer/ffmpeg').path as string;
+    const ffmpeg = ffmpegInstaller.path;
     spawnSync(ffmpeg, ['-v', 'error', '-f', 'lavfi', '-i', 'sine=frequency=440:duration=0.3', '-y', path.join(tmp, 'audio.wav')]);
   });
   afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));

@@ -41,6 +41,7 @@ function backendsAvailable(): string[] {
   const list = ['wasm'];
   for (const pkg of ['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node']) {
     try {
+      // eslint-disable-next-line @typescript-eslint/no-require-imports -- probing an optional native package
       require(pkg);
       list.unshift('tensorflow');
       break;
