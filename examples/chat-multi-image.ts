@@ -1,7 +1,7 @@
 // Two images in one question: the PVC quick start's second example.
 //   npx tsx examples/chat-multi-image.ts [--model DIR]
 import * as tf from '@tensorflow/tfjs';
-import { loadImage, loadTokenizer, PVCModel } from '../src';
+import { loadImage, loadTokenizer, PVCModel, withImagePlaceholders } from '../src';
 import { exampleInput, modelDir, seconds } from './common';
 
 async function main() {
@@ -15,7 +15,7 @@ async function main() {
   const numPatchesList = [image1.numPatches, image2.numPatches];
   console.log(`images: ${numPatchesList.join(' + ')} tiles`);
 
-  const question = 'Image-1: <image>\nImage-2: <image>\nWhat are the similarities and differences between these two images.';
+  const question = withImagePlaceholders('What are the similarities and differences between these two images.', 2, 'images');
   const t = Date.now();
   const response = await model.chat(tokenizer, pixelValues, question, { maxNewTokens: 64, doSample: false }, { dataFlag: 2, numPatchesList });
   console.log(`User: ${question}\nAssistant: ${response}\n(${seconds(t)})`);

@@ -1,6 +1,6 @@
 // A video: the PVC quick start's third example (frames sampled uniformly, one tile each), streamed.
 //   npx tsx examples/chat-video.ts [--model DIR] [--frames N]
-import { loadTokenizer, loadVideo, PVCModel } from '../src';
+import { loadTokenizer, loadVideo, PVCModel, withImagePlaceholders } from '../src';
 import { exampleInput, modelDir, seconds } from './common';
 
 async function main() {
@@ -16,8 +16,7 @@ async function main() {
   const at448 = (448 / c.vision.patch_size) ** 2 * c.downsample_ratio ** 2; // the same formula at the real tile size
   console.log(`visual tokens: ${video.frameIndices.length * model.tokensPerTile(3)} (${model.tokensPerTile(3)} per frame at ${c.image_size} px; ${at448} per frame at 448 px)`);
 
-  const videoPrefix = video.numPatchesList.map((_, k) => `Frame${k + 1}: <image>\n`).join('');
-  const question = videoPrefix + 'Describe this video in detail.';
+  const question = withImagePlaceholders('Describe this video in detail.', video.numPatchesList.length, 'video');
   console.log(`User: Frame1: <image>\n ... Frame${video.numPatchesList.length}: <image>\nDescribe this video in detail.\nAssistant: `);
   t = Date.now();
   for await (const piece of model.stream(tokenizer, video.pixelValues, question, { maxNewTokens: 64, doSample: false }, { dataFlag: 3, numPatchesList: video.numPatchesList })) {

@@ -1,8 +1,8 @@
 // The converted model's config.json: every field the code reads, spelled out, validated on load.
 // Field names follow the HF config's (snake_case) so that a reader can match them with upstream.
 // The converter builds it from a HuggingFace InternVL2 / PVC config (converter/hf_config.ts).
-import * as fs from 'fs';
 import * as path from 'path';
+import { readJsonFile } from './json';
 
 export const FORMAT_NAME = 'pvc-tfjs';
 export const FORMAT_VERSION = 1;
@@ -188,15 +188,18 @@ function checkDerived(c: ModelConfig, source: string): void {
   }
 }
 
+/**
+ * How many ViT layers run: select_layer indexes the L + 1 hidden states as upstream does (0 the
+ * embeddings, i the output of layer i - 1, negative from the end), and the layers after it are never run.
+ */
+export function visionLayersRun(c: ModelConfig): number {
+  return c.select_layer < 0 ? c.vision.num_hidden_layers + 1 + c.select_layer : c.select_layer;
+}
+
 /** Reads and validates `<dir>/config.json` of a converted model. */
 export function loadConfig(dir: string): ModelConfig {
   const file = path.join(dir, 'config.json');
-  let raw: unknown;
-  try {
-    raw = JSON.parse(fs.readFileSync(file, 'utf8'));
-  } catch (e) {
-    throw new Error(`${file}: cannot read the converted model config: ${(e as Error).message}`);
-  }
+  const raw = readJsonFile(file, `${dir} is not a converted model: convert the HuggingFace checkpoint with pvc-convert first`);
   if ((raw as { format?: unknown } | null)?.format !== FORMAT_NAME) {
     throw new Error(`${file}: not a converted pvc-tfjs model (no "format": "${FORMAT_NAME}"); convert the HuggingFace checkpoint with pvc-convert first`);
   }

@@ -2,7 +2,7 @@
 import * as tf from '@tensorflow/tfjs';
 import * as fs from 'fs';
 import * as path from 'path';
-import { PVCModel } from '../src/chat/model';
+import { PVCModel } from '../src/pvc_model';
 import { decodeAnswer, loadTokenizer, PVCTokenizer, StreamDecoder } from '../src/tokenizer';
 import { ChatRecord, convertFixture, FIXTURES, loadReference, PARITY_BACKENDS, ReferenceDoc } from './helpers';
 
@@ -86,7 +86,7 @@ describe.each(PARITY_BACKENDS)('on %s', (backend) => {
       await expect(model.chat(tokenizer, imageA, 'x', GREEDY, { dataFlag: 4 as never })).rejects.toThrow('dataFlag 4: expected 1 (single image), 2 (multi-image) or 3 (video)');
       await expect(model.chat(tokenizer, imageA, 'x', { max_tokens: 5 })).rejects.toThrow(/unknown generation option 'max_tokens'/);
       await expect(PVCModel.load(path.join(FIXTURES, 'checkpoints', 'tiny-internvl2'))).rejects.toThrow(/not a converted pvc-tfjs model .*convert the HuggingFace checkpoint with pvc-convert first/);
-      await expect(PVCModel.load(path.join(FIXTURES, 'nope'))).rejects.toThrow(/nope\/config\.json: cannot read the converted model config/);
+      await expect(PVCModel.load(path.join(FIXTURES, 'nope'))).rejects.toThrow(/nope\/config\.json is missing: .*nope is not a converted model/);
     });
   }
 });

@@ -5,9 +5,10 @@ import * as path from 'path';
 import sharp from 'sharp';
 import { main } from '../src/cli/main';
 import { SafetensorsFile } from '../src/io/safetensors';
-import { captureOutput, convertFixture } from './helpers';
+import { captureOutput, convertFixture, FIXTURES } from './helpers';
 
-const IMAGE = path.resolve(__dirname, '..', '..', 'shared', 'assets', 'example_image1.jpg');
+// A committed 1000x747 JPEG made by the preprocessing oracle (the shared example image's size).
+const IMAGE = path.join(FIXTURES, 'images', 'odd-1000x747-max6.jpg');
 let dir: string;
 let out: string;
 const output = captureOutput();

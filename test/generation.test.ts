@@ -67,6 +67,17 @@ describe('logits processors', () => {
     }
   });
 
+  test('top_p boundary: a token whose cumulative probability (from the least likely up) equals 1 - top_p is dropped, as transformers does', () => {
+    // Four equal logits: probabilities exactly 0.25, cumulative 0.25, 0.5, 0.75, 1 (exact in binary).
+    // transformers' TopPLogitsWarper removes cumulative <= 1 - top_p: 2 tokens removed for top_p 0.5,
+    // 1 for top_p 0.75. Removing only cumulative < 1 - top_p would keep one more in each case.
+    for (const [p, keptCount] of [[0.5, 2], [0.75, 3]] as const) {
+      const l = new Float32Array(4);
+      applyTopP(l, p);
+      expect({ p, kept: kept(l).length }).toEqual({ p, kept: keptCount });
+    }
+  });
+
   test('temperature scales, argmax takes the first maximum', () => {
     const l = new Float32Array([1, 4, 4, 2]);
     applyTemperature(l, 2);

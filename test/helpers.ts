@@ -83,6 +83,15 @@ export function relativeMaxError(actual: ArrayLike<number>, ref: ArrayLike<numbe
 /** The parity tolerance of the issues: max |a - b| <= 1e-4 * max |ref|. */
 export const PARITY_TOLERANCE = 1e-4;
 
+/**
+ * Asserts max |a - b| <= tolerance * max |ref|; on failure the message names what was compared and
+ * the measured error (a bare boolean would hide how far off it was).
+ */
+export function expectParity(actual: ArrayLike<number>, ref: ArrayLike<number>, what: string, tolerance = PARITY_TOLERANCE): void {
+  const error = relativeMaxError(actual, ref);
+  if (!(error <= tolerance)) throw new Error(`${what}: max|a - b| / max|ref| = ${error.toExponential(3)}, above the tolerance ${tolerance}`);
+}
+
 function tensorflowInstalled(): boolean {
   try {
     require.resolve('@tensorflow/tfjs-node');

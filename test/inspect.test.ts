@@ -4,13 +4,15 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import sharp from 'sharp';
-import { expandTaps, globToRegExp, imageAttentionMap, logitLens, renderHeatmap } from '../src/chat/inspect';
-import { PVCModel } from '../src/chat/model';
+import { imageAttentionMap, renderHeatmap } from '../src/inspect/heatmap';
+import { logitLens } from '../src/inspect/lens';
+import { expandTaps, globToRegExp } from '../src/inspect/taps';
+import { generateForRows } from '../src/chat/chat';
+import { PVCModel } from '../src/pvc_model';
 import { loadImage } from '../src/preprocess/image';
 import { SafetensorsFile } from '../src/io/safetensors';
-import { convertFixture, loadReference, PARITY_TOLERANCE, ReferenceDoc, relativeMaxError } from './helpers';
+import { convertFixture, FIXTURES, loadReference, PARITY_TOLERANCE, ReferenceDoc, relativeMaxError } from './helpers';
 
-const ASSETS = path.resolve(__dirname, '..', '..', 'shared', 'assets');
 
 describe('tiny-internvl2', () => {
   let dir: string;
@@ -99,7 +101,7 @@ describe('tiny-internvl2', () => {
   });
 
   test('attention over the image renders as a heatmap of the image\'s size', async () => {
-    const file = path.join(ASSETS, 'example_image1.jpg');
+    const file = path.join(FIXTURES, 'images', 'odd-1000x747-max6.jpg');
     const img = await loadImage(file, { inputSize: model.config.image_size, maxNum: 12 });
     const r = await model.inspect({ pixelValues: img.pixelValues, question: 'What is in the image?', taps: ['llm.layers.*.attn.probs'], generate: { maxNewTokens: 3 } });
     const probs = r.steps.flatMap((s) => Object.values(s));
@@ -147,5 +149,26 @@ describe('tap names and globs', () => {
   test('a name that matches nothing is an error listing close matches', () => {
     expect(() => expandTaps(['vision.layer.1.out'], names)).toThrow(/tap 'vision\.layer\.1\.out' matches no tap of this model; close matches: vision\.layers\.1\.out/);
     expect(() => expandTaps(['llm.layers.{5..7}.out'], names)).toThrow(/matches no tap/);
+  });
+});
+
+describe.each(['tiny-internvl2', 'tiny-pvc'])('%s: the tap names the modules list are exactly the ones that fire', (name) => {
+  test('a chat with pixels and two generated tokens fires every listed tap and no other', async () => {
+    const dir = convertFixture(name);
+    const model = await PVCModel.load(dir, { backend: 'wasm' });
+    const tokenizer = model.tokenizer();
+    const pixels = tf.randomUniform([2, 3, model.config.image_size, model.config.image_size], -1, 1, 'float32', 3) as tf.Tensor4D;
+    const fired = new Set<string>();
+    const before = tf.memory().numTensors;
+    const { samples, inputIds } = model.preparePrompt(tokenizer, pixels, 'What is in the image?', { dataFlag: 1 });
+    for await (const step of generateForRows(model, tokenizer, pixels, samples, [inputIds], { maxNewTokens: 2 }, { tap: (n) => fired.add(n) })) void step;
+    expect(tf.memory().numTensors).toBe(before);
+    const listed = model.tapNames();
+    expect(new Set(listed).size).toBe(listed.length);
+    expect([...fired].sort()).toEqual([...listed].sort());
+    if (name === 'tiny-pvc') expect(listed).toEqual(expect.arrayContaining(['vision.layers.1.temporal.probs', 'vision.layers.2.temporal.out']));
+    pixels.dispose();
+    model.dispose();
+    fs.rmSync(path.dirname(dir), { recursive: true, force: true });
   });
 });

@@ -9,6 +9,7 @@ import { generate, resolveGenerationConfig } from '../src/generation/generate';
 import { SafetensorsFile } from '../src/io/safetensors';
 import { Weights } from '../src/io/weights';
 import { InternLM2 } from '../src/llm/internlm2';
+import { kernelsFor } from '../src/model/kernels';
 import { convertFixture, loadReference, PARITY_BACKENDS, PARITY_TOLERANCE, ReferenceDoc, relativeMaxError } from './helpers';
 
 const greedy = (maxNewTokens: number) => resolveGenerationConfig({ maxNewTokens }, { eosTokenId: [], padTokenId: 2 });
@@ -26,7 +27,7 @@ describe.each(PARITY_BACKENDS)('on %s', (backend) => {
     dir = convertFixture('tiny-internvl2');
     config = loadConfig(dir);
     weights = Weights.load(dir);
-    llm = new InternLM2(weights, config.llm);
+    llm = new InternLM2(weights, config.llm, kernelsFor(backend));
     ({ doc, tensors: ref } = loadReference('tiny-internvl2'));
   });
   afterAll(() => {
@@ -63,7 +64,7 @@ describe.each(PARITY_BACKENDS)('on %s', (backend) => {
     const ntk = doc.ntk!;
     expect(ntk.input_ids.length).toBeGreaterThan(ntk.max_position_embeddings);
     // A fresh model: the NTK state is per model, as upstream's rotary modules.
-    const small = new InternLM2(weights, { ...config.llm, max_position_embeddings: ntk.max_position_embeddings });
+    const small = new InternLM2(weights, { ...config.llm, max_position_embeddings: ntk.max_position_embeddings }, kernelsFor(backend));
     const cache = small.newCache(1);
     const embeds = small.embedTokens([ntk.input_ids]);
     const prompt = small.forward(embeds, cache);
@@ -83,7 +84,7 @@ describe.each(PARITY_BACKENDS)('on %s', (backend) => {
     cache.dispose();
     expect(tokens).toEqual(ntk.tokens);
     // Without the NTK growth the logits would differ: the rule is exercised, not bypassed.
-    const plain = new InternLM2(weights, { ...config.llm, rope_scaling: null, max_position_embeddings: ntk.max_position_embeddings });
+    const plain = new InternLM2(weights, { ...config.llm, rope_scaling: null, max_position_embeddings: ntk.max_position_embeddings }, kernelsFor(backend));
     const c2 = plain.newCache(1);
     const e2 = plain.embedTokens([ntk.input_ids]);
     const l2 = plain.forward(e2, c2);

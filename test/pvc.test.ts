@@ -4,15 +4,16 @@ import * as tf from '@tensorflow/tfjs';
 import * as fs from 'fs';
 import * as path from 'path';
 import { initBackend } from '../src/backend';
-import { PVCModel } from '../src/chat/model';
 import { loadConfig, ModelConfig } from '../src/config';
 import { SafetensorsFile } from '../src/io/safetensors';
 import { Weights } from '../src/io/weights';
+import { kernelsFor } from '../src/model/kernels';
+import { VisionLanguageModel } from '../src/model/vlm';
+import { PVCModel } from '../src/pvc_model';
 import { loadTokenizer, PVCTokenizer } from '../src/tokenizer';
 import { InternVisionModel } from '../src/vision/intern_vit';
-import { Projector } from '../src/vision/projector';
-import { pvcVisualTokens, TemporalCache, TemporalEncoder, TemporalVision } from '../src/vision/temporal';
-import { ChatRecord, convertFixture, loadReference, PARITY_BACKENDS, PARITY_TOLERANCE, relativeMaxError } from './helpers';
+import { FrameCache } from '../src/vision/temporal';
+import { ChatRecord, convertFixture, expectParity, loadReference, PARITY_BACKENDS, PARITY_TOLERANCE, relativeMaxError } from './helpers';
 
 type PVCChat = ChatRecord & { data_flag: 1 | 2 | 3 };
 
@@ -45,10 +46,10 @@ describe.each(PARITY_BACKENDS)('tiny-pvc on %s', (backend) => {
     const pixels = tensor(input);
     const captured = new Map<string, Float32Array>();
     const tap = (n: string, v: tf.Tensor) => captured.set(n, v.dataSync() as Float32Array);
-    const visual = model.visualTokens(pixels, [{ dataFlag, start: 0, numPatchesList: [...numPatchesList] }], tap);
+    const visual = model.visualTokens(pixels, [{ dataFlag, firstTile: 0, tilesPerImage: [...numPatchesList] }], tap);
     visual.dispose();
     const names = ['vision.embeddings', 'vision.layers.0.out', 'vision.layers.1.out', 'vision.layers.2.out', 'projector.out'];
-    for (const n of names) expect({ n, ok: relativeMaxError(captured.get(n)!, ref.readFloat32(`${prefix}.${n}`)) <= PARITY_TOLERANCE }).toEqual({ n, ok: true });
+    for (const n of names) expectParity(captured.get(n)!, ref.readFloat32(`${prefix}.${n}`), `${backend} ${prefix} ${n}`);
 
     const chat = chats.find((c) => c.name === (prefix === 'single' ? 'single-image' : 'video'))!;
     const prepared = model.preparePrompt(tokenizer, pixels, chat.question, { dataFlag, numPatchesList: [...numPatchesList] });
@@ -98,72 +99,78 @@ describe('PVC properties (independent of the spec\'s guesses)', () => {
   let dir: string;
   let config: ModelConfig;
   let weights: Weights;
-  let vit: InternVisionModel;
-  let temporal: TemporalVision;
-  let projector: Projector;
+  let model: VisionLanguageModel;
   let clip: tf.Tensor4D;
+  const kernels = kernelsFor('wasm');
 
   beforeAll(async () => {
     await initBackend({ backend: 'wasm', log: null });
     dir = convertFixture('tiny-pvc');
     config = loadConfig(dir);
     weights = Weights.load(dir);
-    vit = new InternVisionModel(weights, config);
-    temporal = new TemporalVision(weights, config, vit);
-    projector = new Projector(weights, config);
+    model = new VisionLanguageModel(dir, config, weights, kernels);
     const ref = loadReference('tiny-pvc').tensors;
     clip = tf.tensor4d(ref.readFloat32('clip'), ref.info('clip').shape as [number, number, number, number]);
     ref.close();
   });
   afterAll(() => {
     tf.dispose(clip);
-    weights.dispose();
+    model.dispose();
     fs.rmSync(path.dirname(dir), { recursive: true, force: true });
   });
 
-  const encodeClip = (t: TemporalVision, frames: tf.Tensor4D) => tf.tidy(() => {
-    const cache = new TemporalCache();
-    const out = t.forward(frames, 1, cache);
+  /** The ViT's output for the clip as one sequence of frames. */
+  const encodeClip = (vit: InternVisionModel, frames: tf.Tensor4D) => tf.tidy(() => {
+    const cache = new FrameCache();
+    const out = vit.forward(frames, { sequences: 1, cache });
     cache.dispose();
     return out;
   });
 
   test('with every new parameter zero, each frame\'s output is plain InternViT on that frame', () => {
+    const isPVC = (n: string) => /\.adaln\.|\.temporal\.|time_embedder/.test(n);
     const zeroed = new Map<string, tf.Tensor>();
+    const plainWeights = new Map<string, tf.Tensor>();
     for (const n of weights.names) {
       const t = weights.get(n);
       const isNew = /\.adaln\.(weight|bias)$|\.temporal\.(proj\.(weight|bias)|ls)$/.test(n);
       zeroed.set(n, isNew ? tf.zerosLike(t) : t.clone());
+      if (!isPVC(n)) plainWeights.set(n, t.clone());
     }
     expect([...zeroed.keys()].filter((n) => /adaln|temporal\.(proj|ls)/.test(n)).length).toBeGreaterThan(0);
     const w0 = Weights.fromTensors(dir, zeroed);
-    const vit0 = new InternVisionModel(w0, config);
-    const pvcOut = encodeClip(new TemporalVision(w0, config, vit0), clip);
-    const plain = tf.tidy(() => vit0.forward(clip));
+    const wPlain = Weights.fromTensors(dir, plainWeights);
+    const vit0 = new InternVisionModel(w0, config, kernels);
+    const plainVit = new InternVisionModel(wPlain, { ...config, pvc: null }, kernels);
+    expect(plainVit.timeEmbedder).toBeNull();
+    expect(plainVit.layers.every((l) => l.adaln === null && l.temporal === null)).toBe(true);
+    const pvcOut = encodeClip(vit0, clip);
+    const plain = tf.tidy(() => plainVit.forward(clip));
     expect(relativeMaxError(pvcOut.dataSync(), plain.dataSync())).toBeLessThan(1e-6);
     // ...and with the trained (random) parameters it is not: the test can tell the difference.
-    const real = encodeClip(temporal, clip);
+    const real = encodeClip(model.vision, clip);
     expect(relativeMaxError(real.dataSync(), plain.dataSync())).toBeGreaterThan(1e-2);
     tf.dispose([pvcOut, plain, real]);
     w0.dispose();
+    wPlain.dispose();
   });
 
   test('causality: frame t\'s output does not change when frames after t change', () => {
     const T = clip.shape[0];
     const t = 2;
     const altered = tf.tidy(() => tf.concat([clip.slice([0, 0, 0, 0], [t + 1, -1, -1, -1]), tf.randomNormal([T - t - 1, clip.shape[1], clip.shape[2], clip.shape[3]], 0, 1, 'float32', 7)]) as tf.Tensor4D);
-    const a = encodeClip(temporal, clip);
-    const b = encodeClip(temporal, altered);
+    const a = encodeClip(model.vision, clip);
+    const b = encodeClip(model.vision, altered);
     const frame = (x: tf.Tensor, i: number) => x.slice([i, 0, 0], [1, -1, -1]).dataSync();
     for (let i = 0; i <= t; i++) expect(relativeMaxError(frame(b, i), frame(a, i))).toBe(0);
     expect(relativeMaxError(frame(b, t + 1), frame(a, t + 1))).toBeGreaterThan(1e-3);
     tf.dispose([altered, a, b]);
   });
 
-  test('frame-by-frame encoding with the temporal cache equals encoding the clip at once', () => {
+  test('frame-by-frame encoding with the frame cache equals encoding the clip at once', () => {
     const before = tf.memory().numTensors;
-    const whole = tf.tidy(() => pvcVisualTokens(temporal, projector, clip, [{ dataFlag: 3, start: 0, numPatchesList: new Array(clip.shape[0]).fill(1) }]));
-    const encoder = new TemporalEncoder(temporal, projector);
+    const whole = model.visualTokens(clip, [{ dataFlag: 3, firstTile: 0, tilesPerImage: new Array(clip.shape[0]).fill(1) }]);
+    const encoder = model.videoEncoder();
     const frames = (start: number, n: number) => tf.tidy(() => encoder.encode(clip.slice([start, 0, 0, 0], [n, -1, -1, -1]) as tf.Tensor4D));
     const pieces = [frames(0, 1), frames(1, 3)]; // one frame, then a chunk of three
     for (let i = 4; i < clip.shape[0]; i++) pieces.push(frames(i, 1));
@@ -173,5 +180,16 @@ describe('PVC properties (independent of the spec\'s guesses)', () => {
     encoder.dispose();
     tf.dispose([whole, streamed, ...pieces]);
     expect(tf.memory().numTensors).toBe(before);
+  });
+
+  test('extractFeature is chat\'s path: each tile as an image of image_repeat_time frames through the temporal layers', () => {
+    const image = clip.slice([0, 0, 0, 0], [2, -1, -1, -1]) as tf.Tensor4D;
+    const features = model.extractFeature(image);
+    expect(features.shape).toEqual([2, model.tokensPerTile(1), config.llm.hidden_size]);
+    const asChat = model.visualTokens(image, [{ dataFlag: 1, firstTile: 0, tilesPerImage: [2] }]);
+    expect(relativeMaxError(features.dataSync(), asChat.dataSync())).toBe(0);
+    // The old extractFeature ran InternViT alone: num_image_token tokens per tile, no AdaLN, no temporal layers.
+    expect(model.tokensPerTile(1)).toBe(model.numImageToken * config.pvc!.image_repeat_time);
+    tf.dispose([image, features, asChat]);
   });
 });

@@ -259,13 +259,13 @@ describe('the weight store', () => {
     await initBackend({ backend: 'cpu', log: null });
     const before = tf.memory().numTensors;
     const w = Weights.fromTensors('mem', new Map([['l.weight', tf.tensor2d([1, 2, 3, 4, 5, 6], [2, 3])]]));
-    const t = w.transposed('l.weight');
+    const t = w.storeTransposed('l.weight');
     expect(t.shape).toEqual([3, 2]);
     expect(Array.from(t.dataSync())).toEqual([1, 4, 2, 5, 3, 6]);
-    expect(w.transposed('l.weight')).toBe(t);
+    expect(w.storeTransposed('l.weight')).toBe(t);
     expect(tf.memory().numTensors).toBe(before + 1);
     expect(w.byteLength).toBe(24);
-    expect(() => w.get('l.weight')).toThrow(/'l\.weight' is held transposed for this backend; use transposed/);
+    expect(() => w.get('l.weight')).toThrow(/'l\.weight' is held transposed \(storeTransposed\)/);
     w.dispose();
     expect(tf.memory().numTensors).toBe(before);
   });

@@ -8,7 +8,8 @@ import { SafetensorsFile } from '../src/io/safetensors';
 import { Weights } from '../src/io/weights';
 import { bicubicResizeGrid, InternVisionModel } from '../src/vision/intern_vit';
 import { pixelShuffle, Projector } from '../src/vision/projector';
-import { convertFixture, loadReference, PARITY_BACKENDS, PARITY_TOLERANCE, relativeMaxError } from './helpers';
+import { kernelsFor } from '../src/model/kernels';
+import { convertFixture, expectParity, loadReference, PARITY_BACKENDS, PARITY_TOLERANCE, relativeMaxError } from './helpers';
 
 const FIXTURES = ['tiny-internvl2', 'tiny-internvit-rms'];
 
@@ -26,8 +27,8 @@ describe.each(PARITY_BACKENDS)('on %s', (backend) => {
       dir = convertFixture(name);
       config = loadConfig(dir);
       weights = Weights.load(dir);
-      vit = new InternVisionModel(weights, config);
-      projector = new Projector(weights, config);
+      vit = new InternVisionModel(weights, config, kernelsFor(backend));
+      projector = new Projector(weights, config, kernelsFor(backend));
       ref = loadReference(name).tensors;
     });
     afterAll(() => {
@@ -53,8 +54,7 @@ describe.each(PARITY_BACKENDS)('on %s', (backend) => {
       expect(tf.memory().numTensors).toBe(before);
 
       const expected = ['vision.embeddings', ...Array.from({ length: config.vision.num_hidden_layers }, (_, i) => `vision.layers.${i}.out`), 'projector.out'];
-      const errors = expected.map((n) => ({ n, err: relativeMaxError(captured.get(n)!, ref.readFloat32(n)) }));
-      for (const e of errors) expect(e.err).toBeLessThanOrEqual(PARITY_TOLERANCE);
+      for (const n of expected) expectParity(captured.get(n)!, ref.readFloat32(n), `${backend} ${name} ${n}`);
     });
 
     test('a single call on N tiles equals N single-tile calls', () => {

@@ -28,17 +28,17 @@ export function buildPrompt(systemMessage: string, history: History, question: s
 }
 
 /**
- * Replaces, for each entry n of numPatchesList, the first remaining <image> of the prompt by
- * <img> + <IMG_CONTEXT> x (tokensPerPatch[k] * n) + </img>. Upstream silently leaves an unmatched
- * placeholder or entry behind (and then fails or feeds the literal text); here both are errors.
+ * Replaces, for each entry n of numPatchesList (tiles per image), the first remaining <image> of the
+ * prompt by <img> + <IMG_CONTEXT> x (tokensPerTile[k] * n) + </img>. Upstream silently leaves an
+ * unmatched placeholder or entry behind (and then fails or feeds the literal text); here both are errors.
  */
-export function expandImagePlaceholders(prompt: string, numPatchesList: number[], tokensPerPatch: number[]): string {
+export function expandImagePlaceholders(prompt: string, numPatchesList: number[], tokensPerTile: number[]): string {
   const placeholders = prompt.split(IMAGE_PLACEHOLDER).length - 1;
   if (placeholders !== numPatchesList.length) {
     throw new Error(`the prompt has ${placeholders} <image> placeholder(s) but numPatchesList has ${numPatchesList.length} entr${numPatchesList.length === 1 ? 'y' : 'ies'} ([${numPatchesList}])`);
   }
   numPatchesList.forEach((n, k) => {
-    prompt = prompt.replace(IMAGE_PLACEHOLDER, IMG_START_TOKEN + IMG_CONTEXT_TOKEN.repeat(tokensPerPatch[k] * n) + IMG_END_TOKEN);
+    prompt = prompt.replace(IMAGE_PLACEHOLDER, IMG_START_TOKEN + IMG_CONTEXT_TOKEN.repeat(tokensPerTile[k] * n) + IMG_END_TOKEN);
   });
   return prompt;
 }

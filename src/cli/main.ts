@@ -6,9 +6,13 @@ import * as tf from '@tensorflow/tfjs';
 import * as fs from 'fs';
 import * as path from 'path';
 import { BackendName } from '../backend';
-import { formatSummaries, imageAttentionMap, logitLens, renderHeatmap, summarize } from '../chat/inspect';
+import { GenerationOptions } from '../chat/chat';
+import { withImagePlaceholders } from '../chat/prompt';
+import { imageAttentionMap, renderHeatmap } from '../inspect/heatmap';
+import { formatSummaries, logitLens, summarize } from '../inspect/lens';
 import { writeSafetensors } from '../io/safetensors';
-import { GenerationOptions, PVCModel } from '../chat/model';
+import { DataFlag } from '../model/samples';
+import { PVCModel } from '../pvc_model';
 import { loadImage } from '../preprocess/image';
 import { loadVideo } from '../preprocess/video';
 import { decodeAnswer, loadTokenizer } from '../tokenizer';
@@ -113,14 +117,13 @@ async function chat(args: ChatArgs): Promise<void> {
   let pixelValues: tf.Tensor4D | null = null;
   let numPatchesList: number[] | undefined;
   let question = args.question;
-  let dataFlag: 1 | 2 | 3 | undefined;
+  let dataFlag: DataFlag | undefined;
   try {
     if (args.video) {
       const video = await loadVideo(args.video, { numSegments: args.frames, inputSize, maxNum: 1 });
       pixelValues = video.pixelValues;
       numPatchesList = video.numPatchesList;
-      // Upstream's video prompt: one "FrameK: <image>" line per frame, then the question.
-      if (!question.includes('<image>')) question = numPatchesList.map((_, k) => `Frame${k + 1}: <image>\n`).join('') + question;
+      question = withImagePlaceholders(question, numPatchesList.length, 'video');
       dataFlag = 3;
     } else if (args.images.length > 0) {
       const maxNum = args.maxTiles ?? model.config.max_dynamic_patch;
@@ -129,7 +132,7 @@ async function chat(args: ChatArgs): Promise<void> {
       pixelValues = tf.concat(images.map((i) => i.pixelValues)) as tf.Tensor4D;
       images.forEach((i) => i.pixelValues.dispose());
       numPatchesList = images.map((i) => i.numPatches);
-      if (images.length > 1 && !question.includes('<image>')) question = images.map((_, k) => `Image-${k + 1}: <image>\n`).join('') + question;
+      question = withImagePlaceholders(question, images.length, 'images');
       dataFlag = images.length > 1 ? 2 : 1;
     }
     const generation: GenerationOptions = { maxNewTokens: args.maxNewTokens, doSample: args.sample };

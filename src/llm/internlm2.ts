@@ -9,7 +9,8 @@
 import * as tf from '@tensorflow/tfjs';
 import { LLMConfig } from '../config';
 import { Weights } from '../io/weights';
-import { attention, Linear, mergeHeads, RMSNorm, silu, splitHeads, Tap } from '../nn/layers';
+import { attention, mergeHeads, splitHeads } from '../nn/attention';
+import { Kernels, Linear, RMSNorm, silu, Tap } from '../nn/layers';
 
 /** The additive mask value for positions a query may not see (PyTorch's finfo(float32).min, as upstream). */
 const MASKED = -3.4028234663852886e38;
@@ -150,14 +151,14 @@ class Attention {
   readonly v: Linear;
   readonly o: Linear;
 
-  constructor(w: Weights, prefix: string, readonly config: LLMConfig) {
-    this.q = new Linear(w, `${prefix}.q`, false);
-    this.k = new Linear(w, `${prefix}.k`, false);
-    this.v = new Linear(w, `${prefix}.v`, false);
-    this.o = new Linear(w, `${prefix}.o`, false);
+  constructor(w: Weights, readonly prefix: string, readonly config: LLMConfig, private readonly kernels: Kernels) {
+    this.q = new Linear(w, `${prefix}.q`, false, kernels);
+    this.k = new Linear(w, `${prefix}.k`, false, kernels);
+    this.v = new Linear(w, `${prefix}.v`, false, kernels);
+    this.o = new Linear(w, `${prefix}.o`, false, kernels);
   }
 
-  forward(x: tf.Tensor3D, rope: { cos: tf.Tensor4D; sin: tf.Tensor4D }, mask: tf.Tensor4D | undefined, cache: KVCache, layer: number, tap?: Tap, name?: string): tf.Tensor3D {
+  forward(x: tf.Tensor3D, rope: { cos: tf.Tensor4D; sin: tf.Tensor4D }, mask: tf.Tensor4D | undefined, cache: KVCache, layer: number, tap?: Tap): tf.Tensor3D {
     const { num_attention_heads: H, num_key_value_heads: KV, head_dim: hd } = this.config;
     const [B, T] = x.shape;
     const G = H / KV;
@@ -170,8 +171,8 @@ class Attention {
     // Query heads grouped under their kv head: [B*KV, G*T, hd] against [B*KV, Tk, hd], no key repeat.
     // The mask [B, 1, T, Tk] is per batch row: repeated for the row's KV groups.
     const groupMask = mask === undefined || KV === 1 ? mask : tf.reshape(tf.tile(mask.reshape([B, 1, 1, T, Tk]), [1, KV, 1, 1, 1]), [B * KV, 1, T, Tk]);
-    const { out, probs } = attention(q.reshape([B * KV, G * T, hd]) as tf.Tensor3D, groups(keys), groups(values), 1 / Math.sqrt(hd), G, groupMask);
-    if (tap) tap(`${name}.probs`, probs.reshape([B, H, T, Tk]));
+    const { out, probs } = attention(this.kernels, q.reshape([B * KV, G * T, hd]) as tf.Tensor3D, groups(keys), groups(values), 1 / Math.sqrt(hd), G, groupMask);
+    if (tap) tap(`${this.prefix}.probs`, probs.reshape([B, H, T, Tk]));
     return this.o.forward(mergeHeads(out.reshape([B, H, T, hd]) as tf.Tensor4D));
   }
 }
@@ -181,10 +182,10 @@ class MLP {
   readonly up: Linear;
   readonly down: Linear;
 
-  constructor(w: Weights, prefix: string) {
-    this.gate = new Linear(w, `${prefix}.gate`, false);
-    this.up = new Linear(w, `${prefix}.up`, false);
-    this.down = new Linear(w, `${prefix}.down`, false);
+  constructor(w: Weights, prefix: string, kernels: Kernels) {
+    this.gate = new Linear(w, `${prefix}.gate`, false, kernels);
+    this.up = new Linear(w, `${prefix}.up`, false, kernels);
+    this.down = new Linear(w, `${prefix}.down`, false, kernels);
   }
 
   forward(x: tf.Tensor3D): tf.Tensor3D {
@@ -193,25 +194,32 @@ class MLP {
 }
 
 class DecoderLayer {
+  static readonly TAPS = ['attn.probs', 'attn.out', 'mlp.out', 'out'] as const;
   readonly attnNorm: RMSNorm;
   readonly attn: Attention;
   readonly mlpNorm: RMSNorm;
   readonly mlp: MLP;
 
-  constructor(w: Weights, readonly prefix: string, config: LLMConfig) {
+  constructor(w: Weights, readonly prefix: string, readonly index: number, config: LLMConfig, kernels: Kernels) {
     this.attnNorm = new RMSNorm(w, `${prefix}.attn_norm`, config.rms_norm_eps);
-    this.attn = new Attention(w, `${prefix}.attn`, config);
+    this.attn = new Attention(w, `${prefix}.attn`, config, kernels);
     this.mlpNorm = new RMSNorm(w, `${prefix}.mlp_norm`, config.rms_norm_eps);
-    this.mlp = new MLP(w, `${prefix}.mlp`);
+    this.mlp = new MLP(w, `${prefix}.mlp`, kernels);
   }
 
-  forward(h: tf.Tensor3D, rope: { cos: tf.Tensor4D; sin: tf.Tensor4D }, mask: tf.Tensor4D | undefined, cache: KVCache, layer: number, tap?: Tap): tf.Tensor3D {
-    const attnOut = this.attn.forward(this.attnNorm.forward(h), rope, mask, cache, layer, tap, `${this.prefix}.attn`);
+  tapNames(): string[] {
+    return DecoderLayer.TAPS.map((t) => `${this.prefix}.${t}`);
+  }
+
+  forward(h: tf.Tensor3D, rope: { cos: tf.Tensor4D; sin: tf.Tensor4D }, mask: tf.Tensor4D | undefined, cache: KVCache, tap?: Tap): tf.Tensor3D {
+    const attnOut = this.attn.forward(this.attnNorm.forward(h), rope, mask, cache, this.index, tap);
     if (tap) tap(`${this.prefix}.attn.out`, attnOut);
     h = tf.add(h, attnOut);
     const mlpOut = this.mlp.forward(this.mlpNorm.forward(h));
     if (tap) tap(`${this.prefix}.mlp.out`, mlpOut);
-    return tf.add(h, mlpOut);
+    const out = tf.add(h, mlpOut) as tf.Tensor3D;
+    if (tap) tap(`${this.prefix}.out`, out);
+    return out;
   }
 }
 
@@ -232,12 +240,16 @@ export class InternLM2 {
   readonly output: Linear;
   readonly rotary: RotaryEmbedding;
 
-  constructor(w: Weights, readonly config: LLMConfig) {
+  constructor(w: Weights, readonly config: LLMConfig, kernels: Kernels) {
     this.embed = w.get('llm.embed.weight', 2) as tf.Tensor2D;
-    this.layers = Array.from({ length: config.num_hidden_layers }, (_, i) => new DecoderLayer(w, `llm.layers.${i}`, config));
+    this.layers = Array.from({ length: config.num_hidden_layers }, (_, i) => new DecoderLayer(w, `llm.layers.${i}`, i, config, kernels));
     this.norm = new RMSNorm(w, 'llm.norm', config.rms_norm_eps);
-    this.output = new Linear(w, 'llm.output', false);
+    this.output = new Linear(w, 'llm.output', false, kernels);
     this.rotary = new RotaryEmbedding(config);
+  }
+
+  tapNames(): string[] {
+    return ['llm.embeds', ...this.layers.flatMap((l) => l.tapNames()), 'llm.norm', 'llm.logits'];
   }
 
   newCache(batch: number, tailLimit?: number): KVCache {
@@ -291,16 +303,12 @@ export class InternLM2 {
       }
       let h = embeds;
       if (tap) tap('llm.embeds', h);
-      this.layers.forEach((layer, i) => {
+      for (const layer of this.layers) {
         // A scope per layer: its intermediates are freed before the next layer runs.
         const prev = h;
-        h = tf.tidy(() => {
-          const out = layer.forward(prev, rope, mask, cache, i, tap);
-          if (tap) tap(`llm.layers.${i}.out`, out);
-          return out;
-        });
+        h = tf.tidy(() => layer.forward(prev, rope, mask, cache, tap));
         if (prev !== embeds) prev.dispose();
-      });
+      }
       if (options.lastOnly) h = h.slice([0, T - 1, 0], [B, 1, -1]);
       h = this.norm.forward(h);
       if (tap) tap('llm.norm', h);

@@ -5,12 +5,15 @@
 //   -> pre-norm blocks: x += ls1 * attn(norm1(x)); x += ls2 * mlp(norm2(x))
 //   -> the hidden state select_layer picks (no final norm). [N, G*G + 1, C]
 //
-// PVC's temporal layers hook into the blocks through `TemporalContext` (src/vision/temporal.ts);
-// without it the model is plain InternViT.
+// A PVC checkpoint adds, per layer, AdaLN on both norms and (in the last layers) temporal attention
+// after the spatial attention; the frames then come as S sequences of T frames (see ./temporal.ts).
+// Without those tensors this is plain InternViT and every frame is a sequence of its own.
 import * as tf from '@tensorflow/tfjs';
-import { ModelConfig, VisionConfig } from '../config';
+import { ModelConfig, VisionConfig, visionLayersRun } from '../config';
 import { Weights } from '../io/weights';
-import { attention, gelu, LayerNorm, Linear, mergeHeads, Norm, RMSNorm, splitHeads, Tap } from '../nn/layers';
+import { attention, mergeHeads, splitHeads } from '../nn/attention';
+import { gelu, Kernels, LayerNorm, Linear, Norm, RMSNorm, silu, Tap } from '../nn/layers';
+import { FrameCache, TemporalAttention, TimeEmbedder } from './temporal';
 
 function makeNorm(w: Weights, name: string, cfg: VisionConfig): Norm {
   return cfg.norm_type === 'layer_norm' ? new LayerNorm(w, name, cfg.layer_norm_eps) : new RMSNorm(w, name, cfg.layer_norm_eps);
@@ -24,9 +27,9 @@ class Attention {
   readonly heads: number;
   readonly scale: number;
 
-  constructor(w: Weights, prefix: string, cfg: VisionConfig) {
-    this.qkv = new Linear(w, `${prefix}.qkv`, cfg.qkv_bias);
-    this.proj = new Linear(w, `${prefix}.proj`, true);
+  constructor(w: Weights, readonly prefix: string, cfg: VisionConfig, private readonly kernels: Kernels) {
+    this.qkv = new Linear(w, `${prefix}.qkv`, cfg.qkv_bias, kernels);
+    this.proj = new Linear(w, `${prefix}.proj`, true, kernels);
     // q/k normalization (InternViT-6B) is RMSNorm over the full width, before the head split.
     this.qNorm = cfg.qk_normalization ? new RMSNorm(w, `${prefix}.q_norm`, cfg.layer_norm_eps) : null;
     this.kNorm = cfg.qk_normalization ? new RMSNorm(w, `${prefix}.k_norm`, cfg.layer_norm_eps) : null;
@@ -34,17 +37,16 @@ class Attention {
     this.scale = (cfg.hidden_size / cfg.num_attention_heads) ** -0.5;
   }
 
-  forward(x: tf.Tensor3D, tap?: Tap, name?: string): tf.Tensor3D {
-    let [q, k, v] = tf.split(this.qkv.forward(x), 3, -1) as tf.Tensor3D[];
-    if (this.qNorm && this.kNorm) {
-      q = this.qNorm.forward(q);
-      k = this.kNorm.forward(k);
-    }
+  forward(x: tf.Tensor3D, tap?: Tap): tf.Tensor3D {
+    const [qRaw, kRaw, v] = tf.split(this.qkv.forward(x), 3, -1) as tf.Tensor3D[];
+    // q/k normalization (InternViT-6B): RMSNorm over the full width, before the head split.
+    const q = this.qNorm ? this.qNorm.forward(qRaw) : qRaw;
+    const k = this.kNorm ? this.kNorm.forward(kRaw) : kRaw;
     const [B, T] = x.shape;
     const H = this.heads;
     const heads = (t: tf.Tensor3D) => splitHeads(t, H).reshape([B * H, T, -1]) as tf.Tensor3D;
-    const { out, probs } = attention(heads(q), heads(k), heads(v), this.scale);
-    if (tap) tap(`${name}.probs`, probs.reshape([B, H, T, T]));
+    const { out, probs } = attention(this.kernels, heads(q), heads(k), heads(v), this.scale);
+    if (tap) tap(`${this.prefix}.probs`, probs.reshape([B, H, T, T]));
     return this.proj.forward(mergeHeads(out.reshape([B, H, T, -1]) as tf.Tensor4D));
   }
 }
@@ -53,9 +55,9 @@ class MLP {
   readonly fc1: Linear;
   readonly fc2: Linear;
 
-  constructor(w: Weights, prefix: string) {
-    this.fc1 = new Linear(w, `${prefix}.fc1`, true);
-    this.fc2 = new Linear(w, `${prefix}.fc2`, true);
+  constructor(w: Weights, prefix: string, kernels: Kernels) {
+    this.fc1 = new Linear(w, `${prefix}.fc1`, true, kernels);
+    this.fc2 = new Linear(w, `${prefix}.fc2`, true, kernels);
   }
 
   forward(x: tf.Tensor3D): tf.Tensor3D {
@@ -63,44 +65,60 @@ class MLP {
   }
 }
 
-/** What PVC adds to a block: modulation of the two norms, and a temporal attention between them. */
-export interface BlockExtras {
-  /** AdaLN for this block: (shift1, scale1, shift2, scale2), each broadcastable to [N, T, C]. */
-  modulation?: [tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor];
-  /** Applied after the spatial attention residual: returns the new hidden state. */
-  temporal?: (x: tf.Tensor3D, tap?: Tap) => tf.Tensor3D;
+/** How a layer's frames are grouped for PVC: S sequences of T frames each (sequence-major), their time embedding and cache. */
+export interface FrameSequences {
+  count: number;
+  /** SiLU(e_t) of every frame: [S*T, C]. */
+  time: tf.Tensor2D;
+  cache: FrameCache;
 }
 
 export class EncoderLayer {
+  static readonly TAPS = ['attn.probs', 'attn.out', 'mlp.out', 'out'] as const;
   readonly norm1: Norm;
   readonly norm2: Norm;
   readonly attn: Attention;
   readonly mlp: MLP;
   readonly ls1: tf.Tensor1D;
   readonly ls2: tf.Tensor1D;
+  /** PVC: (shift1, scale1, shift2, scale2) from the frame's time embedding, or null. */
+  readonly adaln: Linear | null;
+  /** PVC: temporal attention after the spatial attention, or null. */
+  readonly temporal: TemporalAttention | null;
 
-  constructor(w: Weights, readonly prefix: string, cfg: VisionConfig) {
+  constructor(w: Weights, readonly prefix: string, readonly index: number, cfg: VisionConfig, kernels: Kernels) {
     this.norm1 = makeNorm(w, `${prefix}.norm1`, cfg);
     this.norm2 = makeNorm(w, `${prefix}.norm2`, cfg);
-    this.attn = new Attention(w, `${prefix}.attn`, cfg);
-    this.mlp = new MLP(w, `${prefix}.mlp`);
+    this.attn = new Attention(w, `${prefix}.attn`, cfg, kernels);
+    this.mlp = new MLP(w, `${prefix}.mlp`, kernels);
     this.ls1 = w.get(`${prefix}.ls1`, 1) as tf.Tensor1D;
     this.ls2 = w.get(`${prefix}.ls2`, 1) as tf.Tensor1D;
+    this.adaln = w.has(`${prefix}.adaln.weight`) ? new Linear(w, `${prefix}.adaln`, true, kernels) : null;
+    this.temporal = w.has(`${prefix}.temporal.qkv.weight`)
+      ? new TemporalAttention(w, `${prefix}.temporal`, index, cfg.layer_norm_eps, cfg.num_attention_heads, kernels)
+      : null;
   }
 
-  forward(x: tf.Tensor3D, extras: BlockExtras = {}, tap?: Tap): tf.Tensor3D {
-    const mod = extras.modulation;
+  tapNames(): string[] {
+    const [probs, attnOut, mlpOut, out] = EncoderLayer.TAPS.map((t) => `${this.prefix}.${t}`);
+    return [probs, attnOut, ...(this.temporal?.tapNames() ?? []), mlpOut, out];
+  }
+
+  forward(x: tf.Tensor3D, sequences?: FrameSequences, tap?: Tap): tf.Tensor3D {
+    const mod = this.adaln && sequences ? (tf.split(this.adaln.forward(sequences.time).reshape([x.shape[0], 1, -1]), 4, -1) as tf.Tensor3D[]) : null;
     let h = this.norm1.forward(x);
     if (mod) h = tf.add(tf.mul(h, tf.add(mod[1], 1)), mod[0]) as tf.Tensor3D;
-    const attnOut = this.attn.forward(h, tap, `${this.prefix}.attn`);
+    const attnOut = this.attn.forward(h, tap);
     if (tap) tap(`${this.prefix}.attn.out`, attnOut);
     x = tf.add(x, tf.mul(attnOut, this.ls1));
-    if (extras.temporal) x = extras.temporal(x, tap);
+    if (this.temporal && sequences) x = tf.add(x, this.temporal.forward(x, sequences.count, sequences.cache, tap));
     h = this.norm2.forward(x);
     if (mod) h = tf.add(tf.mul(h, tf.add(mod[3], 1)), mod[2]) as tf.Tensor3D;
     const mlpOut = this.mlp.forward(h);
     if (tap) tap(`${this.prefix}.mlp.out`, mlpOut);
-    return tf.add(x, tf.mul(mlpOut, this.ls2));
+    const out = tf.add(x, tf.mul(mlpOut, this.ls2)) as tf.Tensor3D;
+    if (tap) tap(`${this.prefix}.out`, out);
+    return out;
   }
 }
 
@@ -155,22 +173,27 @@ export class InternVisionModel {
   readonly patchBias: tf.Tensor1D;
   readonly cls: tf.Tensor1D;
   readonly pos: tf.Tensor2D;
+  /** The layers that run: those up to the hidden state select_layer picks. */
   readonly layers: EncoderLayer[];
-  /** Hidden-state index (0 = embeddings, i = after layer i-1) that `forward` returns. */
-  readonly outputIndex: number;
+  /** PVC's time embedder, or null (plain InternViT). */
+  readonly timeEmbedder: TimeEmbedder | null;
   /** Position embeddings resized to other grids, computed once per size. */
   private readonly posByGrid = new Map<number, tf.Tensor2D>();
 
-  constructor(w: Weights, model: ModelConfig) {
+  constructor(w: Weights, model: ModelConfig, kernels: Kernels) {
     const cfg = model.vision;
     this.config = cfg;
     this.patchWeight = w.get('vision.embeddings.patch.weight', 2) as tf.Tensor2D;
     this.patchBias = w.get('vision.embeddings.patch.bias', 1) as tf.Tensor1D;
     this.cls = w.get('vision.embeddings.cls', 1) as tf.Tensor1D;
     this.pos = w.get('vision.embeddings.pos', 2) as tf.Tensor2D;
-    this.layers = Array.from({ length: cfg.num_hidden_layers }, (_, i) => new EncoderLayer(w, `vision.layers.${i}`, cfg));
-    const L = cfg.num_hidden_layers;
-    this.outputIndex = model.select_layer < 0 ? L + 1 + model.select_layer : model.select_layer;
+    this.layers = Array.from({ length: visionLayersRun(model) }, (_, i) => new EncoderLayer(w, `vision.layers.${i}`, i, cfg, kernels));
+    const pvc = model.pvc?.use_temporal ? model.pvc : null;
+    this.timeEmbedder = pvc ? new TimeEmbedder(w, 'vision.time_embedder', pvc.time_embed_freq_dim, kernels) : null;
+  }
+
+  tapNames(): string[] {
+    return ['vision.embeddings', ...this.layers.flatMap((l) => l.tapNames())];
   }
 
   /** The position embedding for a G x G patch grid: [G*G + 1, C] (CLS row first). */
@@ -208,23 +231,30 @@ export class InternVisionModel {
   }
 
   /**
-   * [N, 3, S, S] -> the selected hidden state [N, G*G + 1, C]. `extras(i)` supplies PVC's per-block
-   * additions. Call inside tf.tidy.
+   * Frames [S*T, 3, H, W] -> the selected hidden state [S*T, G*G + 1, C]. A PVC model takes the frames
+   * as S sequences of T new frames (sequence-major) continuing `cache`, and advances the cache by T;
+   * plain InternViT ignores both. Call inside tf.tidy.
    */
-  forward(pixelValues: tf.Tensor4D, options: { tap?: Tap; extras?: (layer: number) => BlockExtras } = {}): tf.Tensor3D {
-    const { tap, extras } = options;
-    let x = this.embed(pixelValues);
+  forward(frames: tf.Tensor4D, options: { sequences?: number; cache?: FrameCache; tap?: Tap } = {}): tf.Tensor3D {
+    const { tap } = options;
+    let seq: FrameSequences | undefined;
+    if (this.timeEmbedder) {
+      const S = options.sequences ?? frames.shape[0];
+      const T = frames.shape[0] / S;
+      if (!Number.isInteger(T)) throw new Error(`${frames.shape[0]} frames do not split into ${S} sequences`);
+      if (options.cache === undefined) throw new Error('a PVC vision encoder needs a FrameCache for its temporal layers');
+      const times = Array.from({ length: S * T }, (_, k) => options.cache!.frames + (k % T));
+      seq = { count: S, time: silu(this.timeEmbedder.forward(times)), cache: options.cache };
+    }
+    let x = this.embed(frames);
     if (tap) tap('vision.embeddings', x);
-    for (let i = 0; i < this.outputIndex; i++) {
+    for (const layer of this.layers) {
       // A scope per layer: its intermediates are freed before the next layer runs.
       const prev = x;
-      x = tf.tidy(() => {
-        const out = this.layers[i].forward(prev, extras?.(i), tap);
-        if (tap) tap(`vision.layers.${i}.out`, out);
-        return out;
-      });
+      x = tf.tidy(() => layer.forward(prev, seq, tap));
       prev.dispose();
     }
+    if (seq) seq.cache.frames += frames.shape[0] / seq.count;
     return x;
   }
 

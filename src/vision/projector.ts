@@ -3,7 +3,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { ModelConfig } from '../config';
 import { Weights } from '../io/weights';
-import { gelu, LayerNorm, Linear } from '../nn/layers';
+import { gelu, Kernels, LayerNorm, Linear, Tap } from '../nn/layers';
 
 /**
  * Pixel shuffle of a [N, G, G, C] grid with s = 1/ratio: output cell (i, j) concatenates, for di, dj in
@@ -25,19 +25,25 @@ export class Projector {
   readonly fc1: Linear;
   readonly fc2: Linear;
 
-  constructor(w: Weights, readonly config: ModelConfig) {
+  constructor(w: Weights, readonly config: ModelConfig, kernels: Kernels) {
     this.norm = new LayerNorm(w, 'projector.norm', config.projector.layer_norm_eps);
-    this.fc1 = new Linear(w, 'projector.fc1', true);
-    this.fc2 = new Linear(w, 'projector.fc2', true);
+    this.fc1 = new Linear(w, 'projector.fc1', true, kernels);
+    this.fc2 = new Linear(w, 'projector.fc2', true, kernels);
+  }
+
+  tapNames(): string[] {
+    return ['projector.out'];
   }
 
   /** ViT hidden state [N, G*G + 1, C] -> visual tokens [N, (G*r)^2, D]. Call inside tf.tidy. */
-  forward(vitOut: tf.Tensor3D): tf.Tensor3D {
+  forward(vitOut: tf.Tensor3D, tap?: Tap): tf.Tensor3D {
     const [N, T, C] = vitOut.shape;
     const G = Math.round(Math.sqrt(T - 1));
     if (G * G !== T - 1) throw new Error(`projector: ${T - 1} patch tokens do not form a square grid`);
     const grid = vitOut.slice([0, 1, 0], [N, T - 1, C]).reshape([N, G, G, C]) as tf.Tensor4D;
     const shuffled = pixelShuffle(grid, this.config.downsample_ratio, this.config.ps_version);
-    return this.fc2.forward(gelu(this.fc1.forward(this.norm.forward(shuffled))));
+    const tokens = this.fc2.forward(gelu(this.fc1.forward(this.norm.forward(shuffled))));
+    if (tap) tap('projector.out', tokens);
+    return tokens;
   }
 }

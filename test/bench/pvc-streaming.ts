@@ -5,9 +5,9 @@ import * as tf from '@tensorflow/tfjs';
 import { BackendName, initBackend } from '../../src/backend';
 import { ModelConfig, validateConfig } from '../../src/config';
 import { Weights } from '../../src/io/weights';
-import { InternVisionModel } from '../../src/vision/intern_vit';
-import { Projector } from '../../src/vision/projector';
-import { TemporalCache, TemporalEncoder, TemporalVision } from '../../src/vision/temporal';
+import { kernelsFor } from '../../src/model/kernels';
+import { VisionLanguageModel } from '../../src/model/vlm';
+import { FrameCache } from '../../src/vision/temporal';
 import { tensorRules } from '../../converter/names';
 
 function arg(name: string, fallback: string): string {
@@ -52,19 +52,17 @@ async function main() {
   const frames = Number(arg('--frames', '64'));
   const config = mediumPVCConfig();
   const weights = randomWeights(config);
-  const vit = new InternVisionModel(weights, config);
-  const temporal = new TemporalVision(weights, config, vit);
-  const projector = new Projector(weights, config);
+  const model = new VisionLanguageModel('random weights', config, weights, kernelsFor(backend.name));
   const clip = tf.randomNormal([frames, 3, config.image_size, config.image_size], 0, 1, 'float32', 99) as tf.Tensor4D;
 
   const whole = () => tf.tidy(() => {
-    const cache = new TemporalCache();
-    const out = projector.forward(temporal.forward(clip, 1, cache));
+    const cache = new FrameCache();
+    const out = model.encodeFrames(clip, 1, cache);
     cache.dispose();
     return out;
   });
   const streamed = () => {
-    const encoder = new TemporalEncoder(temporal, projector);
+    const encoder = model.videoEncoder();
     const parts: tf.Tensor3D[] = [];
     for (let i = 0; i < frames; i++) parts.push(tf.tidy(() => encoder.encode(clip.slice([i, 0, 0, 0], [1, -1, -1, -1]) as tf.Tensor4D)));
     encoder.dispose();

@@ -4,8 +4,8 @@ import * as os from 'os';
 import * as tf from '@tensorflow/tfjs';
 import { getThreadsCount } from '@tensorflow/tfjs-backend-wasm';
 import { BackendName, tensorflowUsesOneDNN } from '../../src/backend';
-import { TapRecorder, tapNames } from '../../src/chat/inspect';
-import { PVCModel } from '../../src/chat/model';
+import { TapRecorder } from '../../src/inspect/taps';
+import { PVCModel } from '../../src/pvc_model';
 import { SafetensorsFile } from '../../src/io/safetensors';
 import { Tap } from '../../src/nn/layers';
 
@@ -44,7 +44,7 @@ async function main() {
   const tapMode = arg('--taps', 'none');
   let tap: Tap | undefined;
   if (tapMode !== 'none') {
-    const recorder = new TapRecorder(tapMode === 'all' ? new Set(tapNames(model.config)) : new Set<string>());
+    const recorder = new TapRecorder(tapMode === 'all' ? new Set(model.tapNames()) : new Set<string>());
     tap = (n, v) => {
       recorder.tap(n, v);
       recorder.prompt.forEach((l) => tf.dispose(l));

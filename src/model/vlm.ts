@@ -1,0 +1,191 @@
+// The vision-language model: InternViT (with PVC's temporal layers when the checkpoint has them), the
+// projector and InternLM2, and the one path from pixels to the visual tokens the LLM reads.
+//
+//   pixelValues [tiles, 3, S, S] + samples
+//   -> per sample: frames (PVC: each image tile repeated image_repeat_time times, a video's frames
+//      video_repeat_time times) as sequences (PVC: each image tile its own, a video one)
+//   -> vision -> projector -> visual tokens [tokens, D], tile-major, frames in order
+//   -> mergeEmbeddings: the prompt's IMG_CONTEXT rows replaced by them, in order -> the LLM
+import * as tf from '@tensorflow/tfjs';
+import { BackendName, initBackend } from '../backend';
+import { loadConfig, ModelConfig } from '../config';
+import { Weights } from '../io/weights';
+import { InternLM2 } from '../llm/internlm2';
+import { Kernels, Tap } from '../nn/layers';
+import { InternVisionModel } from '../vision/intern_vit';
+import { Projector } from '../vision/projector';
+import { FrameCache } from '../vision/temporal';
+import { kernelsFor } from './kernels';
+import { DataFlag, repeatsFor, Sample } from './samples';
+
+export interface LoadOptions {
+  backend?: BackendName;
+  /** Progress of reading the weights (bytes). */
+  onProgress?: (bytesDone: number, bytesTotal: number) => void;
+}
+
+/** Frames repeated in a row: [n, ...] -> [n * times, ...]. */
+function repeatFrames(x: tf.Tensor4D, times: number): tf.Tensor4D {
+  if (times === 1) return x;
+  const [n, ...rest] = x.shape;
+  return tf.tile(x.reshape([n, 1, ...rest]), [1, times, 1, 1, 1]).reshape([n * times, ...rest]) as tf.Tensor4D;
+}
+
+/**
+ * Embeddings `text` [B, T, D] of the prompt rows `ids` with the IMG_CONTEXT rows replaced by the rows of
+ * `visual` [n, D], in order (upstream's `input_embeds[selected] = vit_embeds`). Pure: a new tensor,
+ * the inputs are left to the caller.
+ */
+export function mergeEmbeddings(text: tf.Tensor3D, ids: number[][], imgContextId: number, visual: tf.Tensor2D | null): tf.Tensor3D {
+  const slots = ids.flat().filter((id) => id === imgContextId).length;
+  const available = visual?.shape[0] ?? 0;
+  if (slots !== available) throw new Error(`the prompt has ${slots} IMG_CONTEXT tokens (id ${imgContextId}) but the images give ${available} visual tokens`);
+  if (visual === null) return text.clone();
+  return tf.tidy(() => {
+    const [B, T, D] = text.shape;
+    // Row r of the flattened batch takes visual row k if it is the k-th IMG_CONTEXT, else its text row.
+    const index: number[] = [];
+    let k = 0;
+    for (const id of ids.flat()) index.push(id === imgContextId ? B * T + k++ : index.length);
+    const table = tf.concat([text.reshape([B * T, D]), visual]);
+    return tf.gather(table, tf.tensor1d(index, 'int32')).reshape([B, T, D]) as tf.Tensor3D;
+  });
+}
+
+export class VisionLanguageModel {
+  readonly vision: InternVisionModel;
+  readonly projector: Projector;
+  readonly llm: InternLM2;
+
+  constructor(readonly dir: string, readonly config: ModelConfig, readonly weights: Weights, readonly kernels: Kernels) {
+    this.vision = new InternVisionModel(weights, config, kernels);
+    this.projector = new Projector(weights, config, kernels);
+    this.llm = new InternLM2(weights, config.llm, kernels);
+  }
+
+  /** Loads a model converted by pvc-convert, with the kernels of the backend in use. */
+  static async load(dir: string, options: LoadOptions = {}): Promise<VisionLanguageModel> {
+    return loadModel(VisionLanguageModel, dir, options);
+  }
+
+  /** Visual tokens per tile (per frame for PVC). */
+  get numImageToken(): number {
+    return this.config.num_image_token;
+  }
+
+  /** IMG_CONTEXT tokens per tile for a sample of this kind: num_image_token, times PVC's repeat count. */
+  tokensPerTile(dataFlag?: DataFlag): number {
+    return this.numImageToken * (this.config.pvc ? repeatsFor(this.config.pvc, dataFlag) : 1);
+  }
+
+  /** Every tap name the model emits, in the order they fire (see src/inspect/taps.ts). */
+  tapNames(): string[] {
+    return [...this.vision.tapNames(), ...this.projector.tapNames(), ...this.llm.tapNames()];
+  }
+
+  checkPixelValues(pixelValues: tf.Tensor): void {
+    const S = this.config.image_size;
+    const [, c, h, w] = pixelValues.shape;
+    if (pixelValues.rank !== 4 || c !== 3 || h !== S || w !== S) {
+      throw new Error(`pixelValues has shape [${pixelValues.shape}]; expected [tiles, 3, ${S}, ${S}]`);
+    }
+  }
+
+  /**
+   * Frames [S*T, 3, H, W], S sequences of T frames continuing `cache` -> visual tokens [S*T, tokens per
+   * frame, D]: the vision encoder (PVC: with its temporal layers), then the projector. Call inside tf.tidy.
+   */
+  encodeFrames(frames: tf.Tensor4D, sequences: number, cache: FrameCache, tap?: Tap): tf.Tensor3D {
+    return this.projector.forward(this.vision.forward(frames, { sequences, cache, tap }), tap);
+  }
+
+  /**
+   * The visual tokens of a request, in the order of the prompt's IMG_CONTEXT slots: [tokens, D]. A PVC
+   * image tile is a sequence of image_repeat_time frames; a video (one tile per frame) is one sequence
+   * of its frames, each repeated video_repeat_time times. InternVL2: each tile's tokens.
+   */
+  visualTokens(pixelValues: tf.Tensor4D, samples: Sample[], tap?: Tap): tf.Tensor2D {
+    this.checkPixelValues(pixelValues);
+    const pvc = this.config.pvc;
+    return tf.tidy(() => {
+      const parts = samples.map((sample) => {
+        const tiles = sample.tilesPerImage.reduce((a, b) => a + b, 0);
+        const pixels = pixelValues.slice([sample.firstTile, 0, 0, 0], [tiles, -1, -1, -1]) as tf.Tensor4D;
+        const isVideo = sample.dataFlag === 3;
+        if (pvc?.use_temporal && isVideo) {
+          const multi = sample.tilesPerImage.find((n) => n !== 1);
+          if (multi !== undefined) throw new Error(`PVC spec v0 takes one tile per video frame (numPatchesList entry ${multi}); load the video with maxNum 1`);
+        }
+        const frames = repeatFrames(pixels, pvc ? repeatsFor(pvc, sample.dataFlag) : 1);
+        const cache = new FrameCache();
+        try {
+          const tokens = this.encodeFrames(frames, isVideo ? 1 : tiles, cache, tap);
+          return tokens.reshape([-1, tokens.shape[2]]) as tf.Tensor2D;
+        } finally {
+          cache.dispose();
+        }
+      });
+      return tf.concat(parts) as tf.Tensor2D;
+    });
+  }
+
+  /**
+   * Upstream's extract_feature: each tile as a single image -> [tiles, tokensPerTile(1), D] (for PVC the
+   * tile's image_repeat_time frames, through the temporal layers as in chat). Caller owns the result.
+   */
+  extractFeature(pixelValues: tf.Tensor4D, tap?: Tap): tf.Tensor3D {
+    const N = pixelValues.shape[0];
+    const samples = Array.from({ length: N }, (_, i): Sample => ({ dataFlag: 1, firstTile: i, tilesPerImage: [1] }));
+    return tf.tidy(() => this.visualTokens(pixelValues, samples, tap).reshape([N, this.tokensPerTile(1), -1]));
+  }
+
+  /** PVC: a streaming encoder for one video (frames in, visual tokens out, constant work per frame). */
+  videoEncoder(): VideoEncoder {
+    if (!this.config.pvc?.use_temporal) throw new Error(`${this.dir}: videoEncoder needs a PVC model with temporal layers (model_type ${this.config.model_type})`);
+    return new VideoEncoder(this);
+  }
+
+  dispose(): void {
+    this.vision.dispose();
+    this.weights.dispose();
+  }
+}
+
+/** Reads the config and weights of `dir` with the kernels of the active backend and builds a `Model`. */
+export async function loadModel<M>(Model: new (dir: string, config: ModelConfig, weights: Weights, kernels: Kernels) => M, dir: string, options: LoadOptions = {}): Promise<M> {
+  const backend = await initBackend({ backend: options.backend });
+  const config = loadConfig(dir);
+  const weights = Weights.load(dir, { onProgress: options.onProgress });
+  try {
+    return new Model(dir, config, weights, kernelsFor(backend.name));
+  } catch (e) {
+    weights.dispose();
+    throw e;
+  }
+}
+
+/**
+ * Streaming encoder for one video: `encode(frames)` takes the next frames [n, 3, S, S] (one tile each)
+ * and returns their visual tokens [n * video_repeat_time, tokensPerFrame, D], the same as encoding the
+ * whole video at once; work per new frame is constant (its spatial pass plus attention to the cached
+ * frames). `dispose()` frees the cache.
+ */
+export class VideoEncoder {
+  private readonly cache = new FrameCache();
+
+  constructor(private readonly model: VisionLanguageModel) {}
+
+  get framesSeen(): number {
+    return this.cache.frames;
+  }
+
+  encode(frames: tf.Tensor4D): tf.Tensor3D {
+    this.model.checkPixelValues(frames);
+    const repeats = this.model.config.pvc!.video_repeat_time;
+    return tf.tidy(() => this.model.encodeFrames(repeatFrames(frames, repeats), 1, this.cache));
+  }
+
+  dispose(): void {
+    this.cache.dispose();
+  }
+}

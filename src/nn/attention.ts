@@ -1,0 +1,66 @@
+// Scaled dot-product attention and the head split/merge around it, shared by InternViT, PVC's temporal
+// attention and InternLM2.
+import * as tf from '@tensorflow/tfjs';
+import { batchMatMul, Kernels } from './layers';
+
+/**
+ * Scaled dot-product attention over Q groups: for each i, softmax(q_i k_i^T * scale + mask) v_i with
+ * q_i [R, d] (R = G * Tq query rows sharing the keys: G heads of a GQA group, or 1 head), k_i, v_i
+ * [Tk, d]. `mask` [Tq, Tk] or [Q, 1, Tq, Tk]-broadcastable per group is added to the scores viewed as
+ * [Q, G, Tq, Tk]. Returns the output [Q, R, d] and the probabilities [Q, R, Tk].
+ *
+ * Keys and values may come as consecutive blocks along Tk (a KV cache's main block and its tail): the
+ * scores of the blocks are joined before the softmax and the output is the sum of each block's share.
+ *
+ * With `kernels.attentionPer2DGroup` (wasm, where only a plain 2-D matMul without transposes is fast:
+ * batched or transposed ones run ~10x slower) and large score matrices, each group is two 2-D matMuls
+ * against an explicitly transposed key block; otherwise one batched matMul does all groups.
+ */
+export function attention(kernels: Kernels, q: tf.Tensor3D, k: tf.Tensor3D | tf.Tensor3D[], v: tf.Tensor3D | tf.Tensor3D[], scale: number, queriesPerGroup = 1, mask?: tf.Tensor): { out: tf.Tensor3D; probs: tf.Tensor3D } {
+  const keys = Array.isArray(k) ? k : [k];
+  const values = Array.isArray(v) ? v : [v];
+  const [Q, R, d] = q.shape;
+  const Tk = keys.reduce((n, b) => n + b.shape[1], 0);
+  const Tq = R / queriesPerGroup;
+  const addMask = (scores: tf.Tensor, group?: number) => {
+    if (mask === undefined) return scores;
+    const m = group === undefined || mask.rank < 4 || mask.shape[0] === 1 ? mask : mask.slice([group, 0, 0, 0], [1, -1, -1, -1]);
+    const shape = group === undefined ? [Q, queriesPerGroup, Tq, Tk] : [1, queriesPerGroup, Tq, Tk];
+    return tf.add(scores.reshape(shape), m).reshape(group === undefined ? [Q, R, Tk] : [R, Tk]);
+  };
+  if (kernels.attentionPer2DGroup && R * Tk >= 4096) {
+    const kAll = keys.length === 1 ? keys[0] : tf.concat(keys, 1);
+    const vAll = values.length === 1 ? values[0] : tf.concat(values, 1);
+    const outs: tf.Tensor2D[] = [];
+    const probs: tf.Tensor2D[] = [];
+    for (let i = 0; i < Q; i++) {
+      const qi = q.slice([i, 0, 0], [1, R, d]).reshape([R, d]) as tf.Tensor2D;
+      const kt = kAll.slice([i, 0, 0], [1, Tk, d]).reshape([Tk, d]).transpose() as tf.Tensor2D;
+      const vi = vAll.slice([i, 0, 0], [1, Tk, d]).reshape([Tk, d]) as tf.Tensor2D;
+      const p = tf.softmax(addMask(tf.matMul(tf.mul(qi, scale), kt), i), -1) as tf.Tensor2D;
+      probs.push(p);
+      outs.push(tf.matMul(p, vi));
+    }
+    return { out: tf.stack(outs) as tf.Tensor3D, probs: tf.stack(probs) as tf.Tensor3D };
+  }
+  const scaled = tf.mul(q, scale) as tf.Tensor3D;
+  const blockScores = keys.map((kb) => batchMatMul(scaled, kb, true));
+  const probs = tf.softmax(addMask(blockScores.length === 1 ? blockScores[0] : tf.concat(blockScores, 2)), -1) as tf.Tensor3D;
+  if (values.length === 1) return { out: batchMatMul(probs, values[0]), probs };
+  const blockProbs = tf.split(probs, values.map((b) => b.shape[1]), 2) as tf.Tensor3D[];
+  return { out: tf.addN(blockProbs.map((p, i) => batchMatMul(p, values[i]))), probs };
+}
+
+/** [B, T, H*hd] -> [B, H, T, hd] (for one position, T = 1, the same memory order: a reshape suffices) */
+export function splitHeads(x: tf.Tensor3D, heads: number): tf.Tensor4D {
+  const [B, T, width] = x.shape;
+  if (T === 1) return tf.reshape(x, [B, heads, 1, width / heads]);
+  return tf.transpose(tf.reshape(x, [B, T, heads, width / heads]), [0, 2, 1, 3]) as tf.Tensor4D;
+}
+
+/** [B, H, T, hd] -> [B, T, H*hd] */
+export function mergeHeads(x: tf.Tensor4D): tf.Tensor3D {
+  const [B, H, T, hd] = x.shape;
+  if (T === 1) return tf.reshape(x, [B, 1, H * hd]);
+  return tf.reshape(tf.transpose(x, [0, 2, 1, 3]), [B, T, H * hd]) as tf.Tensor3D;
+}
