@@ -13,7 +13,7 @@ async function main() {
   const file = await exampleInput('example_image1.jpg');
   const image = await loadImage(file, { inputSize: model.config.image_size, maxNum: 12 });
 
-  // Taps are names or globs; see the tree in src/chat/inspect.ts.
+  // Taps are names or globs; see the tree in src/inspect/taps.ts (model.tapNames() lists them all).
   const result = await model.inspect({
     pixelValues: image.pixelValues,
     question: 'What is in the image?',

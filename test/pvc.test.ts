@@ -8,6 +8,7 @@ import { loadConfig, ModelConfig } from '../src/config';
 import { SafetensorsFile } from '../src/io/safetensors';
 import { Weights } from '../src/io/weights';
 import { kernelsFor } from '../src/model/kernels';
+import { DataFlag } from '../src/model/samples';
 import { VisionLanguageModel } from '../src/model/vlm';
 import { PVCModel } from '../src/pvc_model';
 import { loadTokenizer, PVCTokenizer } from '../src/tokenizer';
@@ -15,7 +16,7 @@ import { InternVisionModel } from '../src/vision/intern_vit';
 import { FrameCache } from '../src/vision/temporal';
 import { ChatRecord, convertFixture, expectParity, loadReference, PARITY_BACKENDS, PARITY_TOLERANCE, relativeMaxError } from './helpers';
 
-type PVCChat = ChatRecord & { data_flag: 1 | 2 | 3 };
+type PVCChat = ChatRecord & { data_flag: DataFlag };
 
 describe.each(PARITY_BACKENDS)('tiny-pvc on %s', (backend) => {
   let dir: string;
