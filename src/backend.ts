@@ -37,9 +37,11 @@ function errorText(e: unknown): string {
   return message.split('\n')[0];
 }
 
-/** Loads tfjs-node-gpu or tfjs-node (which register the `tensorflow` backend); null with the reasons if neither loads. */
-function loadTensorflowProvider(): { provider: BackendInfo['provider']; failures: string[] } {
-  const failures: string[] = [];
+/**
+ * libtensorflow's settings, which it reads from the process environment when it loads (a worker
+ * thread's process.env is a copy native code never sees, so a main thread starting one calls this first).
+ */
+export function setTensorflowEnvironment(): void {
   // libtensorflow logs its CPU feature notes at load unless told otherwise; our own report suffices.
   process.env.TF_CPP_MIN_LOG_LEVEL ??= '2';
   // libtensorflow's Eigen kernels by default, not oneDNN: in `npm run bench` (2 cores) Eigen keeps a
@@ -47,6 +49,12 @@ function loadTensorflowProvider(): { provider: BackendInfo['provider']; failures
   // prefill and vision (attention, softmax) but 1.6-1.7x slower than PyTorch at decode (its matVec is
   // ~20% slower) and needs the weights transposed at load. TF_ENABLE_ONEDNN_OPTS=1 chooses oneDNN.
   process.env.TF_ENABLE_ONEDNN_OPTS ??= '0';
+}
+
+/** Loads tfjs-node-gpu or tfjs-node (which register the `tensorflow` backend); null with the reasons if neither loads. */
+function loadTensorflowProvider(): { provider: BackendInfo['provider']; failures: string[] } {
+  const failures: string[] = [];
+  setTensorflowEnvironment();
   for (const pkg of ['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node'] as const) {
     try {
       // eslint-disable-next-line @typescript-eslint/no-require-imports

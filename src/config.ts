@@ -196,6 +196,15 @@ export function visionLayersRun(c: ModelConfig): number {
   return c.select_layer < 0 ? c.vision.num_hidden_layers + 1 + c.select_layer : c.select_layer;
 }
 
+/**
+ * The positions a model is configured for: max_position_embeddings, times the rope_scaling factor when
+ * there is one (vLLM's rule for a model's maximum length; InternLM2's dynamic NTK scaling stretches the
+ * rotary base to that factor).
+ */
+export function contextLength(llm: LLMConfig): number {
+  return llm.max_position_embeddings * (llm.rope_scaling?.factor ?? 1);
+}
+
 /** Reads and validates `<dir>/config.json` of a converted model. */
 export function loadConfig(dir: string): ModelConfig {
   const file = path.join(dir, 'config.json');

@@ -3,6 +3,8 @@
 //   question (+ history) -> prompt (./prompt.ts) -> ids -> embeddings with the visual tokens merged
 //   -> InternLM2 generation (eos <|im_end|>) -> answer
 import * as tf from '@tensorflow/tfjs';
+import { contextLength } from '../config';
+import { runYielding, throwIfAborted, yieldToEventLoop } from '../event_loop';
 import { GenerationConfig, generateSteps, GenerationStep, resolveGenerationConfig } from '../generation/generate';
 import { Tap } from '../nn/layers';
 import { DataFlag, Sample } from '../model/samples';
@@ -52,12 +54,23 @@ export async function* generateForRows(
   const imgContextId = tokenizer.tokenToId(IMG_CONTEXT_TOKEN);
   if (imgContextId === undefined) throw new Error(`the tokenizer has no ${IMG_CONTEXT_TOKEN} token`);
   const T = Math.max(...rows.map((r) => r.length));
+  // Checked before any compute: a request the model's positions cannot hold fails at once.
+  const context = contextLength(model.config.llm);
+  if (T + config.maxNewTokens > context) {
+    const { max_position_embeddings: maxPos, rope_scaling: scaling } = model.config.llm;
+    throw new Error(
+      `the prompt's ${T} tokens plus maxNewTokens ${config.maxNewTokens} (${T + config.maxNewTokens}) exceed the model's context of ${context} positions ` +
+        `(max_position_embeddings ${maxPos}${scaling ? ` x rope_scaling factor ${scaling.factor}` : ''})`,
+    );
+  }
+  throwIfAborted(options.signal);
   const padded = rows.map((r) => [...new Array(T - r.length).fill(tokenizer.padTokenId), ...r]);
   const attentionMask = rows.map((r) => [...new Array(T - r.length).fill(0), ...r.map(() => 1)]);
+  await yieldToEventLoop(options.signal);
   const text = model.llm.embedTokens(padded);
   let embeds: tf.Tensor3D;
   try {
-    const visual = pixelValues === null ? null : model.visualTokens(pixelValues, samples, options.tap);
+    const visual = pixelValues === null ? null : await runYielding(model.visualTokenSteps(pixelValues, samples, options.tap), options.signal);
     try {
       embeds = mergeEmbeddings(text, padded, imgContextId, visual);
     } finally {
@@ -68,7 +81,8 @@ export async function* generateForRows(
   }
   try {
     // As upstream's generate() from embeddings, the ids the logits processors see start at <s>.
-    yield* generateSteps(model.llm, { embeds, attentionMask, seenIds: rows.map(() => [tokenizer.bosTokenId]) }, config, options);
+    const run = { ...options, prefillChunk: model.limits.prefillChunk };
+    yield* generateSteps(model.llm, { embeds, attentionMask, seenIds: rows.map(() => [tokenizer.bosTokenId]) }, config, run);
   } finally {
     embeds.dispose();
   }

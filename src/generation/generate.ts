@@ -1,6 +1,8 @@
-// The generation loop: prefill in one pass, then one token per step with the KV cache, stopping on
-// any eos id or max_new_tokens, abortable, streamed as an async iterator of token ids.
+// The generation loop: the prompt's prefill (in chunks for long prompts), then one token per step with
+// the KV cache, stopping on any eos id or max_new_tokens; it gives the event loop a turn after every
+// layer, is abortable between them, and streams as an async iterator of token ids.
 import * as tf from '@tensorflow/tfjs';
+import { throwIfAborted, runYielding, yieldToEventLoop } from '../event_loop';
 import { InternLM2, KVCache } from '../llm/internlm2';
 import { Tap } from '../nn/layers';
 import {
@@ -111,27 +113,35 @@ export interface GenerationStep {
   unfinished: boolean[];
 }
 
+export interface GenerationRunOptions {
+  /** Stops the generation at its next pause (between layers and steps) with an AbortError. */
+  signal?: AbortSignal;
+  tap?: Tap;
+  /** Prompt positions per prefill pass (see InternLM2.prefillSteps); with a tap the prompt runs in one pass. */
+  prefillChunk?: number;
+}
+
 /**
- * Yields one step at a time. The KV cache lives for the iteration and is freed when it ends, returns
- * early, throws or is aborted through `signal`.
+ * Yields one step at a time. The prefill and every decode step give the event loop a turn after each
+ * layer, so timers, I/O and `signal` keep working during a long generation. The KV cache lives for the
+ * iteration and is freed when it ends, returns early, throws or is aborted.
  */
-export async function* generateSteps(
-  model: InternLM2,
-  input: GenerationInput,
-  config: GenerationConfig,
-  options: { signal?: AbortSignal; tap?: Tap } = {},
-): AsyncGenerator<GenerationStep> {
+export async function* generateSteps(model: InternLM2, input: GenerationInput, config: GenerationConfig, options: GenerationRunOptions = {}): AsyncGenerator<GenerationStep> {
   const [B, T] = input.embeds.shape;
   if (input.seenIds.length !== B) throw new Error(`seenIds has ${input.seenIds.length} rows, embeds ${B}`);
+  const { signal, tap } = options;
+  throwIfAborted(signal);
   const seen = input.seenIds.map((r) => [...r]);
   const unfinished = new Array(B).fill(true);
   const rng = new SeededRandom(config.seed);
   const cache: KVCache = model.newCache(B);
   let logits: tf.Tensor | null = null;
   try {
-    logits = model.forward(input.embeds, cache, { attentionMask: input.attentionMask ?? Array.from({ length: B }, () => new Array(T).fill(1)), lastOnly: true, tap: options.tap });
+    const attentionMask = input.attentionMask ?? Array.from({ length: B }, () => new Array(T).fill(1));
+    // Taps record the prompt pass whole ([1, heads, L, L] attention), so with a tap it is one chunk.
+    const chunkSize = tap ? T : options.prefillChunk;
+    logits = await runYielding(model.prefillSteps(input.embeds, cache, { attentionMask, chunkSize, tap }), signal);
     for (let step = 0; step < config.maxNewTokens; step++) {
-      options.signal?.throwIfAborted();
       const rows = (await logits!.data()) as Float32Array;
       logits!.dispose();
       logits = null;
@@ -146,10 +156,10 @@ export async function* generateSteps(
       });
       yield { step, tokens, unfinished: [...unfinished] };
       if (!unfinished.some(Boolean) || step + 1 >= config.maxNewTokens) break;
-      options.signal?.throwIfAborted();
+      await yieldToEventLoop(signal);
       const next = model.embedTokens(tokens.map((t) => [t]));
       try {
-        logits = model.forward(next, cache, { attentionMask: tokens.map(() => [1]), lastOnly: true, tap: options.tap });
+        logits = await runYielding(model.forwardSteps(next, cache, { attentionMask: tokens.map(() => [1]), logits: 'last', tap }), signal);
       } finally {
         next.dispose();
       }
@@ -175,7 +185,7 @@ export async function generate(
   model: InternLM2,
   input: GenerationInput,
   config: GenerationConfig,
-  options: { signal?: AbortSignal } = {},
+  options: GenerationRunOptions = {},
 ): Promise<number[][]> {
   const out: number[][] = Array.from({ length: input.embeds.shape[0] }, () => []);
   const done = new Array(out.length).fill(false);

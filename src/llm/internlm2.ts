@@ -11,6 +11,7 @@ import { LLMConfig } from '../config';
 import { Weights } from '../io/weights';
 import { attention, mergeHeads, splitHeads } from '../nn/attention';
 import { Kernels, Linear, RMSNorm, silu, Tap } from '../nn/layers';
+import { runSync, Steps } from '../event_loop';
 
 /** The additive mask value for positions a query may not see (PyTorch's finfo(float32).min, as upstream). */
 const MASKED = -3.4028234663852886e38;
@@ -169,9 +170,8 @@ class Attention {
     const Tk = keys.reduce((n, b) => n + b.shape[2], 0);
     const groups = (blocks: tf.Tensor4D[]) => blocks.map((b) => b.reshape([B * KV, b.shape[2], hd]) as tf.Tensor3D);
     // Query heads grouped under their kv head: [B*KV, G*T, hd] against [B*KV, Tk, hd], no key repeat.
-    // The mask [B, 1, T, Tk] is per batch row: repeated for the row's KV groups.
-    const groupMask = mask === undefined || KV === 1 ? mask : tf.reshape(tf.tile(mask.reshape([B, 1, 1, T, Tk]), [1, KV, 1, 1, 1]), [B * KV, 1, T, Tk]);
-    const { out, probs } = attention(this.kernels, q.reshape([B * KV, G * T, hd]) as tf.Tensor3D, groups(keys), groups(values), 1 / Math.sqrt(hd), G, groupMask);
+    // The mask comes per group already ([B * KV, 1, T, Tk], or [1, 1, T, Tk] for one row: see forwardSteps).
+    const { out, probs } = attention(this.kernels, q.reshape([B * KV, G * T, hd]) as tf.Tensor3D, groups(keys), groups(values), 1 / Math.sqrt(hd), G, mask);
     if (tap) tap(`${this.prefix}.probs`, probs.reshape([B, H, T, Tk]));
     return this.o.forward(mergeHeads(out.reshape([B, H, T, hd]) as tf.Tensor4D));
   }
@@ -233,6 +233,14 @@ export interface ForwardOptions {
   tap?: Tap;
 }
 
+export interface PrefillOptions {
+  /** 1 = token, 0 = padding, per row (default all 1). */
+  attentionMask?: number[][];
+  /** Positions run through all layers at once (default: the whole prompt). */
+  chunkSize?: number;
+  tap?: Tap;
+}
+
 export class InternLM2 {
   readonly embed: tf.Tensor2D;
   readonly layers: DecoderLayer[];
@@ -271,6 +279,39 @@ export class InternLM2 {
    * [B, 1, V] with lastOnly). The caller owns the logits; everything else is freed.
    */
   forward(embeds: tf.Tensor3D, cache: KVCache, options: ForwardOptions = {}): tf.Tensor3D {
+    return runSync(this.forwardSteps(embeds, cache, { ...options, logits: options.lastOnly ? 'last' : 'all' }))!;
+  }
+
+  /**
+   * The prompt's positions in chunks of `chunkSize`, each through every layer (appending to `cache`)
+   * before the next: attention then holds [heads, chunk, L] scores and the MLP [chunk, intermediate]
+   * activations, never [heads, L, L]. Every position attends to the same keys as in one pass, so the
+   * result is the same. Returns the logits of the last position [B, 1, V]; pauses after each layer.
+   */
+  *prefillSteps(embeds: tf.Tensor3D, cache: KVCache, options: PrefillOptions = {}): Steps<tf.Tensor3D> {
+    const [B, T] = embeds.shape;
+    const chunk = Math.max(1, Math.min(options.chunkSize ?? T, T));
+    // Dynamic NTK scaling reads the whole length once, as a single pass over the prompt would.
+    this.rotary.update(cache.length + T);
+    for (let start = 0; ; start += chunk) {
+      const n = Math.min(chunk, T - start);
+      const last = start + n >= T;
+      const part = n === T ? embeds : (tf.slice(embeds, [0, start, 0], [B, n, -1]) as tf.Tensor3D);
+      try {
+        const attentionMask = options.attentionMask?.map((row) => row.slice(start, start + n));
+        const logits = yield* this.forwardSteps(part, cache, { attentionMask, tap: options.tap, logits: last ? 'last' : 'none' });
+        if (last) return logits!;
+      } finally {
+        if (part !== embeds) part.dispose();
+      }
+    }
+  }
+
+  /**
+   * `forward` as steps: pauses after each layer. `logits`: for every position, the last of each row,
+   * or none (null; a prefill chunk whose logits nobody reads).
+   */
+  *forwardSteps(embeds: tf.Tensor3D, cache: KVCache, options: Omit<ForwardOptions, 'lastOnly'> & { logits: 'all' | 'last' | 'none' }): Steps<tf.Tensor3D | null> {
     const [B, T] = embeds.shape;
     if (embeds.shape[2] !== this.config.hidden_size) throw new Error(`input embeddings have width ${embeds.shape[2]}, expected ${this.config.hidden_size}`);
     if (cache.mask.length !== B) throw new Error(`KV cache holds ${cache.mask.length} rows, the input ${B}`);
@@ -278,45 +319,58 @@ export class InternLM2 {
     if (newMask.length !== B || newMask.some((r) => r.length !== T)) throw new Error(`attentionMask must be [${B}, ${T}]`);
     const past = cache.length;
     const fullMask = cache.mask.map((row, b) => [...row, ...newMask[b]]);
-    const positions = options.positionIds ?? fullMask.map((row) => {
-      let count = 0;
-      const pos = row.map((m) => (m ? count++ : 1));
-      return pos.slice(past);
-    });
+    const positions =
+      options.positionIds ??
+      fullMask.map((row) => {
+        let count = 0;
+        const pos = row.map((m) => (m ? count++ : 1));
+        return pos.slice(past);
+      });
     this.rotary.update(past + T);
     const tap = options.tap;
-    const logits = tf.tidy(() => {
-      const rope = this.rotary.tables(positions);
-      // Query t (absolute past + t) sees key j when j <= past + t and j is not padding. A single new
-      // position with no padding anywhere sees everything: no mask (saves ops on every decode step).
-      let mask: tf.Tensor4D | undefined;
-      if (T > 1 || fullMask.some((row) => row.includes(0))) {
-        const maskData = new Float32Array(B * T * (past + T));
-        for (let b = 0; b < B; b++) {
-          for (let t = 0; t < T; t++) {
-            for (let j = 0; j < past + T; j++) {
-              maskData[(b * T + t) * (past + T) + j] = j <= past + t && fullMask[b][j] ? 0 : MASKED;
-            }
-          }
+    const rope = this.rotary.tables(positions);
+    // Query t (absolute past + t) sees key j when j <= past + t and j is not padding. A single new
+    // position with no padding anywhere sees everything: no mask (saves ops on every decode step).
+    // Attention runs per kv-head group ([B * KV] groups), so each batch row's mask is written once per
+    // group here (a tf.tile per layer costs more than the attention on wasm); one row broadcasts as it is.
+    let mask: tf.Tensor4D | undefined;
+    if (T > 1 || fullMask.some((row) => row.includes(0))) {
+      const Tk = past + T;
+      const copies = B === 1 ? 1 : this.config.num_key_value_heads;
+      const maskData = new Float32Array(B * copies * T * Tk);
+      for (let b = 0; b < B; b++) {
+        for (let t = 0; t < T; t++) {
+          const row = maskData.subarray((b * copies * T + t) * Tk, (b * copies * T + t + 1) * Tk);
+          for (let j = 0; j < Tk; j++) row[j] = j <= past + t && fullMask[b][j] ? 0 : MASKED;
+          for (let c = 1; c < copies; c++) maskData.copyWithin(((b * copies + c) * T + t) * Tk, (b * copies * T + t) * Tk, (b * copies * T + t + 1) * Tk);
         }
-        mask = tf.tensor4d(maskData, [B, 1, T, past + T]);
       }
-      let h = embeds;
+      mask = tf.tensor4d(maskData, [B * copies, 1, T, Tk]);
+    }
+    let h = embeds;
+    try {
       if (tap) tap('llm.embeds', h);
       for (const layer of this.layers) {
         // A scope per layer: its intermediates are freed before the next layer runs.
         const prev = h;
         h = tf.tidy(() => layer.forward(prev, rope, mask, cache, tap));
         if (prev !== embeds) prev.dispose();
+        yield;
       }
-      if (options.lastOnly) h = h.slice([0, T - 1, 0], [B, 1, -1]);
-      h = this.norm.forward(h);
-      if (tap) tap('llm.norm', h);
-      const out = this.output.forward(h);
-      if (tap) tap('llm.logits', out);
-      return out;
-    });
-    cache.mask = fullMask;
-    return logits;
+      cache.mask = fullMask;
+      if (options.logits === 'none') return null;
+      return tf.tidy(() => {
+        let x = options.logits === 'last' ? h.slice([0, T - 1, 0], [B, 1, -1]) : h;
+        x = this.norm.forward(x);
+        if (tap) tap('llm.norm', x);
+        const out = this.output.forward(x);
+        if (tap) tap('llm.logits', out);
+        return out;
+      });
+    } finally {
+      if (h !== embeds) h.dispose();
+      tf.dispose([rope.cos, rope.sin, ...(mask ? [mask] : [])]);
+    }
   }
+
 }

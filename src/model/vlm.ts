@@ -12,16 +12,32 @@ import { loadConfig, ModelConfig } from '../config';
 import { Weights } from '../io/weights';
 import { InternLM2 } from '../llm/internlm2';
 import { Kernels, Tap } from '../nn/layers';
+import { runSync, Steps } from '../event_loop';
 import { InternVisionModel } from '../vision/intern_vit';
 import { Projector } from '../vision/projector';
 import { FrameCache } from '../vision/temporal';
 import { kernelsFor } from './kernels';
 import { DataFlag, repeatsFor, Sample } from './samples';
 
+/**
+ * How much runs at once, which bounds memory on long inputs (results do not depend on it): the vision
+ * encoder takes at most `framesPerPass` frames per pass (a video's frames in order, carrying the temporal
+ * cache), the LLM prefills `prefillChunk` prompt positions per pass.
+ */
+export interface RunLimits {
+  framesPerPass: number;
+  prefillChunk: number;
+}
+
+/** 8 frames of a 448 px InternViT-300M hold ~0.5 GB of attention scores; 512 prompt positions of InternLM2-7B ~1 GB at 8k context. */
+export const DEFAULT_RUN_LIMITS: RunLimits = { framesPerPass: 8, prefillChunk: 512 };
+
 export interface LoadOptions {
   backend?: BackendName;
   /** Progress of reading the weights (bytes). */
   onProgress?: (bytesDone: number, bytesTotal: number) => void;
+  /** See RunLimits; defaults DEFAULT_RUN_LIMITS. */
+  limits?: Partial<RunLimits>;
 }
 
 /** Frames repeated in a row: [n, ...] -> [n * times, ...]. */
@@ -56,6 +72,8 @@ export class VisionLanguageModel {
   readonly vision: InternVisionModel;
   readonly projector: Projector;
   readonly llm: InternLM2;
+  /** Per-pass sizes (memory bounds); may be changed between calls. */
+  limits: RunLimits = { ...DEFAULT_RUN_LIMITS };
 
   constructor(readonly dir: string, readonly config: ModelConfig, readonly weights: Weights, readonly kernels: Kernels) {
     this.vision = new InternVisionModel(weights, config, kernels);
@@ -96,7 +114,7 @@ export class VisionLanguageModel {
    * frame, D]: the vision encoder (PVC: with its temporal layers), then the projector. Call inside tf.tidy.
    */
   encodeFrames(frames: tf.Tensor4D, sequences: number, cache: FrameCache, tap?: Tap): tf.Tensor3D {
-    return this.projector.forward(this.vision.forward(frames, { sequences, cache, tap }), tap);
+    return this.projector.forward(runSync(this.vision.forwardSteps(frames, { sequences, cache, tap })), tap);
   }
 
   /**
@@ -105,28 +123,73 @@ export class VisionLanguageModel {
    * of its frames, each repeated video_repeat_time times. InternVL2: each tile's tokens.
    */
   visualTokens(pixelValues: tf.Tensor4D, samples: Sample[], tap?: Tap): tf.Tensor2D {
+    return runSync(this.visualTokenSteps(pixelValues, samples, tap));
+  }
+
+  /**
+   * `visualTokens` as steps, pausing after each vision layer. At most `limits.framesPerPass` frames go
+   * through the vision encoder at once: whole sequences together when they fit, else one sequence in
+   * chunks of frames carrying its frame cache (causal, so the tokens are those of a single pass).
+   */
+  *visualTokenSteps(pixelValues: tf.Tensor4D, samples: Sample[], tap?: Tap): Steps<tf.Tensor2D> {
     this.checkPixelValues(pixelValues);
     const pvc = this.config.pvc;
-    return tf.tidy(() => {
-      const parts = samples.map((sample) => {
+    const parts: tf.Tensor2D[] = [];
+    try {
+      for (const sample of samples) {
         const tiles = sample.tilesPerImage.reduce((a, b) => a + b, 0);
-        const pixels = pixelValues.slice([sample.firstTile, 0, 0, 0], [tiles, -1, -1, -1]) as tf.Tensor4D;
         const isVideo = sample.dataFlag === 3;
         if (pvc?.use_temporal && isVideo) {
           const multi = sample.tilesPerImage.find((n) => n !== 1);
           if (multi !== undefined) throw new Error(`PVC spec v0 takes one tile per video frame (numPatchesList entry ${multi}); load the video with maxNum 1`);
         }
-        const frames = repeatFrames(pixels, pvc ? repeatsFor(pvc, sample.dataFlag) : 1);
-        const cache = new FrameCache();
+        const repeats = pvc ? repeatsFor(pvc, sample.dataFlag) : 1;
+        // Frame f of the sample is tile floor(f / repeats); sequences of F frames: a video is one (its
+        // tiles in order, each repeated), an image tile is one.
+        const F = (isVideo ? tiles : 1) * repeats;
+        // With a tap, one pass per sample: taps then have their whole shapes (temporal attention over all frames).
+        const perPass = tap ? Infinity : this.limits.framesPerPass;
+        // Passes: several whole sequences when they fit (each pass a fresh cache), else one sequence in
+        // chunks of frames (a fresh cache at each sequence's start, carried within it).
+        const passes: { start: number; count: number; sequences: number; newCache: boolean }[] = [];
+        if (F <= perPass) {
+          const k = Math.floor(perPass / F);
+          for (let s = 0; s < tiles * repeats / F; s += k) passes.push({ start: s * F, count: Math.min(k, tiles * repeats / F - s) * F, sequences: Math.min(k, tiles * repeats / F - s), newCache: true });
+        } else {
+          for (let s = 0; s < (tiles * repeats) / F; s++) {
+            for (let f = 0; f < F; f += perPass) passes.push({ start: s * F + f, count: Math.min(perPass, F - f), sequences: 1, newCache: f === 0 });
+          }
+        }
+        let cache = new FrameCache();
         try {
-          const tokens = this.encodeFrames(frames, isVideo ? 1 : tiles, cache, tap);
-          return tokens.reshape([-1, tokens.shape[2]]) as tf.Tensor2D;
+          for (const pass of passes) {
+            if (pass.newCache && cache.frames > 0) {
+              cache.dispose();
+              cache = new FrameCache();
+            }
+            const tileIndex = Array.from({ length: pass.count }, (_, i) => sample.firstTile + Math.floor((pass.start + i) / repeats));
+            const frames = tf.tidy(() => tf.gather(pixelValues, tf.tensor1d(tileIndex, 'int32')) as tf.Tensor4D);
+            try {
+              const hidden = yield* this.vision.forwardSteps(frames, { sequences: pass.sequences, cache, tap });
+              parts.push(
+                tf.tidy(() => {
+                  const tokens = this.projector.forward(hidden, tap);
+                  hidden.dispose();
+                  return tokens.reshape([-1, tokens.shape[2]]) as tf.Tensor2D;
+                }),
+              );
+            } finally {
+              frames.dispose();
+            }
+          }
         } finally {
           cache.dispose();
         }
-      });
+      }
       return tf.concat(parts) as tf.Tensor2D;
-    });
+    } finally {
+      tf.dispose(parts);
+    }
   }
 
   /**
@@ -152,12 +215,14 @@ export class VisionLanguageModel {
 }
 
 /** Reads the config and weights of `dir` with the kernels of the active backend and builds a `Model`. */
-export async function loadModel<M>(Model: new (dir: string, config: ModelConfig, weights: Weights, kernels: Kernels) => M, dir: string, options: LoadOptions = {}): Promise<M> {
+export async function loadModel<M extends VisionLanguageModel>(Model: new (dir: string, config: ModelConfig, weights: Weights, kernels: Kernels) => M, dir: string, options: LoadOptions = {}): Promise<M> {
   const backend = await initBackend({ backend: options.backend });
   const config = loadConfig(dir);
   const weights = Weights.load(dir, { onProgress: options.onProgress });
   try {
-    return new Model(dir, config, weights, kernelsFor(backend.name));
+    const model = new Model(dir, config, weights, kernelsFor(backend.name));
+    Object.assign(model.limits, options.limits);
+    return model;
   } catch (e) {
     weights.dispose();
     throw e;

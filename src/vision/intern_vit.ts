@@ -14,6 +14,7 @@ import { Weights } from '../io/weights';
 import { attention, mergeHeads, splitHeads } from '../nn/attention';
 import { gelu, Kernels, LayerNorm, Linear, Norm, RMSNorm, silu, Tap } from '../nn/layers';
 import { FrameCache, TemporalAttention, TimeEmbedder } from './temporal';
+import { runSync, Steps } from '../event_loop';
 
 function makeNorm(w: Weights, name: string, cfg: VisionConfig): Norm {
   return cfg.norm_type === 'layer_norm' ? new LayerNorm(w, name, cfg.layer_norm_eps) : new RMSNorm(w, name, cfg.layer_norm_eps);
@@ -233,29 +234,45 @@ export class InternVisionModel {
   /**
    * Frames [S*T, 3, H, W] -> the selected hidden state [S*T, G*G + 1, C]. A PVC model takes the frames
    * as S sequences of T new frames (sequence-major) continuing `cache`, and advances the cache by T;
-   * plain InternViT ignores both. Call inside tf.tidy.
+   * plain InternViT ignores both. The caller owns the result.
    */
   forward(frames: tf.Tensor4D, options: { sequences?: number; cache?: FrameCache; tap?: Tap } = {}): tf.Tensor3D {
+    return runSync(this.forwardSteps(frames, options));
+  }
+
+  /** `forward` as steps: pauses after each layer. */
+  *forwardSteps(frames: tf.Tensor4D, options: { sequences?: number; cache?: FrameCache; tap?: Tap } = {}): Steps<tf.Tensor3D> {
     const { tap } = options;
     let seq: FrameSequences | undefined;
-    if (this.timeEmbedder) {
-      const S = options.sequences ?? frames.shape[0];
-      const T = frames.shape[0] / S;
-      if (!Number.isInteger(T)) throw new Error(`${frames.shape[0]} frames do not split into ${S} sequences`);
-      if (options.cache === undefined) throw new Error('a PVC vision encoder needs a FrameCache for its temporal layers');
-      const times = Array.from({ length: S * T }, (_, k) => options.cache!.frames + (k % T));
-      seq = { count: S, time: silu(this.timeEmbedder.forward(times)), cache: options.cache };
+    let x: tf.Tensor3D | undefined;
+    try {
+      if (this.timeEmbedder) {
+        const S = options.sequences ?? frames.shape[0];
+        const T = frames.shape[0] / S;
+        if (!Number.isInteger(T)) throw new Error(`${frames.shape[0]} frames do not split into ${S} sequences`);
+        if (options.cache === undefined) throw new Error('a PVC vision encoder needs a FrameCache for its temporal layers');
+        const times = Array.from({ length: S * T }, (_, k) => options.cache!.frames + (k % T));
+        const embedder = this.timeEmbedder;
+        seq = { count: S, time: tf.tidy(() => silu(embedder.forward(times))), cache: options.cache };
+      }
+      x = tf.tidy(() => this.embed(frames));
+      if (tap) tap('vision.embeddings', x);
+      yield;
+      for (const layer of this.layers) {
+        // A scope per layer: its intermediates are freed before the next layer runs.
+        const prev: tf.Tensor3D = x;
+        x = tf.tidy(() => layer.forward(prev, seq, tap));
+        prev.dispose();
+        yield;
+      }
+      if (seq) seq.cache.frames += frames.shape[0] / seq.count;
+      const out = x;
+      x = undefined;
+      return out;
+    } finally {
+      x?.dispose();
+      seq?.time.dispose();
     }
-    let x = this.embed(frames);
-    if (tap) tap('vision.embeddings', x);
-    for (const layer of this.layers) {
-      // A scope per layer: its intermediates are freed before the next layer runs.
-      const prev = x;
-      x = tf.tidy(() => layer.forward(prev, seq, tap));
-      prev.dispose();
-    }
-    if (seq) seq.cache.frames += frames.shape[0] / seq.count;
-    return x;
   }
 
   dispose(): void {

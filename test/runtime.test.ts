@@ -1,0 +1,188 @@
+// The runtime in a Node app: generation gives the event loop its turns, an AbortSignal ends it within one
+// decode step, long prompts and videos run in bounded passes with the same results, context limits.
+import * as tf from '@tensorflow/tfjs';
+import * as fs from 'fs';
+import * as path from 'path';
+import { monitorEventLoopDelay } from 'perf_hooks';
+import { AbortError, runSync } from '../src/event_loop';
+import { PVCModel } from '../src/pvc_model';
+import { ChatRecord, convertFixture, expectParity, loadReference, PARITY_BACKENDS, ReferenceDoc } from './helpers';
+
+/** A converted fixture whose config allows `positions` positions (max_position_embeddings), for requests longer than the tiny models'. */
+function convertWithPositions(name: string, positions: number): string {
+  const dir = convertFixture(name);
+  const file = path.join(dir, 'config.json');
+  const config = JSON.parse(fs.readFileSync(file, 'utf8'));
+  config.llm.max_position_embeddings = positions;
+  fs.writeFileSync(file, JSON.stringify(config));
+  return dir;
+}
+
+const removeConverted = (dir: string) => fs.rmSync(path.dirname(dir), { recursive: true, force: true });
+
+describe.each(PARITY_BACKENDS)('on %s', (backend) => {
+  let dir: string;
+  let model: PVCModel;
+  let image: tf.Tensor4D;
+
+  beforeAll(async () => {
+    // maxNewTokens 1e9 needs a context that large (else it is refused before any compute, tested below).
+    dir = convertWithPositions('tiny-internvl2', 1e9);
+    model = await PVCModel.load(dir, { backend });
+    const { doc, tensors } = loadReference('tiny-internvl2');
+    image = tf.tidy(() => tf.tensor4d(tensors.readFloat32('pixel_values'), tensors.info('pixel_values').shape as [number, number, number, number]).slice([0, 0, 0, 0], [doc.pixel_values.image_a_tiles, -1, -1, -1]));
+    tensors.close();
+    await model.chat(model.tokenizer(), image, 'Warm up.', { maxNewTokens: 2 }); // first-use costs out of the way
+  });
+  afterAll(() => {
+    image.dispose();
+    model.dispose();
+    removeConverted(dir);
+  });
+
+  // min_new_tokens keeps <|im_end|> away: without the abort this chat would not end.
+  const endless = { maxNewTokens: 1e9, minNewTokens: 1e9 };
+
+  test('AbortSignal.timeout ends an endless chat within one decode step, with an AbortError and no leaked tensors', async () => {
+    const before = tf.memory().numTensors;
+    // Long enough for the prompt to be done on every backend (the cpu backend is plain JavaScript).
+    const signal = AbortSignal.timeout(backend === 'cpu' ? 6000 : 1500);
+    let tokens = 0;
+    let tokensAtAbort = -1;
+    signal.addEventListener('abort', () => (tokensAtAbort = tokens));
+    const error = await model.chat(model.tokenizer(), image, 'Describe the image.', endless, { signal, onToken: () => tokens++ }).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(AbortError);
+    expect((error as AbortError).name).toBe('AbortError');
+    expect(((error as AbortError).cause as Error).name).toBe('TimeoutError');
+    expect(tokensAtAbort).toBeGreaterThan(0); // the timer fired while tokens were being generated
+    expect(tokens - tokensAtAbort).toBeLessThanOrEqual(1);
+    expect(tf.memory().numTensors).toBe(before);
+  });
+
+  test('an abort during the prompt (vision and prefill) also ends it, freeing everything', async () => {
+    const before = tf.memory().numTensors;
+    const controller = new AbortController();
+    setImmediate(() => controller.abort());
+    await expect(model.chat(model.tokenizer(), image, 'Describe the image.', endless, { signal: controller.signal })).rejects.toBeInstanceOf(AbortError);
+    expect(tf.memory().numTensors).toBe(before);
+  });
+
+  test('stream() stops when its consumer breaks out of the loop, freeing everything', async () => {
+    const before = tf.memory().numTensors;
+    let pieces = 0;
+    for await (const piece of model.stream(model.tokenizer(), image, 'Describe the image.', endless)) {
+      expect(typeof piece).toBe('string');
+      if (++pieces === 5) break;
+    }
+    expect(pieces).toBe(5);
+    expect(tf.memory().numTensors).toBe(before);
+  });
+});
+
+describe('tiny-internvl2 on wasm', () => {
+  let dir: string;
+  let model: PVCModel;
+  let doc: ReferenceDoc;
+  let pixels: tf.Tensor4D;
+
+  beforeAll(async () => {
+    dir = convertFixture('tiny-internvl2');
+    model = await PVCModel.load(dir, { backend: 'wasm' });
+    const ref = loadReference('tiny-internvl2');
+    doc = ref.doc;
+    pixels = tf.tensor4d(ref.tensors.readFloat32('pixel_values'), ref.tensors.info('pixel_values').shape as [number, number, number, number]);
+    ref.tensors.close();
+  });
+  afterAll(() => {
+    pixels.dispose();
+    model.dispose();
+    removeConverted(dir);
+  });
+
+  test('the event loop keeps its turns during a chat: delay p99 under 50 ms', async () => {
+    const question = 'Image-1: <image>\nImage-2: <image>\nDescribe both.';
+    const options = { numPatchesList: [3, 1], dataFlag: 2 as const };
+    // The process's first tfjs calls compile wasm functions lazily (~150 ms once, in one layer): a short chat first.
+    await model.chat(model.tokenizer(), pixels, question, { maxNewTokens: 2 }, options);
+    const histogram = monitorEventLoopDelay({ resolution: 5 });
+    histogram.enable();
+    await model.chat(model.tokenizer(), pixels, question, { maxNewTokens: 48, minNewTokens: 48 }, options);
+    histogram.disable();
+    const p99 = histogram.percentile(99) / 1e6;
+    expect({ p99Ms: Math.round(p99), under50: p99 < 50 }).toEqual({ p99Ms: Math.round(p99), under50: true });
+  });
+
+  test('a request beyond the context is refused before any compute, naming both numbers', async () => {
+    const before = tf.memory().numTensors;
+    const c = doc.chat!.find((x) => x.name === 'text-only')!;
+    await expect(model.chat(model.tokenizer(), null, c.question, { maxNewTokens: 1e9 })).rejects.toThrow(
+      `the prompt's ${c.input_ids.length} tokens plus maxNewTokens 1000000000 (${c.input_ids.length + 1e9}) exceed the model's context of 4096 positions (max_position_embeddings 2048 x rope_scaling factor 2)`,
+    );
+    expect(tf.memory().numTensors).toBe(before);
+  });
+
+  test('in small passes (prefill chunks of 5 positions, 1 frame per vision pass) chat and batchChat still give upstream\'s tokens', async () => {
+    model.limits = { prefillChunk: 5, framesPerPass: 1 };
+    try {
+      for (const name of ['single-image', 'multi-image']) {
+        const c = doc.chat!.find((x) => x.name === name) as ChatRecord;
+        const input = name === 'multi-image' ? pixels : (pixels.slice([0, 0, 0, 0], [doc.pixel_values.image_a_tiles, -1, -1, -1]) as tf.Tensor4D);
+        const out = await model.chatIds(model.tokenizer(), input, c.question, { max_new_tokens: 16 }, { numPatchesList: c.num_patches_list ?? undefined });
+        expect({ name, ids: out.outputIds }).toEqual({ name, ids: c.output_ids.slice(1) });
+        if (input !== pixels) input.dispose();
+      }
+      const b = doc.batch_chat!;
+      expect(await model.batchChat(model.tokenizer(), pixels, b.questions, { max_new_tokens: 16 }, { numPatchesList: b.num_patches_list })).toEqual(b.answers);
+    } finally {
+      model.limits = { prefillChunk: 512, framesPerPass: 8 };
+    }
+  });
+
+  test('prefill in chunks gives the logits of one pass (<= 1e-4 x max|ref|)', async () => {
+    const tokenizer = model.tokenizer();
+    const ids = tokenizer.encode('The quick brown fox jumps over the lazy dog. '.repeat(40));
+    const embeds = model.llm.embedTokens([ids]);
+    const wholeCache = model.llm.newCache(1);
+    const whole = model.llm.forward(embeds, wholeCache, { lastOnly: true });
+    const cache = model.llm.newCache(1);
+    const chunked = runSync(model.llm.prefillSteps(embeds, cache, { chunkSize: 37 }));
+    expectParity(chunked.dataSync(), whole.dataSync(), 'prefill in chunks of 37 vs one pass');
+    [cache, wholeCache].forEach((c) => c.dispose());
+    tf.dispose([embeds, whole, chunked]);
+  });
+});
+
+test('an 8k-token prompt on the tiny model completes on wasm (context raised to 8192 positions)', async () => {
+  const dir = convertWithPositions('tiny-internvl2', 8192);
+  const model = await PVCModel.load(dir, { backend: 'wasm' });
+  const tokenizer = model.tokenizer();
+  const question = 'The quick brown fox jumps over the lazy dog. '.repeat(310); // 27 tokens each in the tiny vocabulary
+  const prompt = model.preparePrompt(tokenizer, null, question);
+  expect(prompt.inputIds.length).toBeGreaterThan(8000);
+  const before = tf.memory().numTensors;
+  const out = await model.chatIds(tokenizer, null, question, { maxNewTokens: 2, minNewTokens: 2 });
+  expect(out.outputIds).toHaveLength(2);
+  expect(tf.memory().numTensors).toBe(before);
+  model.dispose();
+  removeConverted(dir);
+});
+
+describe('tiny-pvc in small vision passes', () => {
+  test.each([1, 2, 3])('framesPerPass %i: the image and video chats are the spec implementation\'s, token for token', async (framesPerPass) => {
+    const dir = convertFixture('tiny-pvc');
+    const model = await PVCModel.load(dir, { backend: 'wasm', limits: { framesPerPass } });
+    const { doc, tensors } = loadReference('tiny-pvc');
+    const chats = (doc as unknown as { chat: (ChatRecord & { data_flag: 1 | 2 | 3 })[] }).chat;
+    const tensor = (n: string) => tf.tensor4d(tensors.readFloat32(n), tensors.info(n).shape as [number, number, number, number]);
+    for (const [name, input] of [['single-image', 'image_a'], ['video', 'clip']] as const) {
+      const c = chats.find((x) => x.name === name)!;
+      const pixelValues = tensor(input);
+      const out = await model.chatIds(model.tokenizer(), pixelValues, c.question, { max_new_tokens: 16 }, { dataFlag: c.data_flag, numPatchesList: c.num_patches_list! });
+      expect({ name, ids: out.outputIds }).toEqual({ name, ids: c.output_ids.slice(1) });
+      pixelValues.dispose();
+    }
+    tensors.close();
+    model.dispose();
+    removeConverted(dir);
+  });
+});

@@ -1,0 +1,100 @@
+// WorkerModel: the model in a worker thread with the same async API; the main thread's event loop is free.
+import * as tf from '@tensorflow/tfjs';
+import * as fs from 'fs';
+import * as path from 'path';
+import { monitorEventLoopDelay } from 'perf_hooks';
+import { initBackend } from '../src/backend';
+import { AbortError } from '../src/event_loop';
+import { WorkerModel } from '../src/runtime/worker';
+import { convertFixture, loadReference, PARITY_BACKENDS, ReferenceDoc } from './helpers';
+
+let dir: string;
+let doc: ReferenceDoc;
+let pixels: tf.Tensor4D;
+
+beforeAll(async () => {
+  await initBackend({ backend: 'wasm', log: null }); // the main thread's own tensors (pixels)
+  dir = convertFixture('tiny-internvl2');
+  // Room for an endless chat (maxNewTokens 1e9 is refused before any compute on the tiny context).
+  const file = path.join(dir, 'config.json');
+  const config = JSON.parse(fs.readFileSync(file, 'utf8'));
+  config.llm.max_position_embeddings = 1e9;
+  fs.writeFileSync(file, JSON.stringify(config));
+  const ref = loadReference('tiny-internvl2');
+  doc = ref.doc;
+  pixels = tf.tensor4d(ref.tensors.readFloat32('pixel_values'), ref.tensors.info('pixel_values').shape as [number, number, number, number]);
+  ref.tensors.close();
+});
+afterAll(() => {
+  pixels.dispose();
+  fs.rmSync(path.dirname(dir), { recursive: true, force: true });
+});
+
+// Every backend of the parity suites runs inside a worker thread (tfjs-node's binding included).
+describe.each(PARITY_BACKENDS)('in a worker on %s', (backend) => {
+  let model: WorkerModel;
+  beforeAll(async () => {
+    model = await WorkerModel.load(dir, { backend });
+  });
+  afterAll(() => model.dispose());
+
+  test('chat and batchChat give upstream\'s tokens and answers', async () => {
+    expect(model.backend).toBe(backend);
+    const c = doc.chat!.find((x) => x.name === 'multi-image')!;
+    const out = await model.chatIds(null, pixels, c.question, { max_new_tokens: 16 }, { numPatchesList: c.num_patches_list! });
+    expect(out.outputIds).toEqual(c.output_ids.slice(1));
+    const b = doc.batch_chat!;
+    expect(await model.batchChat(null, pixels, b.questions, { max_new_tokens: 16 }, { numPatchesList: b.num_patches_list })).toEqual(b.answers);
+  });
+
+  test('an AbortSignal ends an endless chat with an AbortError; breaking out of stream() stops it; the worker goes on', async () => {
+    const endless = { maxNewTokens: 1e9, minNewTokens: 1e9 };
+    let tokens = 0;
+    let tokensAtAbort = -1;
+    const signal = AbortSignal.timeout(backend === 'cpu' ? 6000 : 1500);
+    signal.addEventListener('abort', () => (tokensAtAbort = tokens));
+    await expect(model.chat(null, null, 'Go on.', endless, { signal, onToken: () => tokens++ })).rejects.toBeInstanceOf(AbortError);
+    expect(tokensAtAbort).toBeGreaterThan(0);
+    // Tokens already in flight from the worker when the abort was posted: a step or two.
+    expect(tokens - tokensAtAbort).toBeLessThanOrEqual(2);
+    let pieces = 0;
+    for await (const piece of model.stream(null, null, 'Go on.', endless)) {
+      expect(typeof piece).toBe('string');
+      if (++pieces === 3) break;
+    }
+    expect(pieces).toBe(3);
+    const c = doc.chat!.find((x) => x.name === 'text-only')!;
+    expect(await model.chat(null, null, c.question, { max_new_tokens: 16 })).toBe(c.answer);
+  });
+});
+
+test('with the model in a worker, the main thread\'s event-loop delay p99 stays under 50 ms during a chat', async () => {
+  const model = await WorkerModel.load(dir, { backend: 'wasm' });
+  const histogram = monitorEventLoopDelay({ resolution: 5 });
+  histogram.enable();
+  await model.chat(null, pixels, 'Image-1: <image>\nImage-2: <image>\nDescribe both.', { maxNewTokens: 48, minNewTokens: 48 }, { numPatchesList: [3, 1], dataFlag: 2 });
+  histogram.disable();
+  await model.dispose();
+  const p99 = histogram.percentile(99) / 1e6;
+  expect({ p99Ms: Math.round(p99), under50: p99 < 50 }).toEqual({ p99Ms: Math.round(p99), under50: true });
+});
+
+test('inspect in a worker returns the taps as arrays', async () => {
+  const model = await WorkerModel.load(dir, { backend: 'wasm' });
+  const tile = pixels.slice([0, 0, 0, 0], [1, -1, -1, -1]) as tf.Tensor4D;
+  try {
+    const r = await model.inspect({ pixelValues: tile, question: 'What is it?', taps: ['llm.logits', 'projector.out'] });
+    expect(r.taps['llm.logits'].shape).toEqual([1, 1, doc.vocab_size]);
+    // Structured clone gives a Float32Array of this realm, not of Jest's sandbox: compare by tag.
+    expect(Object.prototype.toString.call(r.taps['llm.logits'].data)).toBe('[object Float32Array]');
+    expect(r.taps['llm.logits'].data.length).toBe(doc.vocab_size);
+    expect(r.taps['projector.out'].shape[0]).toBe(1);
+  } finally {
+    tile.dispose();
+    await model.dispose();
+  }
+});
+
+test('a model that cannot load rejects load() with the reason', async () => {
+  await expect(WorkerModel.load(path.join(dir, 'nope'))).rejects.toThrow(/nope\/config\.json is missing/);
+});
