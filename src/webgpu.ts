@@ -1,0 +1,225 @@
+// The webgpu backend in Node: @tensorflow/tfjs-backend-webgpu on Dawn, through the `webgpu` package's
+// prebuilt dawn.node. Both are optional dependencies.
+//
+// tfjs-backend-webgpu registers itself only when `navigator.gpu` exists as it loads, and asks that object
+// for an adapter. Node has no navigator.gpu, so a small one is put in place that hands out the adapter
+// chosen here: Dawn's native backend first (Vulkan on Linux, Metal on macOS, D3D12 on Windows: real GPUs),
+// else OpenGL ES in WebGPU's compatibility mode, which is what a machine without Vulkan (a container with
+// Mesa's software rasteriser, an old driver) offers. PVC_WEBGPU_BACKEND=vulkan|metal|d3d12|opengles|d3d11
+// forces one.
+//
+// The adapter's limits are the limits of one tensor: tfjs binds each tensor as one storage buffer, and a
+// binding larger than maxStorageBufferBindingSize is a WebGPU validation error, which Dawn only logs
+// (the shader then reads nothing and the result is garbage). So every buffer larger than the limits is
+// refused here, with the tensor's shape when it is known, before WebGPU sees it.
+import * as path from 'path';
+import * as tf from '@tensorflow/tfjs';
+
+export interface WebGPUAdapterReport {
+  /** The Dawn backend: vulkan, metal, d3d12 (feature level core) or opengles, d3d11 (compatibility). */
+  backend: string;
+  featureLevel: 'core' | 'compatibility';
+  /** Vendor / architecture / device / description as the adapter gives them, joined. */
+  description: string;
+  /** A software or fallback adapter (e.g. Mesa's llvmpipe): works, but runs on the CPU. */
+  software: boolean;
+  maxBufferSize: number;
+  maxStorageBufferBindingSize: number;
+}
+
+const DAWN_BACKENDS = ['vulkan', 'metal', 'd3d12', 'opengles', 'd3d11'] as const;
+const COMPAT_BACKENDS = new Set(['opengles', 'd3d11']);
+
+type DawnModule = { create(options: string[]): GPU; globals: Record<string, unknown> };
+interface GPU {
+  requestAdapter(options?: Record<string, unknown>): Promise<GPUAdapter | null>;
+}
+interface GPUAdapter {
+  readonly limits: Record<string, number>;
+  readonly info?: { vendor?: string; architecture?: string; device?: string; description?: string; isFallbackAdapter?: boolean };
+  readonly isFallbackAdapter?: boolean;
+}
+
+/** The native backend Dawn uses when none is named. */
+function nativeBackend(): string {
+  if (process.platform === 'darwin') return 'metal';
+  if (process.platform === 'win32') return 'd3d12';
+  return 'vulkan';
+}
+
+let dawn: DawnModule | undefined;
+/** Dawn instances by backend: an adapter must not outlive its instance, so they are kept. */
+const instances = new Map<string, GPU>();
+let chosen: { backend: string; featureLevel: 'core' | 'compatibility'; report: WebGPUAdapterReport } | undefined;
+
+function loadDawn(): DawnModule {
+  if (dawn) return dawn;
+  // The package's index.js is an ES module; its native module is plain CommonJS. Platform directories as
+  // the package lays them out (macOS: one universal build).
+  const root = path.dirname(require.resolve('webgpu/package.json'));
+  const dir = process.platform === 'darwin' ? 'darwin-universal' : `${process.platform}-${process.arch}`;
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  dawn = require(path.join(root, 'dist', dir, 'dawn.node')) as DawnModule;
+  return dawn;
+}
+
+function instance(backend: string): GPU {
+  let gpu = instances.get(backend);
+  if (!gpu) {
+    if (backend === 'opengles' && process.platform === 'linux') {
+      // Headless: EGL on Mesa's (or NVIDIA's) surfaceless platform needs no display server.
+      process.env.EGL_PLATFORM ??= 'surfaceless';
+    }
+    gpu = loadDawn().create([`backend=${backend}`]);
+    instances.set(backend, gpu);
+  }
+  return gpu;
+}
+
+async function request(backend: string): Promise<GPUAdapter | null> {
+  const featureLevel = COMPAT_BACKENDS.has(backend) ? 'compatibility' : 'core';
+  try {
+    return await instance(backend).requestAdapter({ featureLevel, powerPreference: 'high-performance' });
+  } catch {
+    return null;
+  }
+}
+
+function describe(backend: string, adapter: GPUAdapter): WebGPUAdapterReport {
+  const info = adapter.info ?? {};
+  const description = [info.vendor, info.architecture, info.device, info.description].filter((s) => s).join(' / ') || 'unnamed adapter';
+  return {
+    backend,
+    featureLevel: COMPAT_BACKENDS.has(backend) ? 'compatibility' : 'core',
+    description,
+    software: Boolean(info.isFallbackAdapter ?? adapter.isFallbackAdapter) || /llvmpipe|swiftshader|lavapipe|softpipe|microsoft basic render/i.test(description),
+    maxBufferSize: adapter.limits.maxBufferSize,
+    maxStorageBufferBindingSize: adapter.limits.maxStorageBufferBindingSize,
+  };
+}
+
+/**
+ * Finds the adapter the webgpu backend would use (see the module comment for the order) and reports it;
+ * `why` says what was missing when there is none. Loads dawn.node on first use.
+ */
+export async function findWebGPUAdapter(): Promise<{ report: WebGPUAdapterReport } | { why: string }> {
+  if (chosen) return { report: chosen.report };
+  try {
+    loadDawn();
+  } catch (e) {
+    const code = (e as { code?: string }).code;
+    return { why: code === 'MODULE_NOT_FOUND' ? 'the webgpu package (Dawn) is not installed' : `Dawn failed to load: ${(e as Error).message.split('\n')[0]}` };
+  }
+  const forced = process.env.PVC_WEBGPU_BACKEND;
+  if (forced !== undefined && !(DAWN_BACKENDS as readonly string[]).includes(forced)) {
+    return { why: `PVC_WEBGPU_BACKEND: unknown Dawn backend '${forced}'; expected one of ${DAWN_BACKENDS.join(', ')}` };
+  }
+  const order = forced ? [forced] : [nativeBackend(), 'opengles'];
+  for (const backend of order) {
+    const adapter = await request(backend);
+    if (adapter) {
+      const report = describe(backend, adapter);
+      chosen = { backend, featureLevel: report.featureLevel, report };
+      return { report };
+    }
+  }
+  return { why: `Dawn found no adapter (tried ${order.join(', ')})` };
+}
+
+/** One line for logs: backend, feature level, device and the tensor limit. */
+export function formatAdapter(r: WebGPUAdapterReport): string {
+  const mib = (n: number) => `${(n / 2 ** 20).toFixed(0)} MiB`;
+  return `${r.backend} (${r.featureLevel}${r.software ? ', software: runs on the CPU' : ''}): ${r.description}; ` +
+    `maxBufferSize ${mib(r.maxBufferSize)}, maxStorageBufferBindingSize ${mib(r.maxStorageBufferBindingSize)}`;
+}
+
+/** The largest tensor, in bytes, the adapter can bind. */
+export function maxTensorBytes(r: WebGPUAdapterReport): number {
+  return Math.min(r.maxBufferSize, r.maxStorageBufferBindingSize);
+}
+
+/**
+ * Makes the `webgpu` tfjs backend available: finds the adapter, installs the navigator.gpu shim and loads
+ * tfjs-backend-webgpu (which registers the backend). The caller then runs tf.setBackend('webgpu') and
+ * `prepareWebGPUBackend()`.
+ */
+export async function registerWebGPU(): Promise<{ report: WebGPUAdapterReport } | { why: string }> {
+  const found = await findWebGPUAdapter();
+  if (!('report' in found)) return found;
+  if (tf.findBackendFactory('webgpu') == null) {
+    const { globals } = loadDawn();
+    // The WebGPU constants (GPUBufferUsage, GPUMapMode, ...) the backend reads as globals.
+    for (const [name, value] of Object.entries(globals)) {
+      if (!(name in globalThis)) (globalThis as Record<string, unknown>)[name] = value;
+    }
+    const g = globalThis as { navigator?: Record<string, unknown> };
+    // A fresh adapter for every request: an adapter gives out one device.
+    const gpu = { requestAdapter: () => request(chosen!.backend) };
+    if (g.navigator === undefined) g.navigator = {};
+    Object.defineProperty(g.navigator, 'gpu', { value: gpu, configurable: true });
+    try {
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      require('@tensorflow/tfjs-backend-webgpu');
+    } catch (e) {
+      const code = (e as { code?: string }).code;
+      return { why: code === 'MODULE_NOT_FOUND' ? '@tensorflow/tfjs-backend-webgpu is not installed' : `@tensorflow/tfjs-backend-webgpu failed to load: ${(e as Error).message.split('\n')[0]}` };
+    }
+    if (tf.findBackendFactory('webgpu') == null) return { why: '@tensorflow/tfjs-backend-webgpu loaded but registered no webgpu backend' };
+  }
+  return found;
+}
+
+interface WebGPUBackendInternals {
+  write(values: unknown, shape: number[], dtype: string): unknown;
+  readSync(dataId: object): unknown;
+  tensorMap: { get(dataId: object): { values: unknown; dtype: string } | undefined };
+  bufferManager: { acquireBuffer(size: number, usage: number, ...rest: unknown[]): unknown };
+  device: { addEventListener?(type: string, listener: (e: { error?: { message?: string } }) => void): void };
+}
+
+const guarded = new WeakSet<object>();
+
+/**
+ * Adapts the active webgpu backend to Node. It refuses tensors the adapter cannot bind: at creation
+ * (tf.tensor, weight loading) with the shape, and at every buffer allocation (kernel outputs) with the
+ * size. It reports WebGPU validation errors, which Dawn otherwise only logs, on stderr. And a synchronous
+ * read of data that lives on the GPU (dataSync, arraySync) is a clear error: tfjs-backend-webgpu reads
+ * synchronously through an OffscreenCanvas, which Node lacks, and Dawn's buffer mapping completes only
+ * on the event loop; `await tensor.data()` works.
+ */
+export function prepareWebGPUBackend(report: WebGPUAdapterReport): void {
+  const backend = tf.backend() as unknown as WebGPUBackendInternals;
+  if (guarded.has(backend)) return;
+  guarded.add(backend);
+  const limit = maxTensorBytes(report);
+  const adapter = `${report.backend} adapter "${report.description}"`;
+  const advice = 'use a GPU whose WebGPU adapter allows larger buffers, or another backend (tensorflow)';
+  const write = backend.write.bind(backend);
+  backend.write = (values, shape, dtype) => {
+    const bytes = shape.reduce((n, d) => n * d, 1) * (dtype === 'complex64' ? 8 : 4);
+    if (bytes > limit) {
+      throw new Error(`webgpu: a ${dtype} tensor of shape [${shape.join(', ')}] needs ${bytes} bytes, more than the ${limit} bytes ` +
+        `one buffer can bind on the ${adapter} (maxStorageBufferBindingSize ${report.maxStorageBufferBindingSize}, maxBufferSize ${report.maxBufferSize}); ${advice}`);
+    }
+    return write(values, shape, dtype);
+  };
+  const manager = backend.bufferManager;
+  const acquire = manager.acquireBuffer.bind(manager);
+  manager.acquireBuffer = (size, usage, ...rest) => {
+    if (size > limit) {
+      throw new Error(`webgpu: an operation needs a ${size} byte buffer, more than the ${limit} bytes one buffer can bind on the ${adapter}; ${advice}`);
+    }
+    return acquire(size, usage, ...rest);
+  };
+  const readSync = backend.readSync.bind(backend);
+  backend.readSync = (dataId) => {
+    const data = backend.tensorMap.get(dataId);
+    if (data !== undefined && data.values == null && data.dtype !== 'string' && typeof (globalThis as { OffscreenCanvas?: unknown }).OffscreenCanvas === 'undefined') {
+      throw new Error('webgpu: dataSync() / arraySync() cannot read a tensor held on the GPU in Node; use await tensor.data() / tensor.array()');
+    }
+    return readSync(dataId);
+  };
+  backend.device.addEventListener?.('uncapturederror', (e) => {
+    process.stderr.write(`[pvc-tfjs] webgpu error: ${e.error?.message ?? String(e)}\n`);
+  });
+}
