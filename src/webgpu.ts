@@ -165,8 +165,80 @@ export async function registerWebGPU(): Promise<{ report: WebGPUAdapterReport } 
       return { why: code === 'MODULE_NOT_FOUND' ? '@tensorflow/tfjs-backend-webgpu is not installed' : `@tensorflow/tfjs-backend-webgpu failed to load: ${(e as Error).message.split('\n')[0]}` };
     }
     if (tf.findBackendFactory('webgpu') == null) return { why: '@tensorflow/tfjs-backend-webgpu loaded but registered no webgpu backend' };
+    registerRankReducingTile();
+    registerMaskSafeSoftmax();
   }
   return found;
+}
+
+/**
+ * tfjs-backend-webgpu's Tile shader handles rank <= 4; above that it tiles on the CPU through a
+ * synchronous read, which fails in Node once the data is on the GPU. A tile of rank >= 5 (the KV-group
+ * mask repeat in InternLM2, PVC's frame repeat) is a tile of lower rank: a dimension repeated once
+ * merges into the one before it (out[i, j] = x[i % s, j] is the same index arithmetic on the merged
+ * axis). So the kernel is wrapped to reshape, tile at the reduced rank on the GPU, and reshape back.
+ */
+function registerRankReducingTile(): void {
+  const tile = tf.getKernel('Tile', 'webgpu');
+  const reshape = tf.getKernel('Reshape', 'webgpu');
+  if (tile === undefined || reshape === undefined) return;
+  tf.unregisterKernel('Tile', 'webgpu');
+  tf.registerKernel({
+    kernelName: 'Tile',
+    backendName: 'webgpu',
+    kernelFunc: (args) => {
+      const x = (args.inputs as { x: tf.TensorInfo }).x;
+      const reps = (args.attrs as unknown as { reps: number[] }).reps;
+      const shape: number[] = [];
+      const groupReps: number[] = [];
+      x.shape.forEach((d, i) => {
+        if (i === 0 || reps[i] !== 1) {
+          shape.push(d);
+          groupReps.push(reps[i]);
+        } else {
+          shape[shape.length - 1] *= d;
+        }
+      });
+      if (x.shape.length < 5 || shape.length >= 5) return tile.kernelFunc(args);
+      const backend = args.backend as unknown as { disposeData(id: object): void };
+      const flat = reshape.kernelFunc({ inputs: { x }, backend: args.backend, attrs: { shape } }) as tf.TensorInfo;
+      const tiled = tile.kernelFunc({ inputs: { x: flat }, backend: args.backend, attrs: { reps: groupReps } }) as tf.TensorInfo;
+      const out = reshape.kernelFunc({ inputs: { x: tiled }, backend: args.backend, attrs: { shape: x.shape.map((d, i) => d * reps[i]) } });
+      backend.disposeData(flat.dataId);
+      backend.disposeData(tiled.dataId);
+      return out;
+    },
+  });
+}
+
+/**
+ * tfjs-backend-webgpu's softmax shader starts its row maximum at -3.402823e38, which is above float32's
+ * lowest value -3.4028235e38 (PyTorch's finfo.min, the additive mask value InternLM2 uses as upstream
+ * does). A row masked throughout (a left-padded batch's padding queries) then has every exp() underflow
+ * to 0 and divides 0 by 0: NaN, which spreads to every row through the next layer's keys. Clamping the
+ * logits at the shader's start value first changes nothing else (anything that low contributes
+ * exp(-huge) = 0 beside any finite entry) and gives such a row PyTorch's result, uniform weights.
+ */
+function registerMaskSafeSoftmax(): void {
+  const softmax = tf.getKernel('Softmax', 'webgpu');
+  const maximum = tf.getKernel('Maximum', 'webgpu');
+  if (softmax === undefined || maximum === undefined) return;
+  const SHADER_ROW_MAX_START = -3.402823e38;
+  tf.unregisterKernel('Softmax', 'webgpu');
+  tf.registerKernel({
+    kernelName: 'Softmax',
+    backendName: 'webgpu',
+    kernelFunc: (args) => {
+      const backend = args.backend as unknown as { makeTensorInfo(shape: number[], dtype: string, values: Float32Array): tf.TensorInfo; disposeData(id: object): void };
+      const logits = (args.inputs as { logits: tf.TensorInfo }).logits;
+      const floor = backend.makeTensorInfo([], 'float32', new Float32Array([SHADER_ROW_MAX_START]));
+      const clamped = maximum.kernelFunc({ inputs: { a: logits, b: floor }, backend: args.backend, attrs: {} }) as tf.TensorInfo;
+      const out = softmax.kernelFunc({ inputs: { logits: clamped }, backend: args.backend, attrs: args.attrs });
+      backend.disposeData(floor.dataId);
+      backend.disposeData(clamped.dataId);
+      return out;
+    },
+  });
 }
 
 interface WebGPUBackendInternals {

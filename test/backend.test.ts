@@ -114,6 +114,35 @@ describe('webgpu (Dawn)', () => {
     await initBackend({ backend: 'cpu', log: null });
   });
 
+  test('a softmax row masked throughout (float32 lowest everywhere) is uniform, as in PyTorch, not NaN', async () => {
+    const found = await findWebGPUAdapter();
+    if (!('report' in found)) return;
+    await initBackend({ backend: 'webgpu', log: null });
+    const lowest = -3.4028234663852886e38; // torch.finfo(torch.float32).min, InternLM2's mask value
+    const x = tf.tidy(() => tf.concat([tf.fill([1, 2048], lowest), tf.add(tf.fill([1, 2048], lowest), tf.linspace(-1, 1, 2048).reshape([1, 2048]))]));
+    const p = tf.softmax(x, -1);
+    const values = await p.data();
+    expect(values.every((v) => Math.abs(v - 1 / 2048) < 1e-9)).toBe(true);
+    tf.dispose([x, p]);
+    await initBackend({ backend: 'cpu', log: null });
+  });
+
+  test('a rank-5 tile of GPU data runs (the shader handles rank 4; the CPU path would read synchronously)', async () => {
+    const found = await findWebGPUAdapter();
+    if (!('report' in found)) return;
+    const make = () => tf.tidy(() => tf.tile(tf.add(tf.range(0, 2 * 3 * 4 * 100, 1, 'float32').reshape([2, 1, 3, 4, 100]), 0), [1, 3, 1, 1, 2]));
+    await initBackend({ backend: 'cpu', log: null });
+    const want = make();
+    const expected = await want.data();
+    want.dispose();
+    await initBackend({ backend: 'webgpu', log: null });
+    const got = make();
+    expect(got.shape).toEqual([2, 3, 3, 4, 200]);
+    expect(Array.from(await got.data())).toEqual(Array.from(expected));
+    got.dispose();
+    await initBackend({ backend: 'cpu', log: null });
+  });
+
   test('PVC_WEBGPU_BACKEND names a Dawn backend or is an error', async () => {
     const saved = process.env.PVC_WEBGPU_BACKEND;
     process.env.PVC_WEBGPU_BACKEND = 'opengl';
