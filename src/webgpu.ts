@@ -50,7 +50,8 @@ function nativeBackend(): string {
 let dawn: DawnModule | undefined;
 /** Dawn instances by backend: an adapter must not outlive its instance, so they are kept. */
 const instances = new Map<string, GPU>();
-let chosen: { backend: string; featureLevel: 'core' | 'compatibility'; report: WebGPUAdapterReport } | undefined;
+/** The adapter found first, by Dawn backend: every later request goes to the same backend. */
+let chosen: { backend: string; report: WebGPUAdapterReport } | undefined;
 
 function loadDawn(): DawnModule {
   if (dawn) return dawn;
@@ -119,7 +120,7 @@ export async function findWebGPUAdapter(): Promise<{ report: WebGPUAdapterReport
     const adapter = await request(backend);
     if (adapter) {
       const report = describe(backend, adapter);
-      chosen = { backend, featureLevel: report.featureLevel, report };
+      chosen = { backend, report };
       return { report };
     }
   }
