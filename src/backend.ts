@@ -114,8 +114,8 @@ async function tryBackend(name: BackendName): Promise<({ ok: true } & Found) | {
 
 /**
  * Selects and initialises the tfjs backend. Order of precedence: `options.backend`, the PVC_BACKEND
- * environment variable, then the first of tensorflow, wasm, cpu that works (webgpu only when asked for). An explicitly requested
- * backend that cannot start is an error (no silent fallback). Calling again with the same request
+ * environment variable, then the first of tensorflow, wasm, cpu that works (webgpu only when asked
+ * for). An explicitly requested backend that cannot start is an error (no silent fallback). Calling again with the same request
  * returns the active backend; a different request switches.
  */
 export async function initBackend(options: BackendOptions = {}): Promise<BackendInfo> {
