@@ -1,13 +1,21 @@
-// Backend choice: tensorflow (libtensorflow through tfjs-node-gpu or tfjs-node) > wasm > cpu.
+// Backend choice: tensorflow (libtensorflow through tfjs-node-gpu or tfjs-node) > wasm > cpu; webgpu
+// (Dawn, see src/webgpu.ts) only on request.
 //
 // tfjs-node(-gpu) are optional dependencies: their install step downloads libtensorflow, which fails
 // on machines without access to Google's host, and npm then leaves them out. So every candidate is
 // tried, the reason each one was passed over is kept, and the choice is reported once.
 import * as tf from '@tensorflow/tfjs';
+import { formatAdapter, prepareWebGPUBackend, registerWebGPU, WebGPUAdapterReport } from './webgpu';
 
-export type BackendName = 'tensorflow' | 'wasm' | 'cpu';
+export type BackendName = 'tensorflow' | 'wasm' | 'cpu' | 'webgpu';
 
-export const BACKEND_NAMES: readonly BackendName[] = ['tensorflow', 'wasm', 'cpu'];
+export const BACKEND_NAMES: readonly BackendName[] = ['tensorflow', 'wasm', 'cpu', 'webgpu'];
+
+/**
+ * The automatic choice, in order. webgpu is left out: in Node it is young, and on a machine without a
+ * GPU Dawn's software adapter is slower than wasm, so it runs only when asked for.
+ */
+export const AUTO_BACKENDS: readonly BackendName[] = ['tensorflow', 'wasm', 'cpu'];
 
 export interface BackendInfo {
   /** The tfjs backend now active. */
@@ -16,6 +24,13 @@ export interface BackendInfo {
   provider?: '@tensorflow/tfjs-node-gpu' | '@tensorflow/tfjs-node';
   /** Why this backend: requested explicitly, or the candidates passed over and why. */
   reason: string;
+  /**
+   * Where it computes, when that is not obvious from the name: for `tensorflow`, a CUDA GPU or the CPU
+   * (a GPU build without a visible device runs on the CPU); for `webgpu`, the adapter.
+   */
+  device?: string;
+  /** For `webgpu`: the adapter and its limits. */
+  adapter?: WebGPUAdapterReport;
 }
 
 export interface BackendOptions {
@@ -71,12 +86,23 @@ function loadTensorflowProvider(): { provider: BackendInfo['provider']; failures
   return { provider: undefined, failures };
 }
 
-async function tryBackend(name: BackendName): Promise<{ ok: true; provider?: BackendInfo['provider'] } | { ok: false; why: string }> {
+type Found = Pick<BackendInfo, 'provider' | 'device' | 'adapter'>;
+
+async function tryBackend(name: BackendName): Promise<({ ok: true } & Found) | { ok: false; why: string }> {
   if (name === 'tensorflow') {
     const { provider, failures } = loadTensorflowProvider();
     if (provider === undefined) return { ok: false, why: failures.join('; ') };
     if (!(await tf.setBackend('tensorflow'))) return { ok: false, why: `${provider} loaded but the tensorflow backend failed to initialise` };
-    return { ok: true, provider };
+    const onGpu = (tf.backend() as unknown as { isUsingGpuDevice?: boolean }).isUsingGpuDevice === true;
+    const device = onGpu ? 'CUDA GPU' : provider === '@tensorflow/tfjs-node-gpu' ? 'CPU: the GPU build sees no CUDA device' : 'CPU';
+    return { ok: true, provider, device };
+  }
+  if (name === 'webgpu') {
+    const found = await registerWebGPU();
+    if (!('report' in found)) return { ok: false, why: found.why };
+    if (!(await tf.setBackend('webgpu'))) return { ok: false, why: `the webgpu backend failed to initialise on ${formatAdapter(found.report)}` };
+    prepareWebGPUBackend(found.report);
+    return { ok: true, device: formatAdapter(found.report), adapter: found.report };
   }
   if (name === 'wasm') {
     try {
@@ -96,8 +122,8 @@ async function tryBackend(name: BackendName): Promise<{ ok: true; provider?: Bac
 
 /**
  * Selects and initialises the tfjs backend. Order of precedence: `options.backend`, the PVC_BACKEND
- * environment variable, then the first of tensorflow, wasm, cpu that works. An explicitly requested
- * backend that cannot start is an error (no silent fallback). Calling again with the same request
+ * environment variable, then the first of tensorflow, wasm, cpu that works (webgpu only when asked
+ * for). An explicitly requested backend that cannot start is an error (no silent fallback). Calling again with the same request
  * returns the active backend; a different request switches.
  */
 export async function initBackend(options: BackendOptions = {}): Promise<BackendInfo> {
@@ -119,14 +145,14 @@ export async function initBackend(options: BackendOptions = {}): Promise<Backend
   if (requested !== undefined) {
     const r = await tryBackend(requested);
     if (!r.ok) throw new Error(`backend '${requested}' (${source}) is not available: ${r.why}`);
-    info = { name: requested, provider: r.provider, reason: source };
+    info = { name: requested, provider: r.provider, device: r.device, adapter: r.adapter, reason: source };
   } else {
     const passedOver: string[] = [];
     let chosen: BackendInfo | undefined;
-    for (const name of BACKEND_NAMES) {
+    for (const name of AUTO_BACKENDS) {
       const r = await tryBackend(name);
       if (r.ok) {
-        chosen = { name, provider: r.provider, reason: passedOver.length ? passedOver.join('; ') : 'first choice' };
+        chosen = { name, provider: r.provider, device: r.device, adapter: r.adapter, reason: passedOver.length ? passedOver.join('; ') : 'first choice' };
         break;
       }
       passedOver.push(`${name}: ${r.why}`);
@@ -135,7 +161,10 @@ export async function initBackend(options: BackendOptions = {}): Promise<Backend
     info = chosen;
   }
   // Reported once per choice: on the first call and when a later request switches backends.
-  if (active?.name !== info.name) log?.(`[pvc-tfjs] backend: ${info.name}${info.provider ? ` (${info.provider})` : ''} (${info.reason})`);
+  if (active?.name !== info.name) {
+    const detail = [info.provider, info.device].filter((s) => s).join(', ');
+    log?.(`[pvc-tfjs] backend: ${info.name}${detail ? ` (${detail})` : ''} (${info.reason})`);
+  }
   active = info;
   return info;
 }

@@ -1,4 +1,5 @@
 // Shared test helpers: where the fixtures live and how to read the oracle's references.
+import * as tf from '@tensorflow/tfjs';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
@@ -93,19 +94,65 @@ export function expectParity(actual: ArrayLike<number>, ref: ArrayLike<number>, 
 }
 
 function tensorflowInstalled(): boolean {
-  try {
-    require.resolve('@tensorflow/tfjs-node');
-    return true;
-  } catch {
-    return false;
+  for (const pkg of ['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node']) {
+    try {
+      require.resolve(pkg);
+      return true;
+    } catch {
+      /* not installed */
+    }
   }
+  return false;
+}
+
+type ParityBackend = 'wasm' | 'cpu' | 'tensorflow' | 'webgpu';
+
+/** PVC_TEST_BACKENDS (comma-separated) replaces the default list, e.g. `PVC_TEST_BACKENDS=webgpu` in CI. */
+function parityBackends(): ParityBackend[] {
+  const listed = process.env.PVC_TEST_BACKENDS;
+  if (!listed) return tensorflowInstalled() ? ['wasm', 'cpu', 'tensorflow'] : ['wasm', 'cpu'];
+  const names = listed.split(',').map((s) => s.trim());
+  for (const n of names) {
+    if (!['wasm', 'cpu', 'tensorflow', 'webgpu'].includes(n)) throw new Error(`PVC_TEST_BACKENDS: unknown backend '${n}'`);
+  }
+  return names as ParityBackend[];
 }
 
 /**
  * Backends the parity suites run on: wasm (default for tests) and cpu, plus tensorflow when
- * @tensorflow/tfjs-node is installed (e.g. built by `npm run build:tensorflow`).
+ * @tensorflow/tfjs-node(-gpu) is installed (e.g. built by `npm run build:tensorflow [-- --gpu]`), or the
+ * list in PVC_TEST_BACKENDS (webgpu runs only when listed there).
  */
-export const PARITY_BACKENDS: readonly ('wasm' | 'cpu' | 'tensorflow')[] = tensorflowInstalled() ? ['wasm', 'cpu', 'tensorflow'] : ['wasm', 'cpu'];
+export const PARITY_BACKENDS: readonly ParityBackend[] = parityBackends();
+
+/**
+ * Keeps tapped tensors for reading after the pass. A tap runs inside tf.tidy, and a synchronous read
+ * (dataSync) of a tensor the GPU holds is impossible on webgpu in Node, so each tap keeps a clone, read
+ * asynchronously (and disposed) by `values()`. A name tapped again replaces the earlier value.
+ */
+export function tapRecorder(): { tap: (name: string, value: tf.Tensor) => void; values: () => Promise<Map<string, Float32Array>> } {
+  const kept = new Map<string, tf.Tensor>();
+  return {
+    tap: (name, value) => {
+      kept.get(name)?.dispose();
+      kept.set(name, tf.keep(value.clone()));
+    },
+    values: async () => {
+      const out = new Map<string, Float32Array>();
+      for (const [name, t] of kept) out.set(name, (await t.data()) as Float32Array);
+      tf.dispose([...kept.values()]);
+      kept.clear();
+      return out;
+    },
+  };
+}
+
+/** A tensor's values, read asynchronously (works on every backend) and the tensor disposed. */
+export async function readAndDispose(t: tf.Tensor): Promise<Float32Array> {
+  const v = (await t.data()) as Float32Array;
+  t.dispose();
+  return v;
+}
 
 /** Captures process.stdout / stderr writes during each test of the calling suite. */
 export function captureOutput(): { stdout: () => string; stderr: () => string } {

@@ -10,7 +10,7 @@ import { SafetensorsFile } from '../src/io/safetensors';
 import { Weights } from '../src/io/weights';
 import { InternLM2 } from '../src/llm/internlm2';
 import { kernelsFor } from '../src/model/kernels';
-import { convertFixture, loadReference, PARITY_BACKENDS, PARITY_TOLERANCE, ReferenceDoc, relativeMaxError } from './helpers';
+import { convertFixture, loadReference, PARITY_BACKENDS, PARITY_TOLERANCE, readAndDispose, ReferenceDoc, relativeMaxError, tapRecorder } from './helpers';
 
 const greedy = (maxNewTokens: number) => resolveGenerationConfig({ maxNewTokens }, { eosTokenId: [], padTokenId: 2 });
 
@@ -38,14 +38,14 @@ describe.each(PARITY_BACKENDS)('on %s', (backend) => {
 
   const refTensor = (n: string) => tf.tensor(ref.readFloat32(n), ref.info(n).shape);
 
-  test('the state after every layer, the final norm and the prompt logits match the oracle', () => {
+  test('the state after every layer, the final norm and the prompt logits match the oracle', async () => {
     const before = tf.memory().numTensors;
     const embeds = refTensor('llm.inputs_embeds') as tf.Tensor3D;
-    const captured = new Map<string, Float32Array>();
+    const recorder = tapRecorder();
     const cache = llm.newCache(1);
-    const logits = llm.forward(embeds, cache, { tap: (n, v) => captured.set(n, v.dataSync() as Float32Array) });
-    captured.set('llm.logits', logits.dataSync() as Float32Array);
-    logits.dispose();
+    const logits = llm.forward(embeds, cache, { tap: recorder.tap });
+    const captured = await recorder.values();
+    captured.set('llm.logits', await readAndDispose(logits));
     cache.dispose();
     embeds.dispose();
     expect(tf.memory().numTensors).toBe(before);
@@ -68,7 +68,7 @@ describe.each(PARITY_BACKENDS)('on %s', (backend) => {
     const cache = small.newCache(1);
     const embeds = small.embedTokens([ntk.input_ids]);
     const prompt = small.forward(embeds, cache);
-    expect(relativeMaxError(prompt.dataSync(), ref.readFloat32('ntk.prompt_logits'))).toBeLessThanOrEqual(PARITY_TOLERANCE);
+    expect(relativeMaxError(await prompt.data(), ref.readFloat32('ntk.prompt_logits'))).toBeLessThanOrEqual(PARITY_TOLERANCE);
     const V = config.llm.vocab_size;
     const stepRef = ref.readFloat32('ntk.step_logits');
     const tokens = [ntk.tokens[0]];
@@ -76,7 +76,7 @@ describe.each(PARITY_BACKENDS)('on %s', (backend) => {
     for (let s = 0; s < ntk.tokens.length - 1; s++) {
       const next = small.embedTokens([[tokens[s]]]);
       const logits = small.forward(next, cache);
-      const row = logits.dataSync() as Float32Array;
+      const row = (await logits.data()) as Float32Array;
       expect(relativeMaxError(row, stepRef.subarray(s * V, (s + 1) * V))).toBeLessThanOrEqual(PARITY_TOLERANCE);
       tokens.push(row.indexOf(Math.max(...row)));
       tf.dispose([next, logits]);
@@ -88,13 +88,13 @@ describe.each(PARITY_BACKENDS)('on %s', (backend) => {
     const c2 = plain.newCache(1);
     const e2 = plain.embedTokens([ntk.input_ids]);
     const l2 = plain.forward(e2, c2);
-    expect(relativeMaxError(l2.dataSync(), ref.readFloat32('ntk.prompt_logits'))).toBeGreaterThan(1e-3);
+    expect(relativeMaxError(await l2.data(), ref.readFloat32('ntk.prompt_logits'))).toBeGreaterThan(1e-3);
     tf.dispose([e2, l2]);
     c2.dispose();
   });
 
   // tailLimit 7: the cache's tail block is folded into the main block five times within the 40 steps.
-  test.each([256, 7])('decoding with the KV cache (tail limit %i) gives the logits of recomputing the whole sequence, over 40 steps', (tailLimit) => {
+  test.each([256, 7])('decoding with the KV cache (tail limit %i) gives the logits of recomputing the whole sequence, over 40 steps', async (tailLimit) => {
     const ids = doc.chat!.find((c) => c.name === 'text-only')!.input_ids.slice(0, 24);
     const before = tf.memory().numTensors;
     const cache = llm.newCache(1, tailLimit);
@@ -104,12 +104,11 @@ describe.each(PARITY_BACKENDS)('on %s', (backend) => {
     const seq = [...ids];
     let worst = 0;
     for (let s = 0; s < 40; s++) {
-      const row = logits.dataSync() as Float32Array;
-      logits.dispose();
+      const row = await readAndDispose(logits);
       const full = llm.newCache(1);
       const allEmbeds = llm.embedTokens([seq]);
       const fullLogits = llm.forward(allEmbeds, full, { lastOnly: true });
-      worst = Math.max(worst, relativeMaxError(row, fullLogits.dataSync()));
+      worst = Math.max(worst, relativeMaxError(row, await fullLogits.data()));
       tf.dispose([allEmbeds, fullLogits]);
       full.dispose();
       // Follow a varied path: the second-best token, so the sequence does not settle into a loop.

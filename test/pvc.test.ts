@@ -14,7 +14,7 @@ import { PVCModel } from '../src/pvc_model';
 import { loadTokenizer, PVCTokenizer } from '../src/tokenizer';
 import { InternVisionModel } from '../src/vision/intern_vit';
 import { FrameCache } from '../src/vision/temporal';
-import { ChatRecord, convertFixture, expectParity, loadReference, PARITY_BACKENDS, PARITY_TOLERANCE, relativeMaxError } from './helpers';
+import { ChatRecord, convertFixture, expectParity, loadReference, PARITY_BACKENDS, PARITY_TOLERANCE, relativeMaxError, tapRecorder } from './helpers';
 
 type PVCChat = ChatRecord & { data_flag: DataFlag };
 
@@ -45,10 +45,10 @@ describe.each(PARITY_BACKENDS)('tiny-pvc on %s', (backend) => {
     ['video', 'clip', 3, [1, 1, 1, 1, 1, 1]],
   ] as const)('%s: every frame\'s ViT state per layer, the projector output, embeddings and logits match', async (prefix, input, dataFlag, numPatchesList) => {
     const pixels = tensor(input);
-    const captured = new Map<string, Float32Array>();
-    const tap = (n: string, v: tf.Tensor) => captured.set(n, v.dataSync() as Float32Array);
-    const visual = model.visualTokens(pixels, [{ dataFlag, firstTile: 0, tilesPerImage: [...numPatchesList] }], tap);
+    const recorder = tapRecorder();
+    const visual = model.visualTokens(pixels, [{ dataFlag, firstTile: 0, tilesPerImage: [...numPatchesList] }], recorder.tap);
     visual.dispose();
+    const captured = await recorder.values();
     const names = ['vision.embeddings', 'vision.layers.0.out', 'vision.layers.1.out', 'vision.layers.2.out', 'projector.out'];
     for (const n of names) expectParity(captured.get(n)!, ref.readFloat32(`${prefix}.${n}`), `${backend} ${prefix} ${n}`);
 
@@ -61,8 +61,8 @@ describe.each(PARITY_BACKENDS)('tiny-pvc on %s', (backend) => {
     const imgContext = tokenizer.tokenToId('<IMG_CONTEXT>')!;
     const text = model.llm.embedTokens([prepared.inputIds]);
     const D = text.shape[2];
-    const rows = text.dataSync().slice();
-    const visData = vis.dataSync();
+    const rows = (await text.data()).slice() as Float32Array;
+    const visData = (await vis.data()) as Float32Array;
     let k = 0;
     prepared.inputIds.forEach((id, pos) => {
       if (id === imgContext) rows.set(visData.subarray(k * D, ++k * D), pos * D);
@@ -71,7 +71,7 @@ describe.each(PARITY_BACKENDS)('tiny-pvc on %s', (backend) => {
     expect(relativeMaxError(rows, embedsRef)).toBeLessThanOrEqual(PARITY_TOLERANCE);
     const embeds = tf.tensor3d(rows, text.shape);
     const logits = model.llm.forward(embeds, cache);
-    expect(relativeMaxError(logits.dataSync(), ref.readFloat32(`${prefix}.llm.logits`))).toBeLessThanOrEqual(PARITY_TOLERANCE);
+    expect(relativeMaxError(await logits.data(), ref.readFloat32(`${prefix}.llm.logits`))).toBeLessThanOrEqual(PARITY_TOLERANCE);
     tf.dispose([pixels, vis, text, embeds, logits]);
     cache.dispose();
   });

@@ -9,7 +9,7 @@ import { Weights } from '../src/io/weights';
 import { bicubicResizeGrid, InternVisionModel } from '../src/vision/intern_vit';
 import { pixelShuffle, Projector } from '../src/vision/projector';
 import { kernelsFor } from '../src/model/kernels';
-import { convertFixture, expectParity, loadReference, PARITY_BACKENDS, PARITY_TOLERANCE, relativeMaxError } from './helpers';
+import { convertFixture, expectParity, loadReference, PARITY_BACKENDS, PARITY_TOLERANCE, readAndDispose, relativeMaxError, tapRecorder } from './helpers';
 
 const FIXTURES = ['tiny-internvl2', 'tiny-internvit-rms'];
 
@@ -40,16 +40,16 @@ describe.each(PARITY_BACKENDS)('on %s', (backend) => {
 
     const refTensor = (n: string) => tf.tensor(ref.readFloat32(n), ref.info(n).shape);
 
-    test('the state after every ViT layer and the projector output match the oracle', () => {
-      const captured = new Map<string, Float32Array>();
+    test('the state after every ViT layer and the projector output match the oracle', async () => {
+      const recorder = tapRecorder();
       const before = tf.memory().numTensors;
       const pixels = refTensor('pixel_values') as tf.Tensor4D;
       const out = tf.tidy(() => {
-        const h = vit.forward(pixels, { tap: (n, v) => captured.set(n, v.dataSync() as Float32Array) });
+        const h = vit.forward(pixels, { tap: recorder.tap });
         return projector.forward(h);
       });
-      captured.set('projector.out', out.dataSync() as Float32Array);
-      out.dispose();
+      const captured = await recorder.values();
+      captured.set('projector.out', await readAndDispose(out));
       pixels.dispose();
       expect(tf.memory().numTensors).toBe(before);
 
@@ -57,12 +57,12 @@ describe.each(PARITY_BACKENDS)('on %s', (backend) => {
       for (const n of expected) expectParity(captured.get(n)!, ref.readFloat32(n), `${backend} ${name} ${n}`);
     });
 
-    test('a single call on N tiles equals N single-tile calls', () => {
+    test('a single call on N tiles equals N single-tile calls', async () => {
       const pixels = refTensor('pixel_values') as tf.Tensor4D;
       const N = pixels.shape[0];
       const whole = tf.tidy(() => projector.forward(vit.forward(pixels)));
       const single = tf.tidy(() => tf.concat(Array.from({ length: N }, (_, i) => projector.forward(vit.forward(pixels.slice([i, 0, 0, 0], [1, -1, -1, -1]) as tf.Tensor4D)))));
-      expect(relativeMaxError(whole.dataSync(), single.dataSync())).toBeLessThan(1e-6);
+      expect(relativeMaxError(await whole.data(), await single.data())).toBeLessThan(1e-6);
       tf.dispose([pixels, whole, single]);
     });
 
@@ -72,13 +72,11 @@ describe.each(PARITY_BACKENDS)('on %s', (backend) => {
         `pixelValues has shape [1,3,${p + 1},${p + 1}]; expected [N, 3, S, S] with S a multiple of ${p}`);
     });
 
-    test('an input smaller than the checkpoint\'s grid resizes the position embedding as upstream (bicubic)', () => {
+    test('an input smaller than the checkpoint\'s grid resizes the position embedding as upstream (bicubic)', async () => {
       const pixels = refTensor('resized.pixel_values') as tf.Tensor4D;
-      let embeddings: Float32Array | undefined;
-      const last = tf.tidy(() => {
-        const x = vit.forward(pixels, { tap: (n, v) => n === 'vision.embeddings' && (embeddings = v.dataSync() as Float32Array) });
-        return x.dataSync() as Float32Array;
-      });
+      const recorder = tapRecorder();
+      const last = await readAndDispose(tf.tidy(() => vit.forward(pixels, { tap: (n, v) => n === 'vision.embeddings' && recorder.tap(n, v) })));
+      const embeddings = (await recorder.values()).get('vision.embeddings');
       pixels.dispose();
       expect(relativeMaxError(embeddings!, ref.readFloat32('resized.vision.embeddings'))).toBeLessThanOrEqual(PARITY_TOLERANCE);
       expect(relativeMaxError(last, ref.readFloat32('resized.vision.out'))).toBeLessThanOrEqual(PARITY_TOLERANCE);

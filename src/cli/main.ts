@@ -16,10 +16,12 @@ import { PVCModel } from '../pvc_model';
 import { loadImage } from '../preprocess/image';
 import { loadVideo } from '../preprocess/video';
 import { decodeAnswer, loadTokenizer } from '../tokenizer';
+import { doctorCommand } from './doctor';
 
 const USAGE = `usage: pvc chat --model DIR [--image FILE ...] [--video FILE [--frames N]] [options] "question"
        pvc inspect --model DIR [--image FILE] --taps PATTERN [PATTERN ...] --out DIR [--heatmap] [--logit-lens]
                    [--max-new-tokens N] "question"
+       pvc doctor [--backend B] [--json]   versions, backends, GPU, memory, and a self-check (exit 1 on failure)
 
 options:
   --max-new-tokens N   most tokens to generate (default 512)
@@ -261,6 +263,7 @@ export async function main(argv = process.argv.slice(2)): Promise<number> {
     process.stdout.write(USAGE + '\n');
     return command === undefined ? 2 : 0;
   }
+  if (command === 'doctor') return doctorCommand(rest);
   const commands: Record<string, [(a: string[]) => unknown, (a: never) => Promise<void>]> = {
     chat: [parseChatArgs, chat],
     inspect: [parseInspectArgs, inspect],

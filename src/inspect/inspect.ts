@@ -84,11 +84,12 @@ export async function inspect(model: VisionLanguageModel, tokenizer: PVCTokenize
   if (!request.asArrays) {
     return { ...base, taps, steps, dispose: () => tf.dispose([...Object.values(taps), ...steps.flatMap((s) => Object.values(s))]) };
   }
-  const toArray = (t: tf.Tensor): TapArray => {
-    const out = { shape: t.shape, data: t.dataSync() as Float32Array };
+  // Read asynchronously: a GPU backend (webgpu) cannot read a tensor synchronously in Node.
+  const toArray = async (t: tf.Tensor): Promise<TapArray> => {
+    const out = { shape: t.shape, data: (await t.data()) as Float32Array };
     t.dispose();
     return out;
   };
-  const mapValues = (r: Record<string, tf.Tensor>) => Object.fromEntries(Object.entries(r).map(([k, v]) => [k, toArray(v)]));
-  return { ...base, taps: mapValues(taps), steps: steps.map(mapValues), dispose: () => {} };
+  const mapValues = async (r: Record<string, tf.Tensor>) => Object.fromEntries(await Promise.all(Object.entries(r).map(async ([k, v]) => [k, await toArray(v)])));
+  return { ...base, taps: await mapValues(taps), steps: await Promise.all(steps.map(mapValues)), dispose: () => {} };
 }

@@ -180,6 +180,11 @@ export class InternVisionModel {
   readonly timeEmbedder: TimeEmbedder | null;
   /** Position embeddings resized to other grids, computed once per size. */
   private readonly posByGrid = new Map<number, tf.Tensor2D>();
+  /**
+   * The position table's values, read once at load: the resize runs on the CPU, and on webgpu a tensor
+   * the GPU holds cannot be read synchronously in Node (src/webgpu.ts). [G0*G0 + 1, C], 4 MB at 448 px.
+   */
+  private readonly posValues: Float32Array;
 
   constructor(w: Weights, model: ModelConfig, kernels: Kernels) {
     const cfg = model.vision;
@@ -188,6 +193,7 @@ export class InternVisionModel {
     this.patchBias = w.get('vision.embeddings.patch.bias', 1) as tf.Tensor1D;
     this.cls = w.get('vision.embeddings.cls', 1) as tf.Tensor1D;
     this.pos = w.get('vision.embeddings.pos', 2) as tf.Tensor2D;
+    this.posValues = this.pos.dataSync() as Float32Array;
     this.layers = Array.from({ length: visionLayersRun(model) }, (_, i) => new EncoderLayer(w, `vision.layers.${i}`, i, cfg, kernels));
     const pvc = model.pvc?.use_temporal ? model.pvc : null;
     this.timeEmbedder = pvc ? new TimeEmbedder(w, 'vision.time_embedder', pvc.time_embed_freq_dim, kernels) : null;
@@ -204,7 +210,7 @@ export class InternVisionModel {
     let resized = this.posByGrid.get(G);
     if (resized === undefined) {
       const C = this.config.hidden_size;
-      const all = this.pos.dataSync() as Float32Array;
+      const all = this.posValues;
       const grid = bicubicResizeGrid(all.subarray(C), g0, C, G, G);
       const table = new Float32Array((G * G + 1) * C);
       table.set(all.subarray(0, C));
