@@ -1,4 +1,5 @@
 // `pvc doctor`: the report, the self-check and its exit codes.
+import * as os from 'os';
 import * as tf from '@tensorflow/tfjs';
 import * as fs from 'fs';
 import * as path from 'path';
@@ -33,7 +34,7 @@ test('pvc doctor --json reports versions, every backend, memory, and a passing s
   // webgpu's status agrees with the adapter line: available exactly when an adapter was found.
   const webgpu = report.backends.find((b) => b.name === 'webgpu')!;
   expect(report.webgpu.startsWith('none: ')).toBe(!webgpu.available);
-  expect(report.memory.totalBytes).toBe(require('os').totalmem());
+  expect(report.memory.totalBytes).toBe(os.totalmem());
   expect(report.active).toMatchObject({ name: 'wasm', reason: 'requested by the backend option' });
   const check = report.selfCheck!;
   expect(check).toMatchObject({ backend: 'wasm', reference: 'cpu', passed: true, tolerance: SELF_CHECK_TOLERANCE });
