@@ -25,3 +25,7 @@ export type { InspectRequest, Inspection, TapArray } from './inspect/inspect';
 export { formatSummaries, logitLens, summarize } from './inspect/lens';
 export { imageAttentionMap, renderHeatmap } from './inspect/heatmap';
 export type { TileLayout } from './inspect/heatmap';
+export { AbortError } from './event_loop';
+export { WorkerModel } from './runtime/worker';
+export type { WorkerLoadOptions } from './runtime/worker';
+export type { RunLimits } from './model/vlm';

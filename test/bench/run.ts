@@ -8,6 +8,8 @@
 // Options (for a partial run while optimising; the default is everything):
 //   --models a,b       only these models (vit-300m-layer, internlm2-7b-layer, medium, tiny-internvl2)
 //   --backends a,b     only these tfjs backends (tensorflow, wasm, cpu); PyTorch always runs
+//   --suites a,b       speed (the table above: per-layer and per-model speed), runtime (prefill memory and
+//                      time against length, a 96-frame video chat, event-loop delay); default both
 import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
@@ -62,6 +64,7 @@ function listOption(flag: string): string[] | undefined {
 
 async function main() {
   const onlyModels = listOption('--models');
+  const suites = listOption('--suites') ?? ['speed', 'runtime'];
   const onlyBackends = listOption('--backends');
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'pvc-bench-'));
   const python = process.env.PVC_TORCH_PYTHON ?? 'python3';
@@ -73,8 +76,9 @@ async function main() {
     ...Object.entries(BENCH_CONFIGS),
     ['tiny-internvl2', { hf: null, measures: ['vision', 'llm'], note: 'the tiny test model' }],
   ];
-  const models = allModels.filter(([name]) => !onlyModels || onlyModels.includes(name));
-  if (models.length === 0) throw new Error(`--models: none of ${onlyModels} is a benchmark model`);
+  const models = suites.includes('speed') ? allModels.filter(([name]) => !onlyModels || onlyModels.includes(name)) : [];
+  if (suites.includes('speed') && models.length === 0) throw new Error(`--models: none of ${onlyModels} is a benchmark model`);
+  const runtime: Record<string, unknown>[] = [];
   try {
     for (const [name, spec] of models) {
       const hfDir = spec.hf ? path.join(work, `${name}-hf`) : path.join(ROOT, 'test', 'fixtures', 'checkpoints', name);
@@ -113,14 +117,82 @@ async function main() {
       fs.rmSync(outDir, { recursive: true, force: true });
       if (spec.hf) fs.rmSync(hfDir, { recursive: true, force: true });
     }
+    if (suites.includes('runtime')) {
+      const tfjsBackends = backends.filter((b) => !onlyBackends || onlyBackends.includes(b));
+      runtime.push(...runtimeSuite(work, tsx, python, upstream, tfjsBackends));
+    }
   } finally {
     fs.rmSync(work, { recursive: true, force: true });
   }
 
   const machine = { cpus: os.cpus().length, cpu: os.cpus()[0]?.model, memoryGB: +(os.totalmem() / 2 ** 30).toFixed(1), node: process.version };
-  fs.writeFileSync(path.join(ROOT, 'bench-results.json'), JSON.stringify({ date: new Date().toISOString(), machine, results }, null, 1) + '\n');
-  fs.writeFileSync(path.join(ROOT, 'bench-results.md'), table(results, machine));
-  process.stdout.write(table(results, machine));
+  fs.writeFileSync(path.join(ROOT, 'bench-results.json'), JSON.stringify({ date: new Date().toISOString(), machine, results, runtime }, null, 1) + '\n');
+  const md = (suites.includes('speed') ? table(results, machine) : '') + (runtime.length ? runtimeTable(runtime) : '');
+  fs.writeFileSync(path.join(ROOT, 'bench-results.md'), md);
+  process.stdout.write(md);
+}
+
+const PREFILL_LENGTHS = [1024, 2048, 4096, 8192];
+
+/**
+ * The runtime suite: a prefill of 1k to 8k positions on the medium model (each length in a fresh
+ * process, so peak RSS is that length's) on each tfjs backend and PyTorch; a 96-frame PVC video chat at
+ * 448 px on tensorflow; the main thread's event-loop delay during a chat on the tiny and the medium
+ * model, in the main thread and in a worker.
+ */
+function runtimeSuite(work: string, tsx: string, python: string, upstream: string | undefined, backends: string[]): Record<string, unknown>[] {
+  const out: Record<string, unknown>[] = [];
+  const bench = path.join(__dirname, 'runtime-bench.ts');
+  const hfDir = path.join(work, 'runtime-medium-hf');
+  writeSyntheticCheckpoint(hfDir, { ...BENCH_CONFIGS.medium.hf, llm_config: { ...(BENCH_CONFIGS.medium.hf.llm_config as object), max_position_embeddings: 16384 } });
+  const medium = path.join(work, 'runtime-medium');
+  convertCheckpoint(hfDir, medium);
+  const tiny = path.join(work, 'runtime-tiny');
+  convertCheckpoint(path.join(ROOT, 'test', 'fixtures', 'checkpoints', 'tiny-internvl2'), tiny);
+  const D = JSON.parse(fs.readFileSync(path.join(medium, 'config.json'), 'utf8')).llm.hidden_size;
+  for (const tokens of PREFILL_LENGTHS) {
+    for (const backend of backends) {
+      process.stderr.write(`bench runtime: prefill ${tokens} on ${backend}\n`);
+      out.push({ model: 'medium', ...runJson(tsx, [bench, '--measure', 'prefill', '--model', medium, '--backend', backend, '--tokens', String(tokens)]) });
+    }
+    process.stderr.write(`bench runtime: prefill ${tokens} on pytorch\n`);
+    const inputs = path.join(work, `prefill-${tokens}.safetensors`);
+    writeSafetensors(inputs, [{ name: 'embeds', dtype: 'F32', shape: [1, tokens, D], data: seededFloats(tokens * D, 2) }]);
+    out.push({ model: 'medium', ...(upstream
+      ? runJson(python, [path.join(__dirname, 'torch_bench.py'), '--upstream', upstream, '--model', hfDir, '--inputs', inputs, '--measures', 'prefill'])
+      : { backend: 'pytorch', measure: 'prefill', tokens, error: 'PVC_UPSTREAM is not set' }) });
+  }
+  // wasm would take minutes per frame pass at this width: the video runs on tensorflow where it is built.
+  for (const backend of backends.filter((b) => b === 'tensorflow')) {
+    process.stderr.write(`bench runtime: 96-frame video on ${backend}\n`);
+    out.push({ model: 'pvc-vit300m-width', ...runJson(tsx, [bench, '--measure', 'video', '--backend', backend, '--frames', '96', '--tokenizer', tiny]) });
+  }
+  for (const [name, dir] of [['tiny-internvl2', tiny], ['medium', medium]]) {
+    for (const backend of backends) {
+      for (const worker of [false, true]) {
+        process.stderr.write(`bench runtime: event loop, ${name} on ${backend}${worker ? ' in a worker' : ''}\n`);
+        out.push({ model: name, ...runJson(tsx, [bench, '--measure', 'loop', '--model', dir, '--backend', backend, ...(worker ? ['--worker'] : [])]) });
+      }
+    }
+  }
+  return out;
+}
+
+function runtimeTable(rows: Record<string, unknown>[]): string {
+  const f = (v: unknown, digits = 0) => (typeof v === 'number' ? v.toFixed(digits) : '-');
+  const lines = ['', '## Runtime', '', 'Prefill of N positions on the medium model (LLM 8 x 1024, 16/4 heads): time and peak RSS of a process that loads the model and runs one prefill (tfjs: chunks of 512 positions; PyTorch: eager attention over the whole prompt, head on the last position).', '', '| positions | backend | ms | peak RSS MB | RSS after load MB |', '|---|---|---|---|---|'];
+  for (const r of rows.filter((x) => x.measure === 'prefill' || (x.error && x.tokens))) {
+    lines.push(r.error ? `| ${r.tokens ?? '?'} | ${r.backend ?? '?'} | error: ${String(r.error).slice(0, 100)} | | |` : `| ${r.tokens} | ${r.backend} | ${f(r.ms)} | ${f(r.peakRssMB)} | ${f(r.rssBeforeMB)} |`);
+  }
+  lines.push('', 'A 96-frame PVC video chat at 448 px (ViT of InternViT-300M width, 1 layer with AdaLN and temporal attention; 64 tokens per frame; small LLM; 4 new tokens):', '', '| backend | frames | prompt tokens | frames per pass | to first token ms | total ms | peak RSS MB |', '|---|---|---|---|---|---|---|');
+  for (const r of rows.filter((x) => x.measure === 'video' || x.model === 'pvc-vit300m-width')) {
+    lines.push(r.error ? `| error: ${String(r.error).slice(0, 100)} ||||||| ` : `| ${r.backend} | ${r.frames} | ${r.promptTokens} | ${r.framesPerPass} | ${f(r.promptMs)} | ${f(r.ms)} | ${f(r.peakRssMB)} |`);
+  }
+  lines.push('', 'Event-loop delay in the main thread during a chat (2 tiles, 32 new tokens, after a warm-up chat):', '', '| model | backend | where | chat ms | p50 ms | p99 ms | max ms |', '|---|---|---|---|---|---|---|');
+  for (const r of rows.filter((x) => x.measure === 'loop' || (x.error && !x.tokens && x.model !== 'pvc-vit300m-width'))) {
+    lines.push(r.error ? `| ${r.model} | error: ${String(r.error).slice(0, 100)} ||||||` : `| ${r.model} | ${r.backend} | ${r.worker ? 'worker' : 'main thread'} | ${f(r.chatMs)} | ${f(r.p50Ms, 1)} | ${f(r.p99Ms, 1)} | ${f(r.maxMs, 1)} |`);
+  }
+  return lines.join('\n') + '\n';
 }
 
 function table(results: Record<string, unknown>[], machine: Record<string, unknown>): string {

@@ -67,6 +67,18 @@ def main():
                     past = out.past_key_values
                 rates.append(args.decode_steps / (time.perf_counter() - t))
             result['decodeTokensPerSecond'] = max(rates)
+        if 'prefill' in measures:
+            # One long prompt, as the decoder runs it in chat (eager attention over the whole prompt),
+            # then the output head on the last position only (the tfjs side computes the same).
+            lm = model.language_model
+            embeds = inputs['embeds']
+            result['measure'] = 'prefill'
+            result['tokens'] = embeds.shape[1]
+            result['rssBeforeMB'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            t = time.perf_counter()
+            hidden = lm.model(inputs_embeds=embeds, use_cache=True, return_dict=True).last_hidden_state
+            lm.output(hidden[:, -1:])
+            result['ms'] = (time.perf_counter() - t) * 1000
     result['peakRssMB'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result))
 

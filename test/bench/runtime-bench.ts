@@ -1,0 +1,111 @@
+// One runtime measurement in a process of its own (peak RSS is per process), JSON on stdout. Run by
+// `npm run bench` (test/bench/run.ts); not part of `npm test`.
+//   --measure prefill --model DIR --backend B --tokens N    a prompt of N positions through the LLM as chat
+//                                                           runs it (chunks of limits.prefillChunk), time and RSS
+//   --measure video --backend B --frames N --tokenizer DIR  a PVC chat over N frames at 448 px, ViT of InternViT-300M's
+//                                                           width (1 layer, AdaLN + temporal attention), random weights
+//   --measure loop --model DIR --backend B [--worker]       event-loop delay p50/p99/max in the main thread during a chat
+import { monitorEventLoopDelay } from 'perf_hooks';
+import * as tf from '@tensorflow/tfjs';
+import { BackendName, initBackend } from '../../src/backend';
+import { chatIds } from '../../src/chat/chat';
+import { withImagePlaceholders } from '../../src/chat/prompt';
+import { validateConfig } from '../../src/config';
+import { runYielding } from '../../src/event_loop';
+import { kernelsFor } from '../../src/model/kernels';
+import { VisionLanguageModel } from '../../src/model/vlm';
+import { PVCModel } from '../../src/pvc_model';
+import { WorkerModel } from '../../src/runtime/worker';
+import { PVCTokenizer } from '../../src/tokenizer';
+import { randomWeights } from './pvc-streaming';
+
+const arg = (name: string, fallback?: string) => {
+  const i = process.argv.indexOf(name);
+  return i >= 0 ? process.argv[i + 1] : fallback;
+};
+const peakRssMB = () => process.resourceUsage().maxRSS / 1024;
+
+async function prefill(dir: string, backend: BackendName, tokens: number) {
+  const model = await PVCModel.load(dir, { backend });
+  const D = model.config.llm.hidden_size;
+  const embeds = tf.randomNormal([1, tokens, D], 0, 1, 'float32', 5) as tf.Tensor3D;
+  const rssBefore = peakRssMB();
+  const cache = model.llm.newCache(1);
+  const t = performance.now();
+  const logits = await runYielding(model.llm.prefillSteps(embeds, cache, { chunkSize: model.limits.prefillChunk }));
+  await logits.data();
+  const ms = performance.now() - t;
+  tf.dispose([logits, embeds]);
+  cache.dispose();
+  return { measure: 'prefill', backend: tf.getBackend(), tokens, chunk: model.limits.prefillChunk, ms, peakRssMB: peakRssMB(), rssBeforeMB: rssBefore };
+}
+
+/** PVC at InternViT-300M's width and 448 px, one ViT layer with AdaLN and temporal attention; a small LLM. */
+function videoConfig(frames: number) {
+  return validateConfig(
+    {
+      format: 'pvc-tfjs', format_version: 1, model_type: 'pvc_internvl', template: 'internlm2-chat', system_message: 'You are a helpful assistant.',
+      image_size: 448, downsample_ratio: 0.25, ps_version: 'v2', select_layer: -1, num_image_token: 64,
+      dynamic_image_size: true, use_thumbnail: true, min_dynamic_patch: 1, max_dynamic_patch: 12,
+      vision: { hidden_size: 1024, intermediate_size: 4096, num_attention_heads: 16, num_hidden_layers: 1, image_size: 448, patch_size: 14,
+        num_channels: 3, norm_type: 'layer_norm', layer_norm_eps: 1e-6, hidden_act: 'gelu', qkv_bias: true, qk_normalization: false },
+      projector: { input_size: 16384, hidden_size: 512, layer_norm_eps: 1e-5 },
+      llm: { architecture: 'InternLM2ForCausalLM', vocab_size: 1015, hidden_size: 512, intermediate_size: 1024, num_hidden_layers: 2,
+        num_attention_heads: 8, num_key_value_heads: 2, head_dim: 64, hidden_act: 'silu', rms_norm_eps: 1e-5, rope_theta: 1e6,
+        rope_scaling: null, max_position_embeddings: frames * 64 + 1024, bos_token_id: 1, eos_token_id: 2, pad_token_id: 2 },
+      pvc: { use_temporal: true, image_repeat_time: 4, video_repeat_time: 1, adaln_layers: [0], temporal_layers: [0], time_embed_freq_dim: 256 },
+    },
+    'runtime-bench video config',
+  );
+}
+
+async function video(backend: BackendName, frames: number, tokenizerDir: string) {
+  const info = await initBackend({ backend });
+  const config = videoConfig(frames);
+  const model = new VisionLanguageModel('random weights', config, randomWeights(config), kernelsFor(info.name));
+  const tokenizer = PVCTokenizer.load(tokenizerDir);
+  const pixels = tf.randomUniform([frames, 3, 448, 448], -1, 1, 'float32', 9) as tf.Tensor4D;
+  const question = withImagePlaceholders('What happens?', frames, 'video');
+  const t = performance.now();
+  let firstToken = 0;
+  const out = await chatIds(model, tokenizer, pixels, question, { maxNewTokens: 4, minNewTokens: 4 }, { dataFlag: 3, numPatchesList: new Array(frames).fill(1), onToken: () => (firstToken ||= performance.now()) });
+  const ms = performance.now() - t;
+  pixels.dispose();
+  return { measure: 'video', backend: tf.getBackend(), frames, promptTokens: out.inputIds.length, framesPerPass: model.limits.framesPerPass, promptMs: firstToken - t, ms, peakRssMB: peakRssMB() };
+}
+
+async function loop(dir: string, backend: BackendName, inWorker: boolean) {
+  const model = inWorker ? await WorkerModel.load(dir, { backend }) : await PVCModel.load(dir, { backend });
+  const S = model.config.image_size;
+  if (!inWorker) await initBackend({ backend });
+  else await initBackend({ backend: 'cpu', log: null }); // the main thread only holds the pixels
+  const pixels = tf.randomUniform([2, 3, S, S], -1, 1, 'float32', 3) as tf.Tensor4D;
+  const chat = () => model.chat(null as never, pixels, 'Describe the image.', { maxNewTokens: 32, minNewTokens: 32 }, { dataFlag: 1 });
+  await chat(); // first-use costs (wasm compiles lazily) out of the way
+  const histogram = monitorEventLoopDelay({ resolution: 5 });
+  histogram.enable();
+  const t = performance.now();
+  await chat();
+  const ms = performance.now() - t;
+  histogram.disable();
+  pixels.dispose();
+  if (model instanceof WorkerModel) await model.dispose();
+  return { measure: 'loop', backend, worker: inWorker, chatMs: ms, p50Ms: histogram.percentile(50) / 1e6, p99Ms: histogram.percentile(99) / 1e6, maxMs: histogram.max / 1e6, peakRssMB: peakRssMB() };
+}
+
+async function main() {
+  const measure = arg('--measure');
+  const backend = arg('--backend', 'wasm') as BackendName;
+  let result: Record<string, unknown>;
+  if (measure === 'prefill') result = await prefill(arg('--model')!, backend, Number(arg('--tokens', '1024')));
+  else if (measure === 'video') result = await video(backend, Number(arg('--frames', '96')), arg('--tokenizer')!);
+  else if (measure === 'loop') result = await loop(arg('--model')!, backend, process.argv.includes('--worker'));
+  else throw new Error(`--measure prefill | video | loop, not ${measure}`);
+  process.stdout.write(JSON.stringify(result) + '\n');
+  process.exit(0);
+}
+
+main().catch((e) => {
+  process.stderr.write(`${e instanceof Error ? e.stack : e}\n`);
+  process.exit(1);
+});
