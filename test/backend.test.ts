@@ -1,18 +1,8 @@
 import * as tf from '@tensorflow/tfjs';
 import { initBackend, tensorflowUsesOneDNN } from '../src/backend';
 import { findWebGPUAdapter, maxTensorBytes } from '../src/webgpu';
+import { tensorflowInstalled } from './helpers';
 
-function hasTfjsNode(): boolean {
-  for (const pkg of ['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node']) {
-    try {
-      require.resolve(pkg);
-      return true;
-    } catch {
-      /* not installed */
-    }
-  }
-  return false;
-}
 
 describe('backend selection', () => {
   const saved = process.env.PVC_BACKEND;
@@ -26,7 +16,7 @@ describe('backend selection', () => {
     const lines: string[] = [];
     const info = await initBackend({ log: (l) => lines.push(l) });
     expect(tf.getBackend()).toBe(info.name);
-    if (hasTfjsNode()) {
+    if (tensorflowInstalled()) {
       expect(info.name).toBe('tensorflow');
     } else {
       expect(info.name).toBe('wasm');
@@ -57,7 +47,7 @@ describe('backend selection', () => {
     await expect(initBackend({ log: null })).rejects.toThrow("PVC_BACKEND: unknown backend 'cuda'; expected one of tensorflow, wasm, cpu, webgpu");
     delete process.env.PVC_BACKEND;
     await expect(initBackend({ backend: 'gpu' as never, log: null })).rejects.toThrow(/backend option: unknown backend 'gpu'/);
-    if (!hasTfjsNode()) {
+    if (!tensorflowInstalled()) {
       await expect(initBackend({ backend: 'tensorflow', log: null })).rejects.toThrow(
         /backend 'tensorflow' \(requested by the backend option\) is not available: @tensorflow\/tfjs-node-gpu is not installed/);
     }

@@ -55,6 +55,11 @@ export function loadReference(name: string): { doc: ReferenceDoc; tensors: Safet
   return { doc, tensors: SafetensorsFile.open(path.join(dir, 'tensors.safetensors')) };
 }
 
+/** A reference tensor of rank 4 (pixel values, clips) as a tf tensor. */
+export function referenceTensor4d(tensors: SafetensorsFile, name: string): tf.Tensor4D {
+  return tf.tensor4d(tensors.readFloat32(name), tensors.info(name).shape as [number, number, number, number]);
+}
+
 export function readJson<T = Record<string, unknown>>(file: string): T {
   return JSON.parse(fs.readFileSync(file, 'utf8')) as T;
 }
@@ -66,6 +71,19 @@ export function convertFixture(name: string): string {
   const { convertCheckpoint } = require('../converter/convert') as typeof import('../converter/convert');
   const dir = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'pvc-fixture-')), name);
   convertCheckpoint(checkpointDir(name), dir);
+  return dir;
+}
+
+/**
+ * A converted fixture whose config allows `positions` positions (max_position_embeddings), for requests
+ * longer than the tiny models' context (the weights do not depend on it).
+ */
+export function convertWithPositions(name: string, positions: number): string {
+  const dir = convertFixture(name);
+  const file = path.join(dir, 'config.json');
+  const config = readJson<{ llm: { max_position_embeddings: number } }>(file);
+  config.llm.max_position_embeddings = positions;
+  fs.writeFileSync(file, JSON.stringify(config));
   return dir;
 }
 
@@ -93,7 +111,8 @@ export function expectParity(actual: ArrayLike<number>, ref: ArrayLike<number>, 
   if (!(error <= tolerance)) throw new Error(`${what}: max|a - b| / max|ref| = ${error.toExponential(3)}, above the tolerance ${tolerance}`);
 }
 
-function tensorflowInstalled(): boolean {
+/** Whether a tfjs-node package (GPU or CPU build) is installed: the tensorflow backend can start. */
+export function tensorflowInstalled(): boolean {
   for (const pkg of ['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node']) {
     try {
       require.resolve(pkg);

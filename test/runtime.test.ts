@@ -6,17 +6,7 @@ import * as path from 'path';
 import { monitorEventLoopDelay } from 'perf_hooks';
 import { AbortError, runSync } from '../src/event_loop';
 import { PVCModel } from '../src/pvc_model';
-import { ChatRecord, convertFixture, expectParity, loadReference, PARITY_BACKENDS, ReferenceDoc } from './helpers';
-
-/** A converted fixture whose config allows `positions` positions (max_position_embeddings), for requests longer than the tiny models'. */
-function convertWithPositions(name: string, positions: number): string {
-  const dir = convertFixture(name);
-  const file = path.join(dir, 'config.json');
-  const config = JSON.parse(fs.readFileSync(file, 'utf8'));
-  config.llm.max_position_embeddings = positions;
-  fs.writeFileSync(file, JSON.stringify(config));
-  return dir;
-}
+import { ChatRecord, convertFixture, convertWithPositions, expectParity, loadReference, PARITY_BACKENDS, ReferenceDoc, referenceTensor4d } from './helpers';
 
 const removeConverted = (dir: string) => fs.rmSync(path.dirname(dir), { recursive: true, force: true });
 
@@ -90,7 +80,7 @@ describe('tiny-internvl2 on wasm', () => {
     model = await PVCModel.load(dir, { backend: 'wasm' });
     const ref = loadReference('tiny-internvl2');
     doc = ref.doc;
-    pixels = tf.tensor4d(ref.tensors.readFloat32('pixel_values'), ref.tensors.info('pixel_values').shape as [number, number, number, number]);
+    pixels = referenceTensor4d(ref.tensors, 'pixel_values');
     ref.tensors.close();
   });
   afterAll(() => {
@@ -175,7 +165,7 @@ describe('tiny-pvc in small vision passes', () => {
     const model = await PVCModel.load(dir, { backend: 'wasm', limits: { framesPerPass } });
     const { doc, tensors } = loadReference('tiny-pvc');
     const chats = (doc as unknown as { chat: (ChatRecord & { data_flag: 1 | 2 | 3 })[] }).chat;
-    const tensor = (n: string) => tf.tensor4d(tensors.readFloat32(n), tensors.info(n).shape as [number, number, number, number]);
+    const tensor = (n: string) => referenceTensor4d(tensors, n);
     for (const [name, input] of [['single-image', 'image_a'], ['video', 'clip']] as const) {
       const c = chats.find((x) => x.name === name)!;
       const pixelValues = tensor(input);

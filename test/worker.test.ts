@@ -6,7 +6,7 @@ import { monitorEventLoopDelay } from 'perf_hooks';
 import { initBackend } from '../src/backend';
 import { AbortError } from '../src/event_loop';
 import { WorkerModel } from '../src/runtime/worker';
-import { convertFixture, loadReference, PARITY_BACKENDS, ReferenceDoc } from './helpers';
+import { convertWithPositions, loadReference, PARITY_BACKENDS, ReferenceDoc, referenceTensor4d } from './helpers';
 
 let dir: string;
 let doc: ReferenceDoc;
@@ -14,15 +14,11 @@ let pixels: tf.Tensor4D;
 
 beforeAll(async () => {
   await initBackend({ backend: 'wasm', log: null }); // the main thread's own tensors (pixels)
-  dir = convertFixture('tiny-internvl2');
   // Room for an endless chat (maxNewTokens 1e9 is refused before any compute on the tiny context).
-  const file = path.join(dir, 'config.json');
-  const config = JSON.parse(fs.readFileSync(file, 'utf8'));
-  config.llm.max_position_embeddings = 1e9;
-  fs.writeFileSync(file, JSON.stringify(config));
+  dir = convertWithPositions('tiny-internvl2', 1e9);
   const ref = loadReference('tiny-internvl2');
   doc = ref.doc;
-  pixels = tf.tensor4d(ref.tensors.readFloat32('pixel_values'), ref.tensors.info('pixel_values').shape as [number, number, number, number]);
+  pixels = referenceTensor4d(ref.tensors, 'pixel_values');
   ref.tensors.close();
 });
 afterAll(() => {
