@@ -55,14 +55,14 @@ export async function decodePillowRGB(bytes: Buffer, format: ImageFormat, what: 
     if (format === 'gif') return decodeGIF(bytes);
     if (format === 'bmp') return decodeBMP(bytes);
     if (format === 'ppm') return decodePPM(bytes);
-    return await decodeWithSharp(bytes, limit);
+    return await decodeWithSharp(bytes, format, limit);
   } catch (e) {
     const message = (e as Error).message.split('\n')[0];
     throw new Error(`${what}: cannot decode the image (${message})`);
   }
 }
 
-async function decodeWithSharp(bytes: Buffer, limit: PixelLimit): Promise<RGBImage> {
+async function decodeWithSharp(bytes: Buffer, format: ImageFormat, limit: PixelLimit): Promise<RGBImage> {
   // The header check above is the limit; sharp's own is a second line at the same error threshold.
   const input = { failOn: 'error' as const, limitInputPixels: limit.maxPixels === null ? false : Math.floor(2 * limit.maxPixels), ignoreIcc: true };
   const meta = await sharp(bytes, input).metadata();
@@ -72,13 +72,15 @@ async function decodeWithSharp(bytes: Buffer, limit: PixelLimit): Promise<RGBIma
     if (info.channels < 4) throw new Error(`CMYK decoded to ${info.channels} channels`);
     return { width: info.width, height: info.height, data: cmykToRGB(data, info.channels, info.width * info.height) };
   }
-  if (meta.space === 'grey16' && !meta.hasAlpha) {
-    // Pillow's "I;16" -> RGB keeps values up to 255 and clips the rest (Convert.c I16_RGB).
+  // Pillow opens 16-bit grayscale as "I;16" (a PNG's tRNS colour, which libvips makes an alpha
+  // channel, is only metadata to Pillow), and its "I;16" -> RGB keeps values up to 255 and clips the
+  // rest (Convert.c I16_RGB). 16-bit gray + alpha PNGs are "RGBA" from the high bytes, as libvips does.
+  if (meta.space === 'grey16' && (!meta.hasAlpha || (format === 'png' && bytes[25] === 0))) {
     const { data, info } = await sharp(bytes, input).toColourspace('grey16').raw({ depth: 'ushort' }).toBuffer({ resolveWithObject: true });
-    if (info.channels !== 1) throw new Error(`16-bit grayscale decoded to ${info.channels} channels`);
     const v = new Uint16Array(data.buffer, data.byteOffset, data.length / 2);
-    const out = new Uint8Array(v.length * 3);
-    for (let p = 0; p < v.length; p++) out[p * 3] = out[p * 3 + 1] = out[p * 3 + 2] = Math.min(255, v[p]);
+    const pixels = info.width * info.height;
+    const out = new Uint8Array(pixels * 3);
+    for (let p = 0; p < pixels; p++) out[p * 3] = out[p * 3 + 1] = out[p * 3 + 2] = Math.min(255, v[p * info.channels]);
     return { width: info.width, height: info.height, data: out };
   }
   const { data, info } = await sharp(bytes, input).toColourspace('srgb').removeAlpha().raw({ depth: 'uchar' })

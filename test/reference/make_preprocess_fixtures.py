@@ -295,6 +295,42 @@ def gif_file(screen, frames, global_palette=None, background=0):
     return bytes(out + b'\x3b')
 
 
+def icc_profile_p3():
+    """A small ICC v2 RGB display profile (Display P3 primaries, gamma 1.8) that is not sRGB, as phone
+    cameras embed: a colour-managed decoder would change every pixel; Pillow's open ignores it."""
+    import struct
+
+    def s15(v):
+        return struct.pack('>i', int(round(v * 65536)))
+
+    def xyz(x, y, z):
+        return b'XYZ \0\0\0\0' + s15(x) + s15(y) + s15(z)
+
+    def text(s):
+        return b'text\0\0\0\0' + s.encode() + b'\0'
+
+    def desc(s):
+        return (b'desc\0\0\0\0' + struct.pack('>I', len(s) + 1) + s.encode() + b'\0' + b'\0' * 8 + b'\0' * 3 + b'\0' * 67)
+
+    curve = b'curv\0\0\0\0' + struct.pack('>IH', 1, int(1.8 * 256)) + b'\0\0'
+    tags = [(b'desc', desc('P3 gamma 1.8 test')), (b'cprt', text('none')), (b'wtpt', xyz(0.9642, 1.0, 0.8249)),
+            (b'rXYZ', xyz(0.5151, 0.2412, -0.0011)), (b'gXYZ', xyz(0.2920, 0.6922, 0.0419)), (b'bXYZ', xyz(0.1571, 0.0666, 0.7841)),
+            (b'rTRC', curve), (b'gTRC', curve), (b'bTRC', curve)]
+    offset = 128 + 4 + 12 * len(tags)
+    table, data = b'', b''
+    for sig, body in tags:
+        while (offset + len(data)) % 4:
+            data += b'\0'
+        table += sig + struct.pack('>II', offset + len(data), len(body))
+        data += body
+    size = offset + len(data)
+    header = (struct.pack('>I', size) + b'lcms' + struct.pack('>I', 0x02100000) + b'mntrRGB XYZ ' + struct.pack('>6H', 2024, 1, 1, 0, 0, 0)
+              + b'acsp' + b'APPL' + b'\0' * 4 + b'\0' * 4 + b'\0' * 4 + b'\0' * 8 + struct.pack('>I', 0)
+              + s15(0.9642) + s15(1.0) + s15(0.8249) + b'lcms')
+    header += b'\0' * (128 - len(header))
+    return header + struct.pack('>I', len(tags)) + table + data
+
+
 def format_images(out_dir):
     """(file name, max_num) for each format fixture; files written into out_dir."""
     from PIL import ImageCms
@@ -332,8 +368,14 @@ def format_images(out_dir):
     save('jpeg-rgb-adobe.jpg', rgb(140, 100, 22), format='JPEG', quality=90, keep_rgb=True)
     save('jpeg-gray.jpg', Image.fromarray(pattern(160, 120, 23)[..., 1], 'L'), quality=85)
     save('jpeg-progressive-422.jpg', rgb(210, 130, 24), quality=85, progressive=True, subsampling=1)
-    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile('sRGB')).tobytes()
+    srgb = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile('sRGB')).tobytes())
+    srgb[24:36] = bytes(12)  # LittleCMS stamps the creation time: cleared, so that reruns are identical,
+    srgb[84:100] = bytes(16)  # and the profile ID (an MD5 that covers the time) with it: 0 is "not set"
+    srgb = bytes(srgb)
     save('jpeg-444-icc.jpg', rgb(130, 170, 25), quality=92, subsampling=0, icc_profile=srgb)
+    p3 = icc_profile_p3()
+    ImageCms.ImageCmsProfile(io.BytesIO(p3))  # a profile LittleCMS accepts
+    save('jpeg-p3-icc.jpg', rgb(120, 90, 57), quality=90, icc_profile=p3)
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation "rotate 90": upstream does not apply it
     save('jpeg-exif-orientation.jpg', rgb(120, 80, 26), quality=90, exif=exif.tobytes())
@@ -357,6 +399,9 @@ def format_images(out_dir):
     write('png-gray-2bit.png', png_file(77, 50, 2, 0, [bytes(int(''.join(f'{v >> 6:02b}' for v in row[i:i + 4]).ljust(8, '0'), 2)
                                                        for i in range(0, 77, 4)) for row in g]))
     save('png-gray-1bit.png', Image.fromarray(g).convert('1'))
+    save('png-p3-icc.png', rgb(80, 60, 58), icc_profile=p3)
+    write('png-gray16-trns.png', png_file(70, 70, 16, 0, rows16(g16), chunks=[(b'tRNS', (600).to_bytes(2, 'big'))]))
+    save('png-apng.png', rgb(64, 48, 59), save_all=True, append_images=[rgb(64, 48, 60)], duration=100)
     write('png-adam7.png', png_file(61, 45, 8, 2, [r.tobytes() for r in pattern(61, 45, 34)], interlace=True))
 
     # GIF: the first frame, as Pillow leaves it (palette indices, the canvas outside the frame filled
@@ -377,6 +422,7 @@ def format_images(out_dir):
     save('webp-lossy.webp', rgb(150, 100, 38), quality=80)
     save('webp-lossless.webp', rgb(120, 90, 39), lossless=True)
     rgba = np.concatenate([pattern(110, 80, 40), pattern(110, 80, 41)[..., :1]], axis=-1)
+    save('webp-animated.webp', rgb(90, 70, 61), save_all=True, append_images=[rgb(90, 70, 62)], duration=100, quality=80)
     save('webp-lossy-alpha.webp', Image.fromarray(rgba, 'RGBA'), quality=75)
 
     # BMP
@@ -412,6 +458,7 @@ def format_images(out_dir):
     save('tiff-gray-packbits.tif', Image.fromarray(pattern(90, 70, 52)[..., 1], 'L'), compression='packbits')
     save('tiff-rgba.tif', Image.fromarray(rgba, 'RGBA'))
     save('tiff-1bit-g4.tif', Image.fromarray(pattern(101, 70, 53)[..., 0]).convert('1'), compression='group4')
+    save('tiff-gray16.tif', Image.fromarray(g16))
     save('tiff-jpeg.tif', rgb(128, 96, 54), compression='jpeg', quality=85)
 
     # Netpbm
