@@ -97,6 +97,10 @@ export function decodeBMP(b: Uint8Array): RGBImage {
   let dataAt = offset;
   if (offset === 14 + headerSize && bits <= 8) dataAt += paletteEntry * colors; // Pillow: an offset that points at the palette
   if (!dataAt) dataAt = p + (mode === 'P' || mode === '1' || mode === 'L' ? colors * paletteEntry : 0);
+  if (!rle) {
+    const stride = ((width * BITS[raw] + 31) >> 3) & ~3;
+    if (b.length < dataAt + stride * height) fail(`truncated BMP pixel data (${Math.max(0, b.length - dataAt)} of ${stride * height} bytes)`);
+  }
   const out = new Uint8Array(width * height * 3);
   const put = (x: number, row: number, r: number, g: number, bl: number) => {
     const y = topDown ? row : height - 1 - row; // row counts stored rows
@@ -115,7 +119,6 @@ export function decodeBMP(b: Uint8Array): RGBImage {
     return { width, height, data: out };
   }
   const stride = ((width * BITS[raw] + 31) >> 3) & ~3;
-  if (b.length < dataAt + stride * height) fail(`truncated BMP pixel data (${b.length - dataAt} of ${stride * height} bytes)`);
   const rgbAt = RGB_AT[raw];
   for (let row = 0; row < height; row++) {
     const s = dataAt + row * stride;

@@ -52,10 +52,11 @@ export function checkHeader(head: Buffer, what: string, limit: PixelLimit, compl
 /** Decodes a whole file's bytes, of a format checkHeader accepted, as Pillow's open + convert('RGB'). */
 export async function decodePillowRGB(bytes: Buffer, format: ImageFormat, what: string, limit: PixelLimit): Promise<RGBImage> {
   try {
-    if (format === 'gif') return decodeGIF(bytes);
-    if (format === 'bmp') return decodeBMP(bytes);
-    if (format === 'ppm') return decodePPM(bytes);
-    return await decodeWithSharp(bytes, format, limit);
+    const image = format === 'gif' ? decodeGIF(bytes) : format === 'bmp' ? decodeBMP(bytes) : format === 'ppm' ? decodePPM(bytes)
+      : await decodeWithSharp(bytes, format, limit);
+    // Pillow opens such an image; upstream's dynamic_preprocess then divides by zero.
+    if (image.width === 0 || image.height === 0) throw new Error(`the image is ${image.width}x${image.height} pixels`);
+    return image;
   } catch (e) {
     const message = (e as Error).message.split('\n')[0];
     throw new Error(`${what}: cannot decode the image (${message})`);
