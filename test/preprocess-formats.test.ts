@@ -31,7 +31,8 @@ test('the fixtures cover each format and variant the issue names', () => {
   const files = ref.formats.map((r) => r.file);
   for (const want of ['jpeg-cmyk-adobe.jpg', 'jpeg-cmyk-no-adobe.jpg', 'jpeg-ycck.jpg', 'png-rgb16.png', 'png-gray16.png', 'png-palette-trns.png',
     'gif-offset-transparent.gif', 'bmp-rle8.bmp', 'bmp-rle4.bmp', 'bmp-16-565.bmp', 'bmp-8-os2.bmp', 'tiff-multipage.tif',
-    'jpeg-p3-icc.jpg', 'png-p3-icc.png', 'png-gray16-trns.png', 'png-apng.png', 'webp-animated.webp', 'tiff-gray16.tif']) expect(files).toContain(want);
+    'jpeg-p3-icc.jpg', 'png-p3-icc.png', 'png-gray16-trns.png', 'png-apng.png', 'webp-animated.webp', 'tiff-gray16.tif',
+    'gif-no-palette.gif', 'gif-ramp-palette.gif', 'bmp-8-bw-palette.bmp', 'bmp-rle8-bw-palette.bmp']) expect(files).toContain(want);
 });
 
 describe('decoded RGB and tiles identical to Pillow 13\'s', () => {

@@ -93,7 +93,10 @@ function jpegSize(b: Uint8Array): { width: number; height: number } {
     need(b, i + 4, 'JPEG');
     const len = u16be(b, i + 2);
     if ((m >= 0xc0 && m <= 0xcf) && m !== 0xc4 && m !== 0xc8 && m !== 0xcc) {
-      need(b, i + 9, 'JPEG');
+      need(b, i + 10, 'JPEG');
+      // Pillow opens only 8-bit samples in 1, 3 or 4 components (libjpeg-turbo would decode more).
+      if (b[i + 4] !== 8) throw new HeaderError(`JPEG with ${b[i + 4]}-bit samples (Pillow reads 8-bit only)`);
+      if (![1, 3, 4].includes(b[i + 9])) throw new HeaderError(`JPEG with ${b[i + 9]} components (Pillow reads 1, 3 or 4)`);
       return { width: u16be(b, i + 7), height: u16be(b, i + 5) };
     }
     if (m === 0xda || m === 0xd9) break;

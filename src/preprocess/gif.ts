@@ -3,8 +3,8 @@
 //   - the canvas is the logical screen, grown to hold the first frame when that reaches past it;
 //   - outside the frame it holds the frame's transparent index when it has one, else index 0;
 //   - transparent pixels keep their palette colour (convert('RGB') drops transparency);
-//   - the frame's local palette, else the global one; a palette equal to the grayscale ramp (or no
-//     palette) makes an "L" image whose values are the indices; indices past the palette are black.
+//   - the frame's local palette, else the global one, each unless it equals the gray ramp (no palette
+//     left: an "L" image whose values are the indices); indices past the palette are black.
 import type { RGBImage } from './resample';
 
 const u16 = (b: Uint8Array, i: number) => b[i] | (b[i + 1] << 8);
@@ -43,14 +43,17 @@ export function decodeGIF(b: Uint8Array): RGBImage {
   i += 10;
   width = Math.max(width, x0 + fw);
   height = Math.max(height, y0 + fh);
+  // Pillow drops a palette equal to the gray ramp; when the local one is dropped, the image is "L"
+  // but still carries the global palette, which its conversion to RGB then applies.
+  if (globalPalette && isGrayRamp(globalPalette)) globalPalette = null;
   let palette = globalPalette;
   if (flags & 0x80) {
     const n = 3 << ((flags & 7) + 1);
     if (b.length < i + n) fail('truncated GIF local palette');
-    palette = b.subarray(i, i + n);
+    const local = b.subarray(i, i + n);
+    if (!isGrayRamp(local)) palette = local;
     i += n;
   }
-  if (palette && isGrayRamp(palette)) palette = null;
   const canvas = new Uint8Array(width * height).fill(transparency ?? 0);
   if (i >= b.length) fail('truncated GIF image data');
   const minCodeSize = b[i++];

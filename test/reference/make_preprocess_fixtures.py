@@ -416,6 +416,11 @@ def format_images(out_dir):
     idx = [int(v) for v in rng.integers(0, 8, 45 * 37)]
     write('gif-interlaced-local-palette.gif', gif_file((45, 37), [(0, 0, 45, 37, idx, lp, None, True)], gp))
     write('gif-frame-past-screen.gif', gif_file((20, 15), [(10, 5, 25, 20, [int(v) for v in rng.integers(0, 16, 500)], None, None, False)], gp))
+    extra = np.random.default_rng(SEED + 2)  # for files added later, so the earlier ones stay as they were
+    no_palette = [int(v) for v in extra.integers(0, 256, 40 * 30)]  # no palette at all: Pillow's "L", value = index
+    write('gif-no-palette.gif', gif_file((40, 30), [(0, 0, 40, 30, no_palette, None, None, False)]))
+    ramp = [(k, k, k) for k in range(16)]  # a palette equal to the gray ramp is dropped: indices past it stay gray
+    write('gif-ramp-palette.gif', gif_file((40, 30), [(0, 0, 40, 30, [v % 64 for v in no_palette], ramp, None, False)], gp))
     save('gif-gray.gif', Image.fromarray(pattern(70, 50, 37)[..., 0], 'L'))
 
     # WebP
@@ -439,6 +444,12 @@ def format_images(out_dir):
     ind8 = [[int(v) // 23 * 23 for v in r] for r in pattern(61, 44, 46)[..., 0]]
     write('bmp-rle8.bmp', bmp_file(61, 44, 8, None, palette=p256, compression=1, data=rle8(ind8)))
     write('bmp-8-os2.bmp', bmp_file(61, 44, 8, bmp_rows(ind8, 8), palette=p256, header=12))
+    # Pillow's quirks with gray palettes: a two-entry black / white palette makes a "1" image, whose raw
+    # mode reads 8-bit data as packed bits; through RLE the same palette gives values 0 / 1 as "L".
+    bw = [(0, 0, 0), (255, 255, 255)]
+    ind_bw = [[int(v) for v in r] for r in extra.integers(0, 2, size=(20, 33))]
+    write('bmp-8-bw-palette.bmp', bmp_file(33, 20, 8, bmp_rows(ind_bw, 8), palette=bw))
+    write('bmp-rle8-bw-palette.bmp', bmp_file(33, 20, 8, None, palette=bw, compression=1, data=rle8(ind_bw)))
     px = pattern(57, 41, 47).astype(np.uint32)
 
     def pack16(r, g, b, g_bits):
