@@ -13,7 +13,11 @@ import { checkPixelLimit, headerSize, PILLOW_MAX_IMAGE_PIXELS, sniffFormat } fro
 import { FIXTURES } from './helpers';
 
 const REF_DIR = path.join(FIXTURES, 'reference', 'preprocess');
-interface FormatRecord { file: string; format: string; mode: string; size: [number, number]; max_num: number; num_tiles: number; rgb_sha256: string; tile_sha256: string[] }
+interface FormatRecord {
+  file: string; format: string; mode: string; size: [number, number]; max_num: number; num_tiles: number; rgb_sha256: string; tile_sha256: string[];
+  /** Pillow on the file cut to N bytes: 'error: ...' or the sha256 of its RGB. */
+  truncated: Record<string, string>;
+}
 const ref = JSON.parse(fs.readFileSync(path.join(REF_DIR, 'reference.json'), 'utf8')) as {
   formats_dir: string;
   formats: FormatRecord[];
@@ -86,6 +90,24 @@ test('a path is read only as far as its header needs for the check, however far 
   } finally {
     fs.rmSync(tmp, { recursive: true, force: true });
   }
+});
+
+test('files cut short: an error where Pillow raises one, Pillow\'s pixels where it decodes them', async () => {
+  const mismatches: string[] = [];
+  for (const r of ref.formats) {
+    const b = fs.readFileSync(path.join(FORMATS_DIR, r.file));
+    for (const [n, want] of Object.entries(r.truncated)) {
+      let got: string;
+      try {
+        got = sha((await decodeRGB(b.subarray(0, Number(n)))).data);
+      } catch (e) {
+        expect((e as Error).message).toMatch(/^<Buffer of \d+ bytes>: cannot decode the image/);
+        got = 'error';
+      }
+      if (got !== (want.startsWith('error') ? 'error' : want)) mismatches.push(`${r.file} cut to ${n} of ${b.length} bytes: Pillow ${want.slice(0, 24)}, here ${got.slice(0, 24)}`);
+    }
+  }
+  expect(mismatches).toEqual([]);
 });
 
 test('corrupt files (truncated, bytes changed) give an error naming the input, never a hang or a crash', async () => {

@@ -13,6 +13,7 @@ const u16 = (b: Uint8Array, i: number) => b[i] | (b[i + 1] << 8);
 const u32 = (b: Uint8Array, i: number) => b[i] + (b[i + 1] << 8) + (b[i + 2] << 16) + ((b[i + 3] << 24) >>> 0);
 
 type RawMode = 'P;1' | 'P;4' | 'P' | '1' | 'L' | 'BGR;15' | 'BGR;16' | 'BGR' | 'BGRX' | 'XBGR' | 'BGXR' | 'ABGR' | 'RGBA' | 'BGRA' | 'BGAR';
+const RAW_BITS: Record<RawMode, number> = { 'P;1': 1, 'P;4': 4, P: 8, '1': 1, L: 8, 'BGR;15': 16, 'BGR;16': 16, BGR: 24, BGRX: 32, XBGR: 32, BGXR: 32, ABGR: 32, RGBA: 32, BGRA: 32, BGAR: 32 };
 // Byte offsets of R, G, B within a 4-byte pixel for each 32-bit raw mode.
 const RGB_AT: Partial<Record<RawMode, [number, number, number]>> = { BGRX: [2, 1, 0], XBGR: [3, 2, 1], BGXR: [3, 1, 0], ABGR: [3, 2, 1], RGBA: [0, 1, 2], BGRA: [2, 1, 0], BGAR: [3, 1, 0] };
 const MASKS32: [number[], RawMode][] = [
@@ -98,8 +99,10 @@ export function decodeBMP(b: Uint8Array): RGBImage {
   if (!dataAt) dataAt = p + (mode === 'P' || mode === '1' || mode === 'L' ? colors * paletteEntry : 0);
   // Rows are as wide as the file's depth makes them, whatever the raw mode reads of each.
   const stride = ((width * bits + 31) >> 3) & ~3;
-  if (!rle) {
-    if (b.length < dataAt + stride * height) fail(`truncated BMP pixel data (${Math.max(0, b.length - dataAt)} of ${stride * height} bytes)`);
+  if (!rle && height > 0) {
+    // Pillow needs the last row's pixels, not its padding.
+    const needed = stride * (height - 1) + ((width * RAW_BITS[raw] + 7) >> 3);
+    if (b.length < dataAt + needed) fail(`truncated BMP pixel data (${Math.max(0, b.length - dataAt)} of ${needed} bytes)`);
   }
   const out = new Uint8Array(width * height * 3);
   const put = (x: number, row: number, r: number, g: number, bl: number) => {

@@ -75,6 +75,8 @@ export function decodeGIF(b: Uint8Array): RGBImage {
     px++;
   };
   lzwDecode(data, minCodeSize, emit, () => px >= total);
+  // Pillow refuses a frame that ends early, by its end code or its data ("image file is truncated").
+  if (px < total) fail(`truncated GIF image data (${px} of ${total} pixels)`);
   const out = new Uint8Array(width * height * 3);
   for (let p = 0; p < width * height; p++) {
     const v = canvas[p];
@@ -122,7 +124,7 @@ function lzwDecode(data: Uint8Array, minCodeSize: number, emit: (v: number) => v
   };
   while (!done()) {
     while (bits < size && pos < data.length) { acc |= data[pos++] << bits; bits += 8; }
-    if (bits < size) return; // data ran out: the rest of the frame keeps the canvas fill
+    if (bits < size) return; // the data ran out
     const code = acc & ((1 << size) - 1);
     acc >>>= size;
     bits -= size;

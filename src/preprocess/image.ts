@@ -85,7 +85,12 @@ export async function decodeRGB(source: string | Buffer, options: DecodeOptions 
         head = head.subarray(0, bytesRead);
         const complete = bytesRead === stat.size;
         const format = checkHeader(head, what, limit, complete);
-        if (format !== null) return await decodePillowRGB(complete ? head : await fs.promises.readFile(source), format, what, limit);
+        if (format !== null) {
+          const bytes = complete ? head : await fs.promises.readFile(source).catch((e: Error) => {
+            throw new Error(`${what}: cannot read the file (${e.message})`);
+          });
+          return await decodePillowRGB(bytes, format, what, limit);
+        }
         if (complete) throw new Error(`${what}: cannot decode the image (truncated header)`);
       }
     } finally {

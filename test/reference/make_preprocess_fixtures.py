@@ -508,6 +508,7 @@ def main():
         })
     # Every format: Pillow's size and mode at open (the size is what the pixel limit is checked on),
     # and the tiles of upstream's load_image path (Image.open(f).convert('RGB'), dynamic_preprocess).
+    import warnings
     formats = []
     for name, max_num in format_images(fmt_dir):
         path = os.path.join(fmt_dir, name)
@@ -515,13 +516,25 @@ def main():
             fmt, mode, size = opened.format, opened.mode, list(opened.size)
             image = opened.convert('RGB')
         tiles = up.dynamic_preprocess(image, image_size=448, use_thumbnail=True, max_num=max_num)
+        # Pillow on the file cut in half and short of its last byte: an error, or the RGB it gives.
+        truncated = {}
+        with open(path, 'rb') as f:
+            data = f.read()
+        for n in (len(data) // 2, len(data) - 1):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter('ignore')
+                    with Image.open(io.BytesIO(data[:n])) as cut:
+                        truncated[str(n)] = hashlib.sha256(np.asarray(cut.convert('RGB'), np.uint8).tobytes()).hexdigest()
+            except Exception as e:  # noqa: BLE001 - any failure to open or decode is what is recorded
+                truncated[str(n)] = 'error: ' + type(e).__name__
         formats.append({
             'file': name, 'format': fmt, 'mode': mode, 'size': size, 'max_num': max_num, 'num_tiles': len(tiles),
+            'truncated': truncated,
             'rgb_sha256': hashlib.sha256(np.asarray(image, np.uint8).tobytes()).hexdigest(),
             'tile_sha256': [hashlib.sha256(np.asarray(t, np.uint8).tobytes()).hexdigest() for t in tiles],
         })
     # Pillow's decompression-bomb limits (checked on the header's size in Image.open).
-    import warnings
     bomb = {'max_image_pixels': Image.MAX_IMAGE_PIXELS, 'cases': []}
     for w, h in ((9459, 9459), (9460, 9460), (13377, 13377), (13378, 13378), (20000, 20000)):
         header = png_file(w, 1, 8, 2, [])[:33] + png_file(1, 1, 8, 2, [b'\0\0\0'])[-12:]  # signature, IHDR, IEND
