@@ -72,6 +72,8 @@ test('loadImage takes a Buffer as well as a path, with the same result', async (
   a.pixelValues.dispose();
   b.pixelValues.dispose();
   await expect(loadImage(Buffer.from('GIF89a'))).rejects.toThrow(/<Buffer of 6 bytes>: cannot decode the image \(truncated GIF header\)/);
+  await expect(loadImage(Buffer.alloc(0))).rejects.toThrow(/<Buffer of 0 bytes>: the buffer is empty/);
+  await expect(loadImage(undefined as unknown as Buffer)).rejects.toThrow(/image source: expected a file path or a Buffer, got undefined/);
 });
 
 test('a path is read only as far as its header needs for the check, however far that is', async () => {

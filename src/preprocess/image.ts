@@ -59,6 +59,9 @@ export interface DecodeOptions {
  * no EXIF orientation applied.
  */
 export async function decodeRGB(source: string | Buffer, options: DecodeOptions = {}): Promise<RGBImage> {
+  if (typeof source !== 'string' && !((source as unknown) instanceof Uint8Array)) {
+    throw new Error(`image source: expected a file path or a Buffer, got ${source === null ? 'null' : typeof source}`);
+  }
   const what = describe(source);
   const maxPixels = options.maxPixels === undefined ? PILLOW_MAX_IMAGE_PIXELS : options.maxPixels;
   if (maxPixels !== null && !(Number.isInteger(maxPixels) && maxPixels > 0)) {
@@ -97,7 +100,6 @@ export async function decodeRGB(source: string | Buffer, options: DecodeOptions 
       await fh.close();
     }
   }
-  if (!(source instanceof Uint8Array)) throw new Error(`image source: expected a file path or a Buffer, got ${typeof source}`);
   if (source.length === 0) throw new Error(`${what}: the buffer is empty`);
   const u8 = source as Uint8Array;
   const bytes = Buffer.isBuffer(u8) ? u8 : Buffer.from(u8.buffer, u8.byteOffset, u8.length);
