@@ -143,7 +143,8 @@ function webpSize(b: Uint8Array): { width: number; height: number } {
   throw new HeaderError('WebP without a VP8 / VP8L / VP8X chunk first');
 }
 
-function tiffSize(b: Uint8Array): { width: number; height: number } {
+/** Short / long values of the first IFD's tags (the first value of each), read from the header. */
+function tiffTags(b: Uint8Array): Map<number, number> {
   const le = b[0] === 0x49;
   const u16 = le ? u16le : u16be;
   const u32 = le ? u32le : u32be;
@@ -152,19 +153,27 @@ function tiffSize(b: Uint8Array): { width: number; height: number } {
   need(b, ifd + 2, 'TIFF');
   const n = u16(b, ifd);
   need(b, ifd + 2 + 12 * n, 'TIFF');
-  let width = -1;
-  let height = -1;
+  const tags = new Map<number, number>();
   for (let k = 0; k < n; k++) {
     const e = ifd + 2 + 12 * k;
-    const tag = u16(b, e);
-    if (tag !== 256 && tag !== 257) continue;
     const type = u16(b, e + 2);
-    const value = type === 3 ? u16(b, e + 8) : type === 4 ? u32(b, e + 8) : -1;
-    if (value < 0) throw new HeaderError(`TIFF size tag ${tag} of type ${type}`);
-    if (tag === 256) width = value; else height = value;
+    if (type === 3) tags.set(u16(b, e), u16(b, e + 8)); // SHORT: the first value is inline whatever the count
+    else if (type === 4 && u32(b, e + 4) === 1) tags.set(u16(b, e), u32(b, e + 8));
   }
-  if (width < 0 || height < 0) throw new HeaderError('TIFF without ImageWidth / ImageLength');
+  return tags;
+}
+
+function tiffSize(b: Uint8Array): { width: number; height: number } {
+  const tags = tiffTags(b);
+  const width = tags.get(256);
+  const height = tags.get(257);
+  if (width === undefined || height === undefined) throw new HeaderError('TIFF without ImageWidth / ImageLength');
   return { width, height };
+}
+
+/** A TIFF's first page holds associated (premultiplied) alpha: ExtraSamples = 1, Pillow's "RGBa" raw mode. */
+export function tiffAssociatedAlpha(b: Uint8Array): boolean {
+  return tiffTags(b).get(338) === 1;
 }
 
 export { HeaderError };

@@ -402,6 +402,8 @@ def format_images(out_dir):
     save('png-p3-icc.png', rgb(80, 60, 58), icc_profile=p3)
     write('png-gray16-trns.png', png_file(70, 70, 16, 0, rows16(g16), chunks=[(b'tRNS', (600).to_bytes(2, 'big'))]))
     save('png-apng.png', rgb(64, 48, 59), save_all=True, append_images=[rgb(64, 48, 60)], duration=100)
+    write('png-gama-chrm.png', png_file(60, 40, 8, 2, [r.tobytes() for r in pattern(60, 40, 63)],
+                                         chunks=[(b'gAMA', (100000).to_bytes(4, 'big')), (b'sBIT', bytes((5, 6, 5)))]))
     write('png-adam7.png', png_file(61, 45, 8, 2, [r.tobytes() for r in pattern(61, 45, 34)], interlace=True))
 
     # GIF: the first frame, as Pillow leaves it (palette indices, the canvas outside the frame filled
@@ -470,6 +472,20 @@ def format_images(out_dir):
     save('tiff-rgba.tif', Image.fromarray(rgba, 'RGBA'))
     save('tiff-1bit-g4.tif', Image.fromarray(pattern(101, 70, 53)[..., 0]).convert('1'), compression='group4')
     save('tiff-gray16.tif', Image.fromarray(g16))
+    # Associated (premultiplied) alpha, Pillow's "RGBa", which it cannot write: its RGBA TIFF with the
+    # ExtraSamples value patched from 2 (unassociated) to 1.
+    t = bytearray(encoded(Image.fromarray(rgba, 'RGBA'), format='TIFF'))
+    assert t[:4] == b'II*\0'
+    ifd = int.from_bytes(t[4:8], 'little')
+    for k in range(int.from_bytes(t[ifd:ifd + 2], 'little')):
+        e = ifd + 2 + 12 * k
+        if int.from_bytes(t[e:e + 2], 'little') == 338:
+            assert t[e + 8] == 2
+            t[e + 8] = 1
+    write('tiff-rgba-premultiplied.tif', bytes(t))
+    i32 = (extra.integers(-300, 600, size=(40, 50))).astype(np.int32)
+    save('tiff-int32.tif', Image.fromarray(i32, 'I'))  # Pillow's "I": clipped to 0..255
+    save('tiff-float32.tif', Image.fromarray((extra.random((40, 50)) * 400 - 50).astype(np.float32), 'F'))
     save('tiff-jpeg.tif', rgb(128, 96, 54), compression='jpeg', quality=85)
 
     # Netpbm
