@@ -36,7 +36,7 @@ test('the fixtures cover each format and variant the issue names', () => {
   for (const want of ['jpeg-cmyk-adobe.jpg', 'jpeg-cmyk-no-adobe.jpg', 'jpeg-ycck.jpg', 'png-rgb16.png', 'png-gray16.png', 'png-palette-trns.png',
     'gif-offset-transparent.gif', 'bmp-rle8.bmp', 'bmp-rle4.bmp', 'bmp-16-565.bmp', 'bmp-8-os2.bmp', 'tiff-multipage.tif',
     'jpeg-p3-icc.jpg', 'png-p3-icc.png', 'png-gray16-trns.png', 'png-apng.png', 'webp-animated.webp', 'tiff-gray16.tif',
-    'gif-no-palette.gif', 'gif-ramp-palette.gif', 'bmp-8-bw-palette.bmp', 'bmp-rle8-bw-palette.bmp', 'png-gama-chrm.png', 'tiff-int32.tif',
+    'gif-no-palette.gif', 'gif-ramp-palette.gif', 'bmp-8-bw-palette.bmp', 'bmp-rle8-bw-palette.bmp', 'png-gama-sbit.png', 'bmp-32-v5-bitfields.bmp', 'tiff-int32.tif',
     'tiff-float32.tif']) expect(files).toContain(want);
 });
 

@@ -174,7 +174,9 @@ def bmp_file(w, h, bits, rows, palette=None, compression=0, masks=None, header=4
     else:
         info = struct.pack('<IiiHHIIiiII', 40, w, -h if top_down else h, 1, bits, compression, len(body), 2835, 2835,
                            len(palette) if palette else 0, 0)
-        if masks is not None:
+        if header == 124:  # BITMAPV5HEADER: the four masks inside the header, the rest (colour space) zero
+            info = struct.pack('<I', 124) + info[4:] + struct.pack('<IIII', *masks) + bytes(124 - 56)
+        elif masks is not None:
             info += struct.pack('<III', *masks)
     offset = 14 + len(info) + len(pal)
     return b'BM' + struct.pack('<IHHI', offset + len(body), 0, 0, offset) + info + pal + body
@@ -402,7 +404,7 @@ def format_images(out_dir):
     save('png-p3-icc.png', rgb(80, 60, 58), icc_profile=p3)
     write('png-gray16-trns.png', png_file(70, 70, 16, 0, rows16(g16), chunks=[(b'tRNS', (600).to_bytes(2, 'big'))]))
     save('png-apng.png', rgb(64, 48, 59), save_all=True, append_images=[rgb(64, 48, 60)], duration=100)
-    write('png-gama-chrm.png', png_file(60, 40, 8, 2, [r.tobytes() for r in pattern(60, 40, 63)],
+    write('png-gama-sbit.png', png_file(60, 40, 8, 2, [r.tobytes() for r in pattern(60, 40, 63)],
                                          chunks=[(b'gAMA', (100000).to_bytes(4, 'big')), (b'sBIT', bytes((5, 6, 5)))]))
     write('png-adam7.png', png_file(61, 45, 8, 2, [r.tobytes() for r in pattern(61, 45, 34)], interlace=True))
 
@@ -462,6 +464,8 @@ def format_images(out_dir):
     write('bmp-16-555.bmp', bmp_file(57, 41, 16, pack16(px[..., 0], px[..., 1], px[..., 2], 5)))
     bgrx = [b''.join(bytes((int(p[2]), int(p[1]), int(p[0]), 0x55)) for p in row) for row in px]
     write('bmp-32-top-down.bmp', bmp_file(57, 41, 32, bgrx, top_down=True))
+    bgra = [b''.join(bytes((int(p[2]), int(p[1]), int(p[0]), int(p[0]) ^ 0x5a)) for p in row) for row in px[::-1]]
+    write('bmp-32-v5-bitfields.bmp', bmp_file(57, 41, 32, bgra, compression=3, masks=(0xFF0000, 0xFF00, 0xFF, 0xFF000000), header=124))
 
     # TIFF: the first page
     save('tiff-rgb-lzw.tif', rgb(130, 90, 48), compression='tiff_lzw')
