@@ -8,6 +8,9 @@
 //     delta skips stay 0, a bitmap that ends before its last row is an error);
 //   - alpha is dropped, as convert('RGB') does.
 import type { RGBImage } from './resample';
+import { nextTurn } from './gif';
+
+const ROWS_PER_TURN = 256; // rows decoded between yields to the event loop (a large image takes seconds)
 
 const u16 = (b: Uint8Array, i: number) => b[i] | (b[i + 1] << 8);
 const u32 = (b: Uint8Array, i: number) => b[i] + (b[i + 1] << 8) + (b[i + 2] << 16) + ((b[i + 3] << 24) >>> 0);
@@ -22,7 +25,7 @@ const MASKS32: [number[], RawMode][] = [
   [[0xff000000, 0xff00, 0xff, 0xff0000], 'BGAR'], [[0, 0, 0, 0], 'BGRA'],
 ];
 
-export function decodeBMP(b: Uint8Array): RGBImage {
+export async function decodeBMP(b: Uint8Array): Promise<RGBImage> {
   const fail = (m: string): never => { throw new Error(m); };
   if (b.length < 18) fail('truncated BMP header');
   const offset = u32(b, 10);
@@ -119,6 +122,7 @@ export function decodeBMP(b: Uint8Array): RGBImage {
     // Into a "1" image those values are stored as they are, and its conversion makes nonzero white.
     const indices = decodeRLE(b, dataAt, width, height, compression === 2);
     for (let row = 0; row < height; row++) {
+      if (row % ROWS_PER_TURN === ROWS_PER_TURN - 1) await nextTurn();
       for (let x = 0; x < width; x++) {
         const v = indices[row * width + x];
         putIndex(x, row, mode === '1' ? (v ? 255 : 0) : v, mode === 'P' ? 'P' : 'L');
@@ -128,6 +132,7 @@ export function decodeBMP(b: Uint8Array): RGBImage {
   }
   const rgbAt = RGB_AT[raw];
   for (let row = 0; row < height; row++) {
+    if (row % ROWS_PER_TURN === ROWS_PER_TURN - 1) await nextTurn();
     const s = dataAt + row * stride;
     for (let x = 0; x < width; x++) {
       switch (raw) {

@@ -52,7 +52,7 @@ export function checkHeader(head: Buffer, what: string, limit: PixelLimit, compl
 /** Decodes a whole file's bytes, of a format checkHeader accepted, as Pillow's open + convert('RGB'). */
 export async function decodePillowRGB(bytes: Buffer, format: ImageFormat, what: string, limit: PixelLimit): Promise<RGBImage> {
   try {
-    const image = format === 'gif' ? decodeGIF(bytes) : format === 'bmp' ? decodeBMP(bytes) : format === 'ppm' ? decodePPM(bytes)
+    const image = format === 'gif' ? await decodeGIF(bytes) : format === 'bmp' ? await decodeBMP(bytes) : format === 'ppm' ? decodePPM(bytes)
       : await decodeWithSharp(bytes, format, limit);
     // Pillow opens such an image; upstream's dynamic_preprocess then divides by zero.
     if (image.width === 0 || image.height === 0) throw new Error(`the image is ${image.width}x${image.height} pixels`);

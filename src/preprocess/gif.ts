@@ -9,7 +9,12 @@ import type { RGBImage } from './resample';
 
 const u16 = (b: Uint8Array, i: number) => b[i] | (b[i + 1] << 8);
 
-export function decodeGIF(b: Uint8Array): RGBImage {
+/** Large images take seconds to decode in JavaScript: the decoders yield to the event loop this often. */
+const PIXELS_PER_TURN = 1 << 20;
+const CODES_PER_TURN = 1 << 16; // a code stands for up to 4096 pixels
+export const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
+
+export async function decodeGIF(b: Uint8Array): Promise<RGBImage> {
   const fail = (m: string): never => { throw new Error(m); };
   if (b.length < 13) fail('truncated GIF header');
   let width = u16(b, 6);
@@ -74,11 +79,12 @@ export function decodeGIF(b: Uint8Array): RGBImage {
     canvas[(y0 + y) * width + x0 + (px % fw)] = v;
     px++;
   };
-  lzwDecode(data, minCodeSize, emit, () => px >= total);
+  await lzwDecode(data, minCodeSize, emit, () => px >= total);
   // Pillow refuses a frame that ends early, by its end code or its data ("image file is truncated").
   if (px < total) fail(`truncated GIF image data (${px} of ${total} pixels)`);
   const out = new Uint8Array(width * height * 3);
   for (let p = 0; p < width * height; p++) {
+    if (p % PIXELS_PER_TURN === PIXELS_PER_TURN - 1) await nextTurn();
     const v = canvas[p];
     if (palette) {
       if (v * 3 + 2 < palette.length) { out[p * 3] = palette[v * 3]; out[p * 3 + 1] = palette[v * 3 + 1]; out[p * 3 + 2] = palette[v * 3 + 2]; }
@@ -103,7 +109,7 @@ function interlacedRows(h: number, interlaced: boolean): number[] {
 }
 
 /** GIF's variable-width LZW (LSB-first codes, clear and end codes, at most 12 bits). */
-function lzwDecode(data: Uint8Array, minCodeSize: number, emit: (v: number) => void, done: () => boolean): void {
+async function lzwDecode(data: Uint8Array, minCodeSize: number, emit: (v: number) => void, done: () => boolean): Promise<void> {
   const clear = 1 << minCodeSize;
   const end = clear + 1;
   const prefix = new Int16Array(4096);
@@ -122,7 +128,8 @@ function lzwDecode(data: Uint8Array, minCodeSize: number, emit: (v: number) => v
     for (let c = code; c !== -1; c = prefix[c]) stack[n++] = suffix[c];
     while (n > 0) emit(stack[--n]);
   };
-  while (!done()) {
+  for (let n = 1; !done(); n++) {
+    if (n % CODES_PER_TURN === 0) await nextTurn();
     while (bits < size && pos < data.length) { acc |= data[pos++] << bits; bits += 8; }
     if (bits < size) return; // the data ran out
     const code = acc & ((1 << size) - 1);
