@@ -2,7 +2,8 @@
 // after checking Pillow's decompression-bomb limits on the size in the header.
 //   - JPEG, PNG, WebP, TIFF: sharp (libjpeg-turbo, libpng, libwebp, libtiff, as Pillow), with no colour
 //     management (Pillow ignores ICC profiles) and these Pillow conversions done here:
-//       CMYK (JPEG: Adobe-inverted or not, YCCK; TIFF): Pillow's cmyk2rgb formula, not an ICC transform;
+//       CMYK (JPEG: Adobe-inverted or not, YCCK; TIFF): Pillow's cmyk2rgb formula, not an ICC transform
+//       (libvips's raw CMYK values are Pillow's: both read every 4-component JPEG as Adobe-inverted);
 //       16-bit grayscale (Pillow's "I;16"): values clipped to 255, not scaled;
 //   - GIF (first frame, Pillow's canvas and palette rules) and BMP: our decoders (gif.ts, bmp.ts);
 //   - binary PGM / PPM with maxval 255: read directly.
