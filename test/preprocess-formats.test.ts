@@ -163,7 +163,7 @@ describe('Pillow\'s decompression-bomb limits', () => {
       const out = Buffer.alloc(body.length + 8);
       out.writeUInt32BE(data.length, 0);
       body.copy(out, 4);
-      out.writeUInt32BE(zlib.crc32(body), body.length + 4);
+      out.writeUInt32BE(crc32(body), body.length + 4);
       return out;
     };
     const ihdr = Buffer.alloc(13);
@@ -256,6 +256,18 @@ describe('Pillow\'s decompression-bomb limits', () => {
   });
 });
 
+/** PNG's CRC-32 (zlib.crc32 needs Node 20.15 or later). */
+const CRC_TABLE = Array.from({ length: 256 }, (_, n) => {
+  let c = n;
+  for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+  return c >>> 0;
+});
+function crc32(b: Uint8Array): number {
+  let c = 0xffffffff;
+  for (const v of b) c = CRC_TABLE[(c ^ v) & 255] ^ (c >>> 8);
+  return (c ^ 0xffffffff) >>> 0;
+}
+
 /** Row y of writePNG's image as stored: filter byte 0, then RGB (a pattern repeating every 256 rows). */
 const rows = new Map<string, Buffer>();
 function pngRow(y: number, w: number): Buffer {
@@ -278,7 +290,7 @@ async function writePNG(file: string, w: number, h: number): Promise<void> {
     const b = Buffer.alloc(body.length + 8);
     b.writeUInt32BE(data.length, 0);
     body.copy(b, 4);
-    b.writeUInt32BE(zlib.crc32(body), body.length + 4);
+    b.writeUInt32BE(crc32(body), body.length + 4);
     return b;
   };
   const ihdr = Buffer.alloc(13);
