@@ -30,7 +30,6 @@ export async function decodeBMP(b: Uint8Array): Promise<RGBImage> {
   if (b.length < 18) fail('truncated BMP header');
   const offset = u32(b, 10);
   const headerSize = u32(b, 14);
-  let p = 18;
   if (b.length < 14 + headerSize) fail('truncated BMP header');
   let width: number, height: number, bits: number, compression: number, colors = 0, paletteEntry: number;
   let topDown = false;
@@ -49,7 +48,7 @@ export async function decodeBMP(b: Uint8Array): Promise<RGBImage> {
   } else {
     return fail(`unsupported BMP header type (${headerSize})`);
   }
-  p = 14 + headerSize + (headerSize === 40 && compression === 3 ? 12 : 0); // the palette follows (Pillow reads on)
+  const p = 14 + headerSize + (headerSize === 40 && compression === 3 ? 12 : 0); // the palette follows (Pillow reads on)
   if (!colors) colors = 2 ** bits;
   let mode: 'P' | '1' | 'L' | 'RGB';
   let raw: RawMode;
