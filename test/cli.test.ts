@@ -50,3 +50,10 @@ test('usage errors exit 2 and say what is wrong', async () => {
   expect(await main(['frobnicate'])).toBe(2);
   expect(output.stderr()).toMatch(/unknown command 'frobnicate'/);
 });
+
+test('--max-pixels: Pillow\'s decompression-bomb limit, a warning above it and an error above twice it', async () => {
+  expect(await main(['chat', '--model', dir, '--image', IMAGE, '--max-pixels', '300000', '--backend', 'wasm', 'q'])).toBe(1);
+  expect(output.stderr()).toMatch(/example_image1\.jpg: image size 1000x747 \(747000 pixels\) exceeds the limit of 600000 pixels .*--max-pixels/);
+  expect(await main(['chat', '--model', dir, '--image', IMAGE, '--max-pixels', '700000', '--max-new-tokens', '1', '--backend', 'wasm', '--json', 'q'])).toBe(0);
+  expect(output.stderr()).toMatch(/example_image1\.jpg: image size 1000x747 \(747000 pixels\) exceeds maxPixels = 700000 \(CLI --max-pixels\)/);
+});

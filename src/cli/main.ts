@@ -26,6 +26,7 @@ const USAGE = `usage: pvc chat --model DIR [--image FILE ...] [--video FILE [--f
 options:
   --max-new-tokens N   most tokens to generate (default 512)
   --max-tiles N        tiles per image (default: the model's max_dynamic_patch)
+  --max-pixels N|none  Pillow's decompression-bomb limit: warn above N pixels, refuse above 2N (default 89478485)
   --sample             sample instead of greedy decoding, with:
   --temperature T  --top-p P  --top-k K  --seed S
   --backend B          tensorflow | wasm | cpu (default: the first that works)
@@ -43,6 +44,7 @@ interface ChatArgs {
   frames: number;
   maxNewTokens: number;
   maxTiles?: number;
+  maxPixels?: number | null;
   sample: boolean;
   temperature?: number;
   topP?: number;
@@ -92,6 +94,7 @@ function parseChatArgs(argv: string[]): ChatArgs {
       case '--frames': a.frames = number(flag); break;
       case '--max-new-tokens': a.maxNewTokens = number(flag); break;
       case '--max-tiles': a.maxTiles = number(flag); break;
+      case '--max-pixels': a.maxPixels = args.peek() === 'none' ? (args.next(), null) : number(flag); break;
       case '--sample': a.sample = true; break;
       case '--temperature': a.temperature = number(flag); break;
       case '--top-p': a.topP = number(flag); break;
@@ -130,7 +133,7 @@ async function chat(args: ChatArgs): Promise<void> {
     } else if (args.images.length > 0) {
       const maxNum = args.maxTiles ?? model.config.max_dynamic_patch;
       const images = [];
-      for (const file of args.images) images.push(await loadImage(file, { inputSize, maxNum }));
+      for (const file of args.images) images.push(await loadImage(file, { inputSize, maxNum, maxPixels: args.maxPixels }));
       pixelValues = tf.concat(images.map((i) => i.pixelValues)) as tf.Tensor4D;
       images.forEach((i) => i.pixelValues.dispose());
       numPatchesList = images.map((i) => i.numPatches);
@@ -180,6 +183,7 @@ interface InspectArgs {
   heatmap: boolean;
   logitLens: boolean;
   maxNewTokens: number;
+  maxPixels?: number | null;
   backend?: BackendName;
   question: string;
 }
@@ -197,6 +201,7 @@ function parseInspectArgs(argv: string[]): InspectArgs {
       case '--heatmap': a.heatmap = true; break;
       case '--logit-lens': a.logitLens = true; break;
       case '--max-new-tokens': a.maxNewTokens = args.number(flag); break;
+      case '--max-pixels': a.maxPixels = args.peek() === 'none' ? (args.next(), null) : args.number(flag); break;
       case '--backend': a.backend = value() as BackendName; break;
       case '--taps':
         for (let next = args.peek(); next !== undefined && !next.startsWith('--'); next = args.peek()) a.taps.push(args.next()!);
@@ -220,7 +225,7 @@ async function inspect(args: InspectArgs): Promise<void> {
   const taps = new Set(args.taps);
   if (args.heatmap) taps.add('llm.layers.*.attn.probs');
   if (args.logitLens) taps.add('llm.layers.*.out');
-  const image = args.image ? await loadImage(args.image, { inputSize: model.config.image_size, maxNum: model.config.max_dynamic_patch }) : null;
+  const image = args.image ? await loadImage(args.image, { inputSize: model.config.image_size, maxNum: model.config.max_dynamic_patch, maxPixels: args.maxPixels }) : null;
   try {
     const generate = args.heatmap ? { maxNewTokens: Math.max(args.maxNewTokens, 1) } : args.maxNewTokens > 0 ? { maxNewTokens: args.maxNewTokens } : undefined;
     const result = await model.inspect({ pixelValues: image?.pixelValues ?? null, question: args.question, taps: [...taps], generate, dataFlag: image ? 1 : undefined });
