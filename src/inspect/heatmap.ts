@@ -2,6 +2,7 @@
 // on the image's tile grid, and rendered over the image as a heatmap (sharp).
 import * as tf from '@tensorflow/tfjs';
 import sharp from 'sharp';
+import { decodeRGB } from '../preprocess/image';
 
 /** Where each tile sits in the image (cols x rows grid, thumbnail excluded) and its visual tokens per frame. */
 export interface TileLayout {
@@ -50,8 +51,10 @@ function heatColor(t: number): [number, number, number] {
 
 /** Renders an attention map over an image (same size as the image) as PNG bytes. */
 export async function renderHeatmap(imageFile: string | Buffer, attention: { map: Float32Array; width: number; height: number }, opacity = 0.55): Promise<Buffer> {
-  const base = sharp(imageFile).removeAlpha().toColourspace('srgb');
-  const { width, height } = await base.metadata().then((m) => ({ width: m.width!, height: m.height! }));
+  // The image as the model saw it (decoded as Pillow does, within its pixel limits).
+  const image = await decodeRGB(imageFile);
+  const { width, height } = image;
+  const base = sharp(Buffer.from(image.data.buffer, image.data.byteOffset, image.data.length), { raw: { width, height, channels: 3 } });
   let lo = Infinity;
   let hi = -Infinity;
   for (const v of attention.map) {
