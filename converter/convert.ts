@@ -114,6 +114,8 @@ export function formatAudit(audit: Audit): string {
   const total = Object.values(audit.bytesByDtype).reduce((a, b) => a + b, 0);
   lines.push(`tensors: ${audit.known.length} known, ${audit.unknown.length} unknown, ${audit.missing.length} missing, ${audit.mismatched.length} mismatched`);
   lines.push(`bytes by dtype: ${Object.entries(audit.bytesByDtype).map(([d, b]) => `${d} ${formatBytes(b)}`).join(', ')} (total ${formatBytes(total)})`);
+  // Every tensor: the known ones with their dtype and shape, then what is unknown, missing or mismatched.
+  for (const r of audit.known) lines.push(`  known: ${r.name} ${r.dtype} [${r.shape}]`);
   for (const p of auditProblems(audit)) lines.push(`  ${p}`);
   return lines.join('\n');
 }

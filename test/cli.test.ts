@@ -53,7 +53,16 @@ test('usage errors exit 2 and say what is wrong', async () => {
 
 test('--max-pixels: Pillow\'s decompression-bomb limit, a warning above it and an error above twice it', async () => {
   expect(await main(['chat', '--model', dir, '--image', IMAGE, '--max-pixels', '300000', '--backend', 'wasm', 'q'])).toBe(1);
-  expect(output.stderr()).toMatch(/example_image1\.jpg: image size 1000x747 \(747000 pixels\) exceeds the limit of 600000 pixels .*--max-pixels/);
+  expect(output.stderr()).toMatch(/odd-1000x747-max6\.jpg: image size 1000x747 \(747000 pixels\) exceeds the limit of 600000 pixels .*--max-pixels/);
   expect(await main(['chat', '--model', dir, '--image', IMAGE, '--max-pixels', '700000', '--max-new-tokens', '1', '--backend', 'wasm', '--json', 'q'])).toBe(0);
-  expect(output.stderr()).toMatch(/example_image1\.jpg: image size 1000x747 \(747000 pixels\) exceeds maxPixels = 700000 \(CLI --max-pixels\)/);
+  expect(output.stderr()).toMatch(/odd-1000x747-max6\.jpg: image size 1000x747 \(747000 pixels\) exceeds maxPixels = 700000 \(CLI --max-pixels\)/);
+});
+
+test('flags that would be ignored are said so: sampling options without --sample warn, --frames with an image and a still image as --video are errors', async () => {
+  expect(await main(['chat', '--model', dir, '--image', IMAGE, '--temperature', '0.7', '--top-k', '5', '--max-new-tokens', '1', '--backend', 'wasm', '--json', 'q'])).toBe(0);
+  expect(output.stderr()).toMatch(/pvc chat: --temperature, --top-k only apply with --sample; decoding greedily/);
+  expect(await main(['chat', '--model', dir, '--image', IMAGE, '--frames', '8', 'q'])).toBe(2);
+  expect(output.stderr()).toMatch(/--frames applies to --video/);
+  expect(await main(['chat', '--model', dir, '--video', IMAGE, '--backend', 'wasm', 'q'])).toBe(1);
+  expect(output.stderr()).toMatch(/odd-1000x747-max6\.jpg has a single frame: a still image; pass it with --image/);
 });

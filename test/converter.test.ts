@@ -324,6 +324,10 @@ describe('the pvc-convert command', () => {
     expect(cliMain([checkpointDir('tiny-internvl2'), '--audit'])).toBe(0);
     expect(output.stdout()).toMatch(/tensors: 69 known, 0 unknown, 0 missing, 0 mismatched/);
     expect(output.stdout()).toMatch(/bytes by dtype: BF16 1\.4 MiB/);
+    // Every tensor is listed, as the README says.
+    const listed = output.stdout().split('\n').filter((l) => /^ {2}known: /.test(l));
+    expect(listed).toHaveLength(69);
+    expect(output.stdout()).toMatch(/ {2}known: vision_model\.embeddings\.patch_embedding\.weight BF16 \[\d+,3,14,14\]/);
   });
 
   test('--audit on a broken checkpoint lists the problems and exits 1', () => {

@@ -110,6 +110,12 @@ function parseChatArgs(argv: string[]): ChatArgs {
   if (!a.model) throw new Error('--model DIR is required');
   if (rest.length !== 1) throw new Error(`expected one question, got ${rest.length} argument(s)`);
   if (a.video && a.images.length > 0) throw new Error('give --image or --video, not both');
+  if (argv.includes('--frames') && !a.video) throw new Error('--frames applies to --video (an image is tiled, not sampled)');
+  if (!a.sample) {
+    // As transformers warns: these only shape sampling, and greedy decoding ignores them.
+    const ignored = (['temperature', 'topP', 'topK'] as const).filter((k) => a[k] !== undefined).map((k) => `--${k.replace(/[A-Z]/, (c) => `-${c.toLowerCase()}`)}`);
+    if (ignored.length) process.stderr.write(`pvc chat: ${ignored.join(', ')} only apply with --sample; decoding greedily\n`);
+  }
   return { ...(a as ChatArgs), question: rest[0] };
 }
 
@@ -126,6 +132,10 @@ async function chat(args: ChatArgs): Promise<void> {
   try {
     if (args.video) {
       const video = await loadVideo(args.video, { numSegments: args.frames, inputSize, maxNum: 1 });
+      if (video.frameCount === 1) {
+        video.pixelValues.dispose();
+        throw new Error(`${args.video} has a single frame: a still image; pass it with --image`);
+      }
       pixelValues = video.pixelValues;
       numPatchesList = video.numPatchesList;
       question = withImagePlaceholders(question, numPatchesList.length, 'video');
