@@ -14,6 +14,8 @@ async function main() {
   const pixelValues = tf.concat([image1.pixelValues, image2.pixelValues]) as tf.Tensor4D;
   const numPatchesList = [image1.numPatches, image2.numPatches];
   console.log(`images: ${numPatchesList.join(' + ')} tiles`);
+  const perTile = model.tokensPerTile(2);
+  console.log(`visual tokens: ${numPatchesList.reduce((a, b) => a + b, 0) * perTile} (${perTile} per tile)`);
 
   const question = withImagePlaceholders('What are the similarities and differences between these two images.', 2, 'images');
   const t = Date.now();

@@ -14,7 +14,8 @@ export const DEFAULT_MODEL = path.join(ROOT, 'weights', 'tiny-internvl2');
 /** `--model DIR` from the command line, else the embedded tiny model. */
 export function modelDir(): string {
   const i = process.argv.indexOf('--model');
-  const dir = i >= 0 ? process.argv[i + 1] : DEFAULT_MODEL;
+  // Printed relative to where the example runs, the same way every time.
+  const dir = path.relative(process.cwd(), i >= 0 ? process.argv[i + 1] : DEFAULT_MODEL) || '.';
   if (!dir || !fs.existsSync(path.join(dir, 'manifest.json'))) {
     throw new Error(`${dir ?? '(missing)'} is not a converted model: run \`npm run demo\` once to build the tiny default, or pass --model DIR`);
   }
