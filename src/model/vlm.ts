@@ -47,6 +47,35 @@ function repeatFrames(x: tf.Tensor4D, times: number): tf.Tensor4D {
   return tf.tile(x.reshape([n, 1, ...rest]), [1, times, 1, 1, 1]).reshape([n * times, ...rest]) as tf.Tensor4D;
 }
 
+/** One pass of frames through the vision encoder: frames [start, start + count) as `sequences` sequences. */
+interface VisionPass {
+  start: number;
+  count: number;
+  sequences: number;
+  /** The pass begins sequences of its own (a fresh frame cache), or continues the previous pass's one. */
+  newCache: boolean;
+}
+
+/**
+ * The passes for `sequences` sequences of `F` frames with at most `perPass` frames a pass: several whole
+ * sequences when they fit, else each sequence in chunks of frames carrying its frame cache.
+ */
+function visionPasses(sequences: number, F: number, perPass: number): VisionPass[] {
+  const passes: VisionPass[] = [];
+  if (F <= perPass) {
+    const k = Math.floor(perPass / F);
+    for (let s = 0; s < sequences; s += k) {
+      const n = Math.min(k, sequences - s);
+      passes.push({ start: s * F, count: n * F, sequences: n, newCache: true });
+    }
+  } else {
+    for (let s = 0; s < sequences; s++) {
+      for (let f = 0; f < F; f += perPass) passes.push({ start: s * F + f, count: Math.min(perPass, F - f), sequences: 1, newCache: f === 0 });
+    }
+  }
+  return passes;
+}
+
 /**
  * Embeddings `text` [B, T, D] of the prompt rows `ids` with the IMG_CONTEXT rows replaced by the rows of
  * `visual` [n, D], in order (upstream's `input_embeds[selected] = vit_embeds`). Pure: a new tensor,
@@ -149,17 +178,7 @@ export class VisionLanguageModel {
         const F = (isVideo ? tiles : 1) * repeats;
         // With a tap, one pass per sample: taps then have their whole shapes (temporal attention over all frames).
         const perPass = tap ? Infinity : this.limits.framesPerPass;
-        // Passes: several whole sequences when they fit (each pass a fresh cache), else one sequence in
-        // chunks of frames (a fresh cache at each sequence's start, carried within it).
-        const passes: { start: number; count: number; sequences: number; newCache: boolean }[] = [];
-        if (F <= perPass) {
-          const k = Math.floor(perPass / F);
-          for (let s = 0; s < tiles * repeats / F; s += k) passes.push({ start: s * F, count: Math.min(k, tiles * repeats / F - s) * F, sequences: Math.min(k, tiles * repeats / F - s), newCache: true });
-        } else {
-          for (let s = 0; s < (tiles * repeats) / F; s++) {
-            for (let f = 0; f < F; f += perPass) passes.push({ start: s * F + f, count: Math.min(perPass, F - f), sequences: 1, newCache: f === 0 });
-          }
-        }
+        const passes = visionPasses((tiles * repeats) / F, F, perPass);
         let cache = new FrameCache();
         try {
           for (const pass of passes) {
