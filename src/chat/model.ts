@@ -260,21 +260,29 @@ export class PVCModel {
     }
     try {
       // As upstream's generate() from embeddings, the ids the logits processors see start at <s>.
-      yield* generateSteps(this.llm, { embeds, attentionMask, seenIds: rows.map(() => [tokenizer.bosTokenId]) }, config, { signal, tap });
+      const decode = (ids: readonly number[]) => tokenizer.decode(ids, { skipSpecialTokens: true });
+      yield* generateSteps(this.llm, { embeds, attentionMask, seenIds: rows.map(() => [tokenizer.bosTokenId]) }, config, { signal, tap, decode });
     } finally {
       embeds.dispose();
     }
   }
 
-  /** The prompt chat() builds and the token ids it generates (eos included), without decoding them. */
-  async chatIds(tokenizer: PVCTokenizer, pixelValues: tf.Tensor4D | null, question: string, generation: GenerationOptions = {}, options: ChatOptions = {}): Promise<PreparedPrompt & { outputIds: number[] }> {
+  /**
+   * The prompt chat() builds and the token ids it generates (eos included), without decoding them.
+   * Beam search (numBeams > 1): outputIds is the best sequence; `sequences` holds all
+   * numReturnSequences of them (padded as upstream's generate() pads) and `sequenceScores` their scores.
+   */
+  async chatIds(tokenizer: PVCTokenizer, pixelValues: tf.Tensor4D | null, question: string, generation: GenerationOptions = {}, options: ChatOptions = {}): Promise<PreparedPrompt & { outputIds: number[]; sequences?: number[][]; sequenceScores?: number[] }> {
     const prepared = this.preparePrompt(tokenizer, pixelValues, question, options);
-    const outputIds: number[] = [];
+    const sequences: number[][] = [[]];
+    let sequenceScores: number[] | undefined;
     for await (const step of this.steps(tokenizer, pixelValues, prepared.samples, [prepared.inputIds], generation, options.signal)) {
-      outputIds.push(step.tokens[0]);
+      step.tokens.forEach((t, r) => (sequences[r] ??= []).push(t));
+      sequenceScores = step.sequenceScores;
       options.onToken?.(step.tokens[0]);
     }
-    return { prompt: prepared.prompt, question: prepared.question, inputIds: prepared.inputIds, outputIds };
+    const beams = sequenceScores ? { sequences, sequenceScores } : {};
+    return { prompt: prepared.prompt, question: prepared.question, inputIds: prepared.inputIds, outputIds: sequences[0], ...beams };
   }
 
   /** Upstream's chat(): the answer (and the history with this turn appended, with returnHistory). */
@@ -282,15 +290,18 @@ export class PVCModel {
   async chat(tokenizer: PVCTokenizer, pixelValues: tf.Tensor4D | null, question: string, generation?: GenerationOptions, options?: ChatOptions): Promise<string>;
   async chat(tokenizer: PVCTokenizer, pixelValues: tf.Tensor4D | null, question: string, generation: GenerationOptions = {}, options: ChatOptions = {}): Promise<string | { response: string; history: History }> {
     const prepared = await this.chatIds(tokenizer, pixelValues, question, generation, options);
-    const response = decodeAnswer(tokenizer, prepared.outputIds);
+    const response = decodeAnswer(tokenizer, prepared.outputIds, SEPARATOR, this.generationConfig(tokenizer, generation).stop);
     if (!options.returnHistory) return response;
     return { response, history: [...(options.history ?? []), [prepared.question, response]] };
   }
 
-  /** chat() as a stream of text pieces whose concatenation is chat()'s answer. */
+  /**
+   * chat() as a stream of text pieces whose concatenation is chat()'s answer. With beam search the
+   * pieces come only once the search is over (no beam is final before).
+   */
   async *stream(tokenizer: PVCTokenizer, pixelValues: tf.Tensor4D | null, question: string, generation: GenerationOptions = {}, options: ChatOptions = {}): AsyncGenerator<string> {
     const prepared = this.preparePrompt(tokenizer, pixelValues, question, options);
-    const decoder = new StreamDecoder(tokenizer);
+    const decoder = new StreamDecoder(tokenizer, SEPARATOR, this.generationConfig(tokenizer, generation).stop);
     for await (const step of this.steps(tokenizer, pixelValues, prepared.samples, [prepared.inputIds], generation, options.signal)) {
       options.onToken?.(step.tokens[0]);
       const piece = decoder.push(step.tokens[0]);
@@ -318,9 +329,11 @@ export class PVCModel {
       const prompt = expandImagePlaceholders(buildPrompt(this.config.system_message, [], q), images, images.map(() => this.tokensPerTile(samples[i].dataFlag)));
       return tokenizer.encode(prompt);
     });
-    const out: number[][] = rows.map(() => []);
-    for await (const step of this.steps(tokenizer, pixelValues, samples, rows, generation, options.signal)) step.tokens.forEach((t, b) => out[b].push(t));
-    return out.map((ids) => decodeAnswer(tokenizer, ids));
+    // Beam search with numReturnSequences n gives n answers per question, as upstream's batch_chat.
+    const out: number[][] = [];
+    for await (const step of this.steps(tokenizer, pixelValues, samples, rows, generation, options.signal)) step.tokens.forEach((t, b) => (out[b] ??= []).push(t));
+    const stop = this.generationConfig(tokenizer, generation).stop;
+    return Array.from({ length: Math.max(rows.length, out.length) }, (_, r) => decodeAnswer(tokenizer, out[r] ?? [], SEPARATOR, stop));
   }
 
   private ownTokenizer: PVCTokenizer | null = null;
