@@ -7,7 +7,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { BackendName, initBackend } from '../backend';
 import { loadConfig, ModelConfig } from '../config';
-import { GenerationConfig, generateSteps, resolveGenerationConfig } from '../generation/generate';
+import { GenerationConfig, GenerationRequest, generateSteps, resolveGenerationConfig } from '../generation/generate';
 import { Weights } from '../io/weights';
 import { InternLM2 } from '../llm/internlm2';
 import { Tap } from '../nn/layers';
@@ -19,7 +19,7 @@ import { expandTaps, TapRecorder, tapNames } from './inspect';
 import { buildPrompt, expandImagePlaceholders, History, IMAGE_PLACEHOLDER, IMG_CONTEXT_TOKEN, SEPARATOR } from './template';
 
 /** Generation options: camelCase or upstream's snake_case keys (max_new_tokens, do_sample, ...). */
-export type GenerationOptions = Partial<GenerationConfig> & Record<string, unknown>;
+export type GenerationOptions = GenerationRequest;
 
 export interface ChatOptions {
   /** Earlier (question, answer) turns. */

@@ -44,6 +44,12 @@ export interface GenerationConfig {
   stop: string[];
 }
 
+/**
+ * Generation options as callers give them: a partial config, camelCase or upstream's snake_case keys;
+ * `stop` may be one string.
+ */
+export type GenerationRequest = Partial<Omit<GenerationConfig, 'stop'>> & { stop?: string | string[] } & Record<string, unknown>;
+
 /** What upstream falls back to when the caller passes only a few keys (transformers' defaults). */
 export const GENERATION_DEFAULTS: Omit<GenerationConfig, 'eosTokenId' | 'padTokenId'> = {
   maxNewTokens: 20,
@@ -145,14 +151,14 @@ export interface GenerationStep {
   sequenceScores?: number[];
 }
 
-export interface GenerationOptions {
+export interface GenerationRunOptions {
   signal?: AbortSignal;
   tap?: Tap;
   /** The text of generated ids, for stop strings (required when config.stop is not empty). */
   decode?: (ids: readonly number[]) => string;
 }
 
-function stopStrings(config: GenerationConfig, options: GenerationOptions): StopStrings | undefined {
+function stopStrings(config: GenerationConfig, options: GenerationRunOptions): StopStrings | undefined {
   if (config.stop.length === 0) return undefined;
   if (options.decode === undefined) throw new Error('stop strings need a decode function (options.decode)');
   return new StopStrings(config.stop, options.decode);
@@ -167,7 +173,7 @@ export async function* generateSteps(
   model: InternLM2,
   input: GenerationInput,
   config: GenerationConfig,
-  options: GenerationOptions = {},
+  options: GenerationRunOptions = {},
 ): AsyncGenerator<GenerationStep> {
   const stop = stopStrings(config, options);
   if (config.numBeams > 1) {
@@ -238,7 +244,7 @@ export async function generate(
   model: InternLM2,
   input: GenerationInput,
   config: GenerationConfig,
-  options: GenerationOptions = {},
+  options: GenerationRunOptions = {},
 ): Promise<number[][]> {
   const rows = input.embeds.shape[0] * (config.numBeams > 1 ? config.numReturnSequences : 1);
   const out: number[][] = Array.from({ length: rows }, () => []);
