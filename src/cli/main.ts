@@ -1,6 +1,7 @@
 // The `pvc` command.
 //   pvc chat --model DIR (--image F ... | --video F [--frames N]) [--max-new-tokens N]
-//            [--sample --temperature T --top-p P --top-k K --seed S] [--backend B] [--json] "question"
+//            [--sample --temperature T --top-p P --top-k K --seed S] [--num-beams N ...] [--stop S ...]
+//            [--backend B] [--json] "question"
 // Streams the answer to stdout; load time, prefill time and tokens/s go to stderr.
 import * as tf from '@tensorflow/tfjs';
 import * as fs from 'fs';
@@ -22,6 +23,9 @@ options:
   --max-tiles N        tiles per image (default: the model's max_dynamic_patch)
   --sample             sample instead of greedy decoding, with:
   --temperature T  --top-p P  --top-k K  --seed S
+  --num-beams N        beam search (as upstream's num_beams; the answer comes at the end), with:
+  --length-penalty X  --early-stopping true|false|never
+  --stop S             end the answer before S (repeatable)
   --backend B          tensorflow | wasm | cpu (default: the first that works)
   --json               print one JSON object (answer, timings) instead of streaming text
 
@@ -42,6 +46,10 @@ interface ChatArgs {
   topP?: number;
   topK?: number;
   seed?: number;
+  numBeams?: number;
+  lengthPenalty?: number;
+  earlyStopping?: boolean | 'never';
+  stop: string[];
   backend?: BackendName;
   json: boolean;
   question: string;
@@ -73,7 +81,7 @@ class ArgReader {
 }
 
 function parseChatArgs(argv: string[]): ChatArgs {
-  const a: Partial<ChatArgs> & { images: string[] } = { images: [], frames: 32, maxNewTokens: 512, sample: false, json: false };
+  const a: Partial<ChatArgs> & { images: string[] } = { images: [], frames: 32, maxNewTokens: 512, sample: false, json: false, stop: [] };
   const rest: string[] = [];
   const args = new ArgReader(argv);
   for (let flag = args.next(); flag !== undefined; flag = args.next()) {
@@ -91,6 +99,15 @@ function parseChatArgs(argv: string[]): ChatArgs {
       case '--top-p': a.topP = number(flag); break;
       case '--top-k': a.topK = number(flag); break;
       case '--seed': a.seed = number(flag); break;
+      case '--num-beams': a.numBeams = number(flag); break;
+      case '--length-penalty': a.lengthPenalty = number(flag); break;
+      case '--early-stopping': {
+        const v = value();
+        if (v !== 'true' && v !== 'false' && v !== 'never') throw new Error(`--early-stopping expects true, false or never, not ${v}`);
+        a.earlyStopping = v === 'never' ? v : v === 'true';
+        break;
+      }
+      case '--stop': a.stop!.push(value()); break;
       case '--backend': a.backend = value() as BackendName; break;
       case '--json': a.json = true; break;
       default:
@@ -133,7 +150,8 @@ async function chat(args: ChatArgs): Promise<void> {
       dataFlag = images.length > 1 ? 2 : 1;
     }
     const generation: GenerationOptions = { maxNewTokens: args.maxNewTokens, doSample: args.sample };
-    for (const key of ['temperature', 'topP', 'topK', 'seed'] as const) if (args[key] !== undefined) generation[key] = args[key];
+    for (const key of ['temperature', 'topP', 'topK', 'seed', 'numBeams', 'lengthPenalty', 'earlyStopping'] as const) if (args[key] !== undefined) generation[key] = args[key] as never;
+    if (args.stop.length > 0) generation.stop = args.stop;
     const started = Date.now();
     let firstAt = 0;
     let tokens = 0;
