@@ -121,7 +121,7 @@ export async function beamSearch(
   model: InternLM2,
   input: GenerationInput,
   config: GenerationConfig,
-  options: { signal?: AbortSignal; tap?: Tap; stop?: StopStrings } = {},
+  options: { signal?: AbortSignal; tap?: Tap; stop?: StopStrings; /** After each step's choice (progress, timing). */ onStep?: (step: number) => void } = {},
 ): Promise<BeamSearchOutput> {
   const [B, T] = input.embeds.shape;
   const K = config.numBeams;
@@ -193,6 +193,7 @@ export async function beamSearch(
       }
       tokens = nextTokens;
       scores = nextScores;
+      options.onStep?.(step);
       if (done.every(Boolean) || step + 1 >= config.maxNewTokens) break;
       options.signal?.throwIfAborted();
       cache.reorder(from);
