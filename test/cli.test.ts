@@ -36,7 +36,10 @@ test('pvc chat --num-beams / --length-penalty / --early-stopping / --stop give c
   const argv = ['chat', '--model', dir, '--image', IMAGE, '--max-new-tokens', '6', '--backend', 'wasm', '--json'];
   const beams = ['--num-beams', '3', '--length-penalty', '0.5', '--early-stopping', 'never'];
   expect(await main([...argv, ...beams, 'What is in the image?'])).toBe(0);
-  const free = JSON.parse(output.stdout().trim().split('\n').pop()!).answer as string;
+  const report = JSON.parse(output.stdout().trim().split('\n').pop()!);
+  expect(report).toMatchObject({ numBeams: 3, prefillSeconds: null, tokensPerSecond: null });
+  expect(report.searchSeconds).toBeGreaterThan(0);
+  const free = report.answer as string;
   const model = await PVCModel.load(dir, { backend: 'wasm' });
   const tokenizer = await loadTokenizer(dir);
   const img = await loadImage(IMAGE, { inputSize: model.config.image_size, maxNum: model.config.max_dynamic_patch });

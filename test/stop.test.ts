@@ -98,6 +98,19 @@ describe('stop strings on wasm', () => {
     expect(pieces.join('')).toBe(answer);
   });
 
+  test('beam search stops on an abort signal and frees what it made', async () => {
+    const before = tf.memory().numTensors;
+    const controller = new AbortController();
+    let steps = 0;
+    const onToken = () => steps++;
+    const timer = setTimeout(() => controller.abort(new Error('stop now')), 50);
+    await expect(model.chat(tokenizer, imageA, 'Describe the image.', { max_new_tokens: 100000, num_beams: 3 }, { signal: controller.signal, onToken }))
+      .rejects.toThrow('stop now');
+    clearTimeout(timer);
+    expect(steps).toBe(0); // beams hand out tokens only at the end
+    expect(tf.memory().numTensors).toBe(before);
+  });
+
   test('batchChat: each row stops on its own', async () => {
     const b = doc.batch_chat!;
     const ref = loadReference('tiny-internvl2');

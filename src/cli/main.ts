@@ -166,18 +166,23 @@ async function chat(args: ChatArgs): Promise<void> {
     const end = Date.now();
     const prefillSeconds = ((firstAt || end) - started) / 1000;
     const decodeSeconds = (end - (firstAt || end)) / 1000;
+    // Beam search hands out its tokens only at the end: there the time is the whole search.
+    const beams = (args.numBeams ?? 1) > 1;
     const stats = {
       loadSeconds, prefillSeconds, decodeSeconds,
       // The first token comes with the prefill; the rest are decode steps.
-      tokens, tokensPerSecond: decodeSeconds > 0 ? (tokens - 1) / decodeSeconds : null,
+      tokens, tokensPerSecond: decodeSeconds > 0 && !beams ? (tokens - 1) / decodeSeconds : null,
       tiles: pixelValues?.shape[0] ?? 0, backend: tf.getBackend(),
+      ...(beams ? { numBeams: args.numBeams, prefillSeconds: null, decodeSeconds: null, searchSeconds: (end - started) / 1000 } : {}),
     };
     if (args.json) {
       process.stdout.write(JSON.stringify({ answer, question, numPatchesList: numPatchesList ?? [], ...stats }) + '\n');
     } else {
       process.stdout.write('\n');
-      process.stderr.write(`load ${loadSeconds.toFixed(2)}s  prefill ${prefillSeconds.toFixed(2)}s (${stats.tiles} tiles)  ` +
-        `decode ${stats.tokensPerSecond === null ? '-' : stats.tokensPerSecond.toFixed(1)} tokens/s  [${stats.backend}]\n`);
+      process.stderr.write(beams
+        ? `load ${loadSeconds.toFixed(2)}s  beam search (${args.numBeams} beams, ${stats.tiles} tiles) ${((end - started) / 1000).toFixed(2)}s  [${stats.backend}]\n`
+        : `load ${loadSeconds.toFixed(2)}s  prefill ${prefillSeconds.toFixed(2)}s (${stats.tiles} tiles)  ` +
+          `decode ${stats.tokensPerSecond === null ? '-' : stats.tokensPerSecond.toFixed(1)} tokens/s  [${stats.backend}]\n`);
     }
   } finally {
     pixelValues?.dispose();

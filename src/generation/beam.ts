@@ -79,15 +79,24 @@ class Hypotheses {
   }
 }
 
-/** torch's float32 log_softmax of one row. */
+/**
+ * torch's float32 log_softmax of one row: (x - max) - log(sum(exp(x - max))), each difference rounded
+ * to float32 (a Float32Array store rounds; plain loops, no per-element calls: this runs over
+ * numBeams x vocabulary values every step).
+ */
 function logSoftmax(logits: Float32Array): Float32Array {
-  const f = Math.fround;
+  const n = logits.length;
   let max = -Infinity;
-  for (const x of logits) if (x > max) max = x;
+  for (let i = 0; i < n; i++) if (logits[i] > max) max = logits[i];
+  const out = new Float32Array(n);
   let sum = 0;
-  for (const x of logits) sum += Math.exp(x - max);
-  const logSum = f(Math.log(sum));
-  return logits.map((x) => f(f(x - max) - logSum));
+  for (let i = 0; i < n; i++) {
+    out[i] = logits[i] - max;
+    sum += Math.exp(out[i]);
+  }
+  const logSum = Math.fround(Math.log(sum));
+  for (let i = 0; i < n; i++) out[i] -= logSum;
+  return out;
 }
 
 interface Candidate {
@@ -153,7 +162,8 @@ export async function beamSearch(
         const row = logSoftmax(data.subarray(r * V, (r + 1) * V));
         applyRepetitionPenalty(row, [...input.seenIds[Math.floor(i / K)], ...beamTokens], config.repetitionPenalty);
         applyMinNewTokens(row, step, config.minNewTokens, eos);
-        for (let v = 0; v < V; v++) row[v] = f(row[v] + scores[i]);
+        const score = scores[i];
+        for (let v = 0; v < V; v++) row[v] += score; // float32 sum, as torch's
         return row;
       });
       const nextTokens: number[][] = [];
@@ -195,6 +205,9 @@ export async function beamSearch(
       scores = nextScores;
       options.onStep?.(step);
       if (done.every(Boolean) || step + 1 >= config.maxNewTokens) break;
+      // Let timers and I/O run between steps (on wasm and cpu, data() settles without a macrotask):
+      // the search hands out nothing until its end, so an abort can only come from them.
+      await new Promise((resolve) => setImmediate(resolve));
       options.signal?.throwIfAborted();
       cache.reorder(from);
       const next = model.embedTokens(nextTokenIds.map((t) => [t]));
