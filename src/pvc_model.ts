@@ -2,7 +2,7 @@
 // chat(), batch_chat(), a streaming chat (src/chat/) and layer inspection (src/inspect/). Each method
 // is the function of that folder applied to this model.
 import type * as tf from '@tensorflow/tfjs';
-import { batchChat, BatchChatOptions, chat, ChatOptions, chatIds, GenerationOptions, streamChat } from './chat/chat';
+import { batchChat, BatchChatOptions, chat, ChatIds, ChatOptions, chatIds, GenerationOptions, streamChat } from './chat/chat';
 import { PreparedPrompt, preparePrompt, PromptOptions } from './chat/prompt';
 import { History } from './chat/template';
 import { Inspection, inspect, InspectRequest, TapArray } from './inspect/inspect';
@@ -30,7 +30,7 @@ export class PVCModel extends VisionLanguageModel {
   }
 
   /** The prompt chat() builds and the token ids it generates (eos included), without decoding them. */
-  chatIds(tokenizer: PVCTokenizer, pixelValues: tf.Tensor4D | null, question: string, generation: GenerationOptions = {}, options: ChatOptions = {}): Promise<PreparedPrompt & { outputIds: number[] }> {
+  chatIds(tokenizer: PVCTokenizer, pixelValues: tf.Tensor4D | null, question: string, generation: GenerationOptions = {}, options: ChatOptions = {}): Promise<ChatIds> {
     return chatIds(this, tokenizer, pixelValues, question, generation, options);
   }
 

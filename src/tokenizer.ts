@@ -150,26 +150,53 @@ export function pythonStrip(text: string, side: 'both' | 'left' | 'right' = 'bot
   return text.slice(start, end);
 }
 
+/** Where the earliest of the stop strings starts in `text`, or -1. */
+export function findStop(text: string, stops: readonly string[]): number {
+  let first = -1;
+  for (const stop of stops) {
+    const at = text.indexOf(stop);
+    if (at >= 0 && (first < 0 || at < first)) first = at;
+  }
+  return first;
+}
+
+/** `text` up to its first stop string (OpenAI's `stop`: the answer ends before it). */
+export function cutAtStop(text: string, stops: readonly string[]): string {
+  const at = findStop(text, stops);
+  return at < 0 ? text : text.slice(0, at);
+}
+
+/** The length of the longest end of `text` that begins a stop string (text a later token may complete). */
+function stopPrefixLength(text: string, stops: readonly string[]): number {
+  for (let n = Math.min(text.length, Math.max(0, ...stops.map((s) => s.length - 1))); n > 0; n--) {
+    const end = text.slice(text.length - n);
+    if (stops.some((s) => s.length > n && s.startsWith(end))) return n;
+  }
+  return 0;
+}
+
 /**
  * An answer as upstream's chat() returns it: the new tokens decoded with special tokens skipped,
- * cut at the separator, stripped.
+ * cut at the separator, stripped; with stop strings, cut before the first one (matched on the text
+ * before stripping).
  */
-export function decodeAnswer(tokenizer: PVCTokenizer, ids: readonly number[], separator = '<|im_end|>'): string {
-  return pythonStrip(tokenizer.decode(ids, { skipSpecialTokens: true }).split(separator)[0]);
+export function decodeAnswer(tokenizer: PVCTokenizer, ids: readonly number[], separator = '<|im_end|>', stop: readonly string[] = []): string {
+  return pythonStrip(cutAtStop(tokenizer.decode(ids, { skipSpecialTokens: true }).split(separator)[0], stop));
 }
 
 /**
  * Incremental decoding for streaming: `push` each generated id and get the text that is now final;
- * `finish` returns the rest. The pieces concatenate to `decodeAnswer` of all ids. Text is held back
- * while a later token could still change it: an unfinished UTF-8 sequence of byte-fallback pieces,
- * trailing whitespace (the answer is stripped), and a trailing space that may start one of upstream's
- * clean-up patterns (" .", " n't", " 's", ...: all start with a space and are at most 4 characters).
+ * `finish` returns the rest. The pieces concatenate to `decodeAnswer` of all ids (with the same stop
+ * strings). Text is held back while a later token could still change it: an unfinished UTF-8 sequence
+ * of byte-fallback pieces, trailing whitespace (the answer is stripped), a trailing space that may
+ * start one of upstream's clean-up patterns (" .", " n't", " 's", ...: all start with a space and are
+ * at most 4 characters), and an end of the text that begins a stop string.
  */
 export class StreamDecoder {
   private ids: number[] = [];
   private emitted = '';
 
-  constructor(private readonly tokenizer: PVCTokenizer, private readonly separator = '<|im_end|>') {}
+  constructor(private readonly tokenizer: PVCTokenizer, private readonly separator = '<|im_end|>', private readonly stop: readonly string[] = []) {}
 
   push(id: number): string {
     this.ids.push(id);
@@ -181,7 +208,9 @@ export class StreamDecoder {
   }
 
   private advance(final: boolean): string {
-    const decoded = this.tokenizer.decode(final ? this.ids : this.completeIds(), { skipSpecialTokens: true }).split(this.separator)[0];
+    let decoded = cutAtStop(this.tokenizer.decode(final ? this.ids : this.completeIds(), { skipSpecialTokens: true }).split(this.separator)[0], this.stop);
+    // Text that may turn out to be the start of a stop string waits for the next token.
+    if (!final) decoded = decoded.slice(0, decoded.length - stopPrefixLength(decoded, this.stop));
     let text = pythonStrip(decoded, final ? 'both' : 'left');
     if (!final) {
       text = pythonStrip(text, 'right');

@@ -3,8 +3,11 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import sharp from 'sharp';
+import { PVCModel } from '../src/pvc_model';
 import { main } from '../src/cli/main';
+import { loadImage } from '../src/preprocess/image';
 import { SafetensorsFile } from '../src/io/safetensors';
+import { loadTokenizer } from '../src/tokenizer';
 import { captureOutput, convertFixture, FIXTURES } from './helpers';
 
 // A committed 1000x747 JPEG made by the preprocessing oracle (the shared example image's size).
@@ -28,6 +31,30 @@ test('pvc chat --json answers and reports timings', async () => {
   expect(result).toMatchObject({ question: 'What is in the image?', numPatchesList: [13], tokens: 6, tiles: 13, backend: 'wasm' });
   expect(typeof result.answer).toBe('string');
   expect(result.prefillSeconds).toBeGreaterThan(0);
+});
+
+test('pvc chat --num-beams / --length-penalty / --early-stopping / --stop give chat()\'s answer with those options', async () => {
+  const argv = ['chat', '--model', dir, '--image', IMAGE, '--max-new-tokens', '6', '--backend', 'wasm', '--json'];
+  const beams = ['--num-beams', '3', '--length-penalty', '0.5', '--early-stopping', 'never'];
+  expect(await main([...argv, ...beams, 'What is in the image?'])).toBe(0);
+  const report = JSON.parse(output.stdout().trim().split('\n').pop()!);
+  expect(report).toMatchObject({ numBeams: 3, prefillSeconds: null, tokensPerSecond: null });
+  expect(report.searchSeconds).toBeGreaterThan(0);
+  const free = report.answer as string;
+  const model = await PVCModel.load(dir, { backend: 'wasm' });
+  const tokenizer = await loadTokenizer(dir);
+  const img = await loadImage(IMAGE, { inputSize: model.config.image_size, maxNum: model.config.max_dynamic_patch });
+  const generation = { maxNewTokens: 6, doSample: false, numBeams: 3, lengthPenalty: 0.5, earlyStopping: 'never' as const };
+  expect(free).toBe(await model.chat(tokenizer, img.pixelValues, 'What is in the image?', generation, { dataFlag: 1 }));
+  const stop = free.slice(2, 4);
+  expect(await main([...argv, ...beams, '--stop', 'never there', '--stop', stop, 'What is in the image?'])).toBe(0);
+  const cut = JSON.parse(output.stdout().trim().split('\n').pop()!).answer as string;
+  expect(cut).toBe(await model.chat(tokenizer, img.pixelValues, 'What is in the image?', { ...generation, stop: ['never there', stop] }, { dataFlag: 1 }));
+  expect(cut).not.toContain(stop);
+  img.pixelValues.dispose();
+  model.dispose();
+  expect(await main([...argv, '--early-stopping', 'maybe', 'q'])).toBe(2);
+  expect(output.stderr()).toMatch(/--early-stopping expects true, false or never, not maybe/);
 });
 
 test('pvc inspect writes taps, a summary and a heatmap of the image\'s size', async () => {

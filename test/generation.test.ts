@@ -30,6 +30,27 @@ describe('generation options', () => {
     expect(() => resolveGenerationConfig({ topP: 1.5 }, base)).toThrow(/topP = 1\.5: expected a number in \(0, 1\]/);
     expect(() => resolveGenerationConfig({ maxNewTokens: 2.5 }, base)).toThrow(/maxNewTokens = 2\.5/);
   });
+
+  test('beam options: upstream names, defaults and limits', () => {
+    const c = resolveGenerationConfig({ num_beams: 5, length_penalty: 0.5, early_stopping: 'never', num_return_sequences: 3 }, base);
+    expect(c).toMatchObject({ numBeams: 5, lengthPenalty: 0.5, earlyStopping: 'never', numReturnSequences: 3, doSample: false });
+    expect(resolveGenerationConfig({}, base)).toMatchObject({ numBeams: 1, lengthPenalty: 1, earlyStopping: false, numReturnSequences: 1, stop: [] });
+    expect(() => resolveGenerationConfig({ numBeams: 3, numReturnSequences: 4 }, base)).toThrow(/numReturnSequences = 4: expected an integer from 1 to numBeams \(3\)/);
+    expect(() => resolveGenerationConfig({ numReturnSequences: 2 }, base)).toThrow(/numReturnSequences = 2/);
+    expect(() => resolveGenerationConfig({ numBeams: 0 }, base)).toThrow(/numBeams = 0: expected an integer from 1 to 64/);
+    expect(() => resolveGenerationConfig({ numBeams: 2, doSample: true }, base)).toThrow(/doSample = true: expected false with numBeams > 1/);
+    expect(() => resolveGenerationConfig({ earlyStopping: 'sometimes' }, base)).toThrow(/earlyStopping = "sometimes": expected true, false or "never"/);
+    expect(() => resolveGenerationConfig({ lengthPenalty: Infinity }, base)).toThrow(/lengthPenalty = null: expected a finite number/);
+  });
+
+  test('stop: a string or a bounded list of non-empty strings', () => {
+    expect(resolveGenerationConfig({ stop: 'END' }, base).stop).toEqual(['END']);
+    expect(resolveGenerationConfig({ stop: ['a', 'bc'] }, base).stop).toEqual(['a', 'bc']);
+    expect(() => resolveGenerationConfig({ stop: '' }, base)).toThrow(/generation option stop = "": expected a non-empty string or a list of at most 16/);
+    expect(() => resolveGenerationConfig({ stop: ['x', 3] }, base)).toThrow(/stop = \["x",3\]/);
+    expect(() => resolveGenerationConfig({ stop: new Array(17).fill('x') }, base)).toThrow(/at most 16/);
+    expect(() => resolveGenerationConfig({ stop: 'x'.repeat(257) }, base)).toThrow(/each 1 to 256 characters/);
+  });
 });
 
 describe('logits processors', () => {

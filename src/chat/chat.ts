@@ -5,7 +5,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { contextLength } from '../config';
 import { runYielding, throwIfAborted, yieldToEventLoop } from '../event_loop';
-import { GenerationConfig, generateSteps, GenerationStep, resolveGenerationConfig } from '../generation/generate';
+import { GenerationConfig, GenerationRequest, generateSteps, GenerationStep, resolveGenerationConfig } from '../generation/generate';
 import { Tap } from '../nn/layers';
 import { DataFlag, Sample } from '../model/samples';
 import { mergeEmbeddings, VisionLanguageModel } from '../model/vlm';
@@ -13,8 +13,8 @@ import { decodeAnswer, PVCTokenizer, StreamDecoder } from '../tokenizer';
 import { preparePrompt, PreparedPrompt, prepareBatchPrompts, PromptOptions } from './prompt';
 import { History, IMG_CONTEXT_TOKEN, SEPARATOR } from './template';
 
-/** Generation options: camelCase or upstream's snake_case keys (max_new_tokens, do_sample, ...). */
-export type GenerationOptions = Partial<GenerationConfig> & Record<string, unknown>;
+/** Generation options: camelCase or upstream's snake_case keys (max_new_tokens, do_sample, num_beams, stop, ...). */
+export type GenerationOptions = GenerationRequest;
 
 export interface ChatOptions extends PromptOptions {
   returnHistory?: boolean;
@@ -81,36 +81,54 @@ export async function* generateForRows(
   }
   try {
     // As upstream's generate() from embeddings, the ids the logits processors see start at <s>.
-    const run = { ...options, prefillChunk: model.limits.prefillChunk };
+    const decode = (ids: readonly number[]) => tokenizer.decode(ids, { skipSpecialTokens: true });
+    const run = { ...options, prefillChunk: model.limits.prefillChunk, decode };
     yield* generateSteps(model.llm, { embeds, attentionMask, seenIds: rows.map(() => [tokenizer.bosTokenId]) }, config, run);
   } finally {
     embeds.dispose();
   }
 }
 
-/** The prompt chat() builds and the token ids it generates (eos included), without decoding them. */
-export async function chatIds(model: VisionLanguageModel, tokenizer: PVCTokenizer, pixelValues: tf.Tensor4D | null, question: string, generation: GenerationOptions = {}, options: ChatOptions = {}): Promise<PreparedPrompt & { outputIds: number[] }> {
+export interface ChatIds extends PreparedPrompt {
+  outputIds: number[];
+  /** Beam search: all numReturnSequences sequences (padded as upstream's generate() pads them), best first. */
+  sequences?: number[][];
+  /** Beam search: their scores. */
+  sequenceScores?: number[];
+}
+
+/**
+ * The prompt chat() builds and the token ids it generates (eos included), without decoding them.
+ * Beam search (numBeams > 1): outputIds is the best sequence.
+ */
+export async function chatIds(model: VisionLanguageModel, tokenizer: PVCTokenizer, pixelValues: tf.Tensor4D | null, question: string, generation: GenerationOptions = {}, options: ChatOptions = {}): Promise<ChatIds> {
   const prepared = preparePrompt(model, tokenizer, pixelValues, question, options);
-  const outputIds: number[] = [];
+  const sequences: number[][] = [[]];
+  let sequenceScores: number[] | undefined;
   for await (const step of generateForRows(model, tokenizer, pixelValues, prepared.samples, [prepared.inputIds], generation, { signal: options.signal })) {
-    outputIds.push(step.tokens[0]);
+    step.tokens.forEach((t, r) => (sequences[r] ??= []).push(t));
+    sequenceScores = step.sequenceScores;
     options.onToken?.(step.tokens[0]);
   }
-  return { prompt: prepared.prompt, question: prepared.question, inputIds: prepared.inputIds, outputIds };
+  const beams = sequenceScores ? { sequences, sequenceScores } : {};
+  return { prompt: prepared.prompt, question: prepared.question, inputIds: prepared.inputIds, outputIds: sequences[0], ...beams };
 }
 
 /** Upstream's chat(): the answer, and with returnHistory the history with this turn appended. */
 export async function chat(model: VisionLanguageModel, tokenizer: PVCTokenizer, pixelValues: tf.Tensor4D | null, question: string, generation: GenerationOptions = {}, options: ChatOptions = {}): Promise<string | { response: string; history: History }> {
   const prepared = await chatIds(model, tokenizer, pixelValues, question, generation, options);
-  const response = decodeAnswer(tokenizer, prepared.outputIds);
+  const response = decodeAnswer(tokenizer, prepared.outputIds, SEPARATOR, generationConfig(tokenizer, generation).stop);
   if (!options.returnHistory) return response;
   return { response, history: [...(options.history ?? []), [prepared.question, response]] };
 }
 
-/** chat() as a stream of text pieces whose concatenation is chat()'s answer. */
+/**
+ * chat() as a stream of text pieces whose concatenation is chat()'s answer. With beam search the
+ * pieces come only once the search is over (no beam is final before).
+ */
 export async function* streamChat(model: VisionLanguageModel, tokenizer: PVCTokenizer, pixelValues: tf.Tensor4D | null, question: string, generation: GenerationOptions = {}, options: ChatOptions = {}): AsyncGenerator<string> {
   const prepared = preparePrompt(model, tokenizer, pixelValues, question, options);
-  const decoder = new StreamDecoder(tokenizer);
+  const decoder = new StreamDecoder(tokenizer, SEPARATOR, generationConfig(tokenizer, generation).stop);
   for await (const step of generateForRows(model, tokenizer, pixelValues, prepared.samples, [prepared.inputIds], generation, { signal: options.signal })) {
     options.onToken?.(step.tokens[0]);
     const piece = decoder.push(step.tokens[0]);
@@ -123,7 +141,9 @@ export async function* streamChat(model: VisionLanguageModel, tokenizer: PVCToke
 /** Upstream's batch_chat(): several questions at once (left-padded), no history. */
 export async function batchChat(model: VisionLanguageModel, tokenizer: PVCTokenizer, pixelValues: tf.Tensor4D | null, questions: string[], generation: GenerationOptions = {}, options: BatchChatOptions = {}): Promise<string[]> {
   const { rows, samples } = prepareBatchPrompts(model, tokenizer, pixelValues, questions, options);
-  const out: number[][] = rows.map(() => []);
-  for await (const step of generateForRows(model, tokenizer, pixelValues, samples, rows, generation, { signal: options.signal })) step.tokens.forEach((t, b) => out[b].push(t));
-  return out.map((ids) => decodeAnswer(tokenizer, ids));
+  // Beam search with numReturnSequences n gives n answers per question, as upstream's batch_chat.
+  const out: number[][] = [];
+  for await (const step of generateForRows(model, tokenizer, pixelValues, samples, rows, generation, { signal: options.signal })) step.tokens.forEach((t, b) => (out[b] ??= []).push(t));
+  const stop = generationConfig(tokenizer, generation).stop;
+  return Array.from({ length: Math.max(rows.length, out.length) }, (_, r) => decodeAnswer(tokenizer, out[r] ?? [], SEPARATOR, stop));
 }

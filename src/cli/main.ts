@@ -1,6 +1,7 @@
 // The `pvc` command.
 //   pvc chat --model DIR (--image F ... | --video F [--frames N]) [--max-new-tokens N]
-//            [--sample --temperature T --top-p P --top-k K --seed S] [--backend B] [--json] "question"
+//            [--sample --temperature T --top-p P --top-k K --seed S] [--num-beams N ...] [--stop S ...]
+//            [--backend B] [--json] "question"
 // Streams the answer to stdout; load time, prefill time and tokens/s go to stderr.
 import * as tf from '@tensorflow/tfjs';
 import * as fs from 'fs';
@@ -29,6 +30,9 @@ options:
   --max-pixels N|none  Pillow's decompression-bomb limit: warn above N pixels, refuse above 2N (default 89478485)
   --sample             sample instead of greedy decoding, with:
   --temperature T  --top-p P  --top-k K  --seed S
+  --num-beams N        beam search (as upstream's num_beams; the answer comes at the end), with:
+  --length-penalty X  --early-stopping true|false|never
+  --stop S             end the answer before S (repeatable)
   --backend B          tensorflow | wasm | cpu (default: the first that works)
   --json               print one JSON object (answer, timings) instead of streaming text
 
@@ -50,6 +54,10 @@ interface ChatArgs {
   topP?: number;
   topK?: number;
   seed?: number;
+  numBeams?: number;
+  lengthPenalty?: number;
+  earlyStopping?: boolean | 'never';
+  stop: string[];
   backend?: BackendName;
   json: boolean;
   question: string;
@@ -81,7 +89,7 @@ class ArgReader {
 }
 
 function parseChatArgs(argv: string[]): ChatArgs {
-  const a: Partial<ChatArgs> & { images: string[] } = { images: [], frames: 32, maxNewTokens: 512, sample: false, json: false };
+  const a: Partial<ChatArgs> & { images: string[] } = { images: [], frames: 32, maxNewTokens: 512, sample: false, json: false, stop: [] };
   const rest: string[] = [];
   const args = new ArgReader(argv);
   for (let flag = args.next(); flag !== undefined; flag = args.next()) {
@@ -100,6 +108,15 @@ function parseChatArgs(argv: string[]): ChatArgs {
       case '--top-p': a.topP = number(flag); break;
       case '--top-k': a.topK = number(flag); break;
       case '--seed': a.seed = number(flag); break;
+      case '--num-beams': a.numBeams = number(flag); break;
+      case '--length-penalty': a.lengthPenalty = number(flag); break;
+      case '--early-stopping': {
+        const v = value();
+        if (v !== 'true' && v !== 'false' && v !== 'never') throw new Error(`--early-stopping expects true, false or never, not ${v}`);
+        a.earlyStopping = v === 'never' ? v : v === 'true';
+        break;
+      }
+      case '--stop': a.stop!.push(value()); break;
       case '--backend': a.backend = value() as BackendName; break;
       case '--json': a.json = true; break;
       default:
@@ -151,7 +168,8 @@ async function chat(args: ChatArgs): Promise<void> {
       dataFlag = images.length > 1 ? 2 : 1;
     }
     const generation: GenerationOptions = { maxNewTokens: args.maxNewTokens, doSample: args.sample };
-    for (const key of ['temperature', 'topP', 'topK', 'seed'] as const) if (args[key] !== undefined) generation[key] = args[key];
+    for (const key of ['temperature', 'topP', 'topK', 'seed', 'numBeams', 'lengthPenalty', 'earlyStopping'] as const) if (args[key] !== undefined) generation[key] = args[key] as never;
+    if (args.stop.length > 0) generation.stop = args.stop;
     const started = Date.now();
     let firstAt = 0;
     let tokens = 0;
@@ -166,18 +184,23 @@ async function chat(args: ChatArgs): Promise<void> {
     const end = Date.now();
     const prefillSeconds = ((firstAt || end) - started) / 1000;
     const decodeSeconds = (end - (firstAt || end)) / 1000;
+    // Beam search hands out its tokens only at the end: there the time is the whole search.
+    const beams = (args.numBeams ?? 1) > 1;
     const stats = {
       loadSeconds, prefillSeconds, decodeSeconds,
       // The first token comes with the prefill; the rest are decode steps.
-      tokens, tokensPerSecond: decodeSeconds > 0 ? (tokens - 1) / decodeSeconds : null,
+      tokens, tokensPerSecond: decodeSeconds > 0 && !beams ? (tokens - 1) / decodeSeconds : null,
       tiles: pixelValues?.shape[0] ?? 0, backend: tf.getBackend(),
+      ...(beams ? { numBeams: args.numBeams, prefillSeconds: null, decodeSeconds: null, searchSeconds: (end - started) / 1000 } : {}),
     };
     if (args.json) {
       process.stdout.write(JSON.stringify({ answer, question, numPatchesList: numPatchesList ?? [], ...stats }) + '\n');
     } else {
       process.stdout.write('\n');
-      process.stderr.write(`load ${loadSeconds.toFixed(2)}s  prefill ${prefillSeconds.toFixed(2)}s (${stats.tiles} tiles)  ` +
-        `decode ${stats.tokensPerSecond === null ? '-' : stats.tokensPerSecond.toFixed(1)} tokens/s  [${stats.backend}]\n`);
+      process.stderr.write(beams
+        ? `load ${loadSeconds.toFixed(2)}s  beam search (${args.numBeams} beams, ${stats.tiles} tiles) ${((end - started) / 1000).toFixed(2)}s  [${stats.backend}]\n`
+        : `load ${loadSeconds.toFixed(2)}s  prefill ${prefillSeconds.toFixed(2)}s (${stats.tiles} tiles)  ` +
+          `decode ${stats.tokensPerSecond === null ? '-' : stats.tokensPerSecond.toFixed(1)} tokens/s  [${stats.backend}]\n`);
     }
   } finally {
     pixelValues?.dispose();

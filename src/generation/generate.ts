@@ -1,10 +1,12 @@
 // The generation loop: the prompt's prefill (in chunks for long prompts), then one token per step with
-// the KV cache, stopping on any eos id or max_new_tokens; it gives the event loop a turn after every
-// layer, is abortable between them, and streams as an async iterator of token ids.
+// the KV cache, stopping on any eos id, a stop string or max_new_tokens; it gives the event loop a turn
+// after every layer, is abortable between them, and streams as an async iterator of token ids. With
+// numBeams > 1 the steps come from beam search (beam.ts), all at its end.
 import * as tf from '@tensorflow/tfjs';
 import { throwIfAborted, runYielding, yieldToEventLoop } from '../event_loop';
 import { InternLM2, KVCache } from '../llm/internlm2';
 import { Tap } from '../nn/layers';
+import { beamSearch } from './beam';
 import {
   applyMinNewTokens,
   applyRepetitionPenalty,
@@ -16,6 +18,7 @@ import {
   SeededRandom,
   softmax,
 } from './processors';
+import { parseStop, StopStrings } from './stop';
 
 export interface GenerationConfig {
   maxNewTokens: number;
@@ -31,7 +34,23 @@ export interface GenerationConfig {
   padTokenId: number;
   /** Seed of the sampler (doSample); the same seed gives the same tokens. */
   seed: number;
+  /** Beam search with this many beams per row (1: greedy or sampling). */
+  numBeams: number;
+  /** Beam search: hypotheses are ranked by sum of log-probabilities / length ** lengthPenalty. */
+  lengthPenalty: number;
+  /** Beam search: when a row stops (transformers' early_stopping: true, false or "never"). */
+  earlyStopping: boolean | 'never';
+  /** Beam search: the best this many hypotheses of each row are returned (<= numBeams). */
+  numReturnSequences: number;
+  /** A row ends once its decoded text contains one of these; the answer is cut before it. */
+  stop: string[];
 }
+
+/**
+ * Generation options as callers give them: a partial config, camelCase or upstream's snake_case keys;
+ * `stop` may be one string.
+ */
+export type GenerationRequest = Partial<Omit<GenerationConfig, 'stop'>> & { stop?: string | string[] } & Record<string, unknown>;
 
 /** What upstream falls back to when the caller passes only a few keys (transformers' defaults). */
 export const GENERATION_DEFAULTS: Omit<GenerationConfig, 'eosTokenId' | 'padTokenId'> = {
@@ -43,6 +62,11 @@ export const GENERATION_DEFAULTS: Omit<GenerationConfig, 'eosTokenId' | 'padToke
   topP: 1.0,
   repetitionPenalty: 1.0,
   seed: 0,
+  numBeams: 1,
+  lengthPenalty: 1.0,
+  earlyStopping: false,
+  numReturnSequences: 1,
+  stop: [],
 };
 
 const KEYS: Record<string, keyof GenerationConfig> = {
@@ -56,6 +80,11 @@ const KEYS: Record<string, keyof GenerationConfig> = {
   eosTokenId: 'eosTokenId', eos_token_id: 'eosTokenId',
   padTokenId: 'padTokenId', pad_token_id: 'padTokenId',
   seed: 'seed',
+  numBeams: 'numBeams', num_beams: 'numBeams',
+  lengthPenalty: 'lengthPenalty', length_penalty: 'lengthPenalty',
+  earlyStopping: 'earlyStopping', early_stopping: 'earlyStopping',
+  numReturnSequences: 'numReturnSequences', num_return_sequences: 'numReturnSequences',
+  stop: 'stop',
 };
 
 /**
@@ -73,7 +102,7 @@ export function resolveGenerationConfig(
       throw new Error(`unknown generation option '${key}' (known: ${[...new Set(Object.values(KEYS))].join(', ')}, or their snake_case)`);
     }
     if (value === undefined) continue;
-    (config as unknown as Record<string, unknown>)[field] = field === 'eosTokenId' && !Array.isArray(value) ? [value] : value;
+    (config as unknown as Record<string, unknown>)[field] = field === 'eosTokenId' && !Array.isArray(value) ? [value] : field === 'stop' ? parseStop(value) : value;
   }
   const check = (ok: boolean, field: keyof GenerationConfig, expected: string) => {
     if (!ok) throw new Error(`generation option ${field} = ${JSON.stringify(config[field])}: expected ${expected}`);
@@ -89,6 +118,12 @@ export function resolveGenerationConfig(
   check(Array.isArray(config.eosTokenId) && config.eosTokenId.every(isInt), 'eosTokenId', 'a token id or a list of them');
   check(isInt(config.padTokenId), 'padTokenId', 'a token id');
   check(isInt(config.seed), 'seed', 'an integer');
+  check(isInt(config.numBeams) && config.numBeams >= 1 && config.numBeams <= 64, 'numBeams', 'an integer from 1 to 64');
+  check(typeof config.lengthPenalty === 'number' && Number.isFinite(config.lengthPenalty), 'lengthPenalty', 'a finite number');
+  check([true, false, 'never'].includes(config.earlyStopping), 'earlyStopping', 'true, false or "never"');
+  check(isInt(config.numReturnSequences) && config.numReturnSequences >= 1 && config.numReturnSequences <= config.numBeams, 'numReturnSequences',
+    `an integer from 1 to numBeams (${config.numBeams}); several sequences need beam search`);
+  check(!(config.numBeams > 1 && config.doSample), 'doSample', 'false with numBeams > 1 (beam sampling is not implemented)');
   return config;
 }
 
@@ -107,11 +142,17 @@ export interface GenerationInput {
 export interface GenerationStep {
   /** 0-based index of the generated position. */
   step: number;
-  /** The new token of each row (padTokenId for rows already finished). */
+  /**
+   * The new token of each row (padTokenId for rows already finished). Beam search: of each returned
+   * sequence (B * numReturnSequences rows, each batch row's best first).
+   */
   tokens: number[];
-  /** Rows that have not produced an eos yet (after this step). */
+  /** Rows that have not ended yet (after this step): no eos, no stop string. */
   unfinished: boolean[];
+  /** Beam search: the score of each returned sequence (see BeamSearchOutput). */
+  sequenceScores?: number[];
 }
+
 
 export interface GenerationRunOptions {
   /** Stops the generation at its next pause (between layers and steps) with an AbortError. */
@@ -119,19 +160,39 @@ export interface GenerationRunOptions {
   tap?: Tap;
   /** Prompt positions per prefill pass (see InternLM2.prefillSteps); with a tap the prompt runs in one pass. */
   prefillChunk?: number;
+  /** The text of generated ids, for stop strings (required when config.stop is not empty). */
+  decode?: (ids: readonly number[]) => string;
+}
+
+function stopStrings(config: GenerationConfig, options: GenerationRunOptions): StopStrings | undefined {
+  if (config.stop.length === 0) return undefined;
+  if (options.decode === undefined) throw new Error('stop strings need a decode function (options.decode)');
+  return new StopStrings(config.stop, options.decode);
 }
 
 /**
  * Yields one step at a time. The prefill and every decode step give the event loop a turn after each
  * layer, so timers, I/O and `signal` keep working during a long generation. The KV cache lives for the
- * iteration and is freed when it ends, returns early, throws or is aborted.
+ * iteration and is freed when it ends, returns early, throws or is aborted. With numBeams > 1 the
+ * search runs to its end before the first step is yielded (no beam is final earlier); the steps then
+ * spell out the sequences.
  */
 export async function* generateSteps(model: InternLM2, input: GenerationInput, config: GenerationConfig, options: GenerationRunOptions = {}): AsyncGenerator<GenerationStep> {
+  const stop = stopStrings(config, options);
+  if (config.numBeams > 1) {
+    const out = await beamSearch(model, input, config, { signal: options.signal, tap: options.tap, stop, prefillChunk: options.prefillChunk });
+    const width = out.sequences[0]?.length ?? 0;
+    for (let step = 0; step < width; step++) {
+      yield { step, tokens: out.sequences.map((s) => s[step]), unfinished: out.lengths.map((n) => step + 1 < n), sequenceScores: out.scores };
+    }
+    return;
+  }
   const [B, T] = input.embeds.shape;
   if (input.seenIds.length !== B) throw new Error(`seenIds has ${input.seenIds.length} rows, embeds ${B}`);
   const { signal, tap } = options;
   throwIfAborted(signal);
   const seen = input.seenIds.map((r) => [...r]);
+  const generated: number[][] = seen.map(() => []);
   const unfinished = new Array(B).fill(true);
   const rng = new SeededRandom(config.seed);
   const cache: KVCache = model.newCache(B);
@@ -152,7 +213,9 @@ export async function* generateSteps(model: InternLM2, input: GenerationInput, c
       });
       tokens.forEach((t, b) => {
         seen[b].push(t);
-        if (unfinished[b] && config.eosTokenId.includes(t)) unfinished[b] = false;
+        if (!unfinished[b]) return;
+        generated[b].push(t);
+        if (config.eosTokenId.includes(t) || stop?.reached(generated[b])) unfinished[b] = false;
       });
       yield { step, tokens, unfinished: [...unfinished] };
       if (!unfinished.some(Boolean) || step + 1 >= config.maxNewTokens) break;
@@ -180,15 +243,19 @@ function chooseToken(logits: Float32Array, seen: number[], step: number, config:
   return sample(softmax(logits), rng);
 }
 
-/** Runs generation to the end: the new tokens of each row (eos included, padding after it dropped). */
+/**
+ * Runs generation to the end: the new tokens of each row (eos included, padding after it dropped;
+ * beam search: of each returned sequence).
+ */
 export async function generate(
   model: InternLM2,
   input: GenerationInput,
   config: GenerationConfig,
   options: GenerationRunOptions = {},
 ): Promise<number[][]> {
-  const out: number[][] = Array.from({ length: input.embeds.shape[0] }, () => []);
-  const done = new Array(out.length).fill(false);
+  const rows = input.embeds.shape[0] * (config.numBeams > 1 ? config.numReturnSequences : 1);
+  const out: number[][] = Array.from({ length: rows }, () => []);
+  const done = new Array(rows).fill(false);
   for await (const { tokens, unfinished } of generateSteps(model, input, config, options)) {
     tokens.forEach((t, b) => {
       if (!done[b]) out[b].push(t);

@@ -107,12 +107,24 @@ interface KVBlock {
 export class KVCache {
   private readonly main: (KVBlock | null)[];
   private readonly tail: (KVBlock | null)[];
+  /**
+   * Beam search (after `shareWithBeams`): `main` holds the prompt of each batch row once, [B, ...], and
+   * stays as it is; every later position goes to `beams`, [B * numBeams, ...] in beam-major order
+   * (row b * numBeams + k is beam k of batch row b), which `reorder` gathers by beam index each step.
+   * So the prompt (usually nearly all of the cache: a video is thousands of positions, an answer tens)
+   * is neither copied per beam nor per step; a step copies only the generated positions, as upstream's
+   * cache reorder copies everything.
+   */
+  private readonly beams: (KVBlock | null)[];
+  /** Beams per batch row (1: no beam search). */
+  numBeams = 1;
   /** Attention mask over the cached positions (1 = real token, 0 = padding), per batch row. */
   mask: number[][];
 
   constructor(layers: number, batch: number, readonly tailLimit = 256) {
     this.main = new Array(layers).fill(null);
     this.tail = new Array(layers).fill(null);
+    this.beams = new Array(layers).fill(null);
     this.mask = Array.from({ length: batch }, () => []);
   }
 
@@ -122,6 +134,7 @@ export class KVCache {
 
   /** Appends this step's keys/values for a layer; returns the layer's blocks in position order. */
   append(layer: number, k: tf.Tensor4D, v: tf.Tensor4D): { keys: tf.Tensor4D[]; values: tf.Tensor4D[] } {
+    if (this.numBeams > 1) throw new Error('KVCache.append: a cache shared by beams takes appendBeams');
     const main = this.main[layer];
     const tail = this.tail[layer];
     const join = (parts: tf.Tensor4D[]) => tf.keep(parts.length === 1 ? parts[0].clone() : tf.concat(parts, 2)) as tf.Tensor4D;
@@ -139,11 +152,99 @@ export class KVCache {
     return { keys: blocks.map((b) => b.keys), values: blocks.map((b) => b.values) };
   }
 
+  /**
+   * Turns a prefilled cache of B rows into one for B * numBeams beams that share each row's prompt
+   * (see `beams`). Only the mask grows; no key or value is copied.
+   */
+  shareWithBeams(numBeams: number): void {
+    if (this.numBeams !== 1) throw new Error('KVCache.shareWithBeams: the cache is already shared by beams');
+    if (!Number.isSafeInteger(numBeams) || numBeams < 1) throw new Error(`numBeams ${numBeams}: expected an integer >= 1`);
+    this.main.forEach((main, layer) => {
+      const tail = this.tail[layer];
+      if (main === null || tail === null) return;
+      this.main[layer] = {
+        keys: tf.keep(tf.concat([main.keys, tail.keys], 2)) as tf.Tensor4D,
+        values: tf.keep(tf.concat([main.values, tail.values], 2)) as tf.Tensor4D,
+      };
+      this.tail[layer] = null;
+      tf.dispose([main.keys, main.values, tail.keys, tail.values]);
+    });
+    this.numBeams = numBeams;
+    this.mask = this.mask.flatMap((row) => Array.from({ length: numBeams }, () => [...row]));
+  }
+
+  /** Beam search: beam i continues the beam `rows[i]` (indices into the B * numBeams beams). */
+  reorder(rows: number[]): void {
+    const BK = this.mask.length;
+    if (rows.length !== BK || rows.some((r) => !Number.isInteger(r) || r < 0 || r >= BK)) {
+      throw new Error(`KVCache.reorder: expected ${BK} beam indices in 0..${BK - 1}, got [${rows}]`);
+    }
+    this.mask = rows.map((r) => [...this.mask[r]]);
+    if (rows.every((r, i) => r === i)) return;
+    const index = tf.tensor1d(rows, 'int32');
+    this.beams.forEach((block, layer) => {
+      if (block === null) return;
+      this.beams[layer] = { keys: tf.keep(tf.gather(block.keys, index)), values: tf.keep(tf.gather(block.values, index)) };
+      tf.dispose([block.keys, block.values]);
+    });
+    index.dispose();
+  }
+
+  /**
+   * Beam search: appends the beams' new keys/values [B * numBeams, kv_heads, T, head_dim]; returns the
+   * shared prompt block [B, ...] and the beams' block.
+   */
+  appendBeams(layer: number, k: tf.Tensor4D, v: tf.Tensor4D): { prompt: KVBlock | null; beams: KVBlock } {
+    const old = this.beams[layer];
+    this.beams[layer] = old === null
+      ? { keys: tf.keep(k.clone()), values: tf.keep(v.clone()) }
+      : { keys: tf.keep(tf.concat([old.keys, k], 2)), values: tf.keep(tf.concat([old.values, v], 2)) };
+    if (old) tf.dispose([old.keys, old.values]);
+    return { prompt: this.main[layer], beams: this.beams[layer]! };
+  }
+
   dispose(): void {
-    for (const b of [...this.main, ...this.tail]) if (b) tf.dispose([b.keys, b.values]);
+    for (const b of [...this.main, ...this.tail, ...this.beams]) if (b) tf.dispose([b.keys, b.values]);
     this.main.fill(null);
     this.tail.fill(null);
+    this.beams.fill(null);
   }
+}
+
+/**
+ * Attention of beams over a prompt they share (see KVCache.beams): q [B*K, H, T, hd] (rotated); the
+ * prompt's keys/values [B, KV, P, hd], the beams' own [B*K, KV, t, hd]. One softmax over both parts.
+ * For the prompt part the K beams' queries of a batch row ride along as extra queries of its kv
+ * heads ([B*KV, K*G*T, hd] against [B*KV, P, hd]: the prompt is read once per row, not per beam).
+ * `mask` [B*K, 1, T, P + t] (optional) is additive.
+ */
+function beamAttention(q: tf.Tensor4D, prompt: KVBlock | null, beams: KVBlock, K: number, KV: number, mask: tf.Tensor4D | undefined): { out: tf.Tensor4D; probs: tf.Tensor4D } {
+  const [BK, H, T, hd] = q.shape;
+  const B = BK / K;
+  const G = H / KV;
+  const t = beams.keys.shape[2];
+  const P = prompt?.keys.shape[2] ?? 0;
+  const scaled = tf.mul(q, 1 / Math.sqrt(hd)) as tf.Tensor4D;
+  // [B*K*KV, G*T, .] rows: beam-major, the layout of the beams' own block.
+  const qBeams = scaled.reshape([BK * KV, G * T, hd]) as tf.Tensor3D;
+  const parts: tf.Tensor3D[] = [];
+  if (prompt !== null) {
+    const qPrompt = scaled.reshape([B, K, KV, G * T, hd]).transpose([0, 2, 1, 3, 4]).reshape([B * KV, K * G * T, hd]) as tf.Tensor3D;
+    const s = tf.matMul(qPrompt, prompt.keys.reshape([B * KV, P, hd]) as tf.Tensor3D, false, true);
+    parts.push(s.reshape([B, KV, K, G * T, P]).transpose([0, 2, 1, 3, 4]).reshape([BK * KV, G * T, P]) as tf.Tensor3D);
+  }
+  const sBeams = tf.matMul(qBeams, beams.keys.reshape([BK * KV, t, hd]) as tf.Tensor3D, false, true);
+  let scores: tf.Tensor = parts.length ? tf.concat([...parts, sBeams], 2) : sBeams;
+  if (mask !== undefined) scores = tf.add(scores.reshape([BK, KV * G, T, P + t]), mask);
+  const probs = tf.softmax(scores.reshape([BK * KV, G * T, P + t]), -1) as tf.Tensor3D;
+  const [pPrompt, pBeams] = prompt !== null ? tf.split(probs, [P, t], 2) : [null, probs];
+  let out = tf.matMul(pBeams as tf.Tensor3D, beams.values.reshape([BK * KV, t, hd]) as tf.Tensor3D);
+  if (prompt !== null) {
+    const pp = pPrompt!.reshape([B, K, KV, G * T, P]).transpose([0, 2, 1, 3, 4]).reshape([B * KV, K * G * T, P]) as tf.Tensor3D;
+    const o = tf.matMul(pp, prompt.values.reshape([B * KV, P, hd]) as tf.Tensor3D);
+    out = tf.add(out, o.reshape([B, KV, K, G * T, hd]).transpose([0, 2, 1, 3, 4]).reshape([BK * KV, G * T, hd]));
+  }
+  return { out: out.reshape([BK, H, T, hd]) as tf.Tensor4D, probs: probs.reshape([BK, H, T, P + t]) as tf.Tensor4D };
 }
 
 class Attention {
@@ -166,6 +267,12 @@ class Attention {
     const q = applyRotary(splitHeads(this.q.forward(x), H), rope.cos, rope.sin);
     const k = applyRotary(splitHeads(this.k.forward(x), KV), rope.cos, rope.sin);
     const v = splitHeads(this.v.forward(x), KV);
+    if (cache.numBeams > 1) {
+      const { prompt, beams } = cache.appendBeams(layer, k, v);
+      const { out, probs } = beamAttention(q, prompt, beams, cache.numBeams, KV, mask);
+      if (tap) tap(`${this.prefix}.probs`, probs);
+      return this.o.forward(mergeHeads(out));
+    }
     const { keys, values } = cache.append(layer, k, v);
     const Tk = keys.reduce((n, b) => n + b.shape[2], 0);
     const groups = (blocks: tf.Tensor4D[]) => blocks.map((b) => b.reshape([B * KV, b.shape[2], hd]) as tf.Tensor3D);
@@ -336,7 +443,8 @@ export class InternLM2 {
     let mask: tf.Tensor4D | undefined;
     if (T > 1 || fullMask.some((row) => row.includes(0))) {
       const Tk = past + T;
-      const copies = B === 1 ? 1 : this.config.num_key_value_heads;
+      // (Beams take one row per beam: beamAttention adds it to [B*K, heads, T, Tk] scores.)
+      const copies = B === 1 || cache.numBeams > 1 ? 1 : this.config.num_key_value_heads;
       const maskData = new Float32Array(B * copies * T * Tk);
       for (let b = 0; b < B; b++) {
         for (let t = 0; t < T; t++) {

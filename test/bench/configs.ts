@@ -16,7 +16,7 @@ function config(vision: Json, llm: Json, imageSize: number): Json {
 const TINY_LLM = { vocab_size: 1015, hidden_size: 128, intermediate_size: 256, num_hidden_layers: 1, num_attention_heads: 8, num_key_value_heads: 2 };
 const TINY_VIT = { hidden_size: 64, intermediate_size: 128, num_attention_heads: 4, num_hidden_layers: 1 };
 
-export const BENCH_CONFIGS: Record<string, { hf: Json; measures: ('vision' | 'llm')[]; note: string }> = {
+export const BENCH_CONFIGS: Record<string, { hf: Json; measures: ('vision' | 'llm' | 'beams')[]; note: string }> = {
   'vit-300m-layer': {
     hf: config({ num_hidden_layers: 1 }, TINY_LLM, 448),
     measures: ['vision'],
@@ -30,7 +30,7 @@ export const BENCH_CONFIGS: Record<string, { hf: Json; measures: ('vision' | 'll
   medium: {
     hf: config({ hidden_size: 512, intermediate_size: 2048, num_attention_heads: 8, num_hidden_layers: 6 },
       { hidden_size: 1024, intermediate_size: 4096, num_hidden_layers: 8, num_attention_heads: 16, num_key_value_heads: 4, vocab_size: 92553 }, 448),
-    measures: ['vision', 'llm'],
+    measures: ['vision', 'llm', 'beams'],
     note: 'ViT 6 x 512 at 448 px; LLM 8 x 1024 (16/4 heads, MLP 4096), vocabulary 92553',
   },
 };

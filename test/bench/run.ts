@@ -8,6 +8,7 @@
 // Options (for a partial run while optimising; the default is everything):
 //   --models a,b       only these models (vit-300m-layer, internlm2-7b-layer, medium, tiny-internvl2)
 //   --backends a,b     only these tfjs backends (tensorflow, wasm, cpu); PyTorch always runs
+//   --measures a,b     only these measures (vision, llm, beams: ms per step of greedy and of 5 beams)
 //   --suites a,b       speed (the table above: per-layer and per-model speed), runtime (prefill memory and
 //                      time against length, a 96-frame video chat, event-loop delay); default both
 import { spawnSync } from 'child_process';
@@ -66,6 +67,7 @@ async function main() {
   const onlyModels = listOption('--models');
   const suites = listOption('--suites') ?? ['speed', 'runtime'];
   const onlyBackends = listOption('--backends');
+  const onlyMeasures = listOption('--measures');
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'pvc-bench-'));
   const python = process.env.PVC_TORCH_PYTHON ?? 'python3';
   const upstream = process.env.PVC_UPSTREAM;
@@ -93,7 +95,8 @@ async function main() {
         { name: 'pixel_values', dtype: 'F32', shape: [1, 3, S, S], data: seededFloats(3 * S * S, 1) },
         { name: 'embeds', dtype: 'F32', shape: [1, PROMPT_TOKENS, D], data: seededFloats(PROMPT_TOKENS * D, 2) },
       ]);
-      const measures = spec.measures.join(',');
+      const measures = spec.measures.filter((m) => !onlyMeasures || onlyMeasures.includes(m)).join(',');
+      if (measures === '') continue;
       const runs = name.includes('layer') || name === 'medium' ? '3' : '5';
       const tfjsBackends = [...backends, ...(name === 'tiny-internvl2' ? ['cpu'] : [])].filter((b) => !onlyBackends || onlyBackends.includes(b));
       for (const backend of tfjsBackends) {
@@ -104,10 +107,11 @@ async function main() {
           results.push({ model: name, note: spec.note, ...runJson(tsx, [path.join(__dirname, 'tfjs-bench.ts'), '--model', outDir, '--backend', backend, '--inputs', inputs, '--measures', measures, '--runs', runs], env) });
         }
       }
-      if (name === 'medium' && tfjsBackends.includes('wasm')) {
+      const tapMeasures = spec.measures.filter((m) => m !== 'beams' && (!onlyMeasures || onlyMeasures.includes(m))).join(',');
+      if (name === 'medium' && tfjsBackends.includes('wasm') && tapMeasures !== '') {
         for (const taps of ['idle', 'all']) {
           process.stderr.write(`bench: ${name} on wasm with taps ${taps}\n`);
-          results.push({ model: name, note: `${spec.note}; taps: ${taps}`, taps, ...runJson(tsx, [path.join(__dirname, 'tfjs-bench.ts'), '--model', outDir, '--backend', 'wasm', '--inputs', inputs, '--measures', measures, '--runs', runs, '--taps', taps]) });
+          results.push({ model: name, note: `${spec.note}; taps: ${taps}`, taps, ...runJson(tsx, [path.join(__dirname, 'tfjs-bench.ts'), '--model', outDir, '--backend', 'wasm', '--inputs', inputs, '--measures', tapMeasures, '--runs', runs, '--taps', taps]) });
         }
       }
       process.stderr.write(`bench: ${name} on pytorch\n`);
@@ -209,15 +213,15 @@ function table(results: Record<string, unknown>[], machine: Record<string, unkno
     'Ratios are tfjs / PyTorch time (decode: PyTorch tokens/s over tfjs tokens/s): 1.0 is parity, higher is slower.',
     'Each figure is the best of several runs after a warm-up, on both sides (timings on a shared machine vary by tens of percent).',
     '',
-    '| model | backend | vision ms/tile | ratio | prefill ms (512 tok) | ratio | decode tok/s | ratio | load ms | load MB/s | peak RSS MB |',
-    '|---|---|---|---|---|---|---|---|---|---|---|',
+    '| model | backend | vision ms/tile | ratio | prefill ms (512 tok) | ratio | decode tok/s | ratio | greedy ms/step | 5 beams ms/step | beams / greedy | load ms | load MB/s | peak RSS MB |',
+    '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|',
   ];
   for (const r of results) {
     if (r.error) {
-      lines.push(`| ${r.model} | ${r.backend ?? '?'}${r.taps ? ` (taps ${r.taps})` : ''} | error: ${String(r.error).slice(0, 120)} |||||||||`);
+      lines.push(`| ${r.model} | ${r.backend ?? '?'}${r.taps ? ` (taps ${r.taps})` : ''} | error: ${String(r.error).slice(0, 120)} ||||||||||||`);
       continue;
     }
-    lines.push(`| ${r.model} | ${r.backend}${r.engine ? ` (${r.engine})` : ''}${r.taps ? ` (taps ${r.taps})` : ''}${r.threads ? ` (${r.threads} thread${r.threads === 1 ? '' : 's'})` : ''} | ${f(r.visionMsPerTile)} | ${r.backend === 'pytorch' ? '' : ratio(r, 'visionMsPerTile')} | ${f(r.prefillMs)} | ${r.backend === 'pytorch' ? '' : ratio(r, 'prefillMs')} | ${f(r.decodeTokensPerSecond)} | ${r.backend === 'pytorch' ? '' : ratio(r, 'decodeTokensPerSecond', true)} | ${f(r.loadMs, 0)} | ${f(r.loadMBps)} | ${f(r.peakRssMB, 0)} |`);
+    lines.push(`| ${r.model} | ${r.backend}${r.engine ? ` (${r.engine})` : ''}${r.taps ? ` (taps ${r.taps})` : ''}${r.threads ? ` (${r.threads} thread${r.threads === 1 ? '' : 's'})` : ''} | ${f(r.visionMsPerTile)} | ${r.backend === 'pytorch' ? '' : ratio(r, 'visionMsPerTile')} | ${f(r.prefillMs)} | ${r.backend === 'pytorch' ? '' : ratio(r, 'prefillMs')} | ${f(r.decodeTokensPerSecond)} | ${r.backend === 'pytorch' ? '' : ratio(r, 'decodeTokensPerSecond', true)} | ${f(r.greedyMsPerStep)} | ${f(r.beam5MsPerStep)} | ${typeof r.beam5MsPerStep === 'number' && typeof r.greedyMsPerStep === 'number' ? (r.beam5MsPerStep / r.greedyMsPerStep).toFixed(2) : '-'} | ${f(r.loadMs, 0)} | ${f(r.loadMBps)} | ${f(r.peakRssMB, 0)} |`);
   }
   lines.push('', ...Object.entries(BENCH_CONFIGS).map(([k, v]) => `- ${k}: ${v.note}`), '');
   return lines.join('\n');

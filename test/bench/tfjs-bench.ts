@@ -1,11 +1,13 @@
 // One benchmark worker: a converted model on one tfjs backend, timings as JSON on stdout.
-//   tsx test/bench/tfjs-bench.ts --model DIR --backend wasm --inputs FILE [--measures vision,llm] [--taps none|idle|all]
+//   tsx test/bench/tfjs-bench.ts --model DIR --backend wasm --inputs FILE [--measures vision,llm,beams] [--taps none|idle|all]
 import * as os from 'os';
 import * as tf from '@tensorflow/tfjs';
 import { getThreadsCount } from '@tensorflow/tfjs-backend-wasm';
 import { BackendName, tensorflowUsesOneDNN } from '../../src/backend';
 import { TapRecorder } from '../../src/inspect/taps';
 import { PVCModel } from '../../src/pvc_model';
+import { beamSearch } from '../../src/generation/beam';
+import { generateSteps, resolveGenerationConfig } from '../../src/generation/generate';
 import { SafetensorsFile } from '../../src/io/safetensors';
 import { Tap } from '../../src/nn/layers';
 
@@ -87,6 +89,31 @@ async function main() {
     }
     result.decodeTokensPerSecond = Math.max(...rates);
     cache.dispose();
+    embeds.dispose();
+  }
+  if (measures.includes('beams')) {
+    // Time per generated token after the 512-token prompt, greedy and 5-beam search, bookkeeping
+    // included: the time from the first step's choice to the last one's, over the steps between. The
+    // fastest of `runs` runs. min_new_tokens = max_new_tokens keeps every row running to the end;
+    // torch_bench.py measures the same way.
+    const embeds = tf.tensor3d(inputs.readFloat32('embeds'), inputs.info('embeds').shape as [number, number, number]);
+    const steps = Number(arg('--beam-steps', '16'));
+    const config = (numBeams: number) => resolveGenerationConfig({ maxNewTokens: steps, minNewTokens: steps, numBeams }, { eosTokenId: [2], padTokenId: 2 });
+    const perStep = async (numBeams: number) => {
+      const times: number[] = [];
+      for (let run = 0; run <= runs; run++) {
+        const at: number[] = [];
+        if (numBeams === 1) {
+          for await (const _ of generateSteps(model.llm, { embeds, seenIds: [[1]] }, config(1))) at.push(performance.now());
+        } else {
+          await beamSearch(model.llm, { embeds, seenIds: [[1]] }, config(numBeams), { onStep: () => at.push(performance.now()) });
+        }
+        if (run > 0) times.push((at[at.length - 1] - at[0]) / (at.length - 1)); // run 0 is the warm-up
+      }
+      return Math.min(...times);
+    };
+    result.greedyMsPerStep = await perStep(1);
+    result.beam5MsPerStep = await perStep(5);
     embeds.dispose();
   }
   inputs.close();

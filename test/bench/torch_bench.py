@@ -33,6 +33,7 @@ def main():
     ap.add_argument('--measures', default='vision,llm')
     ap.add_argument('--runs', type=int, default=3)
     ap.add_argument('--decode-steps', type=int, default=16)
+    ap.add_argument('--beam-steps', type=int, default=16)
     args = ap.parse_args()
     mf.setup_upstream(os.path.abspath(args.upstream))
     from internvl.model.internvl_chat import InternVLChatModel
@@ -79,6 +80,35 @@ def main():
             hidden = lm.model(inputs_embeds=embeds, use_cache=True, return_dict=True).last_hidden_state
             lm.output(hidden[:, -1:])
             result['ms'] = (time.perf_counter() - t) * 1000
+        if 'beams' in measures:
+            # As the tfjs worker: time per generated token of greedy and of 5 beams, generate()'s
+            # bookkeeping included: from the first step's stopping-criteria call (made after each
+            # step's choice, greedy and beam search alike) to the last, over the steps between.
+            from transformers import StoppingCriteria, StoppingCriteriaList
+            lm = model.language_model
+            embeds = inputs['embeds']
+            mask = torch.ones(embeds.shape[:2], dtype=torch.long)
+
+            class Clock(StoppingCriteria):
+                def __init__(self):
+                    self.at = []
+
+                def __call__(self, input_ids, scores, **kwargs):
+                    self.at.append(time.perf_counter())
+                    return False
+
+            def per_step(num_beams):
+                times = []
+                for run in range(args.runs + 1):  # run 0 is the warm-up
+                    clock = Clock()
+                    lm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=args.beam_steps,
+                                min_new_tokens=args.beam_steps, num_beams=num_beams, do_sample=False, eos_token_id=2,
+                                pad_token_id=2, stopping_criteria=StoppingCriteriaList([clock]))
+                    if run > 0:
+                        times.append((clock.at[-1] - clock.at[0]) * 1000 / (len(clock.at) - 1))
+                return min(times)
+            result['greedyMsPerStep'] = per_step(1)
+            result['beam5MsPerStep'] = per_step(5)
     result['peakRssMB'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result))
 
