@@ -89,6 +89,11 @@ async function openReport(file: string, screenshot: string): Promise<PageResult>
   }
 }
 
+/** The JSON block of a report. */
+function reportData(html: string) {
+  return JSON.parse(/<script type="application\/json" id="report-data">([\s\S]*?)<\/script>/.exec(html)![1]);
+}
+
 describe('tiny-internvl2: an image', () => {
   let dir: string;
   let model: PVCModel;
@@ -129,6 +134,50 @@ describe('tiny-internvl2: an image', () => {
     expect(parsed.prompt).toContain('<img>');
     expect(parsed.attention.layers).toEqual([0, 1]);
     expect(parsed.stats.map((s: [string]) => s[0])).toEqual(expect.arrayContaining(['llm.layers.0.attn.probs', 'step0.llm.logits', 'vision.layers.0.out']));
+  });
+
+  test("the maps are the taps' attention rows over the image tokens; a trace of arrays gives the same report", async () => {
+    const image = await loadImage(file, { inputSize: model.config.image_size, maxNum: 6 });
+    const request = {
+      pixelValues: image.pixelValues,
+      question: 'What is in the image?',
+      dataFlag: 1 as const,
+      taps: ['llm.layers.*.attn.probs', 'llm.layers.*.out'],
+      generate: { maxNewTokens: 2 },
+    };
+    const inputs = { images: [{ source: file, ...image }] };
+    const trace = await model.inspect(request);
+    const data = reportData(await trace.toHTML(inputs));
+    const bytes = Buffer.from(data.attention.maps, 'base64');
+    const maps = new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length));
+    const positions = trace.imageTokenPositions;
+    const H = model.config.llm.num_attention_heads;
+    expect([data.attention.pool, data.attention.headsKept, data.attention.tokens]).toEqual([1, H + 1, 2]);
+    expect(maps.length).toBe(2 * 2 * (H + 1) * positions.length);
+    // Generated token 0 was predicted by the prompt's last position, token 1 by generation pass 0; InternVL2
+    // tiles have one frame, so the maps are the rows at the IMG_CONTEXT positions in prompt order.
+    const L = trace.inputIds.length;
+    for (const [j, layer] of [
+      [0, 0],
+      [0, 1],
+      [1, 1],
+    ]) {
+      const probs = (j === 0 ? trace.taps : trace.steps[0])[`llm.layers.${layer}.attn.probs`];
+      const [, , Q, K] = probs.shape;
+      const p = probs.dataSync();
+      const base = (j * 2 + layer) * (H + 1) * positions.length;
+      for (let h = 0; h < H; h++) {
+        const expected = positions.map((pos) => p[(h * Q + Q - 1) * K + pos]);
+        expect(Array.from(maps.subarray(base + (h + 1) * positions.length, base + (h + 2) * positions.length))).toEqual(expected);
+      }
+      const mean = positions.map((pos) => Array.from({ length: H }, (_, h) => p[(h * Q + Q - 1) * K + pos]).reduce((a, b) => a + b, 0) / H);
+      maps.subarray(base, base + positions.length).forEach((v, i) => expect(v).toBeCloseTo(mean[i], 7));
+      if (j === 0) expect(Q).toBe(L);
+    }
+    trace.dispose();
+    const arrays = await model.inspect({ ...request, asArrays: true });
+    expect(reportData(await arrays.toHTML(inputs))).toEqual(data);
+    image.pixelValues.dispose();
   });
 
   test('a small budget pools the maps and says so; an impossible one is an error', async () => {

@@ -158,7 +158,7 @@ async function layoutPanels(
   return { pictures, panels, dataFlag };
 }
 
-/** Mean over the first p x p block of a g x g grid, for every block: g x g -> ceil(g/p) x ceil(g/p). */
+/** Sums over p x p blocks of a g x g grid (attention mass is additive): g x g -> ceil(g/p) x ceil(g/p). */
 function poolGrid(src: Float32Array, g: number, p: number): Float32Array {
   const gp = Math.ceil(g / p);
   const out = new Float32Array(gp * gp);

@@ -216,6 +216,11 @@ export const REPORT_PAGE_SCRIPT = String.raw`
     drawTemporal();
   }
 
+  if (D.temporal.length === 0 && D.model.pvc) {
+    root.append(el('section', {}, el('h2', {}, 'Temporal attention across frames (PVC)'),
+      el('div', { class: 'muted' }, 'no temporal attention recorded: inspect with taps vision.layers.*.temporal.probs')));
+  }
+
   // Logit lens.
   const lensSec = el('section', {}, el('h2', {}, 'Logit lens'));
   root.append(lensSec);
