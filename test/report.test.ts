@@ -148,12 +148,19 @@ describe('tiny-internvl2: an image', () => {
     const inputs = { images: [{ source: file, ...image }] };
     const trace = await model.inspect(request);
     const data = reportData(await trace.toHTML(inputs));
-    const bytes = Buffer.from(data.attention.maps, 'base64');
-    const maps = new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length));
+    const scaleBytes = Buffer.from(data.attention.scales, 'base64');
+    const scales = new Float32Array(scaleBytes.buffer.slice(scaleBytes.byteOffset, scaleBytes.byteOffset + scaleBytes.length));
+    const q = Buffer.from(data.attention.maps, 'base64');
     const positions = trace.imageTokenPositions;
     const H = model.config.llm.num_attention_heads;
     expect([data.attention.pool, data.attention.headsKept, data.attention.tokens]).toEqual([1, H + 1, 2]);
-    expect(maps.length).toBe(2 * 2 * (H + 1) * positions.length);
+    expect([q.length, scales.length]).toEqual([2 * 2 * (H + 1) * positions.length, 2 * 2 * (H + 1)]);
+    // Map k holds 8-bit values relative to its scale (its largest value): within half a step of the taps' values.
+    const map = (k: number) => Array.from(q.subarray(k * positions.length, (k + 1) * positions.length), (v) => (v / 255) * scales[k]);
+    const close = (actual: number[], expected: number[], scale: number) => {
+      expect(scale).toBeCloseTo(Math.max(...expected), 7);
+      actual.forEach((v, i) => expect(Math.abs(v - expected[i])).toBeLessThanOrEqual(scale / 510 + 1e-9));
+    };
     // Generated token 0 was predicted by the prompt's last position, token 1 by generation pass 0; InternVL2
     // tiles have one frame, so the maps are the rows at the IMG_CONTEXT positions in prompt order.
     const L = trace.inputIds.length;
@@ -165,13 +172,14 @@ describe('tiny-internvl2: an image', () => {
       const probs = (j === 0 ? trace.taps : trace.steps[0])[`llm.layers.${layer}.attn.probs`];
       const [, , Q, K] = probs.shape;
       const p = probs.dataSync();
-      const base = (j * 2 + layer) * (H + 1) * positions.length;
-      for (let h = 0; h < H; h++) {
-        const expected = positions.map((pos) => p[(h * Q + Q - 1) * K + pos]);
-        expect(Array.from(maps.subarray(base + (h + 1) * positions.length, base + (h + 2) * positions.length))).toEqual(expected);
-      }
-      const mean = positions.map((pos) => Array.from({ length: H }, (_, h) => p[(h * Q + Q - 1) * K + pos]).reduce((a, b) => a + b, 0) / H);
-      maps.subarray(base, base + positions.length).forEach((v, i) => expect(v).toBeCloseTo(mean[i], 7));
+      const base = (j * 2 + layer) * (H + 1);
+      const rows = Array.from({ length: H }, (_, h) => positions.map((pos) => p[(h * Q + Q - 1) * K + pos]));
+      rows.forEach((row, h) => close(map(base + h + 1), row, scales[base + h + 1]));
+      close(
+        map(base),
+        positions.map((_, i) => rows.reduce((a, r) => a + r[i], 0) / H),
+        scales[base],
+      );
       if (j === 0) expect(Q).toBe(L);
     }
     trace.dispose();

@@ -322,46 +322,6 @@ export async function renderInspectionHTML(
     }
   }
 
-  // Pool the token grids (2x2, 4x4, ...) and then keep only the mean of heads until the maps fit the budget.
-  const fixed = { pictures, panels, lens, temporal, stats, frameMass };
-  // + the page itself and the small fields of the data block
-  const fixedBytes =
-    Buffer.byteLength(JSON.stringify(fixed)) + REPORT_PAGE_SCRIPT.length + REPORT_PAGE_STYLE.length + 4 * (inspection.prompt?.length ?? 0) + 8 * 1024;
-  const g0 = Math.round(Math.sqrt(model.numImageToken));
-  let pool = 1;
-  let headsKept = heads + 1;
-  const mapBytes = () => {
-    const gp = Math.ceil(g0 / pool);
-    const cells = panels.reduce((a, p) => a + p.tiles.length * gp * gp, 0);
-    return 4 * Math.ceil((attnTokens * attnLayers.length * headsKept * cells * 4) / 3);
-  };
-  while (fixedBytes + mapBytes() > maxBytes && (pool < g0 || headsKept > 1)) {
-    if (pool < g0) pool *= 2;
-    else headsKept = 1;
-  }
-  if (fixedBytes + mapBytes() > maxBytes)
-    throw new Error(
-      `report: ${fixedBytes + mapBytes()} bytes even with pooled maps and no per-head maps; over maxBytes ${maxBytes} (fewer taps, tokens or frames?)`,
-    );
-  const gp = Math.ceil(g0 / pool);
-  if (pool > 1) notes.push(`attention maps pooled ${pool}x${pool} (each tile's ${g0}x${g0} token grid shown as ${gp}x${gp}) to stay within ${maxBytes} bytes`);
-  if (headsKept === 1 && attnTokens > 0) notes.push(`per-head attention maps left out (mean of heads only) to stay within ${maxBytes} bytes`);
-  // Each map: every panel's tiles in order, each tile its gp x gp grid summed over its frames.
-  const mapSize = panels.reduce((a, p) => a + p.tiles.length * gp * gp, 0);
-  const maps = new Float32Array(attnTokens * attnLayers.length * headsKept * mapSize);
-  let at = 0;
-  for (const perLayer of rawMaps)
-    for (const perHead of perLayer)
-      for (const v of perHead.slice(0, headsKept)) {
-        for (const p of panels)
-          for (const tile of p.tiles) {
-            const grid = new Float32Array(g0 * g0);
-            for (let f = 0; f < tile.frames; f++) for (let i = 0; i < g0 * g0; i++) grid[i] += v[tile.first + f * g0 * g0 + i];
-            maps.set(poolGrid(grid, g0, pool), at);
-            at += gp * gp;
-          }
-      }
-
   // The prompt with each image's run of IMG_CONTEXT tokens written as a count; the title is its question.
   const prompt =
     inspection.prompt?.replace(/<img>((?:<IMG_CONTEXT>)+)<\/img>/g, (_, run: string) => `<img><IMG_CONTEXT> x ${run.length / '<IMG_CONTEXT>'.length}</img>`) ??
@@ -388,13 +348,74 @@ export async function renderInspectionHTML(
     visualTokens: inspection.imageTokenPositions.length,
     generated: generated.map(token),
     answer: tokenizer.decode(inspection.outputIds),
-    attention: { layers: attnLayers, tokens: attnTokens, headsKept, g: gp, pool, maps: base64Floats(maps) },
+    attention: { layers: attnLayers, tokens: attnTokens, headsKept: heads + 1, g: 0, pool: 1, maps: '', scales: '' },
     notes,
-    ...fixed,
+    pictures,
+    panels,
+    lens,
+    temporal,
+    frameMass,
     stats: stats.map((s) => [s.name, s.shape, s.mean, s.std, s.min, s.max]),
   };
+
+  // Pool the token grids (2x2, 4x4, ...) and then keep only the mean of heads until the maps fit the
+  // budget: the page without maps (plus room for the notes) and the maps' base64.
+  const withoutMaps = Buffer.byteLength(pageOf(data)) + 1024;
+  const g0 = Math.round(Math.sqrt(model.numImageToken));
+  let pool = 1;
+  let headsKept = heads + 1;
+  const mapBytes = () => {
+    const gp = Math.ceil(g0 / pool);
+    const cells = panels.reduce((a, p) => a + p.tiles.length * gp * gp, 0);
+    const count = attnTokens * attnLayers.length * headsKept;
+    return 4 * Math.ceil((count * cells) / 3) + 4 * Math.ceil((count * 4) / 3);
+  };
+  while (withoutMaps + mapBytes() > maxBytes && (pool < g0 || headsKept > 1)) {
+    if (pool < g0) pool *= 2;
+    else headsKept = 1;
+  }
+  if (withoutMaps + mapBytes() > maxBytes) {
+    throw new Error(
+      `report: ${withoutMaps + mapBytes()} bytes even with pooled maps and no per-head maps; over maxBytes ${maxBytes} (fewer taps, tokens or frames?)`,
+    );
+  }
+  const gp = Math.ceil(g0 / pool);
+  if (pool > 1) notes.push(`attention maps pooled ${pool}x${pool} (each tile's ${g0}x${g0} token grid shown as ${gp}x${gp}) to stay within ${maxBytes} bytes`);
+  if (headsKept === 1 && attnTokens > 0) notes.push(`per-head attention maps left out (mean of heads only) to stay within ${maxBytes} bytes`);
+  // Each map: every panel's tiles in order, each tile its gp x gp grid summed over its frames; stored at
+  // 8 bits relative to the map's largest value (its scale), as many levels as the colour scale has.
+  const mapSize = panels.reduce((a, p) => a + p.tiles.length * gp * gp, 0);
+  const count = attnTokens * attnLayers.length * headsKept;
+  const maps = new Uint8Array(count * mapSize);
+  const scales = new Float32Array(count);
+  let k = 0;
+  for (const perLayer of rawMaps)
+    for (const perHead of perLayer)
+      for (const v of perHead.slice(0, headsKept)) {
+        const map = new Float32Array(mapSize);
+        let at = 0;
+        for (const p of panels)
+          for (const tile of p.tiles) {
+            const grid = new Float32Array(g0 * g0);
+            for (let f = 0; f < tile.frames; f++) for (let i = 0; i < g0 * g0; i++) grid[i] += v[tile.first + f * g0 * g0 + i];
+            map.set(poolGrid(grid, g0, pool), at);
+            at += gp * gp;
+          }
+        const max = map.reduce((a, b) => Math.max(a, b), 0);
+        scales[k] = max;
+        map.forEach((x, i) => (maps[k * mapSize + i] = max > 0 ? Math.round((255 * x) / max) : 0));
+        k++;
+      }
+  data.attention = { layers: attnLayers, tokens: attnTokens, headsKept, g: gp, pool, maps: Buffer.from(maps).toString('base64'), scales: base64Floats(scales) };
+  const html = pageOf(data);
+  if (Buffer.byteLength(html) > maxBytes) throw new Error(`report: ${Buffer.byteLength(html)} bytes, over maxBytes ${maxBytes}`);
+  return html;
+}
+
+/** The page: the data as a JSON block, the page's own style and script inline. */
+function pageOf(data: { title: string }): string {
   const title = escapeHTML(`pvc inspect: ${data.title}`.slice(0, 200));
-  const html = `<!DOCTYPE html>
+  return `<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>${title}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'">
@@ -403,6 +424,4 @@ export async function renderInspectionHTML(
 <script type="application/json" id="report-data">${scriptJSON(data)}</script>
 <script>${REPORT_PAGE_SCRIPT}</script></body></html>
 `;
-  if (Buffer.byteLength(html) > maxBytes) throw new Error(`report: ${Buffer.byteLength(html)} bytes, over maxBytes ${maxBytes}`);
-  return html;
 }

@@ -77,10 +77,12 @@ export const REPORT_PAGE_SCRIPT = String.raw`
   // Attention of a generated token over the visual tokens.
   const A = D.attention;
   const state = { token: 0, layer: A.layers.length ? A.layers[A.layers.length - 1] : 0, head: 0, opacity: 0.6, smooth: false };
+  // Attention maps: 8 bits per value relative to each map's scale (its largest value).
   let maps = null;
+  let scales = null;
   if (A.tokens > 0 && D.panels.length > 0) {
-    const bytes = Uint8Array.from(atob(A.maps), (c) => c.charCodeAt(0));
-    maps = new Float32Array(bytes.buffer);
+    maps = Uint8Array.from(atob(A.maps), (c) => c.charCodeAt(0));
+    scales = new Float32Array(Uint8Array.from(atob(A.scales), (c) => c.charCodeAt(0)).buffer);
   }
   const mapSize = D.panels.reduce((a, p) => a + p.tiles.length * A.g * A.g, 0);
   const pictures = D.pictures.map((p) => Object.assign(new Image(), { src: p.url }));
@@ -100,7 +102,7 @@ export const REPORT_PAGE_SCRIPT = String.raw`
     const heads = [[0, 'mean of heads']];
     if (A.headsKept > 1) for (let h = 0; h < D.model.heads; h++) heads.push([h + 1, 'head ' + h]);
     attnSection.append(
-      el('div', { class: 'muted' }, 'Where the model looked when it predicted the chosen token: the attention row of the position that predicted it (the prompt\'s last position for token 0), over the visual tokens, summed over each tile\'s frames' + (A.pool > 1 ? ', pooled ' + A.pool + 'x' + A.pool : '') + '. Colours are scaled to the largest value of the map shown.'),
+      el('div', { class: 'muted' }, 'Where the model looked when it predicted the chosen token: the attention row of the position that predicted it (the prompt\'s last position for token 0), over the visual tokens, summed over each tile\'s frames' + (A.pool > 1 ? ', pooled ' + A.pool + 'x' + A.pool : '') + '. Colours are scaled to the largest value of the map shown (maps are stored at 8 bits relative to it).'),
       tokens,
       el('div', { class: 'controls' },
         el('label', {}, 'LLM layer ', select('layer', A.layers.map((l) => [l, String(l)]), state.layer, (v) => { state.layer = Number(v); draw(); })),
@@ -132,10 +134,9 @@ export const REPORT_PAGE_SCRIPT = String.raw`
     if (!maps) return;
     const li = A.layers.indexOf(state.layer);
     const h = Math.min(state.head, A.headsKept - 1);
-    const base = ((state.token * A.layers.length + li) * A.headsKept + h) * mapSize;
-    const map = maps.subarray(base, base + mapSize);
-    let max = 0;
-    for (const v of map) max = Math.max(max, v);
+    const k = (state.token * A.layers.length + li) * A.headsKept + h;
+    const map = maps.subarray(k * mapSize, (k + 1) * mapSize);
+    const max = scales[k];
     document.querySelectorAll('.tokens button').forEach((b) => b.classList.toggle('on', Number(b.dataset.token) === state.token));
     const fresh = legend(max, 'attention');
     legendSlot.replaceWith(fresh);
@@ -152,7 +153,7 @@ export const REPORT_PAGE_SCRIPT = String.raw`
         const sg = small.getContext('2d');
         const img = sg.createImageData(A.g, A.g);
         for (let i = 0; i < A.g * A.g; i++) {
-          const [r, gg, b] = heat(max > 0 ? map[offset + i] / max : 0);
+          const [r, gg, b] = heat(map[offset + i] / 255);
           img.data.set([r, gg, b, 255], i * 4);
         }
         offset += A.g * A.g;
