@@ -290,7 +290,10 @@ export async function renderInspectionHTML(
     .map((n) => layerOf(n, attnRe))
     .sort((a, b) => a - b);
   const { pictures, panels, dataFlag } = await layoutPanels(model, inputs, inspection.imageTokenPositions.length);
-  const attnTokens = generated.filter((_, j) => attnLayers.length > 0 && passOf(j)?.[`llm.layers.${attnLayers[0]}.attn.probs`] !== undefined).length;
+  // The generated tokens whose predicting pass recorded every attention layer (the leading ones).
+  let attnTokens = 0;
+  while (attnTokens < generated.length && attnLayers.length > 0 && attnLayers.every((l) => passOf(attnTokens)?.[`llm.layers.${l}.attn.probs`] !== undefined))
+    attnTokens++;
   const heads = model.config.llm.num_attention_heads;
   // maps[j][layer][0 = mean of heads, 1 + h = head h]: attention mass per visual token, summed over a tile's frames.
   const rawMaps: Float32Array[][][] = [];
