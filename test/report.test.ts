@@ -205,6 +205,9 @@ describe('tiny-internvl2: an image', () => {
     expect(pooled.attention.pool).toBeGreaterThan(1);
     expect(pooled.notes.join(' ')).toMatch(/pooled/);
     await expect(renderInspectionHTML(model, model.tokenizer(), trace, inputs, { maxBytes: 1000 })).rejects.toThrow(/over maxBytes 1000/);
+    const before = tf.memory().numTensors;
+    await expect(trace.toHTML(inputs, { signal: AbortSignal.abort() })).rejects.toThrow(/aborted/);
+    expect(tf.memory().numTensors).toBe(before);
     await expect(trace.toHTML({ images: [{ source: file, grid: [1, 1], numPatches: 1 }] })).rejects.toThrow(/visual tokens, but the prompt has/);
     trace.dispose();
     image.pixelValues.dispose();

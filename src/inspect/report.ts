@@ -4,9 +4,11 @@
 // of every recorded tap. The page (src/inspect/report_page.ts) draws on canvases from the data here.
 import * as tf from '@tensorflow/tfjs';
 import sharp from 'sharp';
+import { yieldToEventLoop } from '../event_loop';
 import { DataFlag } from '../model/samples';
 import { VisionLanguageModel } from '../model/vlm';
-import { IMAGENET_MEAN, IMAGENET_STD } from '../preprocess/image';
+import { decodeRGB, IMAGENET_MEAN, IMAGENET_STD } from '../preprocess/image';
+import { RGBImage } from '../preprocess/resample';
 import { PVCTokenizer } from '../tokenizer';
 import type { Inspection, TapArray } from './inspect';
 import { logitLens, summarizeValues, TensorSummary } from './lens';
@@ -18,7 +20,7 @@ export interface ReportInputs {
   images?: { source: string | Buffer; grid: [number, number]; numPatches: number }[];
   /** A video: loadVideo's pixelValues (one tile per frame) and numPatchesList; frames are drawn from the pixels. */
   video?: { pixelValues: tf.Tensor4D; numPatchesList: number[] };
-  /** Default: the inspection's prompt. */
+  /** Default: the question of the prompt's last turn. */
   title?: string;
 }
 
@@ -31,16 +33,14 @@ export interface ReportOptions {
   topK?: number;
   /** Generated tokens shown, the first ones (default 32). */
   maxTokens?: number;
+  /** Aborts the build (AbortError) between its steps, where the event loop also gets a turn. */
+  signal?: AbortSignal;
 }
 
 /** The default size budget of a report: 16 MiB. */
 export const REPORT_MAX_BYTES = 16 * 1024 * 1024;
 
 type Value = tf.Tensor | TapArray;
-
-function shapeOf(v: Value): number[] {
-  return v.shape;
-}
 
 /** The values of a tap (a tensor is read synchronously: call this on backends that can). */
 function dataOf(v: Value): Float32Array {
@@ -49,7 +49,7 @@ function dataOf(v: Value): Float32Array {
 
 /** [1, H, Q, K] attention probabilities -> the last query's row for each head: [H][K]. */
 function lastQueryRows(v: Value): Float32Array[] {
-  const [, H, Q, K] = shapeOf(v);
+  const [, H, Q, K] = v.shape;
   let data: Float32Array | null = null;
   if (v instanceof tf.Tensor) {
     const row = v.slice([0, 0, Q - 1, 0], [1, H, 1, K]);
@@ -68,6 +68,12 @@ interface Tile {
   frames: number;
 }
 
+interface Picture {
+  url: string;
+  width: number;
+  height: number;
+}
+
 /** A picture the attention is drawn over: an image, its thumbnail, or a video frame. */
 interface Panel {
   label: string;
@@ -76,29 +82,24 @@ interface Panel {
   tokens: number;
 }
 
-async function pictureOfFile(source: string | Buffer, maxSide: number): Promise<{ url: string; width: number; height: number }> {
-  const { data, info } = await sharp(source)
-    .removeAlpha()
-    .toColourspace('srgb')
+/** 8-bit RGB, shrunk to fit maxSide, as a JPEG data URL. */
+async function jpegDataURL(image: RGBImage, maxSide: number): Promise<Picture> {
+  const { data, info } = await sharp(image.data, { raw: { width: image.width, height: image.height, channels: 3 } })
     .resize(maxSide, maxSide, { fit: 'inside', withoutEnlargement: true })
     .jpeg({ quality: 85 })
     .toBuffer({ resolveWithObject: true });
   return { url: `data:image/jpeg;base64,${data.toString('base64')}`, width: info.width, height: info.height };
 }
 
-/** A normalised tile [3, S, S] of pixelValues back to 8-bit RGB, as a JPEG data URL. */
-async function pictureOfTile(pixelValues: tf.Tensor4D, index: number, maxSide: number): Promise<{ url: string; width: number; height: number }> {
+/** A normalised tile [3, S, S] of pixelValues back to 8-bit RGB. */
+function tileRGB(pixelValues: tf.Tensor4D, index: number): RGBImage {
   const S = pixelValues.shape[2];
   const chw = tf.tidy(() => pixelValues.slice([index, 0, 0, 0], [1, 3, S, S]).dataSync() as Float32Array);
-  const rgb = Buffer.alloc(S * S * 3);
+  const rgb = new Uint8Array(S * S * 3);
   for (let c = 0; c < 3; c++) {
     for (let i = 0; i < S * S; i++) rgb[i * 3 + c] = Math.round(Math.min(Math.max((chw[c * S * S + i] * IMAGENET_STD[c] + IMAGENET_MEAN[c]) * 255, 0), 255));
   }
-  const { data, info } = await sharp(rgb, { raw: { width: S, height: S, channels: 3 } })
-    .resize(maxSide, maxSide, { fit: 'inside', withoutEnlargement: true })
-    .jpeg({ quality: 85 })
-    .toBuffer({ resolveWithObject: true });
-  return { url: `data:image/jpeg;base64,${data.toString('base64')}`, width: info.width, height: info.height };
+  return { width: S, height: S, data: rgb };
 }
 
 /** The pictures and the panels over them, with the visual tokens laid out in prompt order. */
@@ -106,9 +107,9 @@ async function layoutPanels(
   model: VisionLanguageModel,
   inputs: ReportInputs,
   visualTokens: number,
-): Promise<{ pictures: { url: string; width: number; height: number }[]; panels: Panel[]; dataFlag: DataFlag | null }> {
+): Promise<{ pictures: Picture[]; panels: Panel[]; dataFlag: DataFlag | null }> {
   const g = Math.round(Math.sqrt(model.numImageToken));
-  const pictures: { url: string; width: number; height: number }[] = [];
+  const pictures: Picture[] = [];
   const panels: Panel[] = [];
   let first = 0;
   let dataFlag: DataFlag | null = null;
@@ -121,7 +122,8 @@ async function layoutPanels(
       const thumbnail = image.numPatches > cols * rows;
       if (image.numPatches !== cols * rows + (thumbnail ? 1 : 0))
         throw new Error(`report inputs: image ${i + 1} has ${image.numPatches} tiles, which does not fit its ${cols}x${rows} grid`);
-      pictures.push(await pictureOfFile(image.source, 512));
+      // Decoded as the model's preprocessing decodes it (the formats and limits it accepts).
+      pictures.push(await jpegDataURL(await decodeRGB(image.source), 512));
       const label = inputs.images.length > 1 ? `Image-${i + 1}` : 'image';
       const tiles: Tile[] = [];
       for (let t = 0; t < cols * rows; t++) {
@@ -144,7 +146,7 @@ async function layoutPanels(
     for (const [f, n] of numPatchesList.entries()) {
       const tiles: Tile[] = [];
       for (let t = 0; t < n; t++, tile++) {
-        pictures.push(await pictureOfTile(pixelValues, tile, 224));
+        pictures.push(await jpegDataURL(tileRGB(pixelValues, tile), 224));
         tiles.push({ rect: [0, 0, 1, 1], first, g, frames });
         first += frames * g * g;
       }
@@ -205,10 +207,12 @@ export async function renderInspectionHTML(
   const layerOf = (name: string, re: RegExp) => Number(re.exec(name)?.[1] ?? NaN);
 
   // Statistics of every recorded tap (generation step k as "step{k}.NAME").
-  const stats: TensorSummary[] = [
-    ...Object.entries(taps).map(([n, v]) => summarizeValues(n, shapeOf(v), dataOf(v))),
-    ...steps.flatMap((s, k) => Object.entries(s).map(([n, v]) => summarizeValues(`step${k}.${n}`, shapeOf(v), dataOf(v)))),
-  ];
+  // Each tap, lens column and token's maps is one step: the event loop gets a turn between them.
+  const stats: TensorSummary[] = [];
+  for (const [name, v] of [...Object.entries(taps), ...steps.flatMap((s, k) => Object.entries(s).map(([n, t]) => [`step${k}.${n}`, t] as const))]) {
+    stats.push(summarizeValues(name, v.shape, dataOf(v)));
+    await yieldToEventLoop(options.signal);
+  }
 
   // Generated token j was predicted by the prompt pass's last position (j = 0) or by generation pass j - 1.
   const maxTokens = options.maxTokens ?? 32;
@@ -230,7 +234,7 @@ export async function renderInspectionHTML(
   if (lensLayers.length > 0) {
     const L = inspection.inputIds.length;
     const promptPositions = Math.min(options.lensPromptPositions ?? 4, L);
-    const columnOf = (pass: Record<string, Value>, position: number, label: string, input: number, next: number | undefined) => {
+    const columnOf = async (pass: Record<string, Value>, position: number, label: string, input: number, next: number | undefined) => {
       const states = new Map<number, tf.Tensor>();
       for (const layer of lensLayers) {
         const v = pass[`llm.layers.${layer}.out`];
@@ -238,6 +242,7 @@ export async function renderInspectionHTML(
       }
       const rows = logitLens(model.llm, tokenizer, states, topK, position);
       for (const [layer, t] of states) if (!(pass[`llm.layers.${layer}.out`] instanceof tf.Tensor)) t.dispose();
+      await yieldToEventLoop(options.signal);
       lens.columns.push({
         label,
         input: token(input),
@@ -247,10 +252,10 @@ export async function renderInspectionHTML(
     };
     for (let p = L - promptPositions; p < L; p++) {
       const next = p + 1 < L ? inspection.inputIds[p + 1] : generated[0];
-      columnOf(taps, p, p === L - 1 ? `prompt ${p} (last)` : `prompt ${p}`, inspection.inputIds[p], next);
+      await columnOf(taps, p, p === L - 1 ? `prompt ${p} (last)` : `prompt ${p}`, inspection.inputIds[p], next);
     }
     for (let j = 1; j < generated.length; j++) {
-      if (steps[j - 1]?.[`llm.layers.${lensLayers[0]}.out`]) columnOf(steps[j - 1], -1, `gen ${j - 1}`, generated[j - 1], generated[j]);
+      if (steps[j - 1]?.[`llm.layers.${lensLayers[0]}.out`]) await columnOf(steps[j - 1], -1, `gen ${j - 1}`, generated[j - 1], generated[j]);
     }
   }
 
@@ -260,7 +265,7 @@ export async function renderInspectionHTML(
     .filter((n) => temporalRe.test(n))
     .sort((a, b) => layerOf(a, temporalRe) - layerOf(b, temporalRe))
     .map((name) => {
-      const [S, T, H, F] = shapeOf(taps[name]);
+      const [S, T, H, F] = taps[name].shape;
       const data = dataOf(taps[name]);
       const maps = Array.from({ length: H + 1 }, () => new Float32Array(F * F));
       for (let s = 0; s < S; s++)
@@ -300,6 +305,7 @@ export async function renderInspectionHTML(
   const frameMass: number[][][][] = []; // [j][layer][head][panel]: the attention mass on each panel's tokens
   if (panels.length > 0) {
     for (let j = 0; j < attnTokens; j++) {
+      await yieldToEventLoop(options.signal);
       const pass = passOf(j)!;
       rawMaps.push(
         attnLayers.map((layer) => {
@@ -392,7 +398,8 @@ export async function renderInspectionHTML(
   const maps = new Uint8Array(count * mapSize);
   const scales = new Float32Array(count);
   let k = 0;
-  for (const perLayer of rawMaps)
+  for (const perLayer of rawMaps) {
+    await yieldToEventLoop(options.signal);
     for (const perHead of perLayer)
       for (const v of perHead.slice(0, headsKept)) {
         const map = new Float32Array(mapSize);
@@ -409,6 +416,7 @@ export async function renderInspectionHTML(
         map.forEach((x, i) => (maps[k * mapSize + i] = max > 0 ? Math.round((255 * x) / max) : 0));
         k++;
       }
+  }
   data.attention = { layers: attnLayers, tokens: attnTokens, headsKept, g: gp, pool, maps: Buffer.from(maps).toString('base64'), scales: base64Floats(scales) };
   const html = pageOf(data);
   if (Buffer.byteLength(html) > maxBytes) throw new Error(`report: ${Buffer.byteLength(html)} bytes, over maxBytes ${maxBytes}`);
