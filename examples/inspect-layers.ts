@@ -1,4 +1,4 @@
-// Opening the model up: per-layer states, attention maps, the logit lens and an attention heatmap.
+// Opening the model up: per-layer states, attention maps, the logit lens, an attention heatmap and the HTML report.
 //   npx tsx examples/inspect-layers.ts [--model DIR] [--out DIR]
 import * as fs from 'fs';
 import * as path from 'path';
@@ -37,6 +37,11 @@ async function main() {
   const png = path.join(out, 'heatmap.png');
   fs.writeFileSync(png, await renderHeatmap(file, imageAttentionMap(probs, result.imageTokenPositions, layout)));
   console.log(`heatmap: ${png}`);
+
+  // All of it (and per-layer, per-head attention) in one self-contained page to open in a browser.
+  const report = path.join(out, 'report.html');
+  fs.writeFileSync(report, await result.toHTML({ images: [{ source: file, ...image }] }));
+  console.log(`report: ${report}`);
 
   result.dispose();
   image.pixelValues.dispose();

@@ -5,6 +5,7 @@
 //   const img = await loadImage('a.jpg', { maxNum: 12 });
 //   const answer = await model.chat(tokenizer, img.pixelValues, 'What is in the image?', { maxNewTokens: 64 });
 export { PVCModel } from './pvc_model';
+export type { InspectionReport } from './pvc_model';
 export { mergeEmbeddings, VideoEncoder, VisionLanguageModel } from './model/vlm';
 export type { LoadOptions } from './model/vlm';
 export type { DataFlag } from './model/samples';
@@ -25,6 +26,8 @@ export type { InspectRequest, Inspection, TapArray } from './inspect/inspect';
 export { formatSummaries, logitLens, summarize } from './inspect/lens';
 export { imageAttentionMap, renderHeatmap } from './inspect/heatmap';
 export type { TileLayout } from './inspect/heatmap';
+export { renderInspectionHTML, REPORT_MAX_BYTES } from './inspect/report';
+export type { ReportInputs, ReportOptions } from './inspect/report';
 export { AbortError } from './event_loop';
 export { WorkerModel } from './runtime/worker';
 export type { WorkerLoadOptions } from './runtime/worker';

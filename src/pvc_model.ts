@@ -6,6 +6,7 @@ import { batchChat, BatchChatOptions, chat, ChatIds, ChatOptions, chatIds, Gener
 import { PreparedPrompt, preparePrompt, PromptOptions } from './chat/prompt';
 import { History } from './chat/template';
 import { Inspection, inspect, InspectRequest, TapArray } from './inspect/inspect';
+import { renderInspectionHTML, ReportInputs, ReportOptions } from './inspect/report';
 import { Sample } from './model/samples';
 import { loadModel, LoadOptions, VisionLanguageModel } from './model/vlm';
 import { PVCTokenizer } from './tokenizer';
@@ -51,10 +52,20 @@ export class PVCModel extends VisionLanguageModel {
     return batchChat(this, tokenizer, pixelValues, questions, generation, options);
   }
 
-  /** Runs a prompt (and optionally generation) recording the selected taps (see src/inspect/inspect.ts). */
-  inspect(request: InspectRequest & { asArrays: true }): Promise<Inspection<TapArray>>;
-  inspect(request: InspectRequest): Promise<Inspection<tf.Tensor>>;
-  inspect(request: InspectRequest): Promise<Inspection<tf.Tensor> | Inspection<TapArray>> {
-    return inspect(this, request.tokenizer ?? this.tokenizer(), request);
+  /**
+   * Runs a prompt (and optionally generation) recording the selected taps (see src/inspect/inspect.ts).
+   * `toHTML(inputs)` on the result renders it as one self-contained HTML report (src/inspect/report.ts).
+   */
+  inspect(request: InspectRequest & { asArrays: true }): Promise<Inspection<TapArray> & InspectionReport>;
+  inspect(request: InspectRequest): Promise<Inspection<tf.Tensor> & InspectionReport>;
+  async inspect(request: InspectRequest): Promise<(Inspection<tf.Tensor> | Inspection<TapArray>) & InspectionReport> {
+    const tokenizer = request.tokenizer ?? this.tokenizer();
+    const result = await inspect(this, tokenizer, request);
+    return Object.assign(result, { toHTML: (inputs?: ReportInputs, options?: ReportOptions) => renderInspectionHTML(this, tokenizer, result, inputs, options) });
   }
+}
+
+export interface InspectionReport {
+  /** The inspection as one self-contained HTML page (call before dispose()); see src/inspect/report.ts. */
+  toHTML(inputs?: ReportInputs, options?: ReportOptions): Promise<string>;
 }

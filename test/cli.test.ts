@@ -69,11 +69,22 @@ test('pvc inspect writes taps, a summary and a heatmap of the image\'s size', as
   expect([meta.width, meta.height]).toEqual([1000, 747]);
 });
 
+test('pvc inspect --html writes one self-contained report with the taps it needs', async () => {
+  const file = path.join(out, 'report.html');
+  expect(await main(['inspect', '--model', dir, '--image', IMAGE, '--html', file, '--max-new-tokens', '2', '--backend', 'wasm', 'What is in the image?'])).toBe(0);
+  expect(output.stdout()).toContain(`report: ${file} (`);
+  const data = JSON.parse(/<script type="application\/json" id="report-data">([\s\S]*?)<\/script>/.exec(fs.readFileSync(file, 'utf8'))![1]);
+  expect(data.title).toBe('<image>\nWhat is in the image?');
+  expect(data.attention.layers).toEqual([0, 1]);
+  expect(data.lens.layers).toEqual([0, 1]);
+  expect(data.panels.map((p: { label: string }) => p.label)).toEqual(['image (4x3 tiles)', 'image: thumbnail']);
+});
+
 test('usage errors exit 2 and say what is wrong', async () => {
   expect(await main(['chat', '--model', dir])).toBe(2);
   expect(output.stderr()).toMatch(/expected one question, got 0 argument\(s\)/);
   expect(await main(['inspect', '--model', dir, 'q'])).toBe(2);
-  expect(output.stderr()).toMatch(/--out DIR is required/);
+  expect(output.stderr()).toMatch(/--out DIR or --html FILE is required/);
   expect(await main(['frobnicate'])).toBe(2);
   expect(output.stderr()).toMatch(/unknown command 'frobnicate'/);
 });

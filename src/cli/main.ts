@@ -20,8 +20,8 @@ import { decodeAnswer, loadTokenizer } from '../tokenizer';
 import { doctorCommand } from './doctor';
 
 const USAGE = `usage: pvc chat --model DIR [--image FILE ...] [--video FILE [--frames N]] [options] "question"
-       pvc inspect --model DIR [--image FILE] --taps PATTERN [PATTERN ...] --out DIR [--heatmap] [--logit-lens]
-                   [--max-new-tokens N] "question"
+       pvc inspect --model DIR [--image FILE | --video FILE [--frames N]] [--taps PATTERN ...] [--out DIR]
+                   [--heatmap] [--logit-lens] [--html FILE] [--max-new-tokens N] "question"
        pvc doctor [--backend B] [--json]   versions, backends, GPU, memory, and a self-check (exit 1 on failure)
 
 options:
@@ -39,6 +39,8 @@ options:
 inspect writes DIR/taps.safetensors (prompt pass; generation step k as "step{k}.NAME"), DIR/summary.txt
 (name, shape, mean, std, min, max), with --heatmap DIR/heatmap.png (attention of the generated tokens
 over the image, the image's size) and with --logit-lens DIR/logit-lens.json (top tokens per LLM layer).
+--html FILE writes one self-contained HTML report (attention over the image or frames by layer and head,
+logit lens, PVC temporal attention, tap statistics); it records the taps it needs.
 Tap patterns: vision.layers.*.out, llm.layers.{0..3}.attn.probs, projector.out, llm.logits, ...`;
 
 interface ChatArgs {
@@ -211,8 +213,11 @@ async function chat(args: ChatArgs): Promise<void> {
 interface InspectArgs {
   model: string;
   image?: string;
+  video?: string;
+  frames: number;
   taps: string[];
-  out: string;
+  out?: string;
+  html?: string;
   heatmap: boolean;
   logitLens: boolean;
   maxNewTokens: number;
@@ -222,7 +227,7 @@ interface InspectArgs {
 }
 
 function parseInspectArgs(argv: string[]): InspectArgs {
-  const a: Partial<InspectArgs> & { taps: string[] } = { taps: [], heatmap: false, logitLens: false, maxNewTokens: 8 };
+  const a: Partial<InspectArgs> & { taps: string[] } = { taps: [], frames: 8, heatmap: false, logitLens: false, maxNewTokens: 8 };
   const rest: string[] = [];
   const args = new ArgReader(argv);
   for (let flag = args.next(); flag !== undefined; flag = args.next()) {
@@ -230,7 +235,10 @@ function parseInspectArgs(argv: string[]): InspectArgs {
     switch (flag) {
       case '--model': a.model = value(); break;
       case '--image': a.image = value(); break;
+      case '--video': a.video = value(); break;
+      case '--frames': a.frames = args.number(flag); break;
       case '--out': a.out = value(); break;
+      case '--html': a.html = value(); break;
       case '--heatmap': a.heatmap = true; break;
       case '--logit-lens': a.logitLens = true; break;
       case '--max-new-tokens': a.maxNewTokens = args.number(flag); break;
@@ -245,7 +253,8 @@ function parseInspectArgs(argv: string[]): InspectArgs {
     }
   }
   if (!a.model) throw new Error('--model DIR is required');
-  if (!a.out) throw new Error('--out DIR is required');
+  if (!a.out && !a.html) throw new Error('--out DIR or --html FILE is required');
+  if (a.image && a.video) throw new Error('give --image or --video, not both');
   // The question is the last positional argument (it may follow the tap patterns).
   if (rest.length === 0 && a.taps.length > 0) rest.push(a.taps.pop()!);
   if (rest.length !== 1) throw new Error(`expected one question, got ${rest.length} argument(s)`);
@@ -258,11 +267,27 @@ async function inspect(args: InspectArgs): Promise<void> {
   const taps = new Set(args.taps);
   if (args.heatmap) taps.add('llm.layers.*.attn.probs');
   if (args.logitLens) taps.add('llm.layers.*.out');
-  const image = args.image ? await loadImage(args.image, { inputSize: model.config.image_size, maxNum: model.config.max_dynamic_patch, maxPixels: args.maxPixels }) : null;
+  if (args.html) {
+    for (const t of ['llm.layers.*.attn.probs', 'llm.layers.*.out']) taps.add(t);
+    if (model.tapNames().some((n) => n.endsWith('.temporal.probs'))) taps.add('vision.layers.*.temporal.probs');
+  }
+  const inputSize = model.config.image_size;
+  const image = args.image ? await loadImage(args.image, { inputSize, maxNum: model.config.max_dynamic_patch, maxPixels: args.maxPixels }) : null;
+  const video = args.video ? await loadVideo(args.video, { numSegments: args.frames, inputSize, maxNum: 1 }) : null;
   try {
-    const generate = args.heatmap ? { maxNewTokens: Math.max(args.maxNewTokens, 1) } : args.maxNewTokens > 0 ? { maxNewTokens: args.maxNewTokens } : undefined;
-    const result = await model.inspect({ pixelValues: image?.pixelValues ?? null, question: args.question, taps: [...taps], generate, dataFlag: image ? 1 : undefined });
+    const generate = args.heatmap || args.html ? { maxNewTokens: Math.max(args.maxNewTokens, 1) } : args.maxNewTokens > 0 ? { maxNewTokens: args.maxNewTokens } : undefined;
+    const result = await model.inspect({
+      pixelValues: image?.pixelValues ?? video?.pixelValues ?? null, taps: [...taps], generate,
+      question: video ? withImagePlaceholders(args.question, video.numPatchesList.length, 'video') : args.question,
+      dataFlag: image ? 1 : video ? 3 : undefined, numPatchesList: video?.numPatchesList,
+    });
     try {
+      if (args.html) {
+        const html = await result.toHTML(image ? { images: [{ source: args.image!, ...image }] } : video ? { video } : {});
+        fs.writeFileSync(args.html, html);
+        process.stdout.write(`report: ${args.html} (${Buffer.byteLength(html)} bytes)\n`);
+      }
+      if (args.out === undefined) return;
       fs.mkdirSync(args.out, { recursive: true });
       const all: [string, tf.Tensor][] = [
         ...Object.entries(result.taps),
@@ -283,7 +308,7 @@ async function inspect(args: InspectArgs): Promise<void> {
       if (args.logitLens) {
         const states = new Map(Object.entries(result.taps).filter(([n]) => /^llm\.layers\.\d+\.out$/.test(n)).map(([n, t]) => [Number(n.split('.')[2]), t]));
         const lens = logitLens(model.llm, model.tokenizer(), states, 5);
-        fs.writeFileSync(path.join(args.out, 'logit-lens.json'), JSON.stringify(lens, null, 1) + '\n');
+        fs.writeFileSync(path.join(args.out!, 'logit-lens.json'), JSON.stringify(lens, null, 1) + '\n');
         for (const l of lens) process.stdout.write(`layer ${l.layer}: ${l.top.map((t) => `${JSON.stringify(t.token)} ${t.prob.toFixed(3)}`).join('  ')}\n`);
       }
     } finally {
@@ -291,6 +316,7 @@ async function inspect(args: InspectArgs): Promise<void> {
     }
   } finally {
     image?.pixelValues.dispose();
+    video?.pixelValues.dispose();
     model.dispose();
   }
 }

@@ -14,7 +14,11 @@ export interface TensorSummary {
 }
 
 export function summarize(name: string, t: tf.Tensor): TensorSummary {
-  const v = t.dataSync() as Float32Array;
+  return summarizeValues(name, t.shape, t.dataSync() as Float32Array);
+}
+
+/** summarize() of plain values (a tap read as { shape, data }). */
+export function summarizeValues(name: string, shape: number[], v: Float32Array): TensorSummary {
   let sum = 0;
   let sq = 0;
   let min = Infinity;
@@ -26,7 +30,7 @@ export function summarize(name: string, t: tf.Tensor): TensorSummary {
     if (x > max) max = x;
   }
   const mean = sum / v.length;
-  return { name, shape: t.shape, mean, std: Math.sqrt(Math.max(sq / v.length - mean * mean, 0)), min, max };
+  return { name, shape, mean, std: Math.sqrt(Math.max(sq / v.length - mean * mean, 0)), min, max };
 }
 
 export function formatSummaries(rows: TensorSummary[]): string {

@@ -51,7 +51,7 @@ async function call(model: PVCModel, request: Extract<Request, { kind: 'call' }>
     let value: unknown;
     if (method === 'inspect') {
       const [req] = args as [InspectRequest];
-      const { dispose: _dispose, ...inspection } = await model.inspect({ ...req, pixelValues: pixels, asArrays: true, signal });
+      const { dispose: _dispose, toHTML: _toHTML, ...inspection } = await model.inspect({ ...req, pixelValues: pixels, asArrays: true, signal });
       value = inspection;
     } else if (method === 'batchChat') {
       const [questions, generation, options] = args as [string[], Record<string, unknown>, Record<string, unknown>];
