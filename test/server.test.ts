@@ -448,3 +448,61 @@ describe('concurrency', () => {
     expect(next.choices).toHaveLength(1);
   });
 });
+
+describe('a PVC model (tiny-pvc): video with data_flag 3', () => {
+  let pvcDir: string;
+  let pvc: PVCModel;
+  let pvcServer: ChatServer;
+  let pvcClient: OpenAI;
+  let outer: number;
+
+  beforeAll(async () => {
+    outer = baseline;
+    pvcDir = convertFixture('tiny-pvc');
+    pvc = await PVCModel.load(pvcDir);
+    pvcServer = await ChatServer.start({ model: pvc, modelName: 'tiny-pvc', port: 0 });
+    pvcClient = new OpenAI({ baseURL: `${pvcServer.url}/v1`, apiKey: 'none', maxRetries: 0 });
+    await pvc.chat(pvc.tokenizer(), null, 'Warm up.', { maxNewTokens: 2 });
+    baseline = tf.memory().numTensors;
+  });
+  afterAll(async () => {
+    await pvcServer?.close();
+    pvc?.dispose();
+    if (pvcDir) removeConverted(pvcDir);
+    baseline = outer;
+  });
+
+  test('a video and a single image: answers and usage equal model.chat with data_flag 3 and 1', async () => {
+    const video = await loadVideo(VIDEO, { numSegments: 6, maxNum: 1, inputSize: pvc.config.image_size });
+    const question = withImagePlaceholders('Describe this video.', 6, 'video');
+    const tokenizer = pvc.tokenizer();
+    const videoOptions = { numPatchesList: video.numPatchesList, dataFlag: 3 as const };
+    const expectedVideo = await pvc.chat(tokenizer, video.pixelValues, question, { maxNewTokens: MAX }, videoOptions);
+    const videoPrompt = pvc.preparePrompt(tokenizer, video.pixelValues, question, videoOptions).inputIds.length;
+    video.pixelValues.dispose();
+    const image = await loadImage(IMAGE1, { inputSize: pvc.config.image_size, maxNum: 2 });
+    const expectedImage = await pvc.chat(tokenizer, image.pixelValues, '<image>\nWhat is it?', { maxNewTokens: MAX }, { dataFlag: 1 });
+    image.pixelValues.dispose();
+
+    const v = await pvcClient.chat.completions.create({
+      model: 'tiny-pvc',
+      max_tokens: MAX,
+      messages: [{ role: 'user', content: [videoPart(dataUrl(VIDEO, 'video/mp4'), 6), textPart('Describe this video.')] }],
+    });
+    expect(v.choices[0].message.content).toBe(expectedVideo);
+    // Visual tokens of a PVC video: num_image_token x video_repeat_time per frame, counted in the prompt.
+    expect(v.usage?.prompt_tokens).toBe(videoPrompt);
+    expect(videoPrompt).toBeGreaterThan(6 * pvc.config.num_image_token * pvc.config.pvc!.video_repeat_time);
+    const i = await pvcClient.chat.completions.create({
+      model: 'tiny-pvc',
+      max_tokens: MAX,
+      messages: [
+        {
+          role: 'user',
+          content: [{ type: 'image_url', image_url: { url: dataUrl(IMAGE1, 'image/jpeg'), max_num: 2 } } as unknown as Part, textPart('What is it?')],
+        },
+      ],
+    });
+    expect(i.choices[0].message.content).toBe(expectedImage);
+  });
+});

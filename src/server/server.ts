@@ -314,5 +314,7 @@ function readBody(req: http.IncomingMessage, limit: number): Promise<Buffer> {
     });
     req.on('end', () => resolve(Buffer.concat(chunks)));
     req.on('error', reject);
+    // A client gone before the end of its body: nothing to answer (the response's 'close' aborts the rest).
+    req.on('close', () => !req.complete && reject(new AbortError(new Error('the client disconnected while sending'))));
   });
 }
