@@ -271,8 +271,10 @@ export class ChatServer {
 
 /** The request's generation options checked as PVCModel will check them, so that a bad one is a 400 before any work. */
 function checkGeneration(request: ChatRequest): void {
+  // `stop` (already checked: strings) is left to the generation of issue 19, wherever it takes it.
+  const { stop: _stop, ...options } = request.generation;
   try {
-    resolveGenerationConfig(request.generation, { eosTokenId: [0], padTokenId: 0 });
+    resolveGenerationConfig(options, { eosTokenId: [0], padTokenId: 0 });
   } catch (e) {
     throw badRequest(null, (e as Error).message, 'invalid_generation_option');
   }
