@@ -58,7 +58,7 @@ let baseline: number;
 beforeAll(async () => {
   dir = convertFixture('tiny-internvl2');
   model = await PVCModel.load(dir);
-  mediaRoot = fs.mkdtempSync(path.join(os.tmpdir(), 'pvc-serve-media-'));
+  mediaRoot = fs.mkdtempSync(path.join(os.tmpdir(), 'pvc-media-'));
   fs.copyFileSync(IMAGE1, path.join(mediaRoot, 'a.jpg'));
   fs.mkdirSync(path.join(mediaRoot, 'sub'));
   fs.copyFileSync(VIDEO, path.join(mediaRoot, 'sub', 'v.mp4'));
@@ -185,7 +185,10 @@ describe('answers equal model.chat', () => {
     const question = withImagePlaceholders('Describe this video.', 4, 'video');
     const expected = await reference(video.pixelValues, question, { numPatchesList: video.numPatchesList, dataFlag: 3 });
     video.pixelValues.dispose();
+    const temporary = () => fs.readdirSync(os.tmpdir()).filter((n) => n.startsWith('pvc-serve-'));
+    const before = temporary();
     await expectServed([{ role: 'user', content: [videoPart(dataUrl(VIDEO, 'video/mp4'), 4), textPart('Describe this video.')] }], expected);
+    expect(temporary()).toEqual(before); // the data URL's temporary file is gone
     const fromFile = await client.chat.completions.create({
       model: 'tiny',
       max_tokens: MAX,
@@ -262,13 +265,13 @@ describe('answers equal model.chat', () => {
 });
 
 describe('errors in OpenAI shape, with their status', () => {
-  const ask = (extra: Record<string, unknown>, messages: unknown = [{ role: 'user', content: 'Hi' }]) =>
-    client.chat.completions.create({
-      model: 'tiny',
-      max_tokens: 2,
-      messages,
-      ...extra,
-    } as unknown as OpenAI.Chat.Completions.ChatCompletionCreateParamsNonStreaming);
+  const ask = (extra: Record<string, unknown>, messages: unknown = [{ role: 'user', content: 'Hi' }], signal?: AbortSignal) =>
+    client.chat.completions.create(
+      { model: 'tiny', max_tokens: 2, messages, ...extra } as unknown as OpenAI.Chat.Completions.ChatCompletionCreateParamsNonStreaming,
+      {
+        signal,
+      },
+    );
 
   test('400: bad JSON, with the body shape {error: {message, type, param, code}}', async () => {
     const res = await fetch(`${server.url}/v1/chat/completions`, {
@@ -375,6 +378,22 @@ describe('errors in OpenAI shape, with their status', () => {
     expect(await failure(ask({}))).toMatchObject({ status: 429, code: 'queue_full' });
     release();
     expect((await waiting).choices[0].message.role).toBe('assistant');
+  });
+
+  test('a waiting request whose client leaves is taken out of the queue', async () => {
+    const release = await server.queue.acquire(new AbortController().signal);
+    const controller = new AbortController();
+    const waiting = ask({}, undefined, controller.signal).catch((e: unknown) => e);
+    await until(() => server.queue.depth.waiting === 1);
+    controller.abort();
+    expect(await waiting).toBeInstanceOf(OpenAI.APIUserAbortError);
+    await until(() => server.queue.depth.waiting === 0, 2000);
+    release();
+    expect(server.queue.depth).toEqual({ running: 0, waiting: 0 });
+  });
+
+  test('binds 127.0.0.1 unless told otherwise', () => {
+    expect(server.address.address).toBe('127.0.0.1');
   });
 
   test('503: while the model loads', async () => {
