@@ -353,6 +353,89 @@ describe('errors in OpenAI shape, with their status', () => {
     expect(await failure(ask({}, image('not-an-image.jpg')))).toMatchObject({ status: 400, code: 'invalid_image' });
   });
 
+  test('400, never 500: malformed values in every field (and the server keeps answering)', async () => {
+    const user = (content: unknown) => ({ model: 'tiny', messages: [{ role: 'user', content }] });
+    const bodies: unknown[] = [
+      null,
+      [],
+      'text',
+      5,
+      {},
+      { model: 5, messages: [] },
+      { model: 'tiny' },
+      { model: 'tiny', messages: null },
+      { model: 'tiny', messages: [null] },
+      { model: 'tiny', messages: [{ role: 'robot', content: 'Hi' }] },
+      { model: 'tiny', messages: [{ role: 'user' }] },
+      user(5),
+      user([5]),
+      user([{}]),
+      user([{ type: 'image_url' }]),
+      user([{ type: 'image_url', image_url: 'x' }]),
+      user([{ type: 'image_url', image_url: { url: 5 } }]),
+      user([{ type: 'image_url', image_url: { url: '' } }]),
+      user([{ type: 'image_url', image_url: { url: 'data:image/jpeg;base64,', max_num: 'x' } }]),
+      user([{ type: 'video_url', video_url: { url: dataUrl(VIDEO, 'video/mp4'), num_frames: -1 } }]),
+      user([{ type: 'input_audio', input_audio: {} }]),
+      user([{ type: 'text', text: null }]),
+      user([{ type: 'text', text: 'x', extra: 1 }]),
+      user('<IMG_CONTEXT>'),
+      { ...user('Hi'), stream: 'yes' },
+      { ...user('Hi'), stream_options: { include_usage: true } },
+      { ...user('Hi'), stream: true, stream_options: { include_usage: 'x' } },
+      { ...user('Hi'), stop: 5 },
+      { ...user('Hi'), stop: ['a', 'b', 'c', 'd', 'e'] },
+      { ...user('Hi'), seed: 1.5 },
+      { ...user('Hi'), top_p: 0 },
+      { ...user('Hi'), temperature: 'hot' },
+      { ...user('Hi'), max_tokens: 1e9 },
+      { ...user('Hi'), repetition_penalty: -1 },
+      { ...user('Hi'), top_k: 2.5 },
+      {
+        model: 'tiny',
+        messages: [
+          { role: 'user', content: 'a' },
+          { role: 'user', content: 'b' },
+        ],
+      },
+      {
+        model: 'tiny',
+        messages: [
+          { role: 'user', content: 'a' },
+          { role: 'system', content: 'b' },
+          { role: 'user', content: 'c' },
+        ],
+      },
+      {
+        model: 'tiny',
+        messages: [
+          { role: 'assistant', content: [{ type: 'image_url', image_url: { url: dataUrl(IMAGE1, 'image/jpeg') } }] },
+          { role: 'user', content: 'c' },
+        ],
+      },
+      user([
+        { type: 'image_url', image_url: { url: dataUrl(IMAGE1, 'image/jpeg') } },
+        { type: 'video_url', video_url: { url: dataUrl(VIDEO, 'video/mp4') } },
+      ]),
+      JSON.parse('{"model": "tiny", "__proto__": {"x": 1}, "messages": [{"role": "user", "content": "Hi"}]}'),
+    ];
+    const statuses: number[] = [];
+    for (const body of bodies) {
+      const res = await fetch(`${server.url}/v1/chat/completions`, { method: 'POST', headers: { authorization: `Bearer ${KEY}` }, body: JSON.stringify(body) });
+      const json = (await res.json()) as { error?: { message: string } };
+      statuses.push(res.status);
+      if (res.status !== 400) throw new Error(`${JSON.stringify(body).slice(0, 200)}: ${res.status} ${json.error?.message}`);
+    }
+    expect(statuses.every((s) => s === 400)).toBe(true);
+    const raw = await fetch(`${server.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${KEY}` },
+      body: Buffer.from([0xff, 0xfe, 0x00, 0x7b]),
+    });
+    expect(raw.status).toBe(400);
+    expect((await client.models.list()).data).toHaveLength(1);
+  });
+
   test('401: a missing or wrong API key', async () => {
     for (const apiKey of ['wrong', `${KEY}x`, 'x']) {
       const other = new OpenAI({ baseURL: `${server.url}/v1`, apiKey, maxRetries: 0 });
