@@ -3,6 +3,7 @@
 // seed), streamed and not; every error status the server promises; a client that disconnects frees its
 // slot; /health answers during a long generation; no tensor outlives the suite.
 import * as tf from '@tensorflow/tfjs';
+import { spawn, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import OpenAI from 'openai';
 import * as os from 'os';
@@ -606,5 +607,36 @@ describe('a PVC model (tiny-pvc): video with data_flag 3', () => {
       ],
     });
     expect(i.choices[0].message.content).toBe(expectedImage);
+  });
+});
+
+describe('the pvc serve command', () => {
+  const bin = path.join(__dirname, '..', 'src', 'cli', 'pvc.js');
+
+  test('bad flags exit 2 with the usage', () => {
+    const run = spawnSync(process.execPath, [bin, 'serve', '--model', dir, '--bogus'], { encoding: 'utf8', timeout: 60_000 });
+    expect(run.status).toBe(2);
+    expect(run.stderr).toContain('unknown option --bogus');
+    expect(run.stderr).toContain('usage: pvc serve');
+  });
+
+  test('listens on 127.0.0.1 (port 0: a free one), answers once loaded, exits 0 on SIGTERM', async () => {
+    const child = spawn(process.execPath, [bin, 'serve', '--model', dir, '--port', '0', '--api-key', KEY, '--backend', 'wasm'], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));
+    try {
+      await until(() => stderr.includes('ready'), 60_000);
+      const url = /listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(stderr)![1];
+      const cli = new OpenAI({ baseURL: `${url}/v1`, apiKey: KEY, maxRetries: 0 });
+      const completion = await cli.chat.completions.create({ model: path.basename(dir), max_tokens: 3, messages: [{ role: 'user', content: 'Hi' }] });
+      expect(completion.usage?.completion_tokens).toBeGreaterThan(0);
+    } finally {
+      child.kill('SIGTERM');
+    }
+    expect(await exited).toBe(0);
+    expect(stderr).toContain('shutting down');
   });
 });
