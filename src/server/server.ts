@@ -235,10 +235,12 @@ export class ChatServer {
         choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }],
         ...(request.includeUsage ? { usage: null } : {}),
       });
+      const pieces = model.stream(tokenizer, pixelValues, request.question, request.generation, options);
+      // The first piece (or the end) before the headers: an error up to the first token is still a status code.
+      let next = await pieces.next();
       res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', 'x-accel-buffering': 'no' });
       sendEvent(res, chunk({ role: 'assistant', content: '' }, null));
-      for await (const piece of model.stream(tokenizer, pixelValues, request.question, request.generation, options))
-        sendEvent(res, chunk({ content: piece }, null));
+      for (; !next.done; next = await pieces.next()) sendEvent(res, chunk({ content: next.value }, null));
       sendEvent(res, chunk({}, finishReason()));
       if (request.includeUsage) sendEvent(res, { id, object: 'chat.completion.chunk', created, model: this.modelName, choices: [], usage: usage() });
       res.end('data: [DONE]\n\n');
