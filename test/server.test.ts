@@ -305,6 +305,12 @@ describe('errors in OpenAI shape, with their status', () => {
     const f = await failure(ask({ max_tokens: 8000 }));
     expect(f).toMatchObject({ status: 400, code: 'context_length_exceeded' });
     expect(f.message).toMatch(/max_tokens 8000 exceed the model's context of 4096 tokens/);
+    // Text beyond limits.maxTextChars is refused before it is tokenized.
+    expect(await failure(ask({}, [{ role: 'user', content: 'x'.repeat(256 * 1024 + 1) }]))).toMatchObject({
+      status: 400,
+      code: 'context_length_exceeded',
+      param: 'messages',
+    });
   });
 
   test('400: bad images and videos name the part', async () => {

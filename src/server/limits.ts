@@ -9,6 +9,8 @@ export interface ServerLimits {
   maxImagePixels: number;
   /** Most pixels of a video frame (width x height as ffprobe reports them). */
   maxFramePixels: number;
+  /** Most characters of text in one request (all messages): bounds the tokenizer's work before the context check. */
+  maxTextChars: number;
   /** Most images or videos in one request. */
   maxMediaParts: number;
   /** Most tiles per image (a part's max_num; the model's max_dynamic_patch is the default). */
@@ -30,6 +32,7 @@ export const DEFAULT_LIMITS: ServerLimits = {
   maxMediaBytes: 32 * 1024 * 1024,
   maxImagePixels: 6000 * 6000,
   maxFramePixels: 3840 * 2160,
+  maxTextChars: 256 * 1024,
   maxMediaParts: 16,
   maxTilesPerImage: 40,
   maxFrames: 128,

@@ -206,6 +206,9 @@ export async function parseChatRequest(body: unknown, root: string | null, limit
     turns.push({ role, text: await content(message, param, role, media, root, limits, maxDynamicPatch) });
   }
   if (turns.length === 0 || turns[turns.length - 1].role !== 'user') throw badRequest('messages', 'the last message must be a user message');
+  const chars = turns.reduce((n, t) => n + t.text.length, systemMessage?.length ?? 0);
+  if (chars > limits.maxTextChars)
+    throw badRequest('messages', `${chars} characters of text, more than the ${limits.maxTextChars} accepted`, 'context_length_exceeded');
   if (media.filter((m) => m.kind === 'video').length > 0 && media.length > 1) throw badRequest('messages', 'a request carries either images or one video');
   const history: History = [];
   for (let k = 0; k + 1 < turns.length; k += 2) history.push([turns[k].text, turns[k + 1].text]);
