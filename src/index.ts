@@ -32,3 +32,6 @@ export { AbortError } from './event_loop';
 export { WorkerModel } from './runtime/worker';
 export type { WorkerLoadOptions } from './runtime/worker';
 export type { RunLimits } from './model/vlm';
+export { ChatServer } from './server/server';
+export type { ServeOptions } from './server/server';
+export type { ServerLimits } from './server/limits';

@@ -28,6 +28,8 @@ export interface PromptOptions {
   dataFlag?: DataFlag | DataFlag[];
   /** Tiles per sample (upstream's split_sizes); default: all tiles are one sample. */
   splitSizes?: number[];
+  /** Replaces the template's system message (the model config's system_message). */
+  systemMessage?: string;
 }
 
 export interface PreparedPrompt {
@@ -52,7 +54,7 @@ export function preparePrompt(model: VisionLanguageModel, tokenizer: PVCTokenize
   if (total !== tiles) throw new Error(`numPatchesList [${numPatchesList}] sums to ${total}, but pixelValues has ${tiles} tiles`);
   const samples = samplesOf(numPatchesList, options.dataFlag, options.splitSizes);
   const tokensPerTile = samples.flatMap((s) => s.tilesPerImage.map(() => model.tokensPerTile(s.dataFlag)));
-  const prompt = expandImagePlaceholders(buildPrompt(model.config.system_message, history ?? [], question), numPatchesList, tokensPerTile);
+  const prompt = expandImagePlaceholders(buildPrompt(options.systemMessage ?? model.config.system_message, history ?? [], question), numPatchesList, tokensPerTile);
   return { prompt, question, inputIds: tokenizer.encode(prompt), samples };
 }
 

@@ -18,11 +18,13 @@ import { loadImage } from '../preprocess/image';
 import { loadVideo } from '../preprocess/video';
 import { decodeAnswer, loadTokenizer } from '../tokenizer';
 import { doctorCommand } from './doctor';
+import { serveCommand } from '../server/command';
 
 const USAGE = `usage: pvc chat --model DIR [--image FILE ...] [--video FILE [--frames N]] [options] "question"
        pvc inspect --model DIR [--image FILE | --video FILE [--frames N]] [--taps PATTERN ...] [--out DIR]
                    [--heatmap] [--logit-lens] [--html FILE] [--max-new-tokens N] "question"
        pvc doctor [--backend B] [--json]   versions, backends, GPU, memory, and a self-check (exit 1 on failure)
+       pvc serve --model DIR [--host H] [--port P] [--api-key K] ...   an OpenAI-compatible server (pvc serve --help)
 
 options:
   --max-new-tokens N   most tokens to generate (default 512)
@@ -328,6 +330,7 @@ export async function main(argv = process.argv.slice(2)): Promise<number> {
     return command === undefined ? 2 : 0;
   }
   if (command === 'doctor') return doctorCommand(rest);
+  if (command === 'serve') return serveCommand(rest);
   const commands: Record<string, [(a: string[]) => unknown, (a: never) => Promise<void>]> = {
     chat: [parseChatArgs, chat],
     inspect: [parseInspectArgs, inspect],

@@ -1,0 +1,43 @@
+// What one request may ask of the server. Every input from a client is bounded by one of these.
+
+export interface ServerLimits {
+  /** Most bytes of a request body (413 above). */
+  maxBodyBytes: number;
+  /** Most decoded bytes of one image or video (a data URL's payload or a local file). */
+  maxMediaBytes: number;
+  /** Most pixels of an image (width x height, read from its header before decoding). */
+  maxImagePixels: number;
+  /** Most pixels of a video frame (width x height as ffprobe reports them). */
+  maxFramePixels: number;
+  /** Most characters of text in one request (all messages): bounds the tokenizer's work before the context check. */
+  maxTextChars: number;
+  /** Most images or videos in one request. */
+  maxMediaParts: number;
+  /** Most tiles per image (a part's max_num; the model's max_dynamic_patch is the default). */
+  maxTilesPerImage: number;
+  /** Most frames sampled from a video (a part's num_frames). */
+  maxFrames: number;
+  /** Frames sampled from a video when the part does not say (upstream's load_video default). */
+  defaultFrames: number;
+  /** Most new tokens (max_tokens / max_completion_tokens). */
+  maxTokens: number;
+  /** New tokens when the request does not say. */
+  defaultMaxTokens: number;
+  /** Requests waiting for the model behind the running one (429 above). */
+  maxQueue: number;
+}
+
+export const DEFAULT_LIMITS: ServerLimits = {
+  maxBodyBytes: 64 * 1024 * 1024,
+  maxMediaBytes: 32 * 1024 * 1024,
+  maxImagePixels: 6000 * 6000,
+  maxFramePixels: 3840 * 2160,
+  maxTextChars: 256 * 1024,
+  maxMediaParts: 16,
+  maxTilesPerImage: 40,
+  maxFrames: 128,
+  defaultFrames: 32,
+  maxTokens: 8192,
+  defaultMaxTokens: 512,
+  maxQueue: 16,
+};

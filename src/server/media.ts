@@ -1,0 +1,199 @@
+// Images and videos of a request: where their bytes may come from (data URLs of allowed media types,
+// files under --allowed-local-media-path; never the network), how large they may be, and their
+// decoding into model input. Everything here treats the request as hostile: the media type is checked
+// against an allow-list and the bytes against the formats' signatures (so that neither libvips nor
+// ffmpeg is handed, say, an SVG or an HLS playlist that would make it read other files or URLs), sizes
+// are bounded before decoding, and local paths are resolved with realpath and must stay in the root.
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import sharp from 'sharp';
+import { fileURLToPath } from 'url';
+import { LoadedImage, loadImage } from '../preprocess/image';
+import { LoadedVideo, loadVideo, probeVideo } from '../preprocess/video';
+import { badRequest } from './errors';
+import { ServerLimits } from './limits';
+
+export type MediaKind = 'image' | 'video';
+
+/** A media part after validation: its bytes (data URL, image file) or its file (video file under the root). */
+export interface MediaSource {
+  kind: MediaKind;
+  /** The request field it came from, for errors: messages[1].content[0].image_url. */
+  param: string;
+  bytes?: Buffer;
+  file?: string;
+  /** Images: most tiles. Videos: frames sampled. */
+  maxNum?: number;
+  numFrames?: number;
+}
+
+const MEDIA_TYPES: Record<MediaKind, string[]> = {
+  image: ['image/jpeg', 'image/jpg', 'image/png', 'image/webp', 'image/gif'],
+  video: ['video/mp4', 'video/quicktime', 'video/webm', 'video/x-matroska'],
+};
+
+const ascii = (bytes: Buffer, start: number, end: number) => bytes.subarray(start, end).toString('latin1');
+
+/** Whether `head` starts like a file of one of the kind's formats (JPEG, PNG, GIF, WebP; MP4/QuickTime, Matroska/WebM). */
+export function hasSignature(head: Buffer, kind: MediaKind): boolean {
+  if (kind === 'image') {
+    return (
+      (head[0] === 0xff && head[1] === 0xd8 && head[2] === 0xff) ||
+      ascii(head, 0, 8) === '\x89PNG\r\n\x1a\n' ||
+      ascii(head, 0, 6) === 'GIF87a' ||
+      ascii(head, 0, 6) === 'GIF89a' ||
+      (ascii(head, 0, 4) === 'RIFF' && ascii(head, 8, 12) === 'WEBP')
+    );
+  }
+  return ['ftyp', 'moov', 'mdat', 'wide', 'free'].includes(ascii(head, 4, 8)) || (head[0] === 0x1a && head[1] === 0x45 && head[2] === 0xdf && head[3] === 0xa3);
+}
+
+function checkSignature(head: Buffer, kind: MediaKind, param: string): void {
+  if (!hasSignature(head, kind)) {
+    const formats = kind === 'image' ? 'JPEG, PNG, GIF or WebP' : 'MP4, QuickTime, WebM or Matroska';
+    throw badRequest(param, `the ${kind}'s bytes are not ${formats}`, `invalid_${kind}`);
+  }
+}
+
+/** The payload of a base64 data URL whose media type is allowed for the kind, at most limits.maxMediaBytes. */
+function decodeDataUrl(url: string, kind: MediaKind, param: string, limits: ServerLimits): Buffer {
+  const comma = url.indexOf(',');
+  if (comma < 0) throw badRequest(param, 'a data URL needs a comma before its data', `invalid_${kind}`);
+  const [mediaType, ...params] = url.slice('data:'.length, comma).split(';');
+  const type = mediaType.trim().toLowerCase();
+  if (!MEDIA_TYPES[kind].includes(type)) {
+    throw badRequest(param, `media type '${type}' is not accepted for ${kind}s (accepted: ${MEDIA_TYPES[kind].join(', ')})`, `invalid_${kind}`);
+  }
+  if (!params.map((p) => p.trim().toLowerCase()).includes('base64'))
+    throw badRequest(param, 'only base64 data URLs are accepted (data:TYPE;base64,...)', `invalid_${kind}`);
+  const data = url.slice(comma + 1);
+  // Checked on the text's length before decoding anything: 4 characters are 3 bytes.
+  if (Math.floor((data.length * 3) / 4) > limits.maxMediaBytes + 2)
+    throw badRequest(param, `the ${kind} is larger than ${limits.maxMediaBytes} bytes`, 'media_too_large');
+  if (!/^[A-Za-z0-9+/]*={0,2}$/.test(data)) throw badRequest(param, 'the data URL is not valid base64', `invalid_${kind}`);
+  const bytes = Buffer.from(data, 'base64');
+  if (bytes.length === 0) throw badRequest(param, `the ${kind} is empty`, `invalid_${kind}`);
+  if (bytes.length > limits.maxMediaBytes) throw badRequest(param, `the ${kind} is larger than ${limits.maxMediaBytes} bytes`, 'media_too_large');
+  checkSignature(bytes, kind, param);
+  return bytes;
+}
+
+/** A file path or file:// URL resolved (symlinks and .. included) to a regular file inside `root`. */
+async function resolveLocal(url: string, kind: MediaKind, param: string, root: string | null, limits: ServerLimits): Promise<{ file: string; bytes: Buffer }> {
+  if (root === null)
+    throw badRequest(param, 'local files are not accepted (the server was started without --allowed-local-media-path)', 'local_media_not_allowed');
+  let p: string;
+  try {
+    p = /^file:/i.test(url) ? fileURLToPath(url) : path.resolve(root, url);
+  } catch (e) {
+    throw badRequest(param, `bad file URL (${(e as Error).message})`, `invalid_${kind}`);
+  }
+  let real: string;
+  try {
+    real = await fs.promises.realpath(p);
+  } catch {
+    throw badRequest(param, `no such file in the allowed media path: ${url}`, `invalid_${kind}`);
+  }
+  if (real !== root && !real.startsWith(root + path.sep)) throw badRequest(param, `${url} is outside the allowed media path`, 'local_media_not_allowed');
+  const handle = await fs.promises.open(real, 'r');
+  try {
+    const stat = await handle.stat();
+    if (!stat.isFile()) throw badRequest(param, `${url} is not a regular file`, `invalid_${kind}`);
+    if (stat.size > limits.maxMediaBytes) throw badRequest(param, `the ${kind} is larger than ${limits.maxMediaBytes} bytes`, 'media_too_large');
+    // An image is read whole (through the handle that was checked); of a video only its signature.
+    const bytes = kind === 'image' ? await handle.readFile() : (await handle.read(Buffer.alloc(16), 0, 16, 0)).buffer;
+    if (bytes.length > limits.maxMediaBytes) throw badRequest(param, `the ${kind} is larger than ${limits.maxMediaBytes} bytes`, 'media_too_large');
+    checkSignature(bytes, kind, param);
+    return { file: real, bytes };
+  } finally {
+    await handle.close();
+  }
+}
+
+/**
+ * Where a part's bytes come from: a data URL, or a file under `root` (an image is read whole, a video
+ * stays a path). http(s) and other schemes are refused: the server never reaches the network.
+ * `root` is the realpath of --allowed-local-media-path, or null when local files are not accepted.
+ */
+export async function resolveMedia(
+  url: string,
+  kind: MediaKind,
+  param: string,
+  root: string | null,
+  limits: ServerLimits,
+): Promise<{ bytes?: Buffer; file?: string }> {
+  if (/^data:/i.test(url)) return { bytes: decodeDataUrl(url, kind, param, limits) };
+  if (/^https?:/i.test(url))
+    throw badRequest(
+      param,
+      'http(s) URLs are not fetched: send the media as a data URL (or a file under --allowed-local-media-path)',
+      'remote_media_not_allowed',
+    );
+  if (/^[a-z][a-z0-9+.-]*:/i.test(url) && !/^file:/i.test(url))
+    throw badRequest(param, `URL scheme '${url.split(':')[0]}' is not accepted (data: or file:)`, `invalid_${kind}`);
+  const local = await resolveLocal(url, kind, param, root, limits);
+  return kind === 'image' ? { bytes: local.bytes } : { file: local.file };
+}
+
+/**
+ * An image's bytes into model input, its pixel count checked from the header first. (When loadImage
+ * takes maxPixels, it goes there instead of the header check.)
+ */
+export async function decodeImagePart(bytes: Buffer, options: { inputSize: number; maxNum: number; maxPixels: number }, param: string): Promise<LoadedImage> {
+  let meta: { width?: number; height?: number };
+  try {
+    meta = await sharp(bytes).metadata();
+  } catch (e) {
+    throw badRequest(param, `the image cannot be decoded (${(e as Error).message})`, 'invalid_image');
+  }
+  if (!meta.width || !meta.height) throw badRequest(param, 'the image has no size', 'invalid_image');
+  if (meta.width * meta.height > options.maxPixels) {
+    throw badRequest(param, `the image has ${meta.width}x${meta.height} pixels, more than the ${options.maxPixels} accepted`, 'image_too_large');
+  }
+  try {
+    return await loadImage(bytes, { inputSize: options.inputSize, maxNum: options.maxNum });
+  } catch (e) {
+    throw badRequest(param, `the image cannot be decoded (${(e as Error).message})`, 'invalid_image');
+  }
+}
+
+/** A video into model input: data URL bytes go through a private temporary file (ffmpeg reads files), removed after. */
+export async function decodeVideoPart(source: MediaSource, options: { inputSize: number; numFrames: number; maxFramePixels: number }): Promise<LoadedVideo> {
+  let tmp: string | null = null;
+  let file = source.file;
+  try {
+    if (file === undefined) {
+      tmp = await fs.promises.mkdtemp(path.join(os.tmpdir(), 'pvc-serve-'));
+      file = path.join(tmp, 'video');
+      await fs.promises.writeFile(file, source.bytes!, { mode: 0o600, flag: 'wx' });
+    }
+    let size: { width: number; height: number };
+    try {
+      size = probeVideo(file);
+    } catch (e) {
+      throw badRequest(source.param, `the video cannot be read (${firstLine(e)})`, 'invalid_video');
+    }
+    if (size.width * size.height > options.maxFramePixels) {
+      throw badRequest(
+        source.param,
+        `the video's frames have ${size.width}x${size.height} pixels, more than the ${options.maxFramePixels} accepted`,
+        'video_too_large',
+      );
+    }
+    try {
+      return await loadVideo(file, { numSegments: options.numFrames, maxNum: 1, inputSize: options.inputSize, warn: () => {} });
+    } catch (e) {
+      throw badRequest(source.param, `the video cannot be decoded (${firstLine(e)})`, 'invalid_video');
+    }
+  } finally {
+    if (tmp !== null) await fs.promises.rm(tmp, { recursive: true, force: true });
+  }
+}
+
+/** An error's first line, without the temporary file's path. */
+function firstLine(e: unknown): string {
+  return String((e as Error).message ?? e)
+    .split('\n')[0]
+    .replace(/\/[^\s:]*pvc-serve-[^\s:]*/g, '<video>');
+}

@@ -1,0 +1,216 @@
+// A chat completion request, validated field by field: anything unknown, of the wrong type or out of
+// range is a 400 that names the field (messages[2].content[0].image_url.url, max_tokens, ...).
+//
+// The conversation becomes upstream's chat() arguments: an optional system message (replacing the
+// template's), then user / assistant turns alternating and ending with a user turn: the last is the
+// question, the earlier pairs the history. Each user turn's images (or a video's frames) are written
+// in front of its text as upstream's examples do ("<image>\n" for one image, "Image-1: <image>\n..."
+// for several, "Frame1: <image>\n..." for a video), and the images of every turn stay in the prompt at
+// their turn, as upstream's multi-round chat() keeps them (history questions keep their <image>).
+import { withImagePlaceholders } from '../chat/prompt';
+import { IMAGE_PLACEHOLDER, IMG_CONTEXT_TOKEN, IMG_END_TOKEN, IMG_START_TOKEN } from '../chat/template';
+import { History } from '../chat/template';
+import { badRequest } from './errors';
+import { ServerLimits } from './limits';
+import { MediaKind, MediaSource, resolveMedia } from './media';
+
+export interface ChatRequest {
+  model: string;
+  systemMessage?: string;
+  history: History;
+  question: string;
+  media: MediaSource[];
+  /** Generation options for PVCModel (camelCase keys). */
+  generation: Record<string, unknown>;
+  maxTokens: number;
+  stream: boolean;
+  includeUsage: boolean;
+}
+
+const TOP_LEVEL = new Set([
+  'model',
+  'messages',
+  'max_tokens',
+  'max_completion_tokens',
+  'temperature',
+  'top_p',
+  'seed',
+  'stop',
+  'n',
+  'stream',
+  'stream_options',
+  'top_k',
+  'repetition_penalty',
+]);
+
+// Text that would be read as the template's image markup is not the client's to write.
+const RESERVED = [IMAGE_PLACEHOLDER, IMG_START_TOKEN, IMG_END_TOKEN, IMG_CONTEXT_TOKEN];
+
+type Json = Record<string, unknown>;
+
+const isObject = (v: unknown): v is Json => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+function checkKeys(obj: Json, allowed: string[], where: string): void {
+  for (const key of Object.keys(obj)) {
+    if (!allowed.includes(key)) throw badRequest(where ? `${where}.${key}` : key, `unknown field (accepted here: ${allowed.join(', ')})`, 'unknown_field');
+  }
+}
+
+function number(body: Json, key: string, check: (v: number) => boolean, expected: string): number | undefined {
+  const v = body[key];
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== 'number' || !Number.isFinite(v) || !check(v)) throw badRequest(key, `${JSON.stringify(v)} is not ${expected}`);
+  return v;
+}
+
+function text(v: unknown, param: string): string {
+  if (typeof v !== 'string') throw badRequest(param, 'expected a string');
+  const reserved = RESERVED.find((r) => v.includes(r));
+  if (reserved !== undefined) throw badRequest(param, `the text contains '${reserved}', which is reserved for images (send images as image_url parts)`);
+  return v;
+}
+
+interface Turn {
+  role: 'user' | 'assistant';
+  text: string;
+}
+
+/** A message's content: a string or parts; media parts collected into `media` (user messages only). */
+async function content(
+  message: Json,
+  param: string,
+  role: string,
+  media: MediaSource[],
+  root: string | null,
+  limits: ServerLimits,
+  maxDynamicPatch: number,
+): Promise<string> {
+  const c = message.content;
+  if (typeof c === 'string') return text(c, `${param}.content`);
+  if (!Array.isArray(c)) throw badRequest(`${param}.content`, 'expected a string or an array of content parts');
+  const texts: string[] = [];
+  const kinds: MediaKind[] = [];
+  for (const [i, part] of c.entries()) {
+    const p = `${param}.content[${i}]`;
+    if (!isObject(part)) throw badRequest(p, 'expected a content part object');
+    if (part.type === 'text') {
+      checkKeys(part, ['type', 'text'], p);
+      texts.push(text(part.text, `${p}.text`));
+      continue;
+    }
+    if (part.type !== 'image_url' && part.type !== 'video_url')
+      throw badRequest(`${p}.type`, `${JSON.stringify(part.type)} is not a supported part type (text, image_url, video_url)`);
+    if (role !== 'user') throw badRequest(p, `${role} messages carry text only`);
+    const kind: MediaKind = part.type === 'image_url' ? 'image' : 'video';
+    checkKeys(part, ['type', part.type], p);
+    const inner = part[part.type];
+    const q = `${p}.${part.type}`;
+    if (!isObject(inner)) throw badRequest(q, 'expected an object with a url');
+    // detail is OpenAI's (ignored: tiles follow max_num); max_num and num_frames are ours.
+    checkKeys(inner, kind === 'image' ? ['url', 'detail', 'max_num'] : ['url', 'num_frames'], q);
+    if (typeof inner.url !== 'string' || inner.url === '') throw badRequest(`${q}.url`, 'expected a non-empty string');
+    if (media.length >= limits.maxMediaParts) throw badRequest(q, `more than ${limits.maxMediaParts} images or videos in one request`);
+    const source: MediaSource = { kind, param: q, ...(await resolveMedia(inner.url, kind, `${q}.url`, root, limits)) };
+    if (kind === 'image') {
+      const maxNum = inner.max_num ?? maxDynamicPatch;
+      if (!Number.isInteger(maxNum) || (maxNum as number) < 1 || (maxNum as number) > limits.maxTilesPerImage) {
+        throw badRequest(`${q}.max_num`, `${JSON.stringify(maxNum)} is not an integer from 1 to ${limits.maxTilesPerImage}`);
+      }
+      source.maxNum = maxNum as number;
+    } else {
+      const frames = inner.num_frames ?? limits.defaultFrames;
+      if (!Number.isInteger(frames) || (frames as number) < 1 || (frames as number) > limits.maxFrames) {
+        throw badRequest(`${q}.num_frames`, `${JSON.stringify(frames)} is not an integer from 1 to ${limits.maxFrames}`);
+      }
+      source.numFrames = frames as number;
+    }
+    media.push(source);
+    kinds.push(kind);
+  }
+  const question = texts.join('\n');
+  if (kinds.length === 0) return question;
+  if (kinds.includes('video') && kinds.length > 1) throw badRequest(`${param}.content`, 'a message carries either images or one video');
+  if (kinds[0] === 'image' && kinds.length === 1) return `${IMAGE_PLACEHOLDER}\n${question}`;
+  // load_video returns exactly num_frames frames (repeating some in a short clip), one tile each.
+  if (kinds[0] === 'video') return withImagePlaceholders(question, media[media.length - 1].numFrames!, 'video');
+  return withImagePlaceholders(question, kinds.length, 'images');
+}
+
+/**
+ * Validates a parsed JSON body and resolves its media sources (bytes read, paths checked; nothing
+ * decoded yet). `root`: realpath of --allowed-local-media-path or null.
+ */
+export async function parseChatRequest(body: unknown, root: string | null, limits: ServerLimits, maxDynamicPatch: number): Promise<ChatRequest> {
+  if (!isObject(body)) throw badRequest(null, 'the request body must be a JSON object');
+  for (const key of Object.keys(body))
+    if (!TOP_LEVEL.has(key)) throw badRequest(key, `unknown field (accepted: ${[...TOP_LEVEL].join(', ')})`, 'unknown_field');
+  if (typeof body.model !== 'string') throw badRequest('model', 'expected the model name as a string');
+  if (body.n !== undefined && body.n !== null && body.n !== 1) throw badRequest('n', `${JSON.stringify(body.n)}: only n = 1 is supported`);
+  if (body.stream !== undefined && body.stream !== null && typeof body.stream !== 'boolean') throw badRequest('stream', 'expected true or false');
+  const stream = body.stream === true;
+  let includeUsage = false;
+  if (body.stream_options !== undefined && body.stream_options !== null) {
+    if (!stream) throw badRequest('stream_options', 'only with stream: true');
+    if (!isObject(body.stream_options)) throw badRequest('stream_options', 'expected an object');
+    checkKeys(body.stream_options, ['include_usage'], 'stream_options');
+    const u = body.stream_options.include_usage;
+    if (u !== undefined && typeof u !== 'boolean') throw badRequest('stream_options.include_usage', 'expected true or false');
+    includeUsage = u === true;
+  }
+
+  const maxTokens =
+    number(body, 'max_completion_tokens', (v) => Number.isInteger(v) && v >= 1 && v <= limits.maxTokens, `an integer from 1 to ${limits.maxTokens}`) ??
+    number(body, 'max_tokens', (v) => Number.isInteger(v) && v >= 1 && v <= limits.maxTokens, `an integer from 1 to ${limits.maxTokens}`) ??
+    limits.defaultMaxTokens;
+  const temperature = number(body, 'temperature', (v) => v >= 0 && v <= 2, 'a number from 0 to 2');
+  const topP = number(body, 'top_p', (v) => v > 0 && v <= 1, 'a number in (0, 1]');
+  const topK = number(body, 'top_k', (v) => Number.isInteger(v) && v >= 0, 'a non-negative integer');
+  const repetitionPenalty = number(body, 'repetition_penalty', (v) => v > 0, 'a positive number');
+  const seed = number(body, 'seed', (v) => Number.isSafeInteger(v), 'an integer');
+  // Greedy unless a temperature above 0 asks for sampling (upstream's examples decode greedily).
+  const doSample = temperature !== undefined && temperature > 0;
+  const generation: Record<string, unknown> = { maxNewTokens: maxTokens, doSample };
+  if (doSample) {
+    generation.temperature = temperature;
+    // Without a seed, each request samples differently (the sampler's own default seed is fixed).
+    generation.seed = seed ?? Math.floor(Math.random() * 2 ** 31);
+    if (topP !== undefined) generation.topP = topP;
+    if (topK !== undefined) generation.topK = topK;
+  }
+  if (repetitionPenalty !== undefined) generation.repetitionPenalty = repetitionPenalty;
+  if (body.stop !== undefined && body.stop !== null) {
+    const stop = typeof body.stop === 'string' ? [body.stop] : body.stop;
+    if (!Array.isArray(stop) || stop.length > 4 || stop.some((s) => typeof s !== 'string' || s === ''))
+      throw badRequest('stop', 'expected a non-empty string or an array of up to 4 of them');
+    // The generation option of the stop-strings change (issue 19): generation ends at the first one.
+    if (stop.length > 0) generation.stop = stop;
+  }
+
+  if (!Array.isArray(body.messages) || body.messages.length === 0) throw badRequest('messages', 'expected a non-empty array of messages');
+  const media: MediaSource[] = [];
+  const turns: Turn[] = [];
+  let systemMessage: string | undefined;
+  for (const [i, message] of body.messages.entries()) {
+    const param = `messages[${i}]`;
+    if (!isObject(message)) throw badRequest(param, 'expected a message object');
+    checkKeys(message, ['role', 'content'], param);
+    const role = message.role;
+    if (role === 'system' || role === 'developer') {
+      if (i !== 0) throw badRequest(`${param}.role`, 'a system message may only come first');
+      systemMessage = await content(message, param, role, media, root, limits, maxDynamicPatch);
+      continue;
+    }
+    if (role !== 'user' && role !== 'assistant') throw badRequest(`${param}.role`, `${JSON.stringify(role)} is not a supported role (system, user, assistant)`);
+    const expected = turns.length % 2 === 0 ? 'user' : 'assistant';
+    if (role !== expected) throw badRequest(`${param}.role`, `expected a ${expected} message here (user and assistant messages alternate, starting with user)`);
+    turns.push({ role, text: await content(message, param, role, media, root, limits, maxDynamicPatch) });
+  }
+  if (turns.length === 0 || turns[turns.length - 1].role !== 'user') throw badRequest('messages', 'the last message must be a user message');
+  const chars = turns.reduce((n, t) => n + t.text.length, systemMessage?.length ?? 0);
+  if (chars > limits.maxTextChars)
+    throw badRequest('messages', `${chars} characters of text, more than the ${limits.maxTextChars} accepted`, 'context_length_exceeded');
+  if (media.filter((m) => m.kind === 'video').length > 0 && media.length > 1) throw badRequest('messages', 'a request carries either images or one video');
+  const history: History = [];
+  for (let k = 0; k + 1 < turns.length; k += 2) history.push([turns[k].text, turns[k + 1].text]);
+  return { model: body.model, systemMessage, history, question: turns[turns.length - 1].text, media, generation, maxTokens, stream, includeUsage };
+}

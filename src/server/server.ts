@@ -1,0 +1,324 @@
+// `pvc serve`: an OpenAI-compatible HTTP server (GET /v1/models, POST /v1/chat/completions, GET /health)
+// on Node's own http module, with the model in this thread: generation gives the event loop a turn
+// after every layer, so requests keep being answered while one generates. One generation runs at a
+// time (GenerationQueue); each request has an AbortController that the client's disconnect fires, so a
+// client that leaves stops its generation within a layer and frees the slot. Stateless per request:
+// replicas scale out behind any HTTP load balancer.
+import * as tf from '@tensorflow/tfjs';
+import { createHash, randomUUID, timingSafeEqual } from 'crypto';
+import * as fs from 'fs';
+import * as http from 'http';
+import { AddressInfo } from 'net';
+import { SEPARATOR } from '../chat/template';
+import { contextLength } from '../config';
+import { AbortError, throwIfAborted } from '../event_loop';
+import { resolveGenerationConfig } from '../generation/generate';
+import { DataFlag } from '../model/samples';
+import { PVCModel } from '../pvc_model';
+import { ApiError, badRequest } from './errors';
+import { DEFAULT_LIMITS, ServerLimits } from './limits';
+import { decodeImagePart, decodeVideoPart } from './media';
+import { GenerationQueue } from './queue';
+import { ChatRequest, parseChatRequest } from './request';
+
+export interface ServeOptions {
+  /** The model, or its loading (requests are answered 503 until it is done). */
+  model: PVCModel | Promise<PVCModel>;
+  /** The name clients pass as `model` (default: "pvc"). */
+  modelName?: string;
+  /** Default 127.0.0.1: only this machine can connect unless told otherwise. */
+  host?: string;
+  /** Default 8000; 0 picks a free port. */
+  port?: number;
+  /** When set, every /v1 request needs `Authorization: Bearer KEY`. */
+  apiKey?: string;
+  /** The one directory whose files requests may name (file paths, file:// URLs); none by default. */
+  allowedLocalMediaPath?: string;
+  limits?: Partial<ServerLimits>;
+  /** One line per request (method, path, status, milliseconds); default: none. */
+  log?: (line: string) => void;
+}
+
+export class ChatServer {
+  readonly modelName: string;
+  readonly limits: ServerLimits;
+  readonly queue: GenerationQueue;
+  private model: PVCModel | null = null;
+  private loadError: Error | null = null;
+  private readonly mediaRoot: string | null;
+  private readonly keyDigest: Buffer | null;
+  private readonly active = new Set<AbortController>();
+  private readonly server: http.Server;
+  private closing = false;
+
+  private constructor(private readonly options: ServeOptions) {
+    this.modelName = options.modelName ?? 'pvc';
+    this.limits = { ...DEFAULT_LIMITS, ...options.limits };
+    this.queue = new GenerationQueue(this.limits.maxQueue);
+    this.mediaRoot = options.allowedLocalMediaPath === undefined ? null : fs.realpathSync(options.allowedLocalMediaPath);
+    if (this.mediaRoot !== null && !fs.statSync(this.mediaRoot).isDirectory())
+      throw new Error(`--allowed-local-media-path ${options.allowedLocalMediaPath}: not a directory`);
+    this.keyDigest = options.apiKey === undefined ? null : digest(options.apiKey);
+    this.server = http.createServer((req, res) => void this.handle(req, res));
+    Promise.resolve(options.model).then(
+      (model) => (this.model = model),
+      (e: Error) => (this.loadError = e),
+    );
+  }
+
+  /** Starts listening (host default 127.0.0.1, port default 8000). */
+  static async start(options: ServeOptions): Promise<ChatServer> {
+    const server = new ChatServer(options);
+    await new Promise<void>((resolve, reject) => {
+      server.server.once('error', reject);
+      server.server.listen(options.port ?? 8000, options.host ?? '127.0.0.1', () => {
+        server.server.off('error', reject);
+        resolve();
+      });
+    });
+    return server;
+  }
+
+  get address(): AddressInfo {
+    return this.server.address() as AddressInfo;
+  }
+
+  /** http://host:port */
+  get url(): string {
+    const { address, family, port } = this.address;
+    return `http://${family === 'IPv6' ? `[${address}]` : address}:${port}`;
+  }
+
+  /** Stops listening, aborts running and waiting requests, closes connections. The model stays the caller's. */
+  async close(): Promise<void> {
+    this.closing = true;
+    this.queue.rejectWaiting(new ApiError(503, 'the server is shutting down', null, 'shutting_down'));
+    for (const controller of this.active) controller.abort(new Error('the server is shutting down'));
+    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    this.server.closeIdleConnections();
+    // Give aborted responses a moment to end, then drop what is left.
+    setTimeout(() => this.server.closeAllConnections(), 1000).unref();
+    await closed;
+  }
+
+  private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    const started = Date.now();
+    const controller = new AbortController();
+    this.active.add(controller);
+    // 'close' before the response is finished: the client left (or the connection broke).
+    res.on('close', () => {
+      this.active.delete(controller);
+      if (!res.writableFinished) controller.abort(new Error('the client disconnected'));
+      this.options.log?.(`${req.method} ${req.url} ${res.writableFinished ? res.statusCode : 'disconnected'} ${Date.now() - started} ms`);
+    });
+    res.on('error', () => {}); // writes after a disconnect
+    try {
+      await this.route(req, res, controller.signal);
+    } catch (e) {
+      this.fail(res, e);
+    }
+  }
+
+  private async route(req: http.IncomingMessage, res: http.ServerResponse, signal: AbortSignal): Promise<void> {
+    const path = new URL(req.url ?? '/', 'http://localhost').pathname.replace(/\/+$/, '');
+    const routes: Record<string, string> = { '/health': 'GET', '/v1/models': 'GET', '/v1/chat/completions': 'POST' };
+    if (routes[path] === undefined) throw new ApiError(404, `no route ${path} (routes: ${Object.keys(routes).join(', ')})`, null, 'not_found');
+    if (req.method !== routes[path]) {
+      res.setHeader('allow', routes[path]);
+      throw new ApiError(405, `${path} takes ${routes[path]}, not ${req.method}`, null, 'method_not_allowed');
+    }
+    if (path === '/health') {
+      // Unauthenticated, for load balancers: 200 once the model is loaded.
+      const status = this.model ? 'ok' : this.loadError ? 'failed' : 'loading';
+      return sendJson(res, this.model ? 200 : 503, { status, queue: this.queue.depth });
+    }
+    this.authorize(req);
+    const model = this.ready();
+    if (path === '/v1/models') {
+      return sendJson(res, 200, {
+        object: 'list',
+        data: [{ id: this.modelName, object: 'model', created: 0, owned_by: 'pvc-tfjs', max_model_len: contextLength(model.config.llm) }],
+      });
+    }
+    const raw = await readBody(req, this.limits.maxBodyBytes);
+    let body: unknown;
+    try {
+      body = JSON.parse(raw.toString('utf8'));
+    } catch (e) {
+      throw badRequest(null, `the body is not valid JSON (${(e as Error).message})`, 'invalid_json');
+    }
+    const name = (body as { model?: unknown } | null)?.model;
+    if (typeof name === 'string' && name !== this.modelName)
+      throw new ApiError(404, `the model '${name}' does not exist (this server serves '${this.modelName}')`, 'model', 'model_not_found');
+    const request = await parseChatRequest(body, this.mediaRoot, this.limits, model.config.max_dynamic_patch);
+    checkGeneration(request);
+    await this.complete(model, request, res, signal);
+  }
+
+  private authorize(req: http.IncomingMessage): void {
+    if (this.keyDigest === null) return;
+    const header = req.headers.authorization ?? '';
+    const token = /^Bearer\s+(.+)$/i.exec(header)?.[1] ?? '';
+    // Digests of equal length, compared in constant time: neither the key nor its length leaks by timing.
+    if (!timingSafeEqual(digest(token), this.keyDigest))
+      throw new ApiError(401, 'invalid or missing API key (Authorization: Bearer KEY)', null, 'invalid_api_key');
+  }
+
+  private ready(): PVCModel {
+    if (this.closing) throw new ApiError(503, 'the server is shutting down', null, 'shutting_down');
+    if (this.loadError) throw new ApiError(503, `the model failed to load: ${this.loadError.message}`, null, 'model_load_failed');
+    if (!this.model) throw new ApiError(503, 'the model is still loading; retry shortly', null, 'model_loading');
+    return this.model;
+  }
+
+  /** Waits for the slot, decodes the media, generates, answers (JSON or server-sent events). */
+  private async complete(model: PVCModel, request: ChatRequest, res: http.ServerResponse, signal: AbortSignal): Promise<void> {
+    const release = await this.queue.acquire(signal);
+    const tensors: tf.Tensor[] = [];
+    try {
+      const numPatchesList: number[] = [];
+      for (const m of request.media) {
+        throwIfAborted(signal);
+        if (m.kind === 'image') {
+          const image = await decodeImagePart(
+            m.bytes!,
+            { inputSize: model.config.image_size, maxNum: m.maxNum!, maxPixels: this.limits.maxImagePixels },
+            m.param,
+          );
+          tensors.push(image.pixelValues);
+          numPatchesList.push(image.numPatches);
+        } else {
+          const video = await decodeVideoPart(m, { inputSize: model.config.image_size, numFrames: m.numFrames!, maxFramePixels: this.limits.maxFramePixels });
+          tensors.push(video.pixelValues);
+          numPatchesList.push(...video.numPatchesList);
+        }
+      }
+      throwIfAborted(signal);
+      const pixelValues = tensors.length === 0 ? null : tensors.length === 1 ? (tensors[0] as tf.Tensor4D) : tf.concat(tensors as tf.Tensor4D[]);
+      if (tensors.length > 1) tensors.push(pixelValues!);
+      const dataFlag: DataFlag | undefined = request.media.length === 0 ? undefined : request.media[0].kind === 'video' ? 3 : request.media.length > 1 ? 2 : 1;
+      const tokenizer = model.tokenizer();
+      const promptOptions = { history: request.history, systemMessage: request.systemMessage, ...(pixelValues ? { numPatchesList, dataFlag } : {}) };
+      const promptTokens = model.preparePrompt(tokenizer, pixelValues, request.question, promptOptions).inputIds.length;
+      const context = contextLength(model.config.llm);
+      if (promptTokens + request.maxTokens > context) {
+        throw badRequest(
+          'messages',
+          `the prompt's ${promptTokens} tokens (visual tokens included) plus max_tokens ${request.maxTokens} exceed the model's context of ${context} tokens`,
+          'context_length_exceeded',
+        );
+      }
+      const eos = tokenizer.tokenToId(SEPARATOR);
+      let completionTokens = 0;
+      let last = -1;
+      const options = { ...promptOptions, signal, onToken: (id: number) => (completionTokens++, (last = id)) };
+      const finishReason = () => (last !== eos && completionTokens >= request.maxTokens ? 'length' : 'stop');
+      const usage = () => ({ prompt_tokens: promptTokens, completion_tokens: completionTokens, total_tokens: promptTokens + completionTokens });
+      const id = `chatcmpl-${randomUUID()}`;
+      const created = Math.floor(Date.now() / 1000);
+      if (!request.stream) {
+        const answer = await model.chat(tokenizer, pixelValues, request.question, request.generation, options);
+        return sendJson(res, 200, {
+          id,
+          object: 'chat.completion',
+          created,
+          model: this.modelName,
+          choices: [{ index: 0, message: { role: 'assistant', content: answer }, logprobs: null, finish_reason: finishReason() }],
+          usage: usage(),
+        });
+      }
+      const chunk = (delta: Record<string, string>, finish: string | null) => ({
+        id,
+        object: 'chat.completion.chunk',
+        created,
+        model: this.modelName,
+        choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }],
+        ...(request.includeUsage ? { usage: null } : {}),
+      });
+      const pieces = model.stream(tokenizer, pixelValues, request.question, request.generation, options);
+      // The first piece (or the end) before the headers: an error up to the first token is still a status code.
+      let next = await pieces.next();
+      res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', 'x-accel-buffering': 'no' });
+      sendEvent(res, chunk({ role: 'assistant', content: '' }, null));
+      for (; !next.done; next = await pieces.next()) sendEvent(res, chunk({ content: next.value }, null));
+      sendEvent(res, chunk({}, finishReason()));
+      if (request.includeUsage) sendEvent(res, { id, object: 'chat.completion.chunk', created, model: this.modelName, choices: [], usage: usage() });
+      res.end('data: [DONE]\n\n');
+    } finally {
+      for (const t of tensors) t.dispose();
+      release();
+    }
+  }
+
+  /** Answers with the error in OpenAI's shape; nothing to answer when the client has gone. */
+  private fail(res: http.ServerResponse, e: unknown): void {
+    if (res.destroyed || res.writableEnded) return;
+    const error =
+      e instanceof ApiError
+        ? e
+        : e instanceof AbortError
+          ? new ApiError(503, 'the request was aborted (server shutting down)', null, 'aborted')
+          : new ApiError(500, `internal error: ${(e as Error)?.message ?? e}`, null, 'internal_error');
+    if (error.status >= 500 && !(e instanceof ApiError) && !(e instanceof AbortError)) this.options.log?.(`error: ${(e as Error)?.stack ?? e}`);
+    if (res.headersSent) {
+      // Mid-stream: the error as a last event (OpenAI's clients raise it), then the end.
+      sendEvent(res, error.body());
+      res.end('data: [DONE]\n\n');
+      return;
+    }
+    if (error.status === 413) res.setHeader('connection', 'close');
+    sendJson(res, error.status, error.body());
+  }
+}
+
+/** The request's generation options checked as PVCModel will check them, so that a bad one is a 400 before any work. */
+function checkGeneration(request: ChatRequest): void {
+  // `stop` (already checked: strings) is left to the generation of issue 19, wherever it takes it.
+  const { stop: _stop, ...options } = request.generation;
+  try {
+    resolveGenerationConfig(options, { eosTokenId: [0], padTokenId: 0 });
+  } catch (e) {
+    throw badRequest(null, (e as Error).message, 'invalid_generation_option');
+  }
+}
+
+function digest(key: string): Buffer {
+  return createHash('sha256').update(key, 'utf8').digest();
+}
+
+function sendJson(res: http.ServerResponse, status: number, body: unknown): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(text) });
+  res.end(text);
+}
+
+function sendEvent(res: http.ServerResponse, body: unknown): void {
+  res.write(`data: ${JSON.stringify(body)}\n\n`);
+}
+
+/** The body, at most `limit` bytes (413 beyond, the rest read and dropped). */
+function readBody(req: http.IncomingMessage, limit: number): Promise<Buffer> {
+  const tooLarge = () => new ApiError(413, `the request body is larger than ${limit} bytes`, null, 'request_too_large');
+  if (Number(req.headers['content-length'] ?? 0) > limit) {
+    req.resume();
+    return Promise.reject(tooLarge());
+  }
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on('data', (chunk: Buffer) => {
+      if (size > limit) return; // already refused; the rest is dropped
+      size += chunk.length;
+      if (size > limit) {
+        chunks.length = 0;
+        reject(tooLarge());
+      } else {
+        chunks.push(chunk);
+      }
+    });
+    req.on('end', () => resolve(Buffer.concat(chunks)));
+    req.on('error', reject);
+    // A client gone before the end of its body: nothing to answer (the response's 'close' aborts the rest).
+    req.on('close', () => !req.complete && reject(new AbortError(new Error('the client disconnected while sending'))));
+  });
+}

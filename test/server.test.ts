@@ -1,0 +1,649 @@
+// `pvc serve` through the official openai client on 127.0.0.1 (a free port): answers equal model.chat
+// on the same input (one image, two images, a video, a second turn, a system message, sampling with a
+// seed), streamed and not; every error status the server promises; a client that disconnects frees its
+// slot; /health answers during a long generation; no tensor outlives the suite.
+import * as tf from '@tensorflow/tfjs';
+import { spawn, spawnSync } from 'child_process';
+import * as fs from 'fs';
+import OpenAI from 'openai';
+import * as os from 'os';
+import * as path from 'path';
+import { withImagePlaceholders } from '../src/chat/prompt';
+import { loadImage } from '../src/preprocess/image';
+import { loadVideo } from '../src/preprocess/video';
+import { PVCModel } from '../src/pvc_model';
+import { ChatServer } from '../src/server/server';
+import { convertFixture } from './helpers';
+
+const ASSETS = path.join(__dirname, '..', '..', 'shared', 'assets');
+const IMAGE1 = path.join(ASSETS, 'example_image1.jpg');
+const IMAGE2 = path.join(ASSETS, 'example_image2.jpg');
+const VIDEO = path.join(ASSETS, 'example_video.mp4');
+const KEY = 'test-key-1234';
+const MAX = 24; // max_tokens of the compared answers: long enough to differ, short enough for a 2-core machine
+
+type Part = OpenAI.Chat.Completions.ChatCompletionContentPart;
+const dataUrl = (file: string, type: string) => `data:${type};base64,${fs.readFileSync(file).toString('base64')}`;
+const imagePart = (url: string): Part => ({ type: 'image_url', image_url: { url } });
+// video_url is vLLM's part type, not in openai's types: the client sends it as it is.
+const videoPart = (url: string, numFrames: number) => ({ type: 'video_url', video_url: { url, num_frames: numFrames } }) as unknown as Part;
+const textPart = (text: string): Part => ({ type: 'text', text });
+const removeConverted = (dir: string) => fs.rmSync(path.dirname(dir), { recursive: true, force: true });
+
+/** The status, code and param of the error a call fails with. */
+async function failure(call: Promise<unknown>): Promise<{ status?: number; code?: string | null; param?: string | null; message: string }> {
+  try {
+    await call;
+  } catch (e) {
+    const err = e as InstanceType<typeof OpenAI.APIError>;
+    return { status: err.status, code: err.code, param: err.param, message: err.message };
+  }
+  throw new Error('the call succeeded');
+}
+
+async function until(condition: () => boolean, ms = 10_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!condition()) {
+    if (Date.now() > end) throw new Error('timed out waiting');
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+let dir: string;
+let model: PVCModel;
+let server: ChatServer;
+let client: OpenAI;
+let mediaRoot: string;
+let baseline: number;
+
+beforeAll(async () => {
+  dir = convertFixture('tiny-internvl2');
+  model = await PVCModel.load(dir);
+  mediaRoot = fs.mkdtempSync(path.join(os.tmpdir(), 'pvc-media-'));
+  fs.copyFileSync(IMAGE1, path.join(mediaRoot, 'a.jpg'));
+  fs.mkdirSync(path.join(mediaRoot, 'sub'));
+  fs.copyFileSync(VIDEO, path.join(mediaRoot, 'sub', 'v.mp4'));
+  fs.symlinkSync(path.join(mediaRoot, 'a.jpg'), path.join(mediaRoot, 'inside-link.jpg'));
+  fs.symlinkSync(IMAGE2, path.join(mediaRoot, 'outside-link.jpg'));
+  fs.copyFileSync(IMAGE1, `${mediaRoot}-secret.jpg`); // beside the root, reachable by ..
+  fs.writeFileSync(path.join(mediaRoot, 'not-an-image.jpg'), '#EXTM3U\nfile:///etc/passwd\n');
+  server = await ChatServer.start({
+    model,
+    modelName: 'tiny',
+    port: 0,
+    apiKey: KEY,
+    allowedLocalMediaPath: mediaRoot,
+    limits: { maxBodyBytes: 8 << 20, maxQueue: 1 },
+  });
+  client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: KEY, maxRetries: 0 });
+  await model.chat(model.tokenizer(), null, 'Warm up.', { maxNewTokens: 2 }); // first-use costs out of the way
+  baseline = tf.memory().numTensors;
+});
+
+afterAll(async () => {
+  await server?.close();
+  model?.dispose();
+  if (dir) removeConverted(dir);
+  if (mediaRoot) fs.rmSync(mediaRoot, { recursive: true, force: true });
+  if (mediaRoot) fs.rmSync(`${mediaRoot}-secret.jpg`, { force: true });
+});
+
+afterEach(() => expect(tf.memory().numTensors).toBe(baseline));
+
+/** model.chat on the same input, and the prompt's length in tokens (the ids chat() feeds the model). */
+async function reference(
+  pixelValues: tf.Tensor4D | null,
+  question: string,
+  options: Parameters<PVCModel['chat']>[4] = {},
+  generation: Record<string, unknown> = { maxNewTokens: MAX },
+) {
+  const tokenizer = model.tokenizer();
+  const answer = await model.chat(tokenizer, pixelValues, question, generation, options);
+  const promptTokens = model.preparePrompt(tokenizer, pixelValues, question, options).inputIds.length;
+  return { answer, promptTokens };
+}
+
+/** The answer non-streamed and streamed (with include_usage), both checked against `expected`. */
+async function expectServed(
+  messages: OpenAI.Chat.Completions.ChatCompletionMessageParam[],
+  expected: { answer: string; promptTokens: number },
+  extra: Record<string, unknown> = {},
+) {
+  const completion = await client.chat.completions.create({ model: 'tiny', messages, max_tokens: MAX, ...extra });
+  expect(completion.object).toBe('chat.completion');
+  expect(completion.choices).toHaveLength(1);
+  expect(completion.choices[0].message).toMatchObject({ role: 'assistant', content: expected.answer });
+  expect(completion.usage?.prompt_tokens).toBe(expected.promptTokens);
+  const finish = completion.choices[0].finish_reason;
+  expect(['stop', 'length']).toContain(finish);
+  expect(completion.usage?.total_tokens).toBe(expected.promptTokens + completion.usage!.completion_tokens);
+
+  const stream = await client.chat.completions.create({
+    model: 'tiny',
+    messages,
+    max_tokens: MAX,
+    stream: true,
+    stream_options: { include_usage: true },
+    ...extra,
+  });
+  let text = '';
+  let streamedFinish: string | null = null;
+  let usage: OpenAI.CompletionUsage | null | undefined;
+  for await (const chunk of stream) {
+    expect(chunk.object).toBe('chat.completion.chunk');
+    if (chunk.choices.length > 0) {
+      text += chunk.choices[0].delta.content ?? '';
+      streamedFinish ??= chunk.choices[0].finish_reason;
+    }
+    if (chunk.usage) usage = chunk.usage;
+  }
+  expect(text).toBe(expected.answer);
+  expect(streamedFinish).toBe(finish);
+  expect(usage).toEqual(completion.usage);
+  return completion;
+}
+
+describe('answers equal model.chat', () => {
+  test('one image (data URL): the prompt counts the visual tokens', async () => {
+    const image = await loadImage(IMAGE1, { inputSize: model.config.image_size, maxNum: model.config.max_dynamic_patch });
+    const expected = await reference(image.pixelValues, '<image>\nWhat is in the image?');
+    image.pixelValues.dispose();
+    const completion = await expectServed([{ role: 'user', content: [imagePart(dataUrl(IMAGE1, 'image/jpeg')), textPart('What is in the image?')] }], expected);
+    // Independent of our prompt code: at least the image's context tokens, num_image_token per tile.
+    expect(completion.usage!.prompt_tokens).toBeGreaterThan(image.numPatches * model.config.num_image_token);
+  });
+
+  test('one image with max_num, from a file under the media root, a file:// URL and a symlink inside it', async () => {
+    const image = await loadImage(IMAGE1, { inputSize: model.config.image_size, maxNum: 2 });
+    const expected = await reference(image.pixelValues, '<image>\nDescribe it.');
+    image.pixelValues.dispose();
+    for (const url of ['a.jpg', path.join(mediaRoot, 'a.jpg'), `file://${path.join(mediaRoot, 'inside-link.jpg')}`]) {
+      const part = { type: 'image_url', image_url: { url, max_num: 2 } } as unknown as Part;
+      const completion = await client.chat.completions.create({
+        model: 'tiny',
+        max_tokens: MAX,
+        messages: [{ role: 'user', content: [part, textPart('Describe it.')] }],
+      });
+      expect(completion.choices[0].message.content).toBe(expected.answer);
+    }
+  });
+
+  test('two images', async () => {
+    const a = await loadImage(IMAGE1, { inputSize: model.config.image_size, maxNum: model.config.max_dynamic_patch });
+    const b = await loadImage(IMAGE2, { inputSize: model.config.image_size, maxNum: model.config.max_dynamic_patch });
+    const both = tf.concat([a.pixelValues, b.pixelValues]);
+    const question = withImagePlaceholders('What are the differences?', 2, 'images');
+    const expected = await reference(both, question, { numPatchesList: [a.numPatches, b.numPatches], dataFlag: 2 });
+    tf.dispose([a.pixelValues, b.pixelValues, both]);
+    await expectServed(
+      [{ role: 'user', content: [imagePart(dataUrl(IMAGE1, 'image/jpeg')), imagePart(dataUrl(IMAGE2, 'image/jpeg')), textPart('What are the differences?')] }],
+      expected,
+    );
+  });
+
+  test('a video (data URL and a file under the media root)', async () => {
+    const video = await loadVideo(VIDEO, { numSegments: 4, maxNum: 1, inputSize: model.config.image_size });
+    const question = withImagePlaceholders('Describe this video.', 4, 'video');
+    const expected = await reference(video.pixelValues, question, { numPatchesList: video.numPatchesList, dataFlag: 3 });
+    video.pixelValues.dispose();
+    const temporary = () => fs.readdirSync(os.tmpdir()).filter((n) => n.startsWith('pvc-serve-'));
+    const before = temporary();
+    await expectServed([{ role: 'user', content: [videoPart(dataUrl(VIDEO, 'video/mp4'), 4), textPart('Describe this video.')] }], expected);
+    expect(temporary()).toEqual(before); // the data URL's temporary file is gone
+    const fromFile = await client.chat.completions.create({
+      model: 'tiny',
+      max_tokens: MAX,
+      messages: [{ role: 'user', content: [videoPart('sub/v.mp4', 4), textPart('Describe this video.')] }],
+    });
+    expect(fromFile.choices[0].message.content).toBe(expected.answer);
+  });
+
+  test('a second turn: the first turn (with its image) becomes the history, as upstream multi-round chat()', async () => {
+    const image = await loadImage(IMAGE1, { inputSize: model.config.image_size, maxNum: model.config.max_dynamic_patch });
+    const first = await model.chat(model.tokenizer(), image.pixelValues, 'What is in the image?', { maxNewTokens: MAX }, { returnHistory: true });
+    const expected = await reference(image.pixelValues, 'Write a poem about it.', { history: first.history });
+    image.pixelValues.dispose();
+    expect(first.history[0][0]).toBe('<image>\nWhat is in the image?'); // upstream keeps the placeholder in the history
+    await expectServed(
+      [
+        { role: 'user', content: [imagePart(dataUrl(IMAGE1, 'image/jpeg')), textPart('What is in the image?')] },
+        { role: 'assistant', content: first.response },
+        { role: 'user', content: 'Write a poem about it.' },
+      ],
+      expected,
+    );
+  });
+
+  test('a system message replaces the template default', async () => {
+    const system = 'You answer in one word.';
+    const prompt = model.preparePrompt(model.tokenizer(), null, 'Hello?', { systemMessage: system }).prompt;
+    expect(prompt.startsWith(`<|im_start|>system\n${system}<|im_end|><|im_start|>user\nHello?<|im_end|>`)).toBe(true);
+    const expected = await reference(null, 'Hello?', { systemMessage: system });
+    await expectServed(
+      [
+        { role: 'system', content: system },
+        { role: 'user', content: 'Hello?' },
+      ],
+      expected,
+    );
+  });
+
+  test('sampling: temperature, top_p, top_k and seed map to the same generation options; the same seed gives the same answer', async () => {
+    const generation = { maxNewTokens: MAX, doSample: true, temperature: 0.8, topP: 0.9, topK: 20, seed: 7 };
+    const expected = await reference(null, 'Tell me a story.', {}, generation);
+    const completion = await expectServed([{ role: 'user', content: 'Tell me a story.' }], expected, { temperature: 0.8, top_p: 0.9, top_k: 20, seed: 7 });
+    expect(completion.choices[0].message.content).toBe(expected.answer);
+  });
+
+  test('finish_reason is length when max_tokens ends the answer', async () => {
+    const ids = await model.chatIds(model.tokenizer(), null, 'Count.', { maxNewTokens: 3 });
+    const completion = await client.chat.completions.create({ model: 'tiny', max_tokens: 3, messages: [{ role: 'user', content: 'Count.' }] });
+    // Three tokens, none of them <|im_end|> (else the reason would be stop).
+    const eos = model.tokenizer().tokenToId('<|im_end|>');
+    expect(completion.choices[0].finish_reason).toBe(ids.outputIds.includes(eos!) ? 'stop' : 'length');
+    expect(completion.usage?.completion_tokens).toBe(ids.outputIds.length);
+  });
+
+  // Needs the generation option `stop` of issue 19 (stop strings): the server passes the request's stop
+  // through as it; on a branch without that option, generation refuses it and this test fails until the merge.
+  test('stop strings end the answer before the first one, finish_reason stop', async () => {
+    const full = await reference(null, 'Tell me a story.');
+    const stop = full.answer.slice(6, 9);
+    const completion = await client.chat.completions.create({
+      model: 'tiny',
+      max_tokens: MAX,
+      stop: [stop],
+      messages: [{ role: 'user', content: 'Tell me a story.' }],
+    });
+    expect(completion.choices[0].message.content).toBe(full.answer.slice(0, full.answer.indexOf(stop)));
+    expect(completion.choices[0].finish_reason).toBe('stop');
+  });
+
+  test('GET /v1/models lists the model', async () => {
+    const models = await client.models.list();
+    expect(models.data.map((m) => m.id)).toEqual(['tiny']);
+  });
+});
+
+describe('errors in OpenAI shape, with their status', () => {
+  const ask = (extra: Record<string, unknown>, messages: unknown = [{ role: 'user', content: 'Hi' }], signal?: AbortSignal) =>
+    client.chat.completions.create(
+      { model: 'tiny', max_tokens: 2, messages, ...extra } as unknown as OpenAI.Chat.Completions.ChatCompletionCreateParamsNonStreaming,
+      {
+        signal,
+      },
+    );
+
+  test('400: bad JSON, with the body shape {error: {message, type, param, code}}', async () => {
+    const res = await fetch(`${server.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${KEY}`, 'content-type': 'application/json' },
+      body: '{"model": "tiny",',
+    });
+    expect(res.status).toBe(400);
+    const body = (await res.json()) as { error: Record<string, unknown> };
+    expect(Object.keys(body.error).sort()).toEqual(['code', 'message', 'param', 'type']);
+    expect(body.error).toMatchObject({ type: 'invalid_request_error', code: 'invalid_json' });
+  });
+
+  test('400: unknown fields, at any depth, are named', async () => {
+    expect(await failure(ask({ frequency_penalty: 0.5 }))).toMatchObject({ status: 400, param: 'frequency_penalty', code: 'unknown_field' });
+    expect(await failure(ask({}, [{ role: 'user', content: 'Hi', name: 'bob' }]))).toMatchObject({ status: 400, param: 'messages[0].name' });
+    const part = { type: 'image_url', image_url: { url: dataUrl(IMAGE1, 'image/jpeg'), zoom: 2 } };
+    expect(await failure(ask({}, [{ role: 'user', content: [part] }]))).toMatchObject({ status: 400, param: 'messages[0].content[0].image_url.zoom' });
+  });
+
+  test('400: n other than 1, out-of-range options, a conversation not ending with the user', async () => {
+    expect(await failure(ask({ n: 2 }))).toMatchObject({ status: 400, param: 'n' });
+    expect(await failure(ask({ temperature: 3 }))).toMatchObject({ status: 400, param: 'temperature' });
+    expect(await failure(ask({ max_tokens: 0 }))).toMatchObject({ status: 400, param: 'max_tokens' });
+    expect(await failure(ask({}, [{ role: 'assistant', content: 'Hi' }]))).toMatchObject({ status: 400, param: 'messages[0].role' });
+    expect(await failure(ask({}, [{ role: 'user', content: 'Hi <image>' }]))).toMatchObject({ status: 400, param: 'messages[0].content' });
+  });
+
+  test('400: a prompt plus max_tokens beyond the context names both numbers', async () => {
+    const f = await failure(ask({ max_tokens: 8000 }));
+    expect(f).toMatchObject({ status: 400, code: 'context_length_exceeded' });
+    expect(f.message).toMatch(/max_tokens 8000 exceed the model's context of 4096 tokens/);
+    // Text beyond limits.maxTextChars is refused before it is tokenized.
+    expect(await failure(ask({}, [{ role: 'user', content: 'x'.repeat(256 * 1024 + 1) }]))).toMatchObject({
+      status: 400,
+      code: 'context_length_exceeded',
+      param: 'messages',
+    });
+  });
+
+  test('400: bad images and videos name the part', async () => {
+    const user = (part: unknown) => [{ role: 'user', content: [textPart('Hi'), part] }];
+    const image = (url: string) => user(imagePart(url));
+    const garbage = `data:image/png;base64,${Buffer.concat([Buffer.from([0x89]), Buffer.from('PNG\r\n\x1a\n not really a png')]).toString('base64')}`;
+    expect(await failure(ask({}, image(garbage)))).toMatchObject({ status: 400, param: 'messages[0].content[1].image_url', code: 'invalid_image' });
+    expect(await failure(ask({}, image(`data:image/png;base64,${Buffer.from('hello').toString('base64')}`)))).toMatchObject({
+      status: 400,
+      param: 'messages[0].content[1].image_url.url',
+      code: 'invalid_image',
+    });
+    expect(await failure(ask({}, image(`data:image/svg+xml;base64,${Buffer.from('<svg/>').toString('base64')}`)))).toMatchObject({
+      status: 400,
+      param: 'messages[0].content[1].image_url.url',
+    });
+    expect(await failure(ask({}, image('data:image/jpeg;base64,@@@@')))).toMatchObject({ status: 400, param: 'messages[0].content[1].image_url.url' });
+    const badVideo = `data:video/mp4;base64,${Buffer.concat([Buffer.from([0, 0, 0, 24]), Buffer.from('ftypmp42 broken')]).toString('base64')}`;
+    expect(await failure(ask({}, user(videoPart(badVideo, 4))))).toMatchObject({
+      status: 400,
+      param: 'messages[0].content[1].video_url',
+      code: 'invalid_video',
+    });
+    expect(await failure(ask({}, user(videoPart(dataUrl(VIDEO, 'video/mp4'), 1000))))).toMatchObject({
+      status: 400,
+      param: 'messages[0].content[1].video_url.num_frames',
+    });
+  });
+
+  test('400: no network, no file outside the media root (.., absolute paths, symlinks out, non-media files)', async () => {
+    const image = (url: string) => [{ role: 'user', content: [imagePart(url)] }];
+    expect(await failure(ask({}, image('http://127.0.0.1:1/x.jpg')))).toMatchObject({ status: 400, code: 'remote_media_not_allowed' });
+    expect(await failure(ask({}, image('https://example.com/x.jpg')))).toMatchObject({ status: 400, code: 'remote_media_not_allowed' });
+    expect(await failure(ask({}, image('ftp://example.com/x.jpg')))).toMatchObject({ status: 400 });
+    for (const url of [
+      '../../../../etc/passwd',
+      '/etc/passwd',
+      'file:///etc/passwd',
+      `../${path.basename(mediaRoot)}-secret.jpg`,
+      `${mediaRoot}/../${path.basename(mediaRoot)}-secret.jpg`,
+      'outside-link.jpg',
+      `file://${IMAGE1}`,
+    ]) {
+      const f = await failure(ask({}, image(url)));
+      expect({ url, status: f.status, param: f.param }).toEqual({ url, status: 400, param: 'messages[0].content[0].image_url.url' });
+    }
+    expect(await failure(ask({}, image('not-an-image.jpg')))).toMatchObject({ status: 400, code: 'invalid_image' });
+  });
+
+  test('400, never 500: malformed values in every field (and the server keeps answering)', async () => {
+    const user = (content: unknown) => ({ model: 'tiny', messages: [{ role: 'user', content }] });
+    const bodies: unknown[] = [
+      null,
+      [],
+      'text',
+      5,
+      {},
+      { model: 5, messages: [] },
+      { model: 'tiny' },
+      { model: 'tiny', messages: null },
+      { model: 'tiny', messages: [null] },
+      { model: 'tiny', messages: [{ role: 'robot', content: 'Hi' }] },
+      { model: 'tiny', messages: [{ role: 'user' }] },
+      user(5),
+      user([5]),
+      user([{}]),
+      user([{ type: 'image_url' }]),
+      user([{ type: 'image_url', image_url: 'x' }]),
+      user([{ type: 'image_url', image_url: { url: 5 } }]),
+      user([{ type: 'image_url', image_url: { url: '' } }]),
+      user([{ type: 'image_url', image_url: { url: 'data:image/jpeg;base64,', max_num: 'x' } }]),
+      user([{ type: 'video_url', video_url: { url: dataUrl(VIDEO, 'video/mp4'), num_frames: -1 } }]),
+      user([{ type: 'input_audio', input_audio: {} }]),
+      user([{ type: 'text', text: null }]),
+      user([{ type: 'text', text: 'x', extra: 1 }]),
+      user('<IMG_CONTEXT>'),
+      { ...user('Hi'), stream: 'yes' },
+      { ...user('Hi'), stream_options: { include_usage: true } },
+      { ...user('Hi'), stream: true, stream_options: { include_usage: 'x' } },
+      { ...user('Hi'), stop: 5 },
+      { ...user('Hi'), stop: ['a', 'b', 'c', 'd', 'e'] },
+      { ...user('Hi'), seed: 1.5 },
+      { ...user('Hi'), top_p: 0 },
+      { ...user('Hi'), temperature: 'hot' },
+      { ...user('Hi'), max_tokens: 1e9 },
+      { ...user('Hi'), repetition_penalty: -1 },
+      { ...user('Hi'), top_k: 2.5 },
+      {
+        model: 'tiny',
+        messages: [
+          { role: 'user', content: 'a' },
+          { role: 'user', content: 'b' },
+        ],
+      },
+      {
+        model: 'tiny',
+        messages: [
+          { role: 'user', content: 'a' },
+          { role: 'system', content: 'b' },
+          { role: 'user', content: 'c' },
+        ],
+      },
+      {
+        model: 'tiny',
+        messages: [
+          { role: 'assistant', content: [{ type: 'image_url', image_url: { url: dataUrl(IMAGE1, 'image/jpeg') } }] },
+          { role: 'user', content: 'c' },
+        ],
+      },
+      user([
+        { type: 'image_url', image_url: { url: dataUrl(IMAGE1, 'image/jpeg') } },
+        { type: 'video_url', video_url: { url: dataUrl(VIDEO, 'video/mp4') } },
+      ]),
+      JSON.parse('{"model": "tiny", "__proto__": {"x": 1}, "messages": [{"role": "user", "content": "Hi"}]}'),
+    ];
+    const statuses: number[] = [];
+    for (const body of bodies) {
+      const res = await fetch(`${server.url}/v1/chat/completions`, { method: 'POST', headers: { authorization: `Bearer ${KEY}` }, body: JSON.stringify(body) });
+      const json = (await res.json()) as { error?: { message: string } };
+      statuses.push(res.status);
+      if (res.status !== 400) throw new Error(`${JSON.stringify(body).slice(0, 200)}: ${res.status} ${json.error?.message}`);
+    }
+    expect(statuses.every((s) => s === 400)).toBe(true);
+    const raw = await fetch(`${server.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${KEY}` },
+      body: Buffer.from([0xff, 0xfe, 0x00, 0x7b]),
+    });
+    expect(raw.status).toBe(400);
+    expect((await client.models.list()).data).toHaveLength(1);
+  });
+
+  test('401: a missing or wrong API key', async () => {
+    for (const apiKey of ['wrong', `${KEY}x`, 'x']) {
+      const other = new OpenAI({ baseURL: `${server.url}/v1`, apiKey, maxRetries: 0 });
+      expect(await failure(other.models.list())).toMatchObject({ status: 401, code: 'invalid_api_key' });
+    }
+    expect((await fetch(`${server.url}/v1/models`)).status).toBe(401);
+  });
+
+  test('404: another model name, an unknown route', async () => {
+    expect(await failure(ask({ model: 'gpt-4o' }))).toMatchObject({ status: 404, param: 'model', code: 'model_not_found' });
+    expect((await fetch(`${server.url}/v1/completions`, { method: 'POST', headers: { authorization: `Bearer ${KEY}` } })).status).toBe(404);
+  });
+
+  test('413: a body over the limit', async () => {
+    expect(await failure(ask({}, [{ role: 'user', content: 'x'.repeat(9 << 20) }]))).toMatchObject({ status: 413, code: 'request_too_large' });
+  });
+
+  test('429: a full queue; the waiting request is answered once the slot frees', async () => {
+    // The test holds the generation slot itself, so that the queue's state does not depend on timing.
+    const release = await server.queue.acquire(new AbortController().signal);
+    const waiting = ask({});
+    await until(() => server.queue.depth.waiting === 1);
+    expect(await failure(ask({}))).toMatchObject({ status: 429, code: 'queue_full' });
+    release();
+    expect((await waiting).choices[0].message.role).toBe('assistant');
+  });
+
+  test('a waiting request whose client leaves is taken out of the queue', async () => {
+    const release = await server.queue.acquire(new AbortController().signal);
+    const controller = new AbortController();
+    const waiting = ask({}, undefined, controller.signal).catch((e: unknown) => e);
+    await until(() => server.queue.depth.waiting === 1);
+    controller.abort();
+    expect(await waiting).toBeInstanceOf(OpenAI.APIUserAbortError);
+    await until(() => server.queue.depth.waiting === 0, 2000);
+    release();
+    expect(server.queue.depth).toEqual({ running: 0, waiting: 0 });
+  });
+
+  test('binds 127.0.0.1 unless told otherwise', () => {
+    expect(server.address.address).toBe('127.0.0.1');
+  });
+
+  test('503: while the model loads', async () => {
+    let resolve!: (m: PVCModel) => void;
+    const loading = await ChatServer.start({ model: new Promise<PVCModel>((r) => (resolve = r)), modelName: 'tiny', port: 0 });
+    try {
+      const other = new OpenAI({ baseURL: `${loading.url}/v1`, apiKey: 'none', maxRetries: 0 });
+      expect(await failure(other.chat.completions.create({ model: 'tiny', messages: [{ role: 'user', content: 'Hi' }] }))).toMatchObject({
+        status: 503,
+        code: 'model_loading',
+      });
+      expect((await fetch(`${loading.url}/health`)).status).toBe(503);
+      resolve(model);
+      await new Promise((r) => setImmediate(r));
+      expect((await fetch(`${loading.url}/health`)).status).toBe(200);
+    } finally {
+      await loading.close();
+    }
+  });
+});
+
+describe('concurrency', () => {
+  test('/health answers in under 50 ms during a long generation', async () => {
+    const stream = await client.chat.completions.create({
+      model: 'tiny',
+      max_tokens: 3000,
+      stream: true,
+      messages: [{ role: 'user', content: [imagePart(dataUrl(IMAGE1, 'image/jpeg')), textPart('Describe the image.')] }],
+    });
+    let tokens = 0;
+    const reading = (async () => {
+      for await (const chunk of stream) if (chunk.choices[0]?.delta.content) tokens++;
+    })().catch((e: unknown) => e);
+    await until(() => tokens >= 3); // generating (the image's decoding and the prefill are done)
+    const times: number[] = [];
+    const before = tokens;
+    for (let i = 0; i < 20; i++) {
+      const t = performance.now();
+      const res = await fetch(`${server.url}/health`);
+      expect(((await res.json()) as { queue: { running: number } }).queue.running).toBe(1); // still generating
+      times.push(performance.now() - t);
+    }
+    const during = tokens;
+    stream.controller.abort();
+    await reading; // ends (or rejects with the abort) once the client aborts
+    await until(() => server.queue.depth.running === 0);
+    expect(during).toBeGreaterThan(before); // tokens kept coming while /health was answered
+    // The median: on a shared 2-core machine single answers wait for the OS scheduler now and then
+    // (seen here with a load average of 7 to 9: single answers up to 213 ms, the median 20 to 44 ms;
+    // in one full-suite run, with other suites' processes beside it, 67 ms: that run failed here).
+    const sorted = [...times].sort((a, b) => a - b);
+    expect(sorted[Math.floor(sorted.length / 2)]).toBeLessThan(50);
+  });
+
+  test('a client that disconnects mid-stream aborts its generation and frees the slot', async () => {
+    const stream = await client.chat.completions.create({
+      model: 'tiny',
+      max_tokens: 3000,
+      stream: true,
+      messages: [{ role: 'user', content: 'Tell me a long story.' }],
+    });
+    let chunks = 0;
+    for await (const chunk of stream) {
+      if (chunk.choices[0]?.delta.content && ++chunks === 5) break; // leaves the loop: the client aborts the request
+    }
+    const t = Date.now();
+    await until(() => server.queue.depth.running === 0, 2000);
+    expect(Date.now() - t).toBeLessThan(2000);
+    expect(tf.memory().numTensors).toBe(baseline);
+    // The slot is free: the next request runs at once.
+    const next = await client.chat.completions.create({ model: 'tiny', max_tokens: 2, messages: [{ role: 'user', content: 'Hi' }] });
+    expect(next.choices).toHaveLength(1);
+  });
+});
+
+describe('a PVC model (tiny-pvc): video with data_flag 3', () => {
+  let pvcDir: string;
+  let pvc: PVCModel;
+  let pvcServer: ChatServer;
+  let pvcClient: OpenAI;
+  let outer: number;
+
+  beforeAll(async () => {
+    outer = baseline;
+    pvcDir = convertFixture('tiny-pvc');
+    pvc = await PVCModel.load(pvcDir);
+    pvcServer = await ChatServer.start({ model: pvc, modelName: 'tiny-pvc', port: 0 });
+    pvcClient = new OpenAI({ baseURL: `${pvcServer.url}/v1`, apiKey: 'none', maxRetries: 0 });
+    await pvc.chat(pvc.tokenizer(), null, 'Warm up.', { maxNewTokens: 2 });
+    baseline = tf.memory().numTensors;
+  });
+  afterAll(async () => {
+    await pvcServer?.close();
+    pvc?.dispose();
+    if (pvcDir) removeConverted(pvcDir);
+    baseline = outer;
+  });
+
+  test('a video and a single image: answers and usage equal model.chat with data_flag 3 and 1', async () => {
+    const video = await loadVideo(VIDEO, { numSegments: 6, maxNum: 1, inputSize: pvc.config.image_size });
+    const question = withImagePlaceholders('Describe this video.', 6, 'video');
+    const tokenizer = pvc.tokenizer();
+    const videoOptions = { numPatchesList: video.numPatchesList, dataFlag: 3 as const };
+    const expectedVideo = await pvc.chat(tokenizer, video.pixelValues, question, { maxNewTokens: MAX }, videoOptions);
+    const videoPrompt = pvc.preparePrompt(tokenizer, video.pixelValues, question, videoOptions).inputIds.length;
+    video.pixelValues.dispose();
+    const image = await loadImage(IMAGE1, { inputSize: pvc.config.image_size, maxNum: 2 });
+    const expectedImage = await pvc.chat(tokenizer, image.pixelValues, '<image>\nWhat is it?', { maxNewTokens: MAX }, { dataFlag: 1 });
+    image.pixelValues.dispose();
+
+    const v = await pvcClient.chat.completions.create({
+      model: 'tiny-pvc',
+      max_tokens: MAX,
+      messages: [{ role: 'user', content: [videoPart(dataUrl(VIDEO, 'video/mp4'), 6), textPart('Describe this video.')] }],
+    });
+    expect(v.choices[0].message.content).toBe(expectedVideo);
+    // Visual tokens of a PVC video: num_image_token x video_repeat_time per frame, counted in the prompt.
+    expect(v.usage?.prompt_tokens).toBe(videoPrompt);
+    expect(videoPrompt).toBeGreaterThan(6 * pvc.config.num_image_token * pvc.config.pvc!.video_repeat_time);
+    const i = await pvcClient.chat.completions.create({
+      model: 'tiny-pvc',
+      max_tokens: MAX,
+      messages: [
+        {
+          role: 'user',
+          content: [{ type: 'image_url', image_url: { url: dataUrl(IMAGE1, 'image/jpeg'), max_num: 2 } } as unknown as Part, textPart('What is it?')],
+        },
+      ],
+    });
+    expect(i.choices[0].message.content).toBe(expectedImage);
+  });
+});
+
+describe('the pvc serve command', () => {
+  const bin = path.join(__dirname, '..', 'src', 'cli', 'pvc.js');
+
+  test('bad flags exit 2 with the usage', () => {
+    const run = spawnSync(process.execPath, [bin, 'serve', '--model', dir, '--bogus'], { encoding: 'utf8', timeout: 60_000 });
+    expect(run.status).toBe(2);
+    expect(run.stderr).toContain('unknown option --bogus');
+    expect(run.stderr).toContain('usage: pvc serve');
+  });
+
+  test('listens on 127.0.0.1 (port 0: a free one), answers once loaded, exits 0 on SIGTERM', async () => {
+    const child = spawn(process.execPath, [bin, 'serve', '--model', dir, '--port', '0', '--api-key', KEY, '--backend', 'wasm'], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));
+    try {
+      await until(() => stderr.includes('ready'), 60_000);
+      const url = /listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(stderr)![1];
+      const cli = new OpenAI({ baseURL: `${url}/v1`, apiKey: KEY, maxRetries: 0 });
+      const completion = await cli.chat.completions.create({ model: path.basename(dir), max_tokens: 3, messages: [{ role: 'user', content: 'Hi' }] });
+      expect(completion.usage?.completion_tokens).toBeGreaterThan(0);
+    } finally {
+      child.kill('SIGTERM');
+    }
+    expect(await exited).toBe(0);
+    expect(stderr).toContain('shutting down');
+  });
+});
