@@ -62,10 +62,12 @@ function progressPrinter(): (p: Progress) => void {
     const now = Date.now();
     if (now - last < 200 && p.tensorsDone < p.tensorsTotal) return;
     last = now;
-    const rate = p.bytesDone / Math.max(p.elapsedMs, 1) * 1000;
+    const rate = (p.bytesDone / Math.max(p.elapsedMs, 1)) * 1000;
     const eta = rate > 0 ? (p.bytesTotal - p.bytesDone) / rate : 0;
-    const pct = (100 * p.bytesDone / Math.max(p.bytesTotal, 1)).toFixed(1);
-    process.stderr.write(`\r  ${pct}%  ${formatBytes(p.bytesDone)} / ${formatBytes(p.bytesTotal)}  ${formatBytes(rate)}/s  ETA ${eta.toFixed(0)}s  tensors ${p.tensorsDone}/${p.tensorsTotal}   `);
+    const pct = ((100 * p.bytesDone) / Math.max(p.bytesTotal, 1)).toFixed(1);
+    process.stderr.write(
+      `\r  ${pct}%  ${formatBytes(p.bytesDone)} / ${formatBytes(p.bytesTotal)}  ${formatBytes(rate)}/s  ETA ${eta.toFixed(0)}s  tensors ${p.tensorsDone}/${p.tensorsTotal}   `,
+    );
     if (p.tensorsDone === p.tensorsTotal) process.stderr.write('\n');
   };
 }
@@ -92,17 +94,20 @@ export function main(argv = process.argv.slice(2)): number {
     const started = Date.now();
     process.stderr.write(`pvc-convert: ${args.hfDir} -> ${args.outDir} (${args.dtype})\n`);
     const { manifest } = convertCheckpoint(args.hfDir, args.outDir!, {
-      dtype: args.dtype, shardSize: args.shardSize, overwrite: args.overwrite, onProgress: progressPrinter(),
+      dtype: args.dtype,
+      shardSize: args.shardSize,
+      overwrite: args.overwrite,
+      onProgress: progressPrinter(),
     });
     const source = manifest.source.files.reduce((a, f) => a + f.bytes, 0);
     const seconds = (Date.now() - started) / 1000;
-    process.stderr.write(`pvc-convert: wrote ${Object.keys(manifest.tensors).length} tensors in ${manifest.shards.length} shard(s) ` +
-      `from ${formatBytes(source)} in ${seconds.toFixed(1)}s (${formatBytes(source / Math.max(seconds, 1e-3))}/s)\n`);
+    process.stderr.write(
+      `pvc-convert: wrote ${Object.keys(manifest.tensors).length} tensors in ${manifest.shards.length} shard(s) ` +
+        `from ${formatBytes(source)} in ${seconds.toFixed(1)}s (${formatBytes(source / Math.max(seconds, 1e-3))}/s)\n`,
+    );
     return 0;
   } catch (e) {
     process.stderr.write(`pvc-convert: ${(e as Error).message}\n`);
     return 1;
   }
 }
-
-

@@ -104,16 +104,24 @@ export function auditProblems(audit: Audit): string[] {
 export function formatAudit(audit: Audit): string {
   const lines: string[] = [];
   const c = audit.config;
-  lines.push(`model_type ${c.model_type}: ViT ${c.vision.num_hidden_layers} layers x ${c.vision.hidden_size}, ` +
-    `LLM ${c.llm.num_hidden_layers} layers x ${c.llm.hidden_size} (${c.llm.num_attention_heads}/${c.llm.num_key_value_heads} heads), ` +
-    `vocab ${c.llm.vocab_size}, ${c.num_image_token} tokens per tile`);
+  lines.push(
+    `model_type ${c.model_type}: ViT ${c.vision.num_hidden_layers} layers x ${c.vision.hidden_size}, ` +
+      `LLM ${c.llm.num_hidden_layers} layers x ${c.llm.hidden_size} (${c.llm.num_attention_heads}/${c.llm.num_key_value_heads} heads), ` +
+      `vocab ${c.llm.vocab_size}, ${c.num_image_token} tokens per tile`,
+  );
   if (c.pvc !== null) {
-    lines.push(`PVC: use_temporal ${c.pvc.use_temporal}, image_repeat_time ${c.pvc.image_repeat_time}, video_repeat_time ${c.pvc.video_repeat_time}, ` +
-      `AdaLN layers [${c.pvc.adaln_layers}], temporal layers [${c.pvc.temporal_layers}]`);
+    lines.push(
+      `PVC: use_temporal ${c.pvc.use_temporal}, image_repeat_time ${c.pvc.image_repeat_time}, video_repeat_time ${c.pvc.video_repeat_time}, ` +
+        `AdaLN layers [${c.pvc.adaln_layers}], temporal layers [${c.pvc.temporal_layers}]`,
+    );
   }
   const total = Object.values(audit.bytesByDtype).reduce((a, b) => a + b, 0);
   lines.push(`tensors: ${audit.known.length} known, ${audit.unknown.length} unknown, ${audit.missing.length} missing, ${audit.mismatched.length} mismatched`);
-  lines.push(`bytes by dtype: ${Object.entries(audit.bytesByDtype).map(([d, b]) => `${d} ${formatBytes(b)}`).join(', ')} (total ${formatBytes(total)})`);
+  lines.push(
+    `bytes by dtype: ${Object.entries(audit.bytesByDtype)
+      .map(([d, b]) => `${d} ${formatBytes(b)}`)
+      .join(', ')} (total ${formatBytes(total)})`,
+  );
   // Every tensor: the known ones with their dtype and shape, then what is unknown, missing or mismatched.
   for (const r of audit.known) lines.push(`  known: ${r.name} ${r.dtype} [${r.shape}]`);
   for (const p of auditProblems(audit)) lines.push(`  ${p}`);

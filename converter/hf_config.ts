@@ -2,13 +2,7 @@
 // Every value the runtime depends on is read from the checkpoint's config (never from class
 // defaults, which describe InternViT-6B); anything this port does not implement is an error naming
 // the key and its value.
-import {
-  FORMAT_NAME,
-  FORMAT_VERSION,
-  INTERNLM2_CHAT_SYSTEM_MESSAGE,
-  ModelConfig,
-  validateConfig,
-} from '../src/config';
+import { FORMAT_NAME, FORMAT_VERSION, INTERNLM2_CHAT_SYSTEM_MESSAGE, ModelConfig, validateConfig } from '../src/config';
 
 type Json = Record<string, unknown>;
 
@@ -46,14 +40,21 @@ export function normalizeHFConfig(hf: Json, source: string, pvcLayers?: PVCLayer
   const l = (k: string) => get(lc, k, 'llm_config.', source);
 
   const architectures = l('architectures');
-  expectValue(Array.isArray(architectures) ? architectures[0] : architectures, ['InternLM2ForCausalLM'], 'llm_config.architectures[0]', source, 'the LLM of InternVL2-8B and PVC-InternVL2-8B');
+  expectValue(
+    Array.isArray(architectures) ? architectures[0] : architectures,
+    ['InternLM2ForCausalLM'],
+    'llm_config.architectures[0]',
+    source,
+    'the LLM of InternVL2-8B and PVC-InternVL2-8B',
+  );
   expectValue(hf.template, ['internlm2-chat'], 'template', source, 'the conversation template');
   expectValue(v('hidden_act'), ['gelu'], 'vision_config.hidden_act', source, 'exact erf GELU');
   expectValue(l('hidden_act'), ['silu'], 'llm_config.hidden_act', source, 'SwiGLU');
   expectValue(v('norm_type'), ['layer_norm', 'rms_norm'], 'vision_config.norm_type', source, 'InternViT norms');
   expectValue(hf.ps_version ?? 'v1', ['v1', 'v2'], 'ps_version', source, 'pixel shuffle');
   if ((lc.bias ?? true) !== false) expectValue(lc.bias ?? true, [false], 'llm_config.bias', source, 'InternLM2 without linear biases');
-  if ((lc.tie_word_embeddings ?? false) !== false) expectValue(lc.tie_word_embeddings, [false], 'llm_config.tie_word_embeddings', source, 'an untied output head');
+  if ((lc.tie_word_embeddings ?? false) !== false)
+    expectValue(lc.tie_word_embeddings, [false], 'llm_config.tie_word_embeddings', source, 'an untied output head');
   const ropeScaling = (lc.rope_scaling ?? null) as { type?: string; factor?: number } | null;
   if (ropeScaling !== null) expectValue(ropeScaling.type, ['dynamic', 'linear'], 'llm_config.rope_scaling.type', source, 'rotary scaling');
   if ((hf.use_backbone_lora ?? 0) !== 0 || (hf.use_llm_lora ?? 0) !== 0) {

@@ -29,8 +29,7 @@ export interface TensorRule {
  */
 export function tensorRules(config: ModelConfig): TensorRule[] {
   const rules: TensorRule[] = [];
-  const copy = (hf: string, hfShape: number[], name: string, shape = hfShape) =>
-    rules.push({ hf, hfShape, transform: 'copy', out: [{ name, shape }] });
+  const copy = (hf: string, hfShape: number[], name: string, shape = hfShape) => rules.push({ hf, hfShape, transform: 'copy', out: [{ name, shape }] });
   const linear = (hf: string, name: string, inDim: number, outDim: number, bias: boolean) => {
     rules.push({ hf: `${hf}.weight`, hfShape: [outDim, inDim], transform: 'linear', out: [{ name: `${name}.weight`, shape: [inDim, outDim] }] });
     if (bias) copy(`${hf}.bias`, [outDim], `${name}.bias`);

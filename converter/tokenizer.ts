@@ -41,7 +41,10 @@ export interface SentencePieceModel {
 
 class ProtoReader {
   pos = 0;
-  constructor(private readonly buf: Uint8Array, private readonly what: string) {}
+  constructor(
+    private readonly buf: Uint8Array,
+    private readonly what: string,
+  ) {}
 
   get done(): boolean {
     return this.pos >= this.buf.length;
@@ -251,7 +254,7 @@ export function buildTokenizerJson(sp: SentencePieceModel, files: HFTokenizerFil
   sp.pieces.forEach((p, id) => {
     if (p.type === PieceType.USER_DEFINED) {
       const renamed = added.get(id);
-      addedList.push(entry(id, { content: p.piece, special: renamed === undefined ? false : renamed.special ?? true }));
+      addedList.push(entry(id, { content: p.piece, special: renamed === undefined ? false : (renamed.special ?? true) }));
     }
   });
   for (const [id, e] of [...added.entries()].sort((a, b) => a[0] - b[0])) addedList.push(entry(id, e));
@@ -278,10 +281,7 @@ export function buildTokenizerJson(sp: SentencePieceModel, files: HFTokenizerFil
     added_tokens: addedList,
     normalizer: {
       type: 'Sequence',
-      normalizers: [
-        ...(normalizer.addDummyPrefix ? [{ type: 'Prepend', prepend: '▁' }] : []),
-        { type: 'Replace', pattern: { String: ' ' }, content: '▁' },
-      ],
+      normalizers: [...(normalizer.addDummyPrefix ? [{ type: 'Prepend', prepend: '▁' }] : []), { type: 'Replace', pattern: { String: ' ' }, content: '▁' }],
     },
     pre_tokenizer: null,
     post_processor: { type: 'TemplateProcessing', single, pair, special_tokens: specialTokens },
@@ -349,10 +349,21 @@ export function convertTokenizer(hfDir: string): { tokenizerJson: Record<string,
     unk_token: stringSetting(config.unk_token) ?? '<unk>',
     clean_up_tokenization_spaces: false,
     model_max_length: config.model_max_length ?? null,
-    added_tokens_decoder: Object.fromEntries([...tokens.entries()].sort((a, b) => a[0] - b[0]).map(([id, e]) => [String(id), {
-      content: e.content, lstrip: e.lstrip ?? false, normalized: e.normalized ?? false, rstrip: e.rstrip ?? false,
-      single_word: e.single_word ?? false, special: e.special ?? true,
-    }])),
+    added_tokens_decoder: Object.fromEntries(
+      [...tokens.entries()]
+        .sort((a, b) => a[0] - b[0])
+        .map(([id, e]) => [
+          String(id),
+          {
+            content: e.content,
+            lstrip: e.lstrip ?? false,
+            normalized: e.normalized ?? false,
+            rstrip: e.rstrip ?? false,
+            single_word: e.single_word ?? false,
+            special: e.special ?? true,
+          },
+        ]),
+    ),
   };
   return { tokenizerJson, tokenizerConfig };
 }

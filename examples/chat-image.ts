@@ -14,8 +14,10 @@ async function main() {
   const image = await loadImage(await exampleInput('example_image1.jpg'), { inputSize: model.config.image_size, maxNum: 12 });
   console.log(`image: ${image.width}x${image.height} -> ${image.numPatches} tiles in ${seconds(t)}`);
   const perTile = model.tokensPerTile(1);
-  console.log(`visual tokens: ${image.numPatches * perTile} (${perTile} per tile` +
-    (model.config.pvc ? `: ${model.config.pvc.image_repeat_time} frames of ${model.numImageToken} tokens)` : ')'));
+  console.log(
+    `visual tokens: ${image.numPatches * perTile} (${perTile} per tile` +
+      (model.config.pvc ? `: ${model.config.pvc.image_repeat_time} frames of ${model.numImageToken} tokens)` : ')'),
+  );
 
   const question = '<image>\nWhat is in the image?';
   t = Date.now();

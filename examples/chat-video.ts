@@ -14,12 +14,20 @@ async function main() {
   console.log(`video: ${video.frameCount} frames at ${video.fps.toFixed(2)} fps -> ${video.frameIndices.length} sampled in ${seconds(t)}`);
   const c = model.config;
   const at448 = (448 / c.vision.patch_size) ** 2 * c.downsample_ratio ** 2; // the same formula at the real tile size
-  console.log(`visual tokens: ${video.frameIndices.length * model.tokensPerTile(3)} (${model.tokensPerTile(3)} per frame at ${c.image_size} px; ${at448} per frame at 448 px)`);
+  console.log(
+    `visual tokens: ${video.frameIndices.length * model.tokensPerTile(3)} (${model.tokensPerTile(3)} per frame at ${c.image_size} px; ${at448} per frame at 448 px)`,
+  );
 
   const question = withImagePlaceholders('Describe this video in detail.', video.numPatchesList.length, 'video');
   console.log(`User: Frame1: <image>\n ... Frame${video.numPatchesList.length}: <image>\nDescribe this video in detail.\nAssistant: `);
   t = Date.now();
-  for await (const piece of model.stream(tokenizer, video.pixelValues, question, { maxNewTokens: 64, doSample: false }, { dataFlag: 3, numPatchesList: video.numPatchesList })) {
+  for await (const piece of model.stream(
+    tokenizer,
+    video.pixelValues,
+    question,
+    { maxNewTokens: 64, doSample: false },
+    { dataFlag: 3, numPatchesList: video.numPatchesList },
+  )) {
     process.stdout.write(piece);
   }
   console.log(`\n(${seconds(t)})`);

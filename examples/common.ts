@@ -19,7 +19,8 @@ export function modelDir(): string {
   if (!dir || !fs.existsSync(path.join(dir, 'manifest.json'))) {
     throw new Error(`${dir ?? '(missing)'} is not a converted model: run \`npm run demo\` once to build the tiny default, or pass --model DIR`);
   }
-  if (path.basename(dir).startsWith('tiny-')) console.log(`(${path.basename(dir)}: random weights, its answers are noise; pass --model DIR for a real checkpoint)`);
+  if (path.basename(dir).startsWith('tiny-'))
+    console.log(`(${path.basename(dir)}: random weights, its answers are noise; pass --model DIR for a real checkpoint)`);
   return dir;
 }
 
@@ -32,7 +33,9 @@ export async function exampleInput(name: 'example_image1.jpg' | 'example_image2.
     const [w, h] = name === 'example_image1.jpg' ? [1000, 747] : [1000, 1000];
     const pixels = Buffer.alloc(w * h * 3);
     for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) pixels.set([(x * 255) / w, (y * 255) / h, 128], (y * w + x) * 3);
-    await sharp(pixels, { raw: { width: w, height: h, channels: 3 } }).jpeg().toFile(out);
+    await sharp(pixels, { raw: { width: w, height: h, channels: 3 } })
+      .jpeg()
+      .toFile(out);
   } else {
     const ffmpeg = ffmpegInstaller.path;
     const run = spawnSync(ffmpeg, ['-v', 'error', '-f', 'lavfi', '-i', 'testsrc=duration=4:size=360x640:rate=30', '-pix_fmt', 'yuv420p', '-y', out]);

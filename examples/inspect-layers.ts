@@ -22,16 +22,26 @@ async function main() {
     generate: { maxNewTokens: 8 },
   });
   console.log(formatSummaries(Object.entries(result.taps).map(([name, t]) => summarize(name, t))));
-  console.log(`${result.steps.length} generation steps recorded, ${result.imageTokenPositions.length} image tokens in a ${result.inputIds.length}-token prompt`);
+  console.log(
+    `${result.steps.length} generation steps recorded, ${result.imageTokenPositions.length} image tokens in a ${result.inputIds.length}-token prompt`,
+  );
 
   // Logit lens: what each LLM layer would predict next, at the last prompt position.
-  const states = new Map(Object.entries(result.taps).filter(([n]) => /^llm\.layers\.\d+\.out$/.test(n)).map(([n, t]) => [Number(n.split('.')[2]), t]));
+  const states = new Map(
+    Object.entries(result.taps)
+      .filter(([n]) => /^llm\.layers\.\d+\.out$/.test(n))
+      .map(([n, t]) => [Number(n.split('.')[2]), t]),
+  );
   for (const layer of logitLens(model.llm, model.tokenizer(), states, 3)) {
     console.log(`layer ${layer.layer}: ${layer.top.map((t) => `${JSON.stringify(t.token)} (${t.prob.toFixed(3)})`).join(', ')}`);
   }
 
   // Where the generated tokens looked: attention to the image tokens, over the image.
-  const probs = result.steps.flatMap((step) => Object.entries(step).filter(([n]) => n.endsWith('attn.probs')).map(([, t]) => t));
+  const probs = result.steps.flatMap((step) =>
+    Object.entries(step)
+      .filter(([n]) => n.endsWith('attn.probs'))
+      .map(([, t]) => t),
+  );
   const layout = { grid: image.grid, tokensPerFrame: model.numImageToken, framesPerTile: model.tokensPerTile(1) / model.numImageToken };
   fs.mkdirSync(out, { recursive: true });
   const png = path.join(out, 'heatmap.png');

@@ -89,8 +89,7 @@ export interface ModelConfig {
 }
 
 /** The internlm2-chat template's system message (59 characters; full-width comma after 大模型). */
-export const INTERNLM2_CHAT_SYSTEM_MESSAGE =
-  '你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, 是一个有用无害的人工智能助手。';
+export const INTERNLM2_CHAT_SYSTEM_MESSAGE = '你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, 是一个有用无害的人工智能助手。';
 
 // ---- validation ----------------------------------------------------------------------------------
 
@@ -102,7 +101,10 @@ const int: Checker = (v) => (Number.isSafeInteger(v) ? null : 'an integer');
 const posNum: Checker = (v) => (typeof v === 'number' && Number.isFinite(v) && v > 0 ? null : 'a positive number');
 const bool: Checker = (v) => (typeof v === 'boolean' ? null : 'true or false');
 const str: Checker = (v) => (typeof v === 'string' ? null : 'a string');
-const oneOf = (...values: unknown[]): Checker => (v) => (values.includes(v) ? null : `one of ${values.map((x) => JSON.stringify(x)).join(', ')}`);
+const oneOf =
+  (...values: unknown[]): Checker =>
+  (v) =>
+    values.includes(v) ? null : `one of ${values.map((x) => JSON.stringify(x)).join(', ')}`;
 const intList: Checker = (v) => (Array.isArray(v) && v.every((x) => Number.isSafeInteger(x) && x >= 0) ? null : 'a list of non-negative integers');
 
 function checkObject(obj: unknown, where: string, fields: Record<string, Checker>, source: string): void {
@@ -121,36 +123,94 @@ function checkObject(obj: unknown, where: string, fields: Record<string, Checker
 
 /** Checks a converted config: every field present, typed and in range; unknown keys and values are errors. */
 export function validateConfig(raw: unknown, source = 'config.json'): ModelConfig {
-  checkObject(raw, '', {
-    format: oneOf(FORMAT_NAME), format_version: oneOf(FORMAT_VERSION), model_type: oneOf('internvl_chat', 'pvc_internvl'),
-    template: oneOf('internlm2-chat'), system_message: str, image_size: posInt, downsample_ratio: posNum,
-    ps_version: oneOf('v1', 'v2'), select_layer: int, num_image_token: posInt, dynamic_image_size: bool,
-    use_thumbnail: bool, min_dynamic_patch: posInt, max_dynamic_patch: posInt,
-    vision: () => null, projector: () => null, llm: () => null, pvc: () => null,
-  }, source);
-  const c = raw as ModelConfig;
-  checkObject(c.vision, 'vision', {
-    hidden_size: posInt, intermediate_size: posInt, num_attention_heads: posInt, num_hidden_layers: posInt,
-    image_size: posInt, patch_size: posInt, num_channels: posInt, norm_type: oneOf('layer_norm', 'rms_norm'),
-    layer_norm_eps: posNum, hidden_act: oneOf('gelu'), qkv_bias: bool, qk_normalization: bool,
-  }, source);
-  checkObject(c.projector, 'projector', { input_size: posInt, hidden_size: posInt, layer_norm_eps: posNum }, source);
-  checkObject(c.llm, 'llm', {
-    architecture: oneOf('InternLM2ForCausalLM'), vocab_size: posInt, hidden_size: posInt, intermediate_size: posInt,
-    num_hidden_layers: posInt, num_attention_heads: posInt, num_key_value_heads: posInt, head_dim: posInt,
-    hidden_act: oneOf('silu'), rms_norm_eps: posNum, rope_theta: posNum,
-    rope_scaling: (v) => {
-      if (v === null) return null;
-      if (typeof v !== 'object' || !['dynamic', 'linear'].includes((v as { type?: unknown }).type as string)) return 'null or {type: "dynamic"|"linear", factor}';
-      return posNum((v as { factor?: unknown }).factor) === null ? null : 'a rope_scaling factor > 0';
+  checkObject(
+    raw,
+    '',
+    {
+      format: oneOf(FORMAT_NAME),
+      format_version: oneOf(FORMAT_VERSION),
+      model_type: oneOf('internvl_chat', 'pvc_internvl'),
+      template: oneOf('internlm2-chat'),
+      system_message: str,
+      image_size: posInt,
+      downsample_ratio: posNum,
+      ps_version: oneOf('v1', 'v2'),
+      select_layer: int,
+      num_image_token: posInt,
+      dynamic_image_size: bool,
+      use_thumbnail: bool,
+      min_dynamic_patch: posInt,
+      max_dynamic_patch: posInt,
+      vision: () => null,
+      projector: () => null,
+      llm: () => null,
+      pvc: () => null,
     },
-    max_position_embeddings: posInt, bos_token_id: nonNegInt, eos_token_id: nonNegInt, pad_token_id: nonNegInt,
-  }, source);
+    source,
+  );
+  const c = raw as ModelConfig;
+  checkObject(
+    c.vision,
+    'vision',
+    {
+      hidden_size: posInt,
+      intermediate_size: posInt,
+      num_attention_heads: posInt,
+      num_hidden_layers: posInt,
+      image_size: posInt,
+      patch_size: posInt,
+      num_channels: posInt,
+      norm_type: oneOf('layer_norm', 'rms_norm'),
+      layer_norm_eps: posNum,
+      hidden_act: oneOf('gelu'),
+      qkv_bias: bool,
+      qk_normalization: bool,
+    },
+    source,
+  );
+  checkObject(c.projector, 'projector', { input_size: posInt, hidden_size: posInt, layer_norm_eps: posNum }, source);
+  checkObject(
+    c.llm,
+    'llm',
+    {
+      architecture: oneOf('InternLM2ForCausalLM'),
+      vocab_size: posInt,
+      hidden_size: posInt,
+      intermediate_size: posInt,
+      num_hidden_layers: posInt,
+      num_attention_heads: posInt,
+      num_key_value_heads: posInt,
+      head_dim: posInt,
+      hidden_act: oneOf('silu'),
+      rms_norm_eps: posNum,
+      rope_theta: posNum,
+      rope_scaling: (v) => {
+        if (v === null) return null;
+        if (typeof v !== 'object' || !['dynamic', 'linear'].includes((v as { type?: unknown }).type as string))
+          return 'null or {type: "dynamic"|"linear", factor}';
+        return posNum((v as { factor?: unknown }).factor) === null ? null : 'a rope_scaling factor > 0';
+      },
+      max_position_embeddings: posInt,
+      bos_token_id: nonNegInt,
+      eos_token_id: nonNegInt,
+      pad_token_id: nonNegInt,
+    },
+    source,
+  );
   if (c.pvc !== null) {
-    checkObject(c.pvc, 'pvc', {
-      use_temporal: bool, image_repeat_time: posInt, video_repeat_time: posInt, adaln_layers: intList,
-      temporal_layers: intList, time_embed_freq_dim: posInt,
-    }, source);
+    checkObject(
+      c.pvc,
+      'pvc',
+      {
+        use_temporal: bool,
+        image_repeat_time: posInt,
+        video_repeat_time: posInt,
+        adaln_layers: intList,
+        temporal_layers: intList,
+        time_embed_freq_dim: posInt,
+      },
+      source,
+    );
   }
   checkDerived(c, source);
   return c;
@@ -162,7 +222,8 @@ function checkDerived(c: ModelConfig, source: string): void {
     throw new Error(`${source}: ${msg}`);
   };
   const v = c.vision;
-  if (v.hidden_size % v.num_attention_heads !== 0) fail(`vision.hidden_size ${v.hidden_size} is not divisible by vision.num_attention_heads ${v.num_attention_heads}`);
+  if (v.hidden_size % v.num_attention_heads !== 0)
+    fail(`vision.hidden_size ${v.hidden_size} is not divisible by vision.num_attention_heads ${v.num_attention_heads}`);
   if (c.image_size % v.patch_size !== 0) fail(`image_size ${c.image_size} is not a multiple of vision.patch_size ${v.patch_size}`);
   const scale = 1 / c.downsample_ratio;
   if (!Number.isInteger(scale)) fail(`downsample_ratio ${c.downsample_ratio}: 1/downsample_ratio must be an integer`);
@@ -176,8 +237,10 @@ function checkDerived(c: ModelConfig, source: string): void {
     fail(`select_layer ${c.select_layer} is outside the ${v.num_hidden_layers + 1} ViT hidden states`);
   }
   const l = c.llm;
-  if (l.num_attention_heads % l.num_key_value_heads !== 0) fail(`llm.num_attention_heads ${l.num_attention_heads} is not a multiple of llm.num_key_value_heads ${l.num_key_value_heads}`);
-  if (l.head_dim * l.num_attention_heads !== l.hidden_size) fail(`llm.head_dim ${l.head_dim} * heads ${l.num_attention_heads} != llm.hidden_size ${l.hidden_size}`);
+  if (l.num_attention_heads % l.num_key_value_heads !== 0)
+    fail(`llm.num_attention_heads ${l.num_attention_heads} is not a multiple of llm.num_key_value_heads ${l.num_key_value_heads}`);
+  if (l.head_dim * l.num_attention_heads !== l.hidden_size)
+    fail(`llm.head_dim ${l.head_dim} * heads ${l.num_attention_heads} != llm.hidden_size ${l.hidden_size}`);
   if (l.head_dim % 2 !== 0) fail(`llm.head_dim ${l.head_dim} must be even for rotary embeddings`);
   if (c.min_dynamic_patch > c.max_dynamic_patch) fail(`min_dynamic_patch ${c.min_dynamic_patch} > max_dynamic_patch ${c.max_dynamic_patch}`);
   if (c.pvc !== null) {

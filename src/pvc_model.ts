@@ -26,29 +26,64 @@ export class PVCModel extends VisionLanguageModel {
   }
 
   /** The prompt, ids and samples chat() would use (see src/chat/prompt.ts). */
-  preparePrompt(tokenizer: PVCTokenizer, pixelValues: tf.Tensor4D | null, question: string, options: PromptOptions = {}): PreparedPrompt & { samples: Sample[] } {
+  preparePrompt(
+    tokenizer: PVCTokenizer,
+    pixelValues: tf.Tensor4D | null,
+    question: string,
+    options: PromptOptions = {},
+  ): PreparedPrompt & { samples: Sample[] } {
     return preparePrompt(this, tokenizer, pixelValues, question, options);
   }
 
   /** The prompt chat() builds and the token ids it generates (eos included), without decoding them. */
-  chatIds(tokenizer: PVCTokenizer, pixelValues: tf.Tensor4D | null, question: string, generation: GenerationOptions = {}, options: ChatOptions = {}): Promise<ChatIds> {
+  chatIds(
+    tokenizer: PVCTokenizer,
+    pixelValues: tf.Tensor4D | null,
+    question: string,
+    generation: GenerationOptions = {},
+    options: ChatOptions = {},
+  ): Promise<ChatIds> {
     return chatIds(this, tokenizer, pixelValues, question, generation, options);
   }
 
   /** Upstream's chat(): the answer (and the history with this turn appended, with returnHistory). */
-  chat(tokenizer: PVCTokenizer, pixelValues: tf.Tensor4D | null, question: string, generation: GenerationOptions, options: ChatOptions & { returnHistory: true }): Promise<{ response: string; history: History }>;
+  chat(
+    tokenizer: PVCTokenizer,
+    pixelValues: tf.Tensor4D | null,
+    question: string,
+    generation: GenerationOptions,
+    options: ChatOptions & { returnHistory: true },
+  ): Promise<{ response: string; history: History }>;
   chat(tokenizer: PVCTokenizer, pixelValues: tf.Tensor4D | null, question: string, generation?: GenerationOptions, options?: ChatOptions): Promise<string>;
-  chat(tokenizer: PVCTokenizer, pixelValues: tf.Tensor4D | null, question: string, generation: GenerationOptions = {}, options: ChatOptions = {}): Promise<string | { response: string; history: History }> {
+  chat(
+    tokenizer: PVCTokenizer,
+    pixelValues: tf.Tensor4D | null,
+    question: string,
+    generation: GenerationOptions = {},
+    options: ChatOptions = {},
+  ): Promise<string | { response: string; history: History }> {
     return chat(this, tokenizer, pixelValues, question, generation, options);
   }
 
   /** chat() as a stream of text pieces whose concatenation is chat()'s answer. */
-  stream(tokenizer: PVCTokenizer, pixelValues: tf.Tensor4D | null, question: string, generation: GenerationOptions = {}, options: ChatOptions = {}): AsyncGenerator<string> {
+  stream(
+    tokenizer: PVCTokenizer,
+    pixelValues: tf.Tensor4D | null,
+    question: string,
+    generation: GenerationOptions = {},
+    options: ChatOptions = {},
+  ): AsyncGenerator<string> {
     return streamChat(this, tokenizer, pixelValues, question, generation, options);
   }
 
   /** Upstream's batch_chat(): several questions at once (left-padded), no history. */
-  batchChat(tokenizer: PVCTokenizer, pixelValues: tf.Tensor4D | null, questions: string[], generation: GenerationOptions = {}, options: BatchChatOptions = {}): Promise<string[]> {
+  batchChat(
+    tokenizer: PVCTokenizer,
+    pixelValues: tf.Tensor4D | null,
+    questions: string[],
+    generation: GenerationOptions = {},
+    options: BatchChatOptions = {},
+  ): Promise<string[]> {
     return batchChat(this, tokenizer, pixelValues, questions, generation, options);
   }
 
@@ -61,7 +96,9 @@ export class PVCModel extends VisionLanguageModel {
   async inspect(request: InspectRequest): Promise<(Inspection<tf.Tensor> | Inspection<TapArray>) & InspectionReport> {
     const tokenizer = request.tokenizer ?? this.tokenizer();
     const result = await inspect(this, tokenizer, request);
-    return Object.assign(result, { toHTML: (inputs?: ReportInputs, options?: ReportOptions) => renderInspectionHTML(this, tokenizer, result, inputs, options) });
+    return Object.assign(result, {
+      toHTML: (inputs?: ReportInputs, options?: ReportOptions) => renderInspectionHTML(this, tokenizer, result, inputs, options),
+    });
   }
 }
 

@@ -29,9 +29,16 @@ export interface DecodeOptions {
  */
 export function cleanUpTokenization(text: string): string {
   return text
-    .replaceAll(' .', '.').replaceAll(' ?', '?').replaceAll(' !', '!').replaceAll(' ,', ',')
-    .replaceAll(" ' ", "'").replaceAll(" n't", "n't").replaceAll(" 'm", "'m").replaceAll(" 's", "'s")
-    .replaceAll(" 've", "'ve").replaceAll(" 're", "'re");
+    .replaceAll(' .', '.')
+    .replaceAll(' ?', '?')
+    .replaceAll(' !', '!')
+    .replaceAll(' ,', ',')
+    .replaceAll(" ' ", "'")
+    .replaceAll(" n't", "n't")
+    .replaceAll(" 'm", "'m")
+    .replaceAll(" 's", "'s")
+    .replaceAll(" 've", "'ve")
+    .replaceAll(" 're", "'re");
 }
 
 /** Decodes UTF-8 bytes as sentencepiece does: valid sequences as characters, any other byte as U+FFFD. */
@@ -76,10 +83,18 @@ export class PVCTokenizer {
   readonly eosTokenId: number;
   readonly padTokenId: number;
 
-  private constructor(private readonly tokenizer: Tokenizer, config: Record<string, unknown>, source: string) {
+  private constructor(
+    private readonly tokenizer: Tokenizer,
+    config: Record<string, unknown>,
+    source: string,
+  ) {
     // The added tokens flagged special (the library keeps that list private).
     const added = (config.added_tokens_decoder ?? {}) as Record<string, { special?: boolean }>;
-    this.specialIds = new Set(Object.entries(added).filter(([, e]) => e.special !== false).map(([id]) => Number(id)));
+    this.specialIds = new Set(
+      Object.entries(added)
+        .filter(([, e]) => e.special !== false)
+        .map(([id]) => Number(id)),
+    );
     const id = (key: string, fallback: string) => {
       const token = typeof config[key] === 'string' ? (config[key] as string) : fallback;
       const v = this.tokenToId(token);
@@ -140,7 +155,8 @@ export class PVCTokenizer {
 }
 
 /** Python's str.isspace() characters (str.strip() removes these; JS trim() differs slightly). */
-const PY_WHITESPACE = ' \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000';
+const PY_WHITESPACE =
+  ' \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000';
 
 export function pythonStrip(text: string, side: 'both' | 'left' | 'right' = 'both'): string {
   let start = 0;
@@ -196,7 +212,11 @@ export class StreamDecoder {
   private ids: number[] = [];
   private emitted = '';
 
-  constructor(private readonly tokenizer: PVCTokenizer, private readonly separator = '<|im_end|>', private readonly stop: readonly string[] = []) {}
+  constructor(
+    private readonly tokenizer: PVCTokenizer,
+    private readonly separator = '<|im_end|>',
+    private readonly stop: readonly string[] = [],
+  ) {}
 
   push(id: number): string {
     this.ids.push(id);

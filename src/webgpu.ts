@@ -93,7 +93,8 @@ function describe(backend: string, adapter: GPUAdapter): WebGPUAdapterReport {
     backend,
     featureLevel: COMPAT_BACKENDS.has(backend) ? 'compatibility' : 'core',
     description,
-    software: Boolean(info.isFallbackAdapter ?? adapter.isFallbackAdapter) || /llvmpipe|swiftshader|lavapipe|softpipe|microsoft basic render/i.test(description),
+    software:
+      Boolean(info.isFallbackAdapter ?? adapter.isFallbackAdapter) || /llvmpipe|swiftshader|lavapipe|softpipe|microsoft basic render/i.test(description),
     maxBufferSize: adapter.limits.maxBufferSize,
     maxStorageBufferBindingSize: adapter.limits.maxStorageBufferBindingSize,
   };
@@ -130,8 +131,10 @@ export async function findWebGPUAdapter(): Promise<{ report: WebGPUAdapterReport
 /** One line for logs: backend, feature level, device and the tensor limit. */
 export function formatAdapter(r: WebGPUAdapterReport): string {
   const mib = (n: number) => `${(n / 2 ** 20).toFixed(0)} MiB`;
-  return `${r.backend} (${r.featureLevel}${r.software ? ', software: runs on the CPU' : ''}): ${r.description}; ` +
-    `maxBufferSize ${mib(r.maxBufferSize)}, maxStorageBufferBindingSize ${mib(r.maxStorageBufferBindingSize)}`;
+  return (
+    `${r.backend} (${r.featureLevel}${r.software ? ', software: runs on the CPU' : ''}): ${r.description}; ` +
+    `maxBufferSize ${mib(r.maxBufferSize)}, maxStorageBufferBindingSize ${mib(r.maxStorageBufferBindingSize)}`
+  );
 }
 
 /** The largest tensor, in bytes, the adapter can bind. */
@@ -163,7 +166,12 @@ export async function registerWebGPU(): Promise<{ report: WebGPUAdapterReport } 
       require('@tensorflow/tfjs-backend-webgpu');
     } catch (e) {
       const code = (e as { code?: string }).code;
-      return { why: code === 'MODULE_NOT_FOUND' ? '@tensorflow/tfjs-backend-webgpu is not installed' : `@tensorflow/tfjs-backend-webgpu failed to load: ${(e as Error).message.split('\n')[0]}` };
+      return {
+        why:
+          code === 'MODULE_NOT_FOUND'
+            ? '@tensorflow/tfjs-backend-webgpu is not installed'
+            : `@tensorflow/tfjs-backend-webgpu failed to load: ${(e as Error).message.split('\n')[0]}`,
+      };
     }
     if (tf.findBackendFactory('webgpu') == null) return { why: '@tensorflow/tfjs-backend-webgpu loaded but registered no webgpu backend' };
     registerRankReducingTile();
@@ -230,7 +238,10 @@ function registerMaskSafeSoftmax(): void {
     kernelName: 'Softmax',
     backendName: 'webgpu',
     kernelFunc: (args) => {
-      const backend = args.backend as unknown as { makeTensorInfo(shape: number[], dtype: string, values: Float32Array): tf.TensorInfo; disposeData(id: object): void };
+      const backend = args.backend as unknown as {
+        makeTensorInfo(shape: number[], dtype: string, values: Float32Array): tf.TensorInfo;
+        disposeData(id: object): void;
+      };
       const logits = (args.inputs as { logits: tf.TensorInfo }).logits;
       const floor = backend.makeTensorInfo([], 'float32', new Float32Array([SHADER_ROW_MAX_START]));
       const clamped = maximum.kernelFunc({ inputs: { a: logits, b: floor }, backend: args.backend, attrs: {} }) as tf.TensorInfo;
@@ -271,8 +282,10 @@ export function prepareWebGPUBackend(report: WebGPUAdapterReport): void {
   backend.write = (values, shape, dtype) => {
     const bytes = shape.reduce((n, d) => n * d, 1) * (dtype === 'complex64' ? 8 : 4);
     if (bytes > limit) {
-      throw new Error(`webgpu: a ${dtype} tensor of shape [${shape.join(', ')}] needs ${bytes} bytes, more than the ${limit} bytes ` +
-        `one buffer can bind on the ${adapter} (maxStorageBufferBindingSize ${report.maxStorageBufferBindingSize}, maxBufferSize ${report.maxBufferSize}); ${advice}`);
+      throw new Error(
+        `webgpu: a ${dtype} tensor of shape [${shape.join(', ')}] needs ${bytes} bytes, more than the ${limit} bytes ` +
+          `one buffer can bind on the ${adapter} (maxStorageBufferBindingSize ${report.maxStorageBufferBindingSize}, maxBufferSize ${report.maxBufferSize}); ${advice}`,
+      );
     }
     return write(values, shape, dtype);
   };
@@ -287,7 +300,12 @@ export function prepareWebGPUBackend(report: WebGPUAdapterReport): void {
   const readSync = backend.readSync.bind(backend);
   backend.readSync = (dataId) => {
     const data = backend.tensorMap.get(dataId);
-    if (data !== undefined && data.values == null && data.dtype !== 'string' && typeof (globalThis as { OffscreenCanvas?: unknown }).OffscreenCanvas === 'undefined') {
+    if (
+      data !== undefined &&
+      data.values == null &&
+      data.dtype !== 'string' &&
+      typeof (globalThis as { OffscreenCanvas?: unknown }).OffscreenCanvas === 'undefined'
+    ) {
       throw new Error('webgpu: dataSync() / arraySync() cannot read a tensor held on the GPU in Node; use await tensor.data() / tensor.array()');
     }
     return readSync(dataId);

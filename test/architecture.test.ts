@@ -7,8 +7,23 @@ const SRC = path.join(__dirname, '..', 'src');
 
 /** Layers from the bottom up; a module may import from strictly lower layers and from its own folder. */
 const LAYERS: string[][] = [
-  ['json', 'event_loop'], ['config'], ['webgpu'], ['backend'], ['tokenizer'], ['preprocess'], ['io'], ['nn'], ['vision', 'llm'],
-  ['model', 'generation'], ['chat'], ['inspect'], ['pvc_model'], ['runtime'], ['server'], ['index'], ['cli'],
+  ['json', 'event_loop'],
+  ['config'],
+  ['webgpu'],
+  ['backend'],
+  ['tokenizer'],
+  ['preprocess'],
+  ['io'],
+  ['nn'],
+  ['vision', 'llm'],
+  ['model', 'generation'],
+  ['chat'],
+  ['inspect'],
+  ['pvc_model'],
+  ['runtime'],
+  ['server'],
+  ['index'],
+  ['cli'],
 ];
 
 /** 'vision' for src/vision/x.ts, 'config' for src/config.ts. */

@@ -3,7 +3,6 @@ import { initBackend, tensorflowUsesOneDNN } from '../src/backend';
 import { findWebGPUAdapter, maxTensorBytes } from '../src/webgpu';
 import { tensorflowInstalled } from './helpers';
 
-
 describe('backend selection', () => {
   const saved = process.env.PVC_BACKEND;
   afterEach(() => {
@@ -31,7 +30,15 @@ describe('backend selection', () => {
   test.each(['wasm', 'cpu'] as const)('%s computes a matmul', async (name) => {
     const info = await initBackend({ backend: name, log: null });
     expect(info.name).toBe(name);
-    const y = tf.tidy(() => tf.matMul(tf.tensor2d([[1, 2], [3, 4]]), tf.tensor2d([[5], [6]])));
+    const y = tf.tidy(() =>
+      tf.matMul(
+        tf.tensor2d([
+          [1, 2],
+          [3, 4],
+        ]),
+        tf.tensor2d([[5], [6]]),
+      ),
+    );
     expect(Array.from(await y.data())).toEqual([17, 39]);
     y.dispose();
   });
@@ -49,7 +56,8 @@ describe('backend selection', () => {
     await expect(initBackend({ backend: 'gpu' as never, log: null })).rejects.toThrow(/backend option: unknown backend 'gpu'/);
     if (!tensorflowInstalled()) {
       await expect(initBackend({ backend: 'tensorflow', log: null })).rejects.toThrow(
-        /backend 'tensorflow' \(requested by the backend option\) is not available: @tensorflow\/tfjs-node-gpu is not installed/);
+        /backend 'tensorflow' \(requested by the backend option\) is not available: @tensorflow\/tfjs-node-gpu is not installed/,
+      );
     }
   });
 });
@@ -68,7 +76,9 @@ describe('webgpu (Dawn)', () => {
   test('runs on the adapter it reports, or says why there is none', async () => {
     const found = await findWebGPUAdapter();
     if (!('report' in found)) {
-      await expect(initBackend({ backend: 'webgpu', log: null })).rejects.toThrow(`backend 'webgpu' (requested by the backend option) is not available: ${found.why}`);
+      await expect(initBackend({ backend: 'webgpu', log: null })).rejects.toThrow(
+        `backend 'webgpu' (requested by the backend option) is not available: ${found.why}`,
+      );
       return;
     }
     const lines: string[] = [];
@@ -77,7 +87,10 @@ describe('webgpu (Dawn)', () => {
     expect(info.adapter).toEqual(found.report);
     expect(found.report.maxStorageBufferBindingSize).toBeGreaterThan(0);
     expect(lines).toEqual([expect.stringContaining(`backend: webgpu (${found.report.backend} (${found.report.featureLevel}`)]);
-    const a = [[1, 2, 3], [4, 5, 6]];
+    const a = [
+      [1, 2, 3],
+      [4, 5, 6],
+    ];
     const b = [[7], [8], [9]];
     const y = tf.matMul(tf.tensor2d(a), tf.tensor2d(b));
     expect(Array.from(await y.data())).toEqual([50, 122]);
@@ -97,7 +110,8 @@ describe('webgpu (Dawn)', () => {
     const rows = Math.floor(limit / 4 / 1024) + 1; // one row of 1024 float32 over the limit
     const before = tf.memory().numTensors;
     expect(() => tf.tensor2d(new Float32Array(rows * 1024), [rows, 1024])).toThrow(
-      `webgpu: a float32 tensor of shape [${rows}, 1024] needs ${rows * 4096} bytes, more than the ${limit} bytes one buffer can bind`);
+      `webgpu: a float32 tensor of shape [${rows}, 1024] needs ${rows * 4096} bytes, more than the ${limit} bytes one buffer can bind`,
+    );
     // Kernel outputs are checked too (no data is uploaded: fill's output is made on the GPU).
     expect(() => tf.fill([rows, 1024], 1).dataSync()).toThrow(/webgpu: (a float32 tensor of shape|an operation needs a)/);
     expect(tf.memory().numTensors).toBe(before);
@@ -140,7 +154,11 @@ describe('webgpu (Dawn)', () => {
       jest.isolateModules(() => {
         // eslint-disable-next-line @typescript-eslint/no-require-imports
         const fresh = require('../src/webgpu') as typeof import('../src/webgpu');
-        void expect(fresh.findWebGPUAdapter()).resolves.toEqual({ why: expect.stringMatching(/PVC_WEBGPU_BACKEND: unknown Dawn backend 'opengl'; expected one of vulkan, metal, d3d12, opengles, d3d11|webgpu package \(Dawn\) is not installed/) });
+        void expect(fresh.findWebGPUAdapter()).resolves.toEqual({
+          why: expect.stringMatching(
+            /PVC_WEBGPU_BACKEND: unknown Dawn backend 'opengl'; expected one of vulkan, metal, d3d12, opengles, d3d11|webgpu package \(Dawn\) is not installed/,
+          ),
+        });
       });
     } finally {
       if (saved === undefined) delete process.env.PVC_WEBGPU_BACKEND;
@@ -152,7 +170,13 @@ describe('webgpu (Dawn)', () => {
 test('the oneDNN switch is read as libtensorflow reads it (its own default: on for x86-64 Linux)', () => {
   const saved = process.env.TF_ENABLE_ONEDNN_OPTS;
   try {
-    for (const [value, expected] of [['0', false], ['false', false], ['FALSE', false], ['1', true], ['True', true]] as const) {
+    for (const [value, expected] of [
+      ['0', false],
+      ['false', false],
+      ['FALSE', false],
+      ['1', true],
+      ['True', true],
+    ] as const) {
       process.env.TF_ENABLE_ONEDNN_OPTS = value;
       expect(tensorflowUsesOneDNN()).toBe(expected);
     }

@@ -75,7 +75,7 @@ describe.each(PARITY_BACKENDS)('beam search on %s', (backend) => {
     const directNames = (all: string[]) => (backend === 'cpu' ? all.filter((n, i) => i % 4 === 2 || n.includes('return4')) : all);
     const allDirect = readJson<BeamDoc>(path.join(FIXTURES, 'reference', 'beam', `${fixture}.json`)).direct.map((c) => c.name);
 
-    test.each(directNames(allDirect))('generate() on the oracle\'s embeddings: %s', async (name) => {
+    test.each(directNames(allDirect))("generate() on the oracle's embeddings: %s", async (name) => {
       const c = doc.direct.find((x) => x.name === name)!;
       const x = tf.tensor3d(embeds.readFloat32(c.embeds), embeds.info(c.embeds).shape as [number, number, number]);
       const config = resolveGenerationConfig(c.generation_config, { eosTokenId: c.eos_token_id, padTokenId: PAD });
@@ -121,7 +121,7 @@ describe.each(PARITY_BACKENDS)('beam search on %s', (backend) => {
     });
 
     if (fixture === 'tiny-internvl2') {
-      test.each(backend === 'cpu' ? [0] : [0, 1, 2])('batchChat() equals upstream\'s batch_chat (case %d)', async (i) => {
+      test.each(backend === 'cpu' ? [0] : [0, 1, 2])("batchChat() equals upstream's batch_chat (case %d)", async (i) => {
         const b = doc.batch_chat![i];
         const before = tf.memory().numTensors;
         const pixels = pixelsOf({ name: 'batch' } as ChatCase);

@@ -39,7 +39,7 @@ describe.each(PARITY_BACKENDS)('on %s', (backend) => {
   // The cpu backend runs one conversation of each kind that matters; wasm runs them all.
   const names = backend === 'wasm' ? ['single-image', 'multi-image', 'text-only', 'history-turn-1', 'history-turn-2'] : ['single-image', 'history-turn-2'];
 
-  test.each(names)('%s: prompt, ids, generated tokens and answer are upstream\'s', async (name) => {
+  test.each(names)("%s: prompt, ids, generated tokens and answer are upstream's", async (name) => {
     const c = doc.chat!.find((x) => x.name === name)!;
     const { pixelValues, options } = inputsOf(c);
     const out = await model.chatIds(tokenizer, pixelValues, c.question, GREEDY, options);
@@ -51,13 +51,13 @@ describe.each(PARITY_BACKENDS)('on %s', (backend) => {
     if (c.history_out) expect(result.history).toEqual(c.history_out);
   });
 
-  test('batchChat equals upstream\'s batch_chat', async () => {
+  test("batchChat equals upstream's batch_chat", async () => {
     const b = doc.batch_chat!;
     const answers = await model.batchChat(tokenizer, pixels, b.questions, GREEDY, { numPatchesList: b.num_patches_list });
     expect(answers).toEqual(b.answers);
   });
 
-  test('stream() pieces concatenate to chat()\'s answer', async () => {
+  test("stream() pieces concatenate to chat()'s answer", async () => {
     for (const seed of backend === 'wasm' ? [1, 2, 3] : [1]) {
       const gen = { maxNewTokens: 24, doSample: true, temperature: 1.3, topK: 0, seed };
       const expected = await model.chat(tokenizer, imageA, 'Describe the image.', gen);
@@ -78,14 +78,21 @@ describe.each(PARITY_BACKENDS)('on %s', (backend) => {
   if (backend === 'wasm') {
     test('bad input gives a clear error', async () => {
       await expect(model.chat(tokenizer, imageA, '<image>\nand <image>\ntwo images?', GREEDY)).rejects.toThrow(
-        'the prompt has 2 <image> placeholder(s) but numPatchesList has 1 entry ([3])');
-      await expect(model.chat(tokenizer, imageA, 'x', GREEDY, { numPatchesList: [2] })).rejects.toThrow('numPatchesList [2] sums to 2, but pixelValues has 3 tiles');
+        'the prompt has 2 <image> placeholder(s) but numPatchesList has 1 entry ([3])',
+      );
+      await expect(model.chat(tokenizer, imageA, 'x', GREEDY, { numPatchesList: [2] })).rejects.toThrow(
+        'numPatchesList [2] sums to 2, but pixelValues has 3 tiles',
+      );
       const wrong = tf.zeros([1, 3, 10, 10]) as tf.Tensor4D;
       await expect(model.chat(tokenizer, wrong, 'x', GREEDY)).rejects.toThrow(/pixelValues has shape \[1,3,10,10\]; expected \[tiles, 3, \d+, \d+\]/);
       wrong.dispose();
-      await expect(model.chat(tokenizer, imageA, 'x', GREEDY, { dataFlag: 4 as never })).rejects.toThrow('dataFlag 4: expected 1 (single image), 2 (multi-image) or 3 (video)');
+      await expect(model.chat(tokenizer, imageA, 'x', GREEDY, { dataFlag: 4 as never })).rejects.toThrow(
+        'dataFlag 4: expected 1 (single image), 2 (multi-image) or 3 (video)',
+      );
       await expect(model.chat(tokenizer, imageA, 'x', { max_tokens: 5 })).rejects.toThrow(/unknown generation option 'max_tokens'/);
-      await expect(PVCModel.load(path.join(FIXTURES, 'checkpoints', 'tiny-internvl2'))).rejects.toThrow(/not a converted pvc-tfjs model .*convert the HuggingFace checkpoint with pvc-convert first/);
+      await expect(PVCModel.load(path.join(FIXTURES, 'checkpoints', 'tiny-internvl2'))).rejects.toThrow(
+        /not a converted pvc-tfjs model .*convert the HuggingFace checkpoint with pvc-convert first/,
+      );
       await expect(PVCModel.load(path.join(FIXTURES, 'nope'))).rejects.toThrow(/nope\/config\.json is missing: .*nope is not a converted model/);
     });
   }
@@ -100,7 +107,9 @@ describe('streaming decode', () => {
   });
   afterAll(() => fs.rmSync(path.dirname(dir), { recursive: true, force: true }));
 
-  const corpus = JSON.parse(fs.readFileSync(path.join(FIXTURES, 'reference', 'tokenizer-corpus.json'), 'utf8')) as { encode: { text: string; ids: number[] }[] };
+  const corpus = JSON.parse(fs.readFileSync(path.join(FIXTURES, 'reference', 'tokenizer-corpus.json'), 'utf8')) as {
+    encode: { text: string; ids: number[] }[];
+  };
 
   const streamed = (ids: number[]) => {
     const d = new StreamDecoder(tokenizer);

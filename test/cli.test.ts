@@ -33,7 +33,7 @@ test('pvc chat --json answers and reports timings', async () => {
   expect(result.prefillSeconds).toBeGreaterThan(0);
 });
 
-test('pvc chat --num-beams / --length-penalty / --early-stopping / --stop give chat()\'s answer with those options', async () => {
+test("pvc chat --num-beams / --length-penalty / --early-stopping / --stop give chat()'s answer with those options", async () => {
   const argv = ['chat', '--model', dir, '--image', IMAGE, '--max-new-tokens', '6', '--backend', 'wasm', '--json'];
   const beams = ['--num-beams', '3', '--length-penalty', '0.5', '--early-stopping', 'never'];
   expect(await main([...argv, ...beams, 'What is in the image?'])).toBe(0);
@@ -57,12 +57,33 @@ test('pvc chat --num-beams / --length-penalty / --early-stopping / --stop give c
   expect(output.stderr()).toMatch(/--early-stopping expects true, false or never, not maybe/);
 });
 
-test('pvc inspect writes taps, a summary and a heatmap of the image\'s size', async () => {
-  expect(await main(['inspect', '--model', dir, '--image', IMAGE, '--taps', 'vision.layers.{1..2}.out', 'llm.logits', '--out', out,
-    '--heatmap', '--logit-lens', '--max-new-tokens', '3', '--backend', 'wasm', 'What is in the image?'])).toBe(0);
+test("pvc inspect writes taps, a summary and a heatmap of the image's size", async () => {
+  expect(
+    await main([
+      'inspect',
+      '--model',
+      dir,
+      '--image',
+      IMAGE,
+      '--taps',
+      'vision.layers.{1..2}.out',
+      'llm.logits',
+      '--out',
+      out,
+      '--heatmap',
+      '--logit-lens',
+      '--max-new-tokens',
+      '3',
+      '--backend',
+      'wasm',
+      'What is in the image?',
+    ]),
+  ).toBe(0);
   expect(fs.readdirSync(out).sort()).toEqual(['heatmap.png', 'logit-lens.json', 'summary.txt', 'taps.safetensors']);
   const taps = SafetensorsFile.open(path.join(out, 'taps.safetensors'));
-  expect(taps.names).toEqual(expect.arrayContaining(['vision.layers.1.out', 'vision.layers.2.out', 'llm.logits', 'step0.llm.logits', 'llm.layers.0.attn.probs']));
+  expect(taps.names).toEqual(
+    expect.arrayContaining(['vision.layers.1.out', 'vision.layers.2.out', 'llm.logits', 'step0.llm.logits', 'llm.layers.0.attn.probs']),
+  );
   taps.close();
   expect(fs.readFileSync(path.join(out, 'summary.txt'), 'utf8')).toMatch(/^name\s+shape\s+mean\s+std\s+min\s+max/);
   const meta = await sharp(path.join(out, 'heatmap.png')).metadata();
@@ -71,7 +92,9 @@ test('pvc inspect writes taps, a summary and a heatmap of the image\'s size', as
 
 test('pvc inspect --html writes one self-contained report with the taps it needs', async () => {
   const file = path.join(out, 'report.html');
-  expect(await main(['inspect', '--model', dir, '--image', IMAGE, '--html', file, '--max-new-tokens', '2', '--backend', 'wasm', 'What is in the image?'])).toBe(0);
+  expect(await main(['inspect', '--model', dir, '--image', IMAGE, '--html', file, '--max-new-tokens', '2', '--backend', 'wasm', 'What is in the image?'])).toBe(
+    0,
+  );
   expect(output.stdout()).toContain(`report: ${file} (`);
   const data = JSON.parse(/<script type="application\/json" id="report-data">([\s\S]*?)<\/script>/.exec(fs.readFileSync(file, 'utf8'))![1]);
   expect(data.title).toBe('<image>\nWhat is in the image?');
@@ -89,7 +112,7 @@ test('usage errors exit 2 and say what is wrong', async () => {
   expect(output.stderr()).toMatch(/unknown command 'frobnicate'/);
 });
 
-test('--max-pixels: Pillow\'s decompression-bomb limit, a warning above it and an error above twice it', async () => {
+test("--max-pixels: Pillow's decompression-bomb limit, a warning above it and an error above twice it", async () => {
   expect(await main(['chat', '--model', dir, '--image', IMAGE, '--max-pixels', '300000', '--backend', 'wasm', 'q'])).toBe(1);
   expect(output.stderr()).toMatch(/odd-1000x747-max6\.jpg: image size 1000x747 \(747000 pixels\) exceeds the limit of 600000 pixels .*--max-pixels/);
   expect(await main(['chat', '--model', dir, '--image', IMAGE, '--max-pixels', '700000', '--max-new-tokens', '1', '--backend', 'wasm', '--json', 'q'])).toBe(0);
@@ -97,7 +120,9 @@ test('--max-pixels: Pillow\'s decompression-bomb limit, a warning above it and a
 });
 
 test('flags that would be ignored are said so: sampling options without --sample warn, --frames with an image and a still image as --video are errors', async () => {
-  expect(await main(['chat', '--model', dir, '--image', IMAGE, '--temperature', '0.7', '--top-k', '5', '--max-new-tokens', '1', '--backend', 'wasm', '--json', 'q'])).toBe(0);
+  expect(
+    await main(['chat', '--model', dir, '--image', IMAGE, '--temperature', '0.7', '--top-k', '5', '--max-new-tokens', '1', '--backend', 'wasm', '--json', 'q']),
+  ).toBe(0);
   expect(output.stderr()).toMatch(/pvc chat: --temperature, --top-k only apply with --sample; decoding greedily/);
   expect(await main(['chat', '--model', dir, '--image', IMAGE, '--frames', '8', 'q'])).toBe(2);
   expect(output.stderr()).toMatch(/--frames applies to --video/);

@@ -18,7 +18,12 @@ afterEach(() => {
 });
 
 function filesOf(dir: string): Map<string, Buffer> {
-  return new Map(fs.readdirSync(dir).sort().map((f) => [f, fs.readFileSync(path.join(dir, f))]));
+  return new Map(
+    fs
+      .readdirSync(dir)
+      .sort()
+      .map((f) => [f, fs.readFileSync(path.join(dir, f))]),
+  );
 }
 
 interface RawTensor {
@@ -28,11 +33,7 @@ interface RawTensor {
 }
 
 /** Copies a fixture checkpoint into `dest`, letting `edit` change its tensors and config; writes 2 shards + index. */
-function editedCheckpoint(
-  name: string,
-  dest: string,
-  edit: (tensors: Map<string, RawTensor>, config: Record<string, unknown>) => void,
-): string {
+function editedCheckpoint(name: string, dest: string, edit: (tensors: Map<string, RawTensor>, config: Record<string, unknown>) => void): string {
   const src = checkpointDir(name);
   fs.mkdirSync(dest, { recursive: true });
   for (const f of fs.readdirSync(src)) {
@@ -50,7 +51,10 @@ function editedCheckpoint(
   const weightMap: Record<string, string> = {};
   [names.slice(0, half), names.slice(half)].forEach((group, i) => {
     const file = `model-0000${i + 1}-of-00002.safetensors`;
-    writeSafetensors(path.join(dest, file), group.map((n) => ({ name: n, ...tensors.get(n)! })));
+    writeSafetensors(
+      path.join(dest, file),
+      group.map((n) => ({ name: n, ...tensors.get(n)! })),
+    );
     group.forEach((n) => (weightMap[n] = file));
   });
   fs.writeFileSync(path.join(dest, 'model.safetensors.index.json'), JSON.stringify({ metadata: {}, weight_map: weightMap }));
@@ -116,13 +120,21 @@ describe.each(['tiny-internvl2', 'tiny-internvit-rms'])('converting %s', (name) 
           for (let o = 0; o < C; o++) for (let j = 0; j < per; j++) expected[j * C + o] = data[o * per + j];
         }
         const actual = dst.readFloat32(rule.out[0].name);
-        expect({ name: rule.out[0].name, same: Buffer.from(actual.buffer, actual.byteOffset, actual.byteLength).equals(Buffer.from(expected.buffer)) }).toEqual({ name: rule.out[0].name, same: true });
+        expect({ name: rule.out[0].name, same: Buffer.from(actual.buffer, actual.byteOffset, actual.byteLength).equals(Buffer.from(expected.buffer)) }).toEqual(
+          { name: rule.out[0].name, same: true },
+        );
       }
       // Spot checks of the layout, written independently of the transform code.
       const C = config.vision.hidden_size;
       const qkv = src.readFloat32('vision_model.encoder.layers.0.attn.qkv.weight'); // [3C, C]
       const qkvT = dst.readFloat32('vision.layers.0.attn.qkv.weight'); // [C, 3C]
-      for (const [o, i] of [[0, 0], [5, 3], [3 * C - 1, C - 1], [C + 2, 7]]) expect(qkvT[i * 3 * C + o]).toBe(qkv[o * C + i]);
+      for (const [o, i] of [
+        [0, 0],
+        [5, 3],
+        [3 * C - 1, C - 1],
+        [C + 2, 7],
+      ])
+        expect(qkvT[i * 3 * C + o]).toBe(qkv[o * C + i]);
       const p = config.vision.patch_size;
       const conv = src.readFloat32('vision_model.embeddings.patch_embedding.weight'); // [C, 3, p, p]
       const flat = dst.readFloat32('vision.embeddings.patch.weight'); // [3*p*p, C]
@@ -194,7 +206,9 @@ test('float16 storage holds the float32 values rounded to half precision', () =>
 test('the normalized config spells out every field, with derived values', () => {
   const out = path.join(tmp, 'out');
   convertCheckpoint(checkpointDir('tiny-internvl2'), out);
-  const hf = readJson<{ vision_config: Record<string, number>; llm_config: Record<string, unknown> }>(path.join(checkpointDir('tiny-internvl2'), 'config.json'));
+  const hf = readJson<{ vision_config: Record<string, number>; llm_config: Record<string, unknown> }>(
+    path.join(checkpointDir('tiny-internvl2'), 'config.json'),
+  );
   const c = loadConfig(out);
   expect(c.model_type).toBe('internvl_chat');
   expect(c.num_image_token).toBe((hf.vision_config.image_size / hf.vision_config.patch_size / 2) ** 2);
@@ -208,7 +222,14 @@ test('the normalized config spells out every field, with derived values', () => 
 describe('a PVC checkpoint', () => {
   function pvcCheckpoint(dest: string, temporalLayers: number[], misname = false): string {
     return editedCheckpoint('tiny-internvl2', dest, (tensors, config) => {
-      Object.assign(config, { model_type: 'pvc_internvl', use_temporal: true, image_repeat_time: 4, video_repeat_time: 1, tile_repeat_way: null, mlp_add_ops: null });
+      Object.assign(config, {
+        model_type: 'pvc_internvl',
+        use_temporal: true,
+        image_repeat_time: 4,
+        video_repeat_time: 1,
+        tile_repeat_way: null,
+        mlp_add_ops: null,
+      });
       const C = (config.vision_config as { hidden_size: number }).hidden_size;
       const layers = (config.vision_config as { num_hidden_layers: number }).num_hidden_layers;
       let seed = 1;
@@ -239,7 +260,14 @@ describe('a PVC checkpoint', () => {
     const out = path.join(tmp, 'out');
     convertCheckpoint(src, out);
     const c = loadConfig(out);
-    expect(c.pvc).toEqual({ use_temporal: true, image_repeat_time: 4, video_repeat_time: 1, adaln_layers: [0, 1, 2], temporal_layers: [1, 2], time_embed_freq_dim: 256 });
+    expect(c.pvc).toEqual({
+      use_temporal: true,
+      image_repeat_time: 4,
+      video_repeat_time: 1,
+      adaln_layers: [0, 1, 2],
+      temporal_layers: [1, 2],
+      time_embed_freq_dim: 256,
+    });
     const dst = openWeights(out).weights;
     try {
       expect(dst.info('vision.time_embedder.fc1.weight').shape).toEqual([256, c.vision.hidden_size]);
@@ -254,7 +282,9 @@ describe('a PVC checkpoint', () => {
   test('whose temporal tensors do not match the name table is refused, naming them', () => {
     const src = pvcCheckpoint(path.join(tmp, 'hf'), [2], true);
     const out = path.join(tmp, 'out');
-    expect(() => convertCheckpoint(src, out)).toThrow(/missing: vision_model\.encoder\.layers\.2\.temporal_attn\.proj\.weight \(expected shape \[64,64\]\)[\s\S]*unknown: vision_model\.encoder\.layers\.2\.temporal_attn\.out_proj\.weight BF16 \[64,64\]/);
+    expect(() => convertCheckpoint(src, out)).toThrow(
+      /missing: vision_model\.encoder\.layers\.2\.temporal_attn\.proj\.weight \(expected shape \[64,64\]\)[\s\S]*unknown: vision_model\.encoder\.layers\.2\.temporal_attn\.out_proj\.weight BF16 \[64,64\]/,
+    );
     expect(fs.existsSync(out)).toBe(false);
   });
 
@@ -271,34 +301,68 @@ describe('a PVC checkpoint', () => {
 
 describe('bad checkpoints fail with a message naming the problem and leave no output', () => {
   const cases: [string, (dir: string) => string, RegExp][] = [
-    ['missing shard', (d) => {
-      const dir = editedCheckpoint('tiny-internvl2', d, () => {});
-      fs.rmSync(path.join(dir, 'model-00002-of-00002.safetensors'));
-      return dir;
-    }, /names shard 'model-00002-of-00002\.safetensors', which does not exist/],
-    ['truncated shard', (d) => {
-      const dir = editedCheckpoint('tiny-internvl2', d, () => {});
-      const f = path.join(dir, 'model-00001-of-00002.safetensors');
-      fs.truncateSync(f, fs.statSync(f).size - 100);
-      return dir;
-    }, /model-00001-of-00002\.safetensors: tensor '.*': data_offsets \[\d+, \d+\] run past the end of the data region/],
-    ['tensor missing', (d) => editedCheckpoint('tiny-internvl2', d, (t) => t.delete('vision_model.encoder.layers.1.ls2')),
-      /missing: vision_model\.encoder\.layers\.1\.ls2 \(expected shape \[64\]\)/],
-    ['unknown extra tensor', (d) => editedCheckpoint('tiny-internvl2', d, (t) => t.set('vision_model.encoder.layers.0.attn.extra', randomBf16([4], 3))),
-      /unknown: vision_model\.encoder\.layers\.0\.attn\.extra BF16 \[4\]/],
-    ['shape that contradicts config.json', (d) => editedCheckpoint('tiny-internvl2', d, (_t, c) => {
-      (c.llm_config as Record<string, number>).intermediate_size = 300;
-    }), /mismatch: language_model\.model\.layers\.0\.feed_forward\.w1\.weight: shape \[256,128\] but config\.json implies \[300,128\]/],
-    ['unsupported dtype', (d) => editedCheckpoint('tiny-internvl2', d, (t) => {
-      const ls = t.get('vision_model.encoder.layers.0.ls1')!;
-      t.set('vision_model.encoder.layers.0.ls1', { dtype: 'I32', shape: ls.shape, data: Buffer.alloc(ls.shape[0] * 4) });
-    }), /mismatch: vision_model\.encoder\.layers\.0\.ls1: dtype I32 is not supported/],
-    ['unknown model_type', (d) => editedCheckpoint('tiny-internvl2', d, (_t, c) => {
-      c.model_type = 'llava';
-    }), /model_type = "llava" is not supported/],
-    ['unsupported vision norm', (d) => editedCheckpoint('tiny-internvl2', d, (_t, c) => {
-      (c.vision_config as Record<string, string>).norm_type = 'batch_norm';
-    }), /vision_config\.norm_type = "batch_norm" is not supported/],
+    [
+      'missing shard',
+      (d) => {
+        const dir = editedCheckpoint('tiny-internvl2', d, () => {});
+        fs.rmSync(path.join(dir, 'model-00002-of-00002.safetensors'));
+        return dir;
+      },
+      /names shard 'model-00002-of-00002\.safetensors', which does not exist/,
+    ],
+    [
+      'truncated shard',
+      (d) => {
+        const dir = editedCheckpoint('tiny-internvl2', d, () => {});
+        const f = path.join(dir, 'model-00001-of-00002.safetensors');
+        fs.truncateSync(f, fs.statSync(f).size - 100);
+        return dir;
+      },
+      /model-00001-of-00002\.safetensors: tensor '.*': data_offsets \[\d+, \d+\] run past the end of the data region/,
+    ],
+    [
+      'tensor missing',
+      (d) => editedCheckpoint('tiny-internvl2', d, (t) => t.delete('vision_model.encoder.layers.1.ls2')),
+      /missing: vision_model\.encoder\.layers\.1\.ls2 \(expected shape \[64\]\)/,
+    ],
+    [
+      'unknown extra tensor',
+      (d) => editedCheckpoint('tiny-internvl2', d, (t) => t.set('vision_model.encoder.layers.0.attn.extra', randomBf16([4], 3))),
+      /unknown: vision_model\.encoder\.layers\.0\.attn\.extra BF16 \[4\]/,
+    ],
+    [
+      'shape that contradicts config.json',
+      (d) =>
+        editedCheckpoint('tiny-internvl2', d, (_t, c) => {
+          (c.llm_config as Record<string, number>).intermediate_size = 300;
+        }),
+      /mismatch: language_model\.model\.layers\.0\.feed_forward\.w1\.weight: shape \[256,128\] but config\.json implies \[300,128\]/,
+    ],
+    [
+      'unsupported dtype',
+      (d) =>
+        editedCheckpoint('tiny-internvl2', d, (t) => {
+          const ls = t.get('vision_model.encoder.layers.0.ls1')!;
+          t.set('vision_model.encoder.layers.0.ls1', { dtype: 'I32', shape: ls.shape, data: Buffer.alloc(ls.shape[0] * 4) });
+        }),
+      /mismatch: vision_model\.encoder\.layers\.0\.ls1: dtype I32 is not supported/,
+    ],
+    [
+      'unknown model_type',
+      (d) =>
+        editedCheckpoint('tiny-internvl2', d, (_t, c) => {
+          c.model_type = 'llava';
+        }),
+      /model_type = "llava" is not supported/,
+    ],
+    [
+      'unsupported vision norm',
+      (d) =>
+        editedCheckpoint('tiny-internvl2', d, (_t, c) => {
+          (c.vision_config as Record<string, string>).norm_type = 'batch_norm';
+        }),
+      /vision_config\.norm_type = "batch_norm" is not supported/,
+    ],
   ];
 
   test.each(cases)('%s', (_what, make, message) => {
@@ -325,7 +389,10 @@ describe('the pvc-convert command', () => {
     expect(output.stdout()).toMatch(/tensors: 69 known, 0 unknown, 0 missing, 0 mismatched/);
     expect(output.stdout()).toMatch(/bytes by dtype: BF16 1\.4 MiB/);
     // Every tensor is listed, as the README says.
-    const listed = output.stdout().split('\n').filter((l) => /^ {2}known: /.test(l));
+    const listed = output
+      .stdout()
+      .split('\n')
+      .filter((l) => /^ {2}known: /.test(l));
     expect(listed).toHaveLength(69);
     expect(output.stdout()).toMatch(/ {2}known: vision_model\.embeddings\.patch_embedding\.weight BF16 \[\d+,3,14,14\]/);
   });

@@ -11,7 +11,7 @@ import { captureOutput, convertFixture, readJson } from './helpers';
 
 const output = captureOutput();
 
-test('the self-check model is the tiny fixture\'s config and tensor shapes, as pvc-convert makes them', () => {
+test("the self-check model is the tiny fixture's config and tensor shapes, as pvc-convert makes them", () => {
   const dir = convertFixture('tiny-internvl2');
   try {
     expect(doctorModel.config).toEqual(readJson(path.join(dir, 'config.json')));

@@ -18,12 +18,24 @@ interface HFConfig {
   ps_version: string;
   template: string;
   vision_config: {
-    hidden_size: number; intermediate_size: number; num_attention_heads: number; num_hidden_layers: number;
-    image_size: number; patch_size: number; norm_type: string; qkv_bias: boolean; qk_normalization: boolean;
+    hidden_size: number;
+    intermediate_size: number;
+    num_attention_heads: number;
+    num_hidden_layers: number;
+    image_size: number;
+    patch_size: number;
+    norm_type: string;
+    qkv_bias: boolean;
+    qk_normalization: boolean;
   };
   llm_config: {
-    vocab_size: number; hidden_size: number; intermediate_size: number; num_hidden_layers: number;
-    num_attention_heads: number; num_key_value_heads: number; architectures: string[];
+    vocab_size: number;
+    hidden_size: number;
+    intermediate_size: number;
+    num_hidden_layers: number;
+    num_attention_heads: number;
+    num_key_value_heads: number;
+    architectures: string[];
   };
 }
 
@@ -95,8 +107,15 @@ describe.each(FIXTURE_NAMES)('fixture %s', (name) => {
   const config = readJson<HFConfig>(path.join(dir, 'config.json'));
 
   test('checkpoint directory has the files of a real InternVL2 checkpoint', () => {
-    for (const f of ['config.json', 'generation_config.json', 'model.safetensors.index.json', 'tokenizer.model',
-      'tokenizer_config.json', 'special_tokens_map.json', 'added_tokens.json']) {
+    for (const f of [
+      'config.json',
+      'generation_config.json',
+      'model.safetensors.index.json',
+      'tokenizer.model',
+      'tokenizer_config.json',
+      'special_tokens_map.json',
+      'added_tokens.json',
+    ]) {
       expect(fs.existsSync(path.join(dir, f))).toBe(true);
     }
     expect(config.model_type).toBe('internvl_chat');
@@ -119,7 +138,7 @@ describe.each(FIXTURE_NAMES)('fixture %s', (name) => {
     }
   });
 
-  test('tokenizer files: six InternLM2 specials at the end of the sentencepiece vocab, then InternVL\'s nine', () => {
+  test("tokenizer files: six InternLM2 specials at the end of the sentencepiece vocab, then InternVL's nine", () => {
     const tc = readJson<{ added_tokens_decoder: Record<string, { content: string; special: boolean }> }>(path.join(dir, 'tokenizer_config.json'));
     const added = readJson<Record<string, number>>(path.join(dir, 'added_tokens.json'));
     const vocab = config.llm_config.vocab_size;
@@ -168,7 +187,12 @@ describe.each(FIXTURE_NAMES)('fixture %s', (name) => {
       const tokens = tensors.info('vision.embeddings').shape[1];
       for (let tile = 0; tile < tensors.info('vision.embeddings').shape[0]; tile++) {
         const row = emb.subarray(tile * tokens * C, tile * tokens * C + C);
-        expect(maxAbsDiff(row, cls.map((x, j) => x + pos[j]))).toBeLessThan(1e-6);
+        expect(
+          maxAbsDiff(
+            row,
+            cls.map((x, j) => x + pos[j]),
+          ),
+        ).toBeLessThan(1e-6);
       }
     } finally {
       ckpt.close();

@@ -35,7 +35,9 @@ describe('generation options', () => {
     const c = resolveGenerationConfig({ num_beams: 5, length_penalty: 0.5, early_stopping: 'never', num_return_sequences: 3 }, base);
     expect(c).toMatchObject({ numBeams: 5, lengthPenalty: 0.5, earlyStopping: 'never', numReturnSequences: 3, doSample: false });
     expect(resolveGenerationConfig({}, base)).toMatchObject({ numBeams: 1, lengthPenalty: 1, earlyStopping: false, numReturnSequences: 1, stop: [] });
-    expect(() => resolveGenerationConfig({ numBeams: 3, numReturnSequences: 4 }, base)).toThrow(/numReturnSequences = 4: expected an integer from 1 to numBeams \(3\)/);
+    expect(() => resolveGenerationConfig({ numBeams: 3, numReturnSequences: 4 }, base)).toThrow(
+      /numReturnSequences = 4: expected an integer from 1 to numBeams \(3\)/,
+    );
     expect(() => resolveGenerationConfig({ numReturnSequences: 2 }, base)).toThrow(/numReturnSequences = 2/);
     expect(() => resolveGenerationConfig({ numBeams: 0 }, base)).toThrow(/numBeams = 0: expected an integer from 1 to 64/);
     expect(() => resolveGenerationConfig({ numBeams: 2, doSample: true }, base)).toThrow(/doSample = true: expected false with numBeams > 1/);
@@ -80,7 +82,13 @@ describe('logits processors', () => {
 
   test('top_p keeps the smallest head of the distribution reaching p (at least one token)', () => {
     const probs = [0.5, 0.3, 0.15, 0.05];
-    const cases: [number, number[]][] = [[0.75, [0, 1]], [0.9, [0, 1, 2]], [0.4, [0]], [0.01, [0]], [1.0, [0, 1, 2, 3]]];
+    const cases: [number, number[]][] = [
+      [0.75, [0, 1]],
+      [0.9, [0, 1, 2]],
+      [0.4, [0]],
+      [0.01, [0]],
+      [1.0, [0, 1, 2, 3]],
+    ];
     for (const [p, expected] of cases) {
       const l = logitsOf(probs);
       applyTopP(l, p);
@@ -92,7 +100,10 @@ describe('logits processors', () => {
     // Four equal logits: probabilities exactly 0.25, cumulative 0.25, 0.5, 0.75, 1 (exact in binary).
     // transformers' TopPLogitsWarper removes cumulative <= 1 - top_p: 2 tokens removed for top_p 0.5,
     // 1 for top_p 0.75. Removing only cumulative < 1 - top_p would keep one more in each case.
-    for (const [p, keptCount] of [[0.5, 2], [0.75, 3]] as const) {
+    for (const [p, keptCount] of [
+      [0.5, 2],
+      [0.75, 3],
+    ] as const) {
       const l = new Float32Array(4);
       applyTopP(l, p);
       expect({ p, kept: kept(l).length }).toEqual({ p, kept: keptCount });

@@ -13,7 +13,6 @@ import { loadImage } from '../src/preprocess/image';
 import { SafetensorsFile } from '../src/io/safetensors';
 import { convertFixture, FIXTURES, loadReference, PARITY_TOLERANCE, ReferenceDoc, relativeMaxError } from './helpers';
 
-
 describe('tiny-internvl2', () => {
   let dir: string;
   let model: PVCModel;
@@ -25,8 +24,11 @@ describe('tiny-internvl2', () => {
     dir = convertFixture('tiny-internvl2');
     model = await PVCModel.load(dir, { backend: 'wasm' });
     ({ doc, tensors: ref } = loadReference('tiny-internvl2'));
-    imageA = tf.tidy(() => tf.tensor4d(ref.readFloat32('pixel_values'), ref.info('pixel_values').shape as [number, number, number, number])
-      .slice([0, 0, 0, 0], [doc.pixel_values.image_a_tiles, -1, -1, -1]));
+    imageA = tf.tidy(() =>
+      tf
+        .tensor4d(ref.readFloat32('pixel_values'), ref.info('pixel_values').shape as [number, number, number, number])
+        .slice([0, 0, 0, 0], [doc.pixel_values.image_a_tiles, -1, -1, -1]),
+    );
   });
   afterAll(() => {
     imageA.dispose();
@@ -35,11 +37,14 @@ describe('tiny-internvl2', () => {
     fs.rmSync(path.dirname(dir), { recursive: true, force: true });
   });
 
-  test('tapped states and attention probabilities equal the oracle\'s, and disposing returns every tensor', async () => {
+  test("tapped states and attention probabilities equal the oracle's, and disposing returns every tensor", async () => {
     const before = tf.memory().numTensors;
     const single = doc.chat!.find((c) => c.name === 'single-image')!;
-    const r = await model.inspect({ pixelValues: imageA, question: single.question,
-      taps: ['vision.layers.*.attn.probs', 'vision.layers.*.out', 'projector.out', 'llm.layers.*.attn.probs', 'llm.layers.*.out'] });
+    const r = await model.inspect({
+      pixelValues: imageA,
+      question: single.question,
+      taps: ['vision.layers.*.attn.probs', 'vision.layers.*.out', 'projector.out', 'llm.layers.*.attn.probs', 'llm.layers.*.out'],
+    });
     expect(r.inputIds).toEqual(single.input_ids);
     const tiles = doc.pixel_values.image_a_tiles;
     const firstTiles = (name: string) => {
@@ -53,11 +58,13 @@ describe('tiny-internvl2', () => {
     }
     const V = model.config.vision.num_hidden_layers;
     const Ll = model.config.llm.num_hidden_layers;
-    expect(Object.keys(r.taps).sort()).toEqual([
-      ...Array.from({ length: Ll }, (_, i) => [`llm.layers.${i}.attn.probs`, `llm.layers.${i}.out`]).flat(),
-      'projector.out',
-      ...Array.from({ length: V }, (_, i) => [`vision.layers.${i}.attn.probs`, `vision.layers.${i}.out`]).flat(),
-    ].sort());
+    expect(Object.keys(r.taps).sort()).toEqual(
+      [
+        ...Array.from({ length: Ll }, (_, i) => [`llm.layers.${i}.attn.probs`, `llm.layers.${i}.out`]).flat(),
+        'projector.out',
+        ...Array.from({ length: V }, (_, i) => [`vision.layers.${i}.attn.probs`, `vision.layers.${i}.out`]).flat(),
+      ].sort(),
+    );
     expect(r.taps['llm.layers.0.attn.probs'].shape).toEqual([1, model.config.llm.num_attention_heads, single.input_ids.length, single.input_ids.length]);
     r.dispose();
     expect(tf.memory().numTensors).toBe(before);
@@ -65,7 +72,12 @@ describe('tiny-internvl2', () => {
 
   test('generation steps are captured per step', async () => {
     const before = tf.memory().numTensors;
-    const r = await model.inspect({ pixelValues: imageA, question: 'What is in the image?', taps: ['llm.layers.0.attn.probs', 'llm.logits'], generate: { maxNewTokens: 4 } });
+    const r = await model.inspect({
+      pixelValues: imageA,
+      question: 'What is in the image?',
+      taps: ['llm.layers.0.attn.probs', 'llm.logits'],
+      generate: { maxNewTokens: 4 },
+    });
     expect(r.outputIds).toHaveLength(4);
     expect(r.steps).toHaveLength(3); // the passes that read tokens 0..2 (the 4th token ends generation)
     const L = r.inputIds.length;
@@ -89,9 +101,13 @@ describe('tiny-internvl2', () => {
     expect(tf.memory().numTensors).toBe(before);
   });
 
-  test('logit lens: the last layer through the final norm and head is the model\'s prediction', async () => {
+  test("logit lens: the last layer through the final norm and head is the model's prediction", async () => {
     const r = await model.inspect({ inputIds: doc.chat!.find((c) => c.name === 'text-only')!.input_ids, taps: ['llm.layers.*.out', 'llm.logits'] });
-    const states = new Map(Object.entries(r.taps).filter(([n]) => n.endsWith('.out')).map(([n, t]) => [Number(n.split('.')[2]), t]));
+    const states = new Map(
+      Object.entries(r.taps)
+        .filter(([n]) => n.endsWith('.out'))
+        .map(([n, t]) => [Number(n.split('.')[2]), t]),
+    );
     const lens = logitLens(model.llm, model.tokenizer(), states, 3);
     expect(lens.map((l) => l.layer)).toEqual([0, 1]);
     const logits = r.taps['llm.logits'].dataSync();
@@ -100,10 +116,15 @@ describe('tiny-internvl2', () => {
     r.dispose();
   });
 
-  test('attention over the image renders as a heatmap of the image\'s size', async () => {
+  test("attention over the image renders as a heatmap of the image's size", async () => {
     const file = path.join(FIXTURES, 'images', 'odd-1000x747-max6.jpg');
     const img = await loadImage(file, { inputSize: model.config.image_size, maxNum: 12 });
-    const r = await model.inspect({ pixelValues: img.pixelValues, question: 'What is in the image?', taps: ['llm.layers.*.attn.probs'], generate: { maxNewTokens: 3 } });
+    const r = await model.inspect({
+      pixelValues: img.pixelValues,
+      question: 'What is in the image?',
+      taps: ['llm.layers.*.attn.probs'],
+      generate: { maxNewTokens: 3 },
+    });
     const probs = r.steps.flatMap((s) => Object.values(s));
     const map = imageAttentionMap(probs, r.imageTokenPositions, { grid: img.grid, tokensPerFrame: model.numImageToken, framesPerTile: 1 });
     expect(map.width).toBe(img.grid[0] * Math.sqrt(model.numImageToken));
@@ -118,7 +139,7 @@ describe('tiny-internvl2', () => {
   });
 });
 
-test('tiny-pvc: temporal attention probabilities equal the spec implementation\'s', async () => {
+test("tiny-pvc: temporal attention probabilities equal the spec implementation's", async () => {
   const dir = convertFixture('tiny-pvc');
   const model = await PVCModel.load(dir, { backend: 'wasm' });
   const { tensors: ref } = loadReference('tiny-pvc');
@@ -147,7 +168,9 @@ describe('tap names and globs', () => {
   });
 
   test('a name that matches nothing is an error listing close matches', () => {
-    expect(() => expandTaps(['vision.layer.1.out'], names)).toThrow(/tap 'vision\.layer\.1\.out' matches no tap of this model; close matches: vision\.layers\.1\.out/);
+    expect(() => expandTaps(['vision.layer.1.out'], names)).toThrow(
+      /tap 'vision\.layer\.1\.out' matches no tap of this model; close matches: vision\.layers\.1\.out/,
+    );
     expect(() => expandTaps(['llm.layers.{5..7}.out'], names)).toThrow(/matches no tap/);
   });
 });

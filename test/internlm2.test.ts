@@ -53,14 +53,14 @@ describe.each(PARITY_BACKENDS)('on %s', (backend) => {
     for (const n of names) expect({ n, ok: relativeMaxError(captured.get(n)!, ref.readFloat32(n)) <= PARITY_TOLERANCE }).toEqual({ n, ok: true });
   });
 
-  test('16 greedy tokens with the KV cache are the oracle\'s', async () => {
+  test("16 greedy tokens with the KV cache are the oracle's", async () => {
     const embeds = refTensor('llm.inputs_embeds') as tf.Tensor3D;
     const [tokens] = await generate(llm, { embeds, seenIds: [[1]] }, greedy(16));
     embeds.dispose();
     expect(tokens).toEqual(doc.greedy16);
   });
 
-  test('past max_position_embeddings the rope base follows upstream\'s dynamic NTK rule', async () => {
+  test("past max_position_embeddings the rope base follows upstream's dynamic NTK rule", async () => {
     const ntk = doc.ntk!;
     expect(ntk.input_ids.length).toBeGreaterThan(ntk.max_position_embeddings);
     // A fresh model: the NTK state is per model, as upstream's rotary modules.
@@ -145,8 +145,12 @@ describe.each(PARITY_BACKENDS)('on %s', (backend) => {
 
   test('sampling with a fixed seed is reproducible', async () => {
     const embeds = llm.embedTokens([doc.chat!.find((c) => c.name === 'text-only')!.input_ids.slice(0, 16)]);
-    const sampled = (seed: number) => generate(llm, { embeds, seenIds: [[1]] },
-      resolveGenerationConfig({ maxNewTokens: 12, doSample: true, temperature: 1.5, topK: 0, seed }, { eosTokenId: [], padTokenId: 2 }));
+    const sampled = (seed: number) =>
+      generate(
+        llm,
+        { embeds, seenIds: [[1]] },
+        resolveGenerationConfig({ maxNewTokens: 12, doSample: true, temperature: 1.5, topK: 0, seed }, { eosTokenId: [], padTokenId: 2 }),
+      );
     const a = await sampled(11);
     expect(await sampled(11)).toEqual(a);
     expect(await sampled(12)).not.toEqual(a);
@@ -161,12 +165,14 @@ describe.each(PARITY_BACKENDS)('on %s', (backend) => {
     const controller = new AbortController();
     const sampled = resolveGenerationConfig({ maxNewTokens: 50, doSample: true, seed: 3 }, { eosTokenId: [], padTokenId: 2 });
     let steps = 0;
-    await expect((async () => {
-      const { generateSteps } = await import('../src/generation/generate');
-      for await (const _ of generateSteps(llm, { embeds, seenIds: [[1]] }, sampled, { signal: controller.signal })) {
-        if (++steps === 2) controller.abort();
-      }
-    })()).rejects.toThrow(/aborted/i);
+    await expect(
+      (async () => {
+        const { generateSteps } = await import('../src/generation/generate');
+        for await (const _ of generateSteps(llm, { embeds, seenIds: [[1]] }, sampled, { signal: controller.signal })) {
+          if (++steps === 2) controller.abort();
+        }
+      })(),
+    ).rejects.toThrow(/aborted/i);
     expect(steps).toBe(2);
     expect(tf.memory().numTensors).toBe(before);
     embeds.dispose();

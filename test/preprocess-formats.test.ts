@@ -15,7 +15,14 @@ import { FIXTURES } from './helpers';
 
 const REF_DIR = path.join(FIXTURES, 'reference', 'preprocess');
 interface FormatRecord {
-  file: string; format: string; mode: string; size: [number, number]; max_num: number; num_tiles: number; rgb_sha256: string; tile_sha256: string[];
+  file: string;
+  format: string;
+  mode: string;
+  size: [number, number];
+  max_num: number;
+  num_tiles: number;
+  rgb_sha256: string;
+  tile_sha256: string[];
   /** Pillow on the file cut to N bytes: 'error: ...' or the sha256 of its RGB. */
   truncated: Record<string, string>;
 }
@@ -31,14 +38,61 @@ beforeAll(() => initBackend({ backend: 'wasm', log: null }));
 
 test('the fixtures cover each format and variant the issue names', () => {
   const modes = new Set(ref.formats.map((r) => `${r.format} ${r.mode}`));
-  for (const want of ['JPEG CMYK', 'JPEG RGB', 'JPEG L', 'PNG RGB', 'PNG RGBA', 'PNG I;16', 'PNG LA', 'PNG P', 'PNG 1', 'GIF P', 'WEBP RGB',
-    'WEBP RGBA', 'BMP RGB', 'BMP P', 'BMP L', 'BMP 1', 'TIFF RGB', 'TIFF CMYK', 'TIFF P', 'TIFF RGBA', 'PPM RGB', 'PPM L']) expect(modes).toContain(want);
+  for (const want of [
+    'JPEG CMYK',
+    'JPEG RGB',
+    'JPEG L',
+    'PNG RGB',
+    'PNG RGBA',
+    'PNG I;16',
+    'PNG LA',
+    'PNG P',
+    'PNG 1',
+    'GIF P',
+    'WEBP RGB',
+    'WEBP RGBA',
+    'BMP RGB',
+    'BMP P',
+    'BMP L',
+    'BMP 1',
+    'TIFF RGB',
+    'TIFF CMYK',
+    'TIFF P',
+    'TIFF RGBA',
+    'PPM RGB',
+    'PPM L',
+  ])
+    expect(modes).toContain(want);
   const files = ref.formats.map((r) => r.file);
-  for (const want of ['jpeg-cmyk-adobe.jpg', 'jpeg-cmyk-no-adobe.jpg', 'jpeg-ycck.jpg', 'png-rgb16.png', 'png-gray16.png', 'png-palette-trns.png',
-    'gif-offset-transparent.gif', 'bmp-rle8.bmp', 'bmp-rle4.bmp', 'bmp-16-565.bmp', 'bmp-8-os2.bmp', 'tiff-multipage.tif',
-    'jpeg-p3-icc.jpg', 'png-p3-icc.png', 'png-gray16-trns.png', 'png-apng.png', 'webp-animated.webp', 'tiff-gray16.tif',
-    'gif-no-palette.gif', 'gif-ramp-palette.gif', 'bmp-8-bw-palette.bmp', 'bmp-rle8-bw-palette.bmp', 'png-gama-sbit.png', 'bmp-32-v5-bitfields.bmp', 'tiff-int32.tif',
-    'tiff-float32.tif']) expect(files).toContain(want);
+  for (const want of [
+    'jpeg-cmyk-adobe.jpg',
+    'jpeg-cmyk-no-adobe.jpg',
+    'jpeg-ycck.jpg',
+    'png-rgb16.png',
+    'png-gray16.png',
+    'png-palette-trns.png',
+    'gif-offset-transparent.gif',
+    'bmp-rle8.bmp',
+    'bmp-rle4.bmp',
+    'bmp-16-565.bmp',
+    'bmp-8-os2.bmp',
+    'tiff-multipage.tif',
+    'jpeg-p3-icc.jpg',
+    'png-p3-icc.png',
+    'png-gray16-trns.png',
+    'png-apng.png',
+    'webp-animated.webp',
+    'tiff-gray16.tif',
+    'gif-no-palette.gif',
+    'gif-ramp-palette.gif',
+    'bmp-8-bw-palette.bmp',
+    'bmp-rle8-bw-palette.bmp',
+    'png-gama-sbit.png',
+    'bmp-32-v5-bitfields.bmp',
+    'tiff-int32.tif',
+    'tiff-float32.tif',
+  ])
+    expect(files).toContain(want);
 });
 
 /** Files Pillow opens that are refused here, rather than decoded with different values, and why. */
@@ -51,7 +105,7 @@ test.each(Object.entries(REFUSED))('refused by name: %s', async (file, message) 
   await expect(decodeRGB(path.join(FORMATS_DIR, file))).rejects.toThrow(message);
 });
 
-describe('decoded RGB and tiles identical to Pillow 13\'s', () => {
+describe("decoded RGB and tiles identical to Pillow 13's", () => {
   test.each(decoded.map((r) => [r.file, r] as const))('%s', async (_name, r) => {
     const file = path.join(FORMATS_DIR, r.file);
     const fromPath = await decodeRGB(file);
@@ -106,7 +160,7 @@ test('a path is read only as far as its header needs for the check, however far 
   }
 });
 
-test('files cut short: an error where Pillow raises one, Pillow\'s pixels where it decodes them', async () => {
+test("files cut short: an error where Pillow raises one, Pillow's pixels where it decodes them", async () => {
   const mismatches: string[] = [];
   for (const r of decoded) {
     const b = fs.readFileSync(path.join(FORMATS_DIR, r.file));
@@ -118,7 +172,8 @@ test('files cut short: an error where Pillow raises one, Pillow\'s pixels where 
         expect((e as Error).message).toMatch(/^<Buffer of \d+ bytes>: cannot decode the image/);
         got = 'error';
       }
-      if (got !== (want.startsWith('error') ? 'error' : want)) mismatches.push(`${r.file} cut to ${n} of ${b.length} bytes: Pillow ${want.slice(0, 24)}, here ${got.slice(0, 24)}`);
+      if (got !== (want.startsWith('error') ? 'error' : want))
+        mismatches.push(`${r.file} cut to ${n} of ${b.length} bytes: Pillow ${want.slice(0, 24)}, here ${got.slice(0, 24)}`);
     }
   }
   expect(mismatches).toEqual([]);
@@ -127,7 +182,7 @@ test('files cut short: an error where Pillow raises one, Pillow\'s pixels where 
 test('corrupt files (truncated, bytes changed) give an error naming the input, never a hang or a crash', async () => {
   // Seeded: every fixture cut at 5 points and with 8 random bytes changed, 4 times over.
   let seed = 12345;
-  const rand = () => ((seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32);
+  const rand = () => (seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32;
   let failures = 0;
   for (const r of ref.formats) {
     const b = fs.readFileSync(path.join(FORMATS_DIR, r.file));
@@ -156,7 +211,7 @@ test('formats Pillow does not open, or we do not hold to it, are refused by name
   await expect(decodeRGB(Buffer.from('P3\n1 1\n255\n0 0 0\n'))).rejects.toThrow(/unsupported image format: Netpbm P3/);
 });
 
-describe('Pillow\'s decompression-bomb limits', () => {
+describe("Pillow's decompression-bomb limits", () => {
   /** A PNG that is only a header (signature, IHDR, IEND): Pillow's Image.open checks its size. */
   const pngHeader = (w: number, h: number) => {
     const chunk = (type: string, data: Buffer) => {
@@ -174,7 +229,7 @@ describe('Pillow\'s decompression-bomb limits', () => {
     return Buffer.concat([Buffer.from('\x89PNG\r\n\x1a\n', 'latin1'), chunk('IHDR', ihdr), chunk('IEND', Buffer.alloc(0))]);
   };
 
-  test('the default is Pillow\'s MAX_IMAGE_PIXELS', () => {
+  test("the default is Pillow's MAX_IMAGE_PIXELS", () => {
     expect(PILLOW_MAX_IMAGE_PIXELS).toBe(ref.decompression_bomb.max_image_pixels);
   });
 
@@ -182,16 +237,23 @@ describe('Pillow\'s decompression-bomb limits', () => {
     const warnings: string[] = [];
     const run = decodeRGB(pngHeader(c.size[0], c.size[1]), { warn: (m) => warnings.push(m) });
     if (c.outcome === 'error') {
-      await expect(run).rejects.toThrow(new RegExp(`image size ${c.size[0]}x${c.size[1]} \\(${c.pixels} pixels\\) exceeds the limit of ${2 * PILLOW_MAX_IMAGE_PIXELS} pixels.*maxPixels.*--max-pixels`));
+      await expect(run).rejects.toThrow(
+        new RegExp(
+          `image size ${c.size[0]}x${c.size[1]} \\(${c.pixels} pixels\\) exceeds the limit of ${2 * PILLOW_MAX_IMAGE_PIXELS} pixels.*maxPixels.*--max-pixels`,
+        ),
+      );
     } else {
       // Past the check, the bytes are not an image: the decoder's error shows the check let it through.
       await expect(run).rejects.toThrow(/cannot decode the image/);
     }
     expect(warnings.length).toBe(c.outcome === 'warning' ? 1 : 0);
-    if (c.outcome === 'warning') expect(warnings[0]).toMatch(new RegExp(`image size ${c.size[0]}x${c.size[1]} \\(${c.pixels} pixels\\) exceeds maxPixels = ${PILLOW_MAX_IMAGE_PIXELS}.*--max-pixels`));
+    if (c.outcome === 'warning')
+      expect(warnings[0]).toMatch(
+        new RegExp(`image size ${c.size[0]}x${c.size[1]} \\(${c.pixels} pixels\\) exceeds maxPixels = ${PILLOW_MAX_IMAGE_PIXELS}.*--max-pixels`),
+      );
   });
 
-  test('maxPixels moves both thresholds, on every format\'s header, and null lifts them', async () => {
+  test("maxPixels moves both thresholds, on every format's header, and null lifts them", async () => {
     for (const r of decoded) {
       const b = fs.readFileSync(path.join(FORMATS_DIR, r.file));
       const pixels = r.size[0] * r.size[1];
@@ -224,14 +286,18 @@ describe('Pillow\'s decompression-bomb limits', () => {
       for (let y = 0; y < 200; y++) expected.set(pngRow(y, 300).subarray(1), y * 900);
       expect(sha(img.data)).toBe(sha(expected));
     }, 120000);
-    afterAll(() => { if (!process.env.KEEP18) fs.rmSync(tmp, { recursive: true, force: true }); });
+    afterAll(() => {
+      if (!process.env.KEEP18) fs.rmSync(tmp, { recursive: true, force: true });
+    });
 
     test('is refused from its header, naming its size and the option, with little memory', () => {
       // A child process of its own, so that its peak RSS is the measure. It runs plain JavaScript
       // bundled by esbuild (tsx's own compiler, always installed with it): under tsx's loader a
       // process starts some 45 MB larger, which would measure the loader rather than loadImage.
       const script = path.join(tmp, 'child.ts');
-      fs.writeFileSync(script, `
+      fs.writeFileSync(
+        script,
+        `
         import { loadImage } from ${JSON.stringify(path.resolve(__dirname, '..', 'src', 'preprocess', 'image'))};
         const peakBefore = process.resourceUsage().maxRSS;
         const t0 = process.hrtime.bigint();
@@ -239,7 +305,8 @@ describe('Pillow\'s decompression-bomb limits', () => {
           const ms = Number(process.hrtime.bigint() - t0) / 1e6;
           console.log(JSON.stringify({ ok: false, message: e.message, ms, maxRssKiB: process.resourceUsage().maxRSS, peakBeforeKiB: peakBefore }));
         });
-      `);
+      `,
+      );
       const bundle = path.join(tmp, 'child.js');
       buildSync({ entryPoints: [script], bundle: true, platform: 'node', packages: 'external', outfile: bundle, logLevel: 'error' });
       const env = { ...process.env, NODE_PATH: path.resolve(__dirname, '..', 'node_modules') };
@@ -247,12 +314,16 @@ describe('Pillow\'s decompression-bomb limits', () => {
       expect(child.stderr).not.toMatch(/Error/);
       const r = JSON.parse(child.stdout.trim().split('\n').pop()!) as { ok: boolean; message: string; ms: number; maxRssKiB: number; peakBeforeKiB: number };
       expect(r.ok).toBe(false);
-      expect(r.message).toMatch(/big-20000x20000\.png: image size 20000x20000 \(400000000 pixels\) exceeds the limit of 178956970 pixels .*maxPixels.*--max-pixels/);
+      expect(r.message).toMatch(
+        /big-20000x20000\.png: image size 20000x20000 \(400000000 pixels\) exceeds the limit of 178956970 pixels .*maxPixels.*--max-pixels/,
+      );
       expect(r.maxRssKiB / 1024).toBeLessThan(200);
       expect((r.maxRssKiB - r.peakBeforeKiB) / 1024).toBeLessThan(20); // refusing it raises the peak by next to nothing
       expect(r.ms).toBeLessThan(10000); // a generous guard only; the time is reported, not asserted
-      process.stderr.write(`20000x20000 PNG (${fs.statSync(big).size} bytes) refused in ${r.ms.toFixed(1)} ms; child peak RSS ${(r.peakBeforeKiB / 1024).toFixed(1)} MiB `
-        + `before loadImage, ${(r.maxRssKiB / 1024).toFixed(1)} MiB after\n`);
+      process.stderr.write(
+        `20000x20000 PNG (${fs.statSync(big).size} bytes) refused in ${r.ms.toFixed(1)} ms; child peak RSS ${(r.peakBeforeKiB / 1024).toFixed(1)} MiB ` +
+          `before loadImage, ${(r.maxRssKiB / 1024).toFixed(1)} MiB after\n`,
+      );
     }, 60000);
   });
 });
@@ -309,7 +380,10 @@ async function writePNG(file: string, w: number, h: number): Promise<void> {
     if (!deflate.write(pngRow(y, w))) await new Promise((res) => deflate.once('drain', res));
     if (pending.length > 64) await flushIDAT();
   }
-  await new Promise((res) => { deflate.once('end', res); deflate.end(); });
+  await new Promise((res) => {
+    deflate.once('end', res);
+    deflate.end();
+  });
   await flushIDAT();
   await write(chunk('IEND', Buffer.alloc(0)));
   await new Promise<void>((res, rej) => out.end((e?: Error | null) => (e ? rej(e) : res())));

@@ -18,7 +18,13 @@ const REF_DIR = path.join(FIXTURES, 'reference', 'preprocess');
 const ref = JSON.parse(fs.readFileSync(path.join(REF_DIR, 'reference.json'), 'utf8')) as {
   images: { file: string; asset: boolean; max_num: number; num_tiles: number; tile_sha256: string[] }[];
   candidate_orders: Record<string, [number, number][]>;
-  video: { file: string; frames: number; fps: number; settings: { num_segments: number; bound: [number, number] | null; frame_indices: number[] }[]; frames_dir: string };
+  video: {
+    file: string;
+    frames: number;
+    fps: number;
+    settings: { num_segments: number; bound: [number, number] | null; frame_indices: number[] }[];
+    frames_dir: string;
+  };
 };
 const imagePath = (r: { file: string; asset: boolean }) => (r.asset ? path.join(ASSETS, r.file) : path.join(FIXTURES, 'images', r.file));
 const sha = (data: Uint8Array) => createHash('sha256').update(data).digest('hex');
@@ -29,7 +35,7 @@ test('the shared assets are where CI puts them', () => {
   expect(fs.existsSync(path.join(ASSETS, 'example_image1.jpg'))).toBe(true);
 });
 
-test('candidate grids come in upstream\'s order (a CPython set, then a stable sort), for 117 (min, max) pairs', () => {
+test("candidate grids come in upstream's order (a CPython set, then a stable sort), for 117 (min, max) pairs", () => {
   const mismatched = Object.entries(ref.candidate_orders).filter(([k, order]) => {
     const [minNum, maxNum] = k.split('-').map(Number);
     return JSON.stringify(candidateGrids(minNum, maxNum)) !== JSON.stringify(order);
@@ -38,11 +44,24 @@ test('candidate grids come in upstream\'s order (a CPython set, then a stable so
   expect(Object.keys(ref.candidate_orders).length).toBeGreaterThanOrEqual(100);
 });
 
-describe('images: tiles identical, uint8 for uint8, to PIL\'s', () => {
+describe("images: tiles identical, uint8 for uint8, to PIL's", () => {
   test('the cases the acceptance names are covered', () => {
     const names = ref.images.map((r) => r.file);
-    for (const want of ['example_image1.jpg', 'example_image2.jpg', 'tiny-1x1.png', 'tiny-13x7.png', 'large-4000x3000.jpg', 'tall-1-12.png',
-      'wide-12-1.png', 'tie-11.5-small.png', 'tie-11.5-large.jpg', 'gray.png', 'rgba.png', 'palette.png']) expect(names).toContain(want);
+    for (const want of [
+      'example_image1.jpg',
+      'example_image2.jpg',
+      'tiny-1x1.png',
+      'tiny-13x7.png',
+      'large-4000x3000.jpg',
+      'tall-1-12.png',
+      'wide-12-1.png',
+      'tie-11.5-small.png',
+      'tie-11.5-large.jpg',
+      'gray.png',
+      'rgba.png',
+      'palette.png',
+    ])
+      expect(names).toContain(want);
     expect(new Set(ref.images.map((r) => r.max_num))).toEqual(new Set([1, 6, 12]));
     expect(ref.images.filter((r) => !r.asset).length).toBeGreaterThanOrEqual(12);
   });
@@ -55,7 +74,7 @@ describe('images: tiles identical, uint8 for uint8, to PIL\'s', () => {
   });
 });
 
-test('pixel_values after ToTensor + Normalize are upstream\'s within 1e-6', async () => {
+test("pixel_values after ToTensor + Normalize are upstream's within 1e-6", async () => {
   const st = SafetensorsFile.open(path.join(REF_DIR, 'tensors.safetensors'));
   const expected = st.readFloat32('small-13x7-max1.pixel_values');
   const shape = st.info('small-13x7-max1.pixel_values').shape;
@@ -88,16 +107,15 @@ describe('video', () => {
     expect(info.fps).toBeCloseTo(ref.video.fps, 9);
   });
 
-  test.each(ref.video.settings.map((s) => [`${s.num_segments} segments${s.bound ? `, bound ${s.bound}` : ''}`, s] as const))(
-    'get_index: %s', (_n, s) => {
-      expect(getIndex(s.bound ?? undefined, ref.video.fps, ref.video.frames - 1, s.num_segments)).toEqual(s.frame_indices);
-    });
+  test.each(ref.video.settings.map((s) => [`${s.num_segments} segments${s.bound ? `, bound ${s.bound}` : ''}`, s] as const))('get_index: %s', (_n, s) => {
+    expect(getIndex(s.bound ?? undefined, ref.video.fps, ref.video.frames - 1, s.num_segments)).toEqual(s.frame_indices);
+  });
 
   test('Python rounding: half to even', () => {
     expect([0.5, 1.5, 2.5, -0.5, -1.5, 2.4999, 2.5001].map(roundHalfEven)).toEqual([0, 2, 2, -0, -2, 2, 3]);
   });
 
-  test('decoded frames match decord\'s (at most 1 level on average)', async () => {
+  test("decoded frames match decord's (at most 1 level on average)", async () => {
     const dir = path.join(REF_DIR, ref.video.frames_dir);
     const names = fs.readdirSync(dir).sort();
     const indices = names.map((n) => Number(/frame-(\d+)\.png/.exec(n)![1]));

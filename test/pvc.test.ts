@@ -43,7 +43,7 @@ describe.each(PARITY_BACKENDS)('tiny-pvc on %s', (backend) => {
   test.each([
     ['single', 'image_a', 1, [3]],
     ['video', 'clip', 3, [1, 1, 1, 1, 1, 1]],
-  ] as const)('%s: every frame\'s ViT state per layer, the projector output, embeddings and logits match', async (prefix, input, dataFlag, numPatchesList) => {
+  ] as const)("%s: every frame's ViT state per layer, the projector output, embeddings and logits match", async (prefix, input, dataFlag, numPatchesList) => {
     const pixels = tensor(input);
     const recorder = tapRecorder();
     const visual = model.visualTokens(pixels, [{ dataFlag, firstTile: 0, tilesPerImage: [...numPatchesList] }], recorder.tap);
@@ -77,16 +77,34 @@ describe.each(PARITY_BACKENDS)('tiny-pvc on %s', (backend) => {
   });
 
   // The cpu backend runs a subset.
-  test.each(backend === 'wasm' ? ['single-image', 'multi-image', 'video'] : ['single-image', 'video'])('%s: greedy chat is the spec implementation\'s, token for token', async (name) => {
-    const c = chats.find((x) => x.name === name)!;
-    const pixels = name === 'video' ? tensor('clip') : name === 'multi-image' ? tf.concat([tensor('image_a'), tensor('image_b')]) as tf.Tensor4D : tensor('image_a');
-    const out = await model.chatIds(tokenizer, pixels, c.question, { max_new_tokens: 16, do_sample: false }, { dataFlag: c.data_flag, numPatchesList: c.num_patches_list! });
-    expect(out.prompt).toBe(c.prompt);
-    expect(out.inputIds).toEqual(c.input_ids);
-    expect(out.outputIds).toEqual(c.output_ids.slice(1));
-    expect(await model.chat(tokenizer, pixels, c.question, { max_new_tokens: 16, do_sample: false }, { dataFlag: c.data_flag, numPatchesList: c.num_patches_list! })).toBe(c.answer);
-    pixels.dispose();
-  });
+  test.each(backend === 'wasm' ? ['single-image', 'multi-image', 'video'] : ['single-image', 'video'])(
+    "%s: greedy chat is the spec implementation's, token for token",
+    async (name) => {
+      const c = chats.find((x) => x.name === name)!;
+      const pixels =
+        name === 'video' ? tensor('clip') : name === 'multi-image' ? (tf.concat([tensor('image_a'), tensor('image_b')]) as tf.Tensor4D) : tensor('image_a');
+      const out = await model.chatIds(
+        tokenizer,
+        pixels,
+        c.question,
+        { max_new_tokens: 16, do_sample: false },
+        { dataFlag: c.data_flag, numPatchesList: c.num_patches_list! },
+      );
+      expect(out.prompt).toBe(c.prompt);
+      expect(out.inputIds).toEqual(c.input_ids);
+      expect(out.outputIds).toEqual(c.output_ids.slice(1));
+      expect(
+        await model.chat(
+          tokenizer,
+          pixels,
+          c.question,
+          { max_new_tokens: 16, do_sample: false },
+          { dataFlag: c.data_flag, numPatchesList: c.num_patches_list! },
+        ),
+      ).toBe(c.answer);
+      pixels.dispose();
+    },
+  );
 
   test('IMG_CONTEXT counts: num_image_token x tiles x image_repeat_time for images, x video_repeat_time for video', () => {
     const pvc = model.config.pvc!;
@@ -96,7 +114,7 @@ describe.each(PARITY_BACKENDS)('tiny-pvc on %s', (backend) => {
   });
 });
 
-describe('PVC properties (independent of the spec\'s guesses)', () => {
+describe("PVC properties (independent of the spec's guesses)", () => {
   let dir: string;
   let config: ModelConfig;
   let weights: Weights;
@@ -121,14 +139,15 @@ describe('PVC properties (independent of the spec\'s guesses)', () => {
   });
 
   /** The ViT's output for the clip as one sequence of frames. */
-  const encodeClip = (vit: InternVisionModel, frames: tf.Tensor4D) => tf.tidy(() => {
-    const cache = new FrameCache();
-    const out = vit.forward(frames, { sequences: 1, cache });
-    cache.dispose();
-    return out;
-  });
+  const encodeClip = (vit: InternVisionModel, frames: tf.Tensor4D) =>
+    tf.tidy(() => {
+      const cache = new FrameCache();
+      const out = vit.forward(frames, { sequences: 1, cache });
+      cache.dispose();
+      return out;
+    });
 
-  test('with every new parameter zero, each frame\'s output is plain InternViT on that frame', () => {
+  test("with every new parameter zero, each frame's output is plain InternViT on that frame", () => {
     const isPVC = (n: string) => /\.adaln\.|\.temporal\.|time_embedder/.test(n);
     const zeroed = new Map<string, tf.Tensor>();
     const plainWeights = new Map<string, tf.Tensor>();
@@ -156,10 +175,16 @@ describe('PVC properties (independent of the spec\'s guesses)', () => {
     wPlain.dispose();
   });
 
-  test('causality: frame t\'s output does not change when frames after t change', () => {
+  test("causality: frame t's output does not change when frames after t change", () => {
     const T = clip.shape[0];
     const t = 2;
-    const altered = tf.tidy(() => tf.concat([clip.slice([0, 0, 0, 0], [t + 1, -1, -1, -1]), tf.randomNormal([T - t - 1, clip.shape[1], clip.shape[2], clip.shape[3]], 0, 1, 'float32', 7)]) as tf.Tensor4D);
+    const altered = tf.tidy(
+      () =>
+        tf.concat([
+          clip.slice([0, 0, 0, 0], [t + 1, -1, -1, -1]),
+          tf.randomNormal([T - t - 1, clip.shape[1], clip.shape[2], clip.shape[3]], 0, 1, 'float32', 7),
+        ]) as tf.Tensor4D,
+    );
     const a = encodeClip(model.vision, clip);
     const b = encodeClip(model.vision, altered);
     const frame = (x: tf.Tensor, i: number) => x.slice([i, 0, 0], [1, -1, -1]).dataSync();
@@ -183,7 +208,7 @@ describe('PVC properties (independent of the spec\'s guesses)', () => {
     expect(tf.memory().numTensors).toBe(before);
   });
 
-  test('extractFeature is chat\'s path: each tile as an image of image_repeat_time frames through the temporal layers', () => {
+  test("extractFeature is chat's path: each tile as an image of image_repeat_time frames through the temporal layers", () => {
     const image = clip.slice([0, 0, 0, 0], [2, -1, -1, -1]) as tf.Tensor4D;
     const features = model.extractFeature(image);
     expect(features.shape).toEqual([2, model.tokensPerTile(1), config.llm.hidden_size]);

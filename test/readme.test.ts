@@ -34,7 +34,11 @@ test('the "Using it from code" example runs as written', () => {
   const [imports, ...body] = program.split('\n\n');
   const script = `${imports}\n(async () => {\n${body.join('\n\n')}\nconsole.log('README EXAMPLE OK');\n})().catch((e) => { console.error(e); process.exit(1); });\n`;
   fs.writeFileSync(path.join(cwd, 'example.ts'), script);
-  const run = spawnSync(process.execPath, [path.join(ROOT, 'node_modules', 'tsx', 'dist', 'cli.mjs'), 'example.ts'], { cwd, encoding: 'utf8', timeout: 300_000 });
+  const run = spawnSync(process.execPath, [path.join(ROOT, 'node_modules', 'tsx', 'dist', 'cli.mjs'), 'example.ts'], {
+    cwd,
+    encoding: 'utf8',
+    timeout: 300_000,
+  });
   fs.rmSync(tmp, { recursive: true, force: true });
   fs.rmSync(path.dirname(converted), { recursive: true, force: true });
   expect({ status: run.status, stderr: run.stderr.split('\n').filter((l) => l && !l.startsWith('[pvc-tfjs] backend')) }).toEqual({ status: 0, stderr: [] });

@@ -20,7 +20,11 @@ describe.each(PARITY_BACKENDS)('on %s', (backend) => {
     dir = convertWithPositions('tiny-internvl2', 1e9);
     model = await PVCModel.load(dir, { backend });
     const { doc, tensors } = loadReference('tiny-internvl2');
-    image = tf.tidy(() => tf.tensor4d(tensors.readFloat32('pixel_values'), tensors.info('pixel_values').shape as [number, number, number, number]).slice([0, 0, 0, 0], [doc.pixel_values.image_a_tiles, -1, -1, -1]));
+    image = tf.tidy(() =>
+      tf
+        .tensor4d(tensors.readFloat32('pixel_values'), tensors.info('pixel_values').shape as [number, number, number, number])
+        .slice([0, 0, 0, 0], [doc.pixel_values.image_a_tiles, -1, -1, -1]),
+    );
     tensors.close();
     await model.chat(model.tokenizer(), image, 'Warm up.', { maxNewTokens: 2 }); // first-use costs out of the way
   });
@@ -113,7 +117,7 @@ describe('tiny-internvl2 on wasm', () => {
     expect(tf.memory().numTensors).toBe(before);
   });
 
-  test('in small passes (prefill chunks of 5 positions, 1 frame per vision pass) chat and batchChat still give upstream\'s tokens', async () => {
+  test("in small passes (prefill chunks of 5 positions, 1 frame per vision pass) chat and batchChat still give upstream's tokens", async () => {
     model.limits = { prefillChunk: 5, framesPerPass: 1 };
     try {
       for (const name of ['single-image', 'multi-image']) {
@@ -160,16 +164,25 @@ test('an 8k-token prompt on the tiny model completes on wasm (context raised to 
 });
 
 describe('tiny-pvc in small vision passes', () => {
-  test.each([1, 2, 3])('framesPerPass %i: the image and video chats are the spec implementation\'s, token for token', async (framesPerPass) => {
+  test.each([1, 2, 3])("framesPerPass %i: the image and video chats are the spec implementation's, token for token", async (framesPerPass) => {
     const dir = convertFixture('tiny-pvc');
     const model = await PVCModel.load(dir, { backend: 'wasm', limits: { framesPerPass } });
     const { doc, tensors } = loadReference('tiny-pvc');
     const chats = (doc as unknown as { chat: (ChatRecord & { data_flag: 1 | 2 | 3 })[] }).chat;
     const tensor = (n: string) => referenceTensor4d(tensors, n);
-    for (const [name, input] of [['single-image', 'image_a'], ['video', 'clip']] as const) {
+    for (const [name, input] of [
+      ['single-image', 'image_a'],
+      ['video', 'clip'],
+    ] as const) {
       const c = chats.find((x) => x.name === name)!;
       const pixelValues = tensor(input);
-      const out = await model.chatIds(model.tokenizer(), pixelValues, c.question, { max_new_tokens: 16 }, { dataFlag: c.data_flag, numPatchesList: c.num_patches_list! });
+      const out = await model.chatIds(
+        model.tokenizer(),
+        pixelValues,
+        c.question,
+        { max_new_tokens: 16 },
+        { dataFlag: c.data_flag, numPatchesList: c.num_patches_list! },
+      );
       expect({ name, ids: out.outputIds }).toEqual({ name, ids: c.output_ids.slice(1) });
       pixelValues.dispose();
     }

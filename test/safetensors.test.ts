@@ -3,15 +3,7 @@ import * as os from 'os';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
 import { initBackend } from '../src/backend';
-import {
-  bf16ToF32,
-  f16ToF32,
-  f32ToF16,
-  SafetensorsCheckpoint,
-  SafetensorsFile,
-  SafetensorsWriter,
-  writeSafetensors,
-} from '../src/io/safetensors';
+import { bf16ToF32, f16ToF32, f32ToF16, SafetensorsCheckpoint, SafetensorsFile, SafetensorsWriter, writeSafetensors } from '../src/io/safetensors';
 import { Weights } from '../src/io/weights';
 import { checkpointDir, FIXTURES } from './helpers';
 import { convertCheckpoint } from '../converter/convert';
@@ -38,8 +30,15 @@ function rawFile(name: string, header: unknown, data: Buffer | number = 0, heade
 describe('dtype conversion', () => {
   test('float16 bit patterns both ways', () => {
     const cases: [number, number][] = [
-      [1.0, 0x3c00], [-2.0, 0xc000], [65504, 0x7bff], [2 ** -24, 0x0001], [2 ** -14, 0x0400],
-      [0.5, 0x3800], [Infinity, 0x7c00], [-Infinity, 0xfc00], [0, 0x0000],
+      [1.0, 0x3c00],
+      [-2.0, 0xc000],
+      [65504, 0x7bff],
+      [2 ** -24, 0x0001],
+      [2 ** -14, 0x0400],
+      [0.5, 0x3800],
+      [Infinity, 0x7c00],
+      [-Infinity, 0xfc00],
+      [0, 0x0000],
     ];
     const f32 = new Float32Array(cases.map((c) => c[0]));
     expect(Array.from(f32ToF16(f32))).toEqual(cases.map((c) => c[1]));
@@ -70,11 +69,15 @@ describe('reader and writer', () => {
     const a = new Float32Array([1.5, -2.25, 3.125, 0, 7, -8]);
     const b16 = new Uint16Array([0x3f80, 0x4000, 0xbf80]);
     const h16 = f32ToF16(new Float32Array([0.5, 1.0, -65504, 2 ** -24]));
-    writeSafetensors(file, [
-      { name: 'a', dtype: 'F32', shape: [2, 3], data: a },
-      { name: 'b', dtype: 'BF16', shape: [3], data: new Uint8Array(b16.buffer) },
-      { name: 'h', dtype: 'F16', shape: [2, 2], data: new Uint8Array(h16.buffer) },
-    ], { format: 'pt' });
+    writeSafetensors(
+      file,
+      [
+        { name: 'a', dtype: 'F32', shape: [2, 3], data: a },
+        { name: 'b', dtype: 'BF16', shape: [3], data: new Uint8Array(b16.buffer) },
+        { name: 'h', dtype: 'F16', shape: [2, 2], data: new Uint8Array(h16.buffer) },
+      ],
+      { format: 'pt' },
+    );
     const headerLen = Number(fs.readFileSync(file).readBigUInt64LE(0));
     expect(headerLen % 8).toBe(0);
     const f = SafetensorsFile.open(file);
@@ -94,7 +97,10 @@ describe('reader and writer', () => {
 
   test('a streaming writer that is aborted or left incomplete leaves nothing behind', () => {
     const file = path.join(dir, 'w.safetensors');
-    const w = new SafetensorsWriter(file, [{ name: 'x', dtype: 'F32', shape: [2] }, { name: 'y', dtype: 'F32', shape: [1] }]);
+    const w = new SafetensorsWriter(file, [
+      { name: 'x', dtype: 'F32', shape: [2] },
+      { name: 'y', dtype: 'F32', shape: [1] },
+    ]);
     expect(() => w.write('y', new Uint8Array(4))).toThrow(/expected tensor 'x' next, got 'y'/);
     w.write('x', new Uint8Array(8));
     expect(() => w.close()).toThrow(/only 1 of 2 tensors were written/);
@@ -140,24 +146,44 @@ describe('malformed files are rejected with a message naming the file and the pr
   const f32 = (shape: number[], begin: number) => ({ dtype: 'F32', shape, data_offsets: [begin, begin + 4 * shape.reduce((a, b) => a * b, 1)] });
 
   test.each([
-    ['truncated data', () => rawFile('t.safetensors', { w: f32([4], 0) }, 8), /tensor 'w': data_offsets \[0, 16\] run past the end of the data region \(8 bytes\)/],
-    ['header length past the end', () => {
-      const file = path.join(dir, 'h.safetensors');
-      const b = Buffer.alloc(16);
-      b.writeBigUInt64LE(1000n);
-      fs.writeFileSync(file, b);
-      return file;
-    }, /h\.safetensors: header length 1000 runs past the end of the file \(16 bytes\)/],
-    ['file shorter than the length prefix', () => {
-      const file = path.join(dir, 's.safetensors');
-      fs.writeFileSync(file, Buffer.alloc(3));
-      return file;
-    }, /s\.safetensors: 3 bytes is too short/],
+    [
+      'truncated data',
+      () => rawFile('t.safetensors', { w: f32([4], 0) }, 8),
+      /tensor 'w': data_offsets \[0, 16\] run past the end of the data region \(8 bytes\)/,
+    ],
+    [
+      'header length past the end',
+      () => {
+        const file = path.join(dir, 'h.safetensors');
+        const b = Buffer.alloc(16);
+        b.writeBigUInt64LE(1000n);
+        fs.writeFileSync(file, b);
+        return file;
+      },
+      /h\.safetensors: header length 1000 runs past the end of the file \(16 bytes\)/,
+    ],
+    [
+      'file shorter than the length prefix',
+      () => {
+        const file = path.join(dir, 's.safetensors');
+        fs.writeFileSync(file, Buffer.alloc(3));
+        return file;
+      },
+      /s\.safetensors: 3 bytes is too short/,
+    ],
     ['invalid JSON', () => rawFile('j.safetensors', null, 0, '{"w": {"dtype": "F32",'), /j\.safetensors: header is not valid JSON/],
     ['header that is not an object', () => rawFile('a.safetensors', [1, 2]), /a\.safetensors: header must be a JSON object/],
     ['unknown dtype', () => rawFile('d.safetensors', { w: { dtype: 'F8_E9', shape: [1], data_offsets: [0, 1] } }, 1), /tensor 'w': unknown dtype "F8_E9"/],
-    ['shape/size mismatch', () => rawFile('m.safetensors', { w: { dtype: 'BF16', shape: [2, 3], data_offsets: [0, 10] } }, 10), /tensor 'w': shape \[2, 3\] of BF16 needs 12 bytes but data_offsets \[0, 10\] span 10/],
-    ['negative or reversed offsets', () => rawFile('r.safetensors', { w: { dtype: 'F32', shape: [0], data_offsets: [8, 4] } }, 8), /tensor 'w': data_offsets \[8,4\] must be \[begin, end\]/],
+    [
+      'shape/size mismatch',
+      () => rawFile('m.safetensors', { w: { dtype: 'BF16', shape: [2, 3], data_offsets: [0, 10] } }, 10),
+      /tensor 'w': shape \[2, 3\] of BF16 needs 12 bytes but data_offsets \[0, 10\] span 10/,
+    ],
+    [
+      'negative or reversed offsets',
+      () => rawFile('r.safetensors', { w: { dtype: 'F32', shape: [0], data_offsets: [8, 4] } }, 8),
+      /tensor 'w': data_offsets \[8,4\] must be \[begin, end\]/,
+    ],
     ['overlapping spans', () => rawFile('o.safetensors', { a: f32([2], 0), b: f32([2], 4) }, 12), /tensors 'a' and 'b' have overlapping data spans/],
     ['non-string metadata', () => rawFile('md.safetensors', { __metadata__: { n: 1 } }), /__metadata__ value for 'n' must be a string/],
   ])('%s', (_what, make, message) => {
@@ -217,7 +243,10 @@ describe('the weight store', () => {
     await initBackend({ backend: 'cpu', log: null });
     const out = path.join(dir, 'model');
     convertCheckpoint(checkpointDir('tiny-internvl2'), out, { shardSize: 256 << 10 });
-    const shards = fs.readdirSync(out).filter((f) => f.endsWith('.safetensors')).map((f) => path.join(out, f));
+    const shards = fs
+      .readdirSync(out)
+      .filter((f) => f.endsWith('.safetensors'))
+      .map((f) => path.join(out, f));
     expect(shards.length).toBeGreaterThan(1);
     const opened = new Map<number, string>();
     const openCount = new Map<string, number>();
@@ -233,7 +262,13 @@ describe('the weight store', () => {
       openCount.set(String(file), (openCount.get(String(file)) ?? 0) + 1);
       return fd;
     }) as typeof fs.openSync);
-    const readSpy = jest.spyOn(nodeFs, 'readSync').mockImplementation(((fd: number, buffer: NodeJS.ArrayBufferView, offset: number, length: number, position: number) => {
+    const readSpy = jest.spyOn(nodeFs, 'readSync').mockImplementation(((
+      fd: number,
+      buffer: NodeJS.ArrayBufferView,
+      offset: number,
+      length: number,
+      position: number,
+    ) => {
       const n = realRead(fd, buffer, offset, length, position);
       const file = opened.get(fd);
       if (file) reads.set(file, [...(reads.get(file) ?? []), [position, position + n]]);

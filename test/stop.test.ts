@@ -106,7 +106,9 @@ describe('stop strings on wasm', () => {
     const onToken = () => steps++;
     const timer = setTimeout(() => controller.abort(new Error('stop now')), 50);
     // Within the tiny model's context (4096 positions), far more steps than 50 ms allow.
-    const error = await model.chat(tokenizer, imageA, 'Describe the image.', { max_new_tokens: 3000, num_beams: 3 }, { signal: controller.signal, onToken }).catch((e: unknown) => e);
+    const error = await model
+      .chat(tokenizer, imageA, 'Describe the image.', { max_new_tokens: 3000, num_beams: 3 }, { signal: controller.signal, onToken })
+      .catch((e: unknown) => e);
     expect(error).toBeInstanceOf(AbortError);
     expect(((error as AbortError).cause as Error).message).toBe('stop now');
     clearTimeout(timer);
@@ -120,7 +122,13 @@ describe('stop strings on wasm', () => {
     const pixels = tf.tensor4d(ref.tensors.readFloat32('pixel_values'), ref.tensors.info('pixel_values').shape as [number, number, number, number]);
     ref.tensors.close();
     const stop = b.answers[0].slice(3, 6);
-    const answers = await model.batchChat(tokenizer, pixels, b.questions, { max_new_tokens: 16, do_sample: false, stop }, { numPatchesList: b.num_patches_list });
+    const answers = await model.batchChat(
+      tokenizer,
+      pixels,
+      b.questions,
+      { max_new_tokens: 16, do_sample: false, stop },
+      { numPatchesList: b.num_patches_list },
+    );
     pixels.dispose();
     expect(answers).toEqual(b.answers.map((a) => pythonStrip(cutAtStop(a, [stop]))));
   });

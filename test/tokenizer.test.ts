@@ -35,12 +35,12 @@ test('the corpus is the one the acceptance asks for', () => {
   expect(texts.some((t) => t.startsWith('<|im_start|>system\n') && t.endsWith('<|im_start|>assistant\n'))).toBe(true); // the template
 });
 
-test('encoding: ids equal the slow tokenizer\'s for every corpus string', () => {
+test("encoding: ids equal the slow tokenizer's for every corpus string", () => {
   const mismatches = corpus.encode.filter((r) => JSON.stringify(tok.encode(r.text)) !== JSON.stringify(r.ids));
   expect(mismatches.map((r) => r.text)).toEqual([]);
 });
 
-test('decoding with special tokens skipped gives the slow tokenizer\'s strings', () => {
+test("decoding with special tokens skipped gives the slow tokenizer's strings", () => {
   const bad = corpus.encode.filter((r) => tok.decode(r.ids, { skipSpecialTokens: true }) !== r.decoded);
   expect(bad.map((r) => r.text)).toEqual([]);
   // Arbitrary id sequences: broken byte-fallback sequences, specials in the middle.
@@ -70,7 +70,7 @@ test('byte fallback decodes as sentencepiece: valid sequences whole, one U+FFFD 
 });
 
 test('upstream clean-up of spaces before punctuation', () => {
-  expect(cleanUpTokenization('Hello , world ! Is it ? yes . I \'m sure it \'s done')).toBe("Hello, world! Is it? yes. I'm sure it's done");
+  expect(cleanUpTokenization("Hello , world ! Is it ? yes . I 'm sure it 's done")).toBe("Hello, world! Is it? yes. I'm sure it's done");
 });
 
 describe('sentencepiece model', () => {
@@ -90,8 +90,12 @@ describe('sentencepiece model', () => {
   test('models this layout cannot reproduce are refused', () => {
     const files = { config: {}, added: {} };
     expect(() => buildTokenizerJson({ ...sp, trainer: { ...sp.trainer, modelType: 1 } }, files, file)).toThrow(/model_type 1 is not BPE/);
-    expect(() => buildTokenizerJson({ ...sp, normalizer: { ...sp.normalizer, name: 'nmt_nfkc', hasCharsmap: true } }, files, file)).toThrow(/normalization 'nmt_nfkc' is not supported/);
-    expect(() => buildTokenizerJson({ ...sp, normalizer: { ...sp.normalizer, removeExtraWhitespaces: true } }, files, file)).toThrow(/remove_extra_whitespaces/);
+    expect(() => buildTokenizerJson({ ...sp, normalizer: { ...sp.normalizer, name: 'nmt_nfkc', hasCharsmap: true } }, files, file)).toThrow(
+      /normalization 'nmt_nfkc' is not supported/,
+    );
+    expect(() => buildTokenizerJson({ ...sp, normalizer: { ...sp.normalizer, removeExtraWhitespaces: true } }, files, file)).toThrow(
+      /remove_extra_whitespaces/,
+    );
     expect(() => parseSentencePieceModel(Buffer.from([0x0a, 0x05, 0x0a]), 'x.model')).toThrow(/x\.model: field of 5 bytes runs past the end/);
   });
 

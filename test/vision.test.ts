@@ -61,7 +61,9 @@ describe.each(PARITY_BACKENDS)('on %s', (backend) => {
       const pixels = refTensor('pixel_values') as tf.Tensor4D;
       const N = pixels.shape[0];
       const whole = tf.tidy(() => projector.forward(vit.forward(pixels)));
-      const single = tf.tidy(() => tf.concat(Array.from({ length: N }, (_, i) => projector.forward(vit.forward(pixels.slice([i, 0, 0, 0], [1, -1, -1, -1]) as tf.Tensor4D)))));
+      const single = tf.tidy(() =>
+        tf.concat(Array.from({ length: N }, (_, i) => projector.forward(vit.forward(pixels.slice([i, 0, 0, 0], [1, -1, -1, -1]) as tf.Tensor4D)))),
+      );
       expect(relativeMaxError(await whole.data(), await single.data())).toBeLessThan(1e-6);
       tf.dispose([pixels, whole, single]);
     });
@@ -69,10 +71,11 @@ describe.each(PARITY_BACKENDS)('on %s', (backend) => {
     test('a wrongly shaped pixelValues is an error naming the shape', () => {
       const p = config.vision.patch_size;
       expect(() => tf.tidy(() => vit.forward(tf.zeros([1, 3, p + 1, p + 1]) as tf.Tensor4D))).toThrow(
-        `pixelValues has shape [1,3,${p + 1},${p + 1}]; expected [N, 3, S, S] with S a multiple of ${p}`);
+        `pixelValues has shape [1,3,${p + 1},${p + 1}]; expected [N, 3, S, S] with S a multiple of ${p}`,
+      );
     });
 
-    test('an input smaller than the checkpoint\'s grid resizes the position embedding as upstream (bicubic)', async () => {
+    test("an input smaller than the checkpoint's grid resizes the position embedding as upstream (bicubic)", async () => {
       const pixels = refTensor('resized.pixel_values') as tf.Tensor4D;
       const recorder = tapRecorder();
       const last = await readAndDispose(tf.tidy(() => vit.forward(pixels, { tap: (n, v) => n === 'vision.embeddings' && recorder.tap(n, v) })));

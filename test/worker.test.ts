@@ -34,7 +34,7 @@ describe.each(PARITY_BACKENDS)('in a worker on %s', (backend) => {
   });
   afterAll(() => model.dispose());
 
-  test('chat and batchChat give upstream\'s tokens and answers', async () => {
+  test("chat and batchChat give upstream's tokens and answers", async () => {
     expect(model.backend).toBe(backend);
     const c = doc.chat!.find((x) => x.name === 'multi-image')!;
     const out = await model.chatIds(null, pixels, c.question, { max_new_tokens: 16 }, { numPatchesList: c.num_patches_list! });
@@ -64,11 +64,17 @@ describe.each(PARITY_BACKENDS)('in a worker on %s', (backend) => {
   });
 });
 
-test('with the model in a worker, the main thread\'s event-loop delay p99 stays under 50 ms during a chat', async () => {
+test("with the model in a worker, the main thread's event-loop delay p99 stays under 50 ms during a chat", async () => {
   const model = await WorkerModel.load(dir, { backend: 'wasm' });
   const histogram = monitorEventLoopDelay({ resolution: 5 });
   histogram.enable();
-  await model.chat(null, pixels, 'Image-1: <image>\nImage-2: <image>\nDescribe both.', { maxNewTokens: 48, minNewTokens: 48 }, { numPatchesList: [3, 1], dataFlag: 2 });
+  await model.chat(
+    null,
+    pixels,
+    'Image-1: <image>\nImage-2: <image>\nDescribe both.',
+    { maxNewTokens: 48, minNewTokens: 48 },
+    { numPatchesList: [3, 1], dataFlag: 2 },
+  );
   histogram.disable();
   await model.dispose();
   const p99 = histogram.percentile(99) / 1e6;

@@ -101,7 +101,14 @@ export interface ChatIds extends PreparedPrompt {
  * The prompt chat() builds and the token ids it generates (eos included), without decoding them.
  * Beam search (numBeams > 1): outputIds is the best sequence.
  */
-export async function chatIds(model: VisionLanguageModel, tokenizer: PVCTokenizer, pixelValues: tf.Tensor4D | null, question: string, generation: GenerationOptions = {}, options: ChatOptions = {}): Promise<ChatIds> {
+export async function chatIds(
+  model: VisionLanguageModel,
+  tokenizer: PVCTokenizer,
+  pixelValues: tf.Tensor4D | null,
+  question: string,
+  generation: GenerationOptions = {},
+  options: ChatOptions = {},
+): Promise<ChatIds> {
   const prepared = preparePrompt(model, tokenizer, pixelValues, question, options);
   const sequences: number[][] = [[]];
   let sequenceScores: number[] | undefined;
@@ -115,7 +122,14 @@ export async function chatIds(model: VisionLanguageModel, tokenizer: PVCTokenize
 }
 
 /** Upstream's chat(): the answer, and with returnHistory the history with this turn appended. */
-export async function chat(model: VisionLanguageModel, tokenizer: PVCTokenizer, pixelValues: tf.Tensor4D | null, question: string, generation: GenerationOptions = {}, options: ChatOptions = {}): Promise<string | { response: string; history: History }> {
+export async function chat(
+  model: VisionLanguageModel,
+  tokenizer: PVCTokenizer,
+  pixelValues: tf.Tensor4D | null,
+  question: string,
+  generation: GenerationOptions = {},
+  options: ChatOptions = {},
+): Promise<string | { response: string; history: History }> {
   const prepared = await chatIds(model, tokenizer, pixelValues, question, generation, options);
   const response = decodeAnswer(tokenizer, prepared.outputIds, SEPARATOR, generationConfig(tokenizer, generation).stop);
   if (!options.returnHistory) return response;
@@ -126,7 +140,14 @@ export async function chat(model: VisionLanguageModel, tokenizer: PVCTokenizer, 
  * chat() as a stream of text pieces whose concatenation is chat()'s answer. With beam search the
  * pieces come only once the search is over (no beam is final before).
  */
-export async function* streamChat(model: VisionLanguageModel, tokenizer: PVCTokenizer, pixelValues: tf.Tensor4D | null, question: string, generation: GenerationOptions = {}, options: ChatOptions = {}): AsyncGenerator<string> {
+export async function* streamChat(
+  model: VisionLanguageModel,
+  tokenizer: PVCTokenizer,
+  pixelValues: tf.Tensor4D | null,
+  question: string,
+  generation: GenerationOptions = {},
+  options: ChatOptions = {},
+): AsyncGenerator<string> {
   const prepared = preparePrompt(model, tokenizer, pixelValues, question, options);
   const decoder = new StreamDecoder(tokenizer, SEPARATOR, generationConfig(tokenizer, generation).stop);
   for await (const step of generateForRows(model, tokenizer, pixelValues, prepared.samples, [prepared.inputIds], generation, { signal: options.signal })) {
@@ -139,11 +160,19 @@ export async function* streamChat(model: VisionLanguageModel, tokenizer: PVCToke
 }
 
 /** Upstream's batch_chat(): several questions at once (left-padded), no history. */
-export async function batchChat(model: VisionLanguageModel, tokenizer: PVCTokenizer, pixelValues: tf.Tensor4D | null, questions: string[], generation: GenerationOptions = {}, options: BatchChatOptions = {}): Promise<string[]> {
+export async function batchChat(
+  model: VisionLanguageModel,
+  tokenizer: PVCTokenizer,
+  pixelValues: tf.Tensor4D | null,
+  questions: string[],
+  generation: GenerationOptions = {},
+  options: BatchChatOptions = {},
+): Promise<string[]> {
   const { rows, samples } = prepareBatchPrompts(model, tokenizer, pixelValues, questions, options);
   // Beam search with numReturnSequences n gives n answers per question, as upstream's batch_chat.
   const out: number[][] = [];
-  for await (const step of generateForRows(model, tokenizer, pixelValues, samples, rows, generation, { signal: options.signal })) step.tokens.forEach((t, b) => (out[b] ??= []).push(t));
+  for await (const step of generateForRows(model, tokenizer, pixelValues, samples, rows, generation, { signal: options.signal }))
+    step.tokens.forEach((t, b) => (out[b] ??= []).push(t));
   const stop = generationConfig(tokenizer, generation).stop;
   return Array.from({ length: Math.max(rows.length, out.length) }, (_, r) => decodeAnswer(tokenizer, out[r] ?? [], SEPARATOR, stop));
 }

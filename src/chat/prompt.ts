@@ -44,7 +44,13 @@ export interface PreparedPrompt {
  * is no history, pixels are given and the question has no <image>; each numPatchesList entry expands
  * the next <image> into the IMG_CONTEXT tokens of its tiles.
  */
-export function preparePrompt(model: VisionLanguageModel, tokenizer: PVCTokenizer, pixelValues: tf.Tensor4D | null, question: string, options: PromptOptions = {}): PreparedPrompt & { samples: Sample[] } {
+export function preparePrompt(
+  model: VisionLanguageModel,
+  tokenizer: PVCTokenizer,
+  pixelValues: tf.Tensor4D | null,
+  question: string,
+  options: PromptOptions = {},
+): PreparedPrompt & { samples: Sample[] } {
   if (pixelValues !== null) model.checkPixelValues(pixelValues);
   const history = options.history ?? null;
   if (history === null && pixelValues !== null && !question.includes(IMAGE_PLACEHOLDER)) question = `${IMAGE_PLACEHOLDER}\n${question}`;
@@ -54,25 +60,40 @@ export function preparePrompt(model: VisionLanguageModel, tokenizer: PVCTokenize
   if (total !== tiles) throw new Error(`numPatchesList [${numPatchesList}] sums to ${total}, but pixelValues has ${tiles} tiles`);
   const samples = samplesOf(numPatchesList, options.dataFlag, options.splitSizes);
   const tokensPerTile = samples.flatMap((s) => s.tilesPerImage.map(() => model.tokensPerTile(s.dataFlag)));
-  const prompt = expandImagePlaceholders(buildPrompt(options.systemMessage ?? model.config.system_message, history ?? [], question), numPatchesList, tokensPerTile);
+  const prompt = expandImagePlaceholders(
+    buildPrompt(options.systemMessage ?? model.config.system_message, history ?? [], question),
+    numPatchesList,
+    tokensPerTile,
+  );
   return { prompt, question, inputIds: tokenizer.encode(prompt), samples };
 }
 
 /** Upstream's batch_chat prompts: one question per row, each with its own image (numPatchesList[i] tiles) or none. */
-export function prepareBatchPrompts(model: VisionLanguageModel, tokenizer: PVCTokenizer, pixelValues: tf.Tensor4D | null, questions: string[], options: { numPatchesList?: number[]; dataFlag?: DataFlag | DataFlag[] } = {}): { rows: number[][]; samples: Sample[] } {
+export function prepareBatchPrompts(
+  model: VisionLanguageModel,
+  tokenizer: PVCTokenizer,
+  pixelValues: tf.Tensor4D | null,
+  questions: string[],
+  options: { numPatchesList?: number[]; dataFlag?: DataFlag | DataFlag[] } = {},
+): { rows: number[][]; samples: Sample[] } {
   const numPatchesList = options.numPatchesList ?? (pixelValues !== null ? [pixelValues.shape[0]] : questions.map(() => 0));
   if (numPatchesList.length !== questions.length) {
     throw new Error(`batchChat: ${questions.length} questions but numPatchesList has ${numPatchesList.length} entries`);
   }
   if (pixelValues !== null) model.checkPixelValues(pixelValues);
   const tiles = pixelValues?.shape[0] ?? 0;
-  if (numPatchesList.reduce((a, b) => a + b, 0) !== tiles) throw new Error(`numPatchesList [${numPatchesList}] does not sum to the ${tiles} tiles of pixelValues`);
+  if (numPatchesList.reduce((a, b) => a + b, 0) !== tiles)
+    throw new Error(`numPatchesList [${numPatchesList}] does not sum to the ${tiles} tiles of pixelValues`);
   // One sample per question.
   const samples = pixelValues === null ? [] : samplesOf(numPatchesList, options.dataFlag, numPatchesList);
   const rows = questions.map((q, i) => {
     if (pixelValues !== null && !q.includes(IMAGE_PLACEHOLDER)) q = `${IMAGE_PLACEHOLDER}\n${q}`;
     const images = pixelValues === null ? [] : [numPatchesList[i]];
-    const prompt = expandImagePlaceholders(buildPrompt(model.config.system_message, [], q), images, images.map(() => model.tokensPerTile(samples[i].dataFlag)));
+    const prompt = expandImagePlaceholders(
+      buildPrompt(model.config.system_message, [], q),
+      images,
+      images.map(() => model.tokensPerTile(samples[i].dataFlag)),
+    );
     return tokenizer.encode(prompt);
   });
   return { rows, samples };

@@ -35,7 +35,9 @@ export function buildPrompt(systemMessage: string, history: History, question: s
 export function expandImagePlaceholders(prompt: string, numPatchesList: number[], tokensPerTile: number[]): string {
   const placeholders = prompt.split(IMAGE_PLACEHOLDER).length - 1;
   if (placeholders !== numPatchesList.length) {
-    throw new Error(`the prompt has ${placeholders} <image> placeholder(s) but numPatchesList has ${numPatchesList.length} entr${numPatchesList.length === 1 ? 'y' : 'ies'} ([${numPatchesList}])`);
+    throw new Error(
+      `the prompt has ${placeholders} <image> placeholder(s) but numPatchesList has ${numPatchesList.length} entr${numPatchesList.length === 1 ? 'y' : 'ies'} ([${numPatchesList}])`,
+    );
   }
   numPatchesList.forEach((n, k) => {
     prompt = prompt.replace(IMAGE_PLACEHOLDER, IMG_START_TOKEN + IMG_CONTEXT_TOKEN.repeat(tokensPerTile[k] * n) + IMG_END_TOKEN);

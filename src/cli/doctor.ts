@@ -224,8 +224,15 @@ function nvidiaGpus(): string[] {
   try {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
     const { execFileSync } = require('child_process') as typeof import('child_process');
-    const out = execFileSync('nvidia-smi', ['--query-gpu=name,memory.total,memory.used', '--format=csv,noheader'], { encoding: 'utf8', timeout: 10000, stdio: ['ignore', 'pipe', 'ignore'] });
-    return out.split('\n').map((l) => l.trim()).filter((l) => l);
+    const out = execFileSync('nvidia-smi', ['--query-gpu=name,memory.total,memory.used', '--format=csv,noheader'], {
+      encoding: 'utf8',
+      timeout: 10000,
+      stdio: ['ignore', 'pipe', 'ignore'],
+    });
+    return out
+      .split('\n')
+      .map((l) => l.trim())
+      .filter((l) => l);
   } catch {
     return [];
   }
@@ -256,7 +263,12 @@ export async function doctor(options: { backend?: BackendName; selfCheck?: boole
       report.backends.push({ name, available: true, detail: detail || 'ready' });
       if (name === 'tensorflow') {
         const b = tf.backend() as unknown as { binding?: { TF_Version?: string }; isUsingGpuDevice?: boolean };
-        report.tensorflow = { provider: info.provider, libtensorflow: b.binding?.TF_Version, cudaDevice: b.isUsingGpuDevice === true, nvidiaDriver: nvidiaDriver() };
+        report.tensorflow = {
+          provider: info.provider,
+          libtensorflow: b.binding?.TF_Version,
+          cudaDevice: b.isUsingGpuDevice === true,
+          nvidiaDriver: nvidiaDriver(),
+        };
       }
     } catch (e) {
       const why = (e as Error).message.replace(/^backend '\w+' \(requested by the backend option\) is not available: /, '');
@@ -266,7 +278,15 @@ export async function doctor(options: { backend?: BackendName; selfCheck?: boole
   const adapter = await findWebGPUAdapter();
   report.webgpu = 'report' in adapter ? formatAdapter(adapter.report) : `none: ${adapter.why}`;
   if (report.active === undefined) {
-    report.selfCheck = { backend: options.backend ?? ('' as BackendName), reference: 'cpu', errors: {}, tolerance: SELF_CHECK_TOLERANCE, passed: false, seconds: 0, error: activeError };
+    report.selfCheck = {
+      backend: options.backend ?? ('' as BackendName),
+      reference: 'cpu',
+      errors: {},
+      tolerance: SELF_CHECK_TOLERANCE,
+      passed: false,
+      seconds: 0,
+      error: activeError,
+    };
     return report;
   }
   await initBackend({ backend: report.active.name, log: null });
@@ -279,13 +299,17 @@ export function formatReport(r: DoctorReport): string {
   const lines = [`node ${r.node} (${r.platform}), tfjs ${r.tfjs}`, 'backends:'];
   for (const b of r.backends) lines.push(`  ${b.name.padEnd(10)} ${b.available ? 'available' : 'unavailable'}: ${b.detail}`);
   if (r.tensorflow) {
-    lines.push(`libtensorflow ${r.tensorflow.libtensorflow ?? '?'} (${r.tensorflow.provider}): ${r.tensorflow.cudaDevice ? 'sees a CUDA device' : 'sees no CUDA device, runs on the CPU'}` +
-      `${r.tensorflow.nvidiaDriver ? `; ${r.tensorflow.nvidiaDriver}` : '; no NVIDIA driver loaded'}`);
+    lines.push(
+      `libtensorflow ${r.tensorflow.libtensorflow ?? '?'} (${r.tensorflow.provider}): ${r.tensorflow.cudaDevice ? 'sees a CUDA device' : 'sees no CUDA device, runs on the CPU'}` +
+        `${r.tensorflow.nvidiaDriver ? `; ${r.tensorflow.nvidiaDriver}` : '; no NVIDIA driver loaded'}`,
+    );
   } else {
     lines.push('libtensorflow: not loaded (build it with `npm run build:tensorflow`, or `-- --gpu` for CUDA)');
   }
   lines.push(`webgpu adapter: ${r.webgpu}`);
-  lines.push(`memory: ${gib(r.memory.totalBytes)} total, ${gib(r.memory.freeBytes)} free; GPUs: ${r.memory.gpus.length ? r.memory.gpus.join('; ') : 'none listed by nvidia-smi'}`);
+  lines.push(
+    `memory: ${gib(r.memory.totalBytes)} total, ${gib(r.memory.freeBytes)} free; GPUs: ${r.memory.gpus.length ? r.memory.gpus.join('; ') : 'none listed by nvidia-smi'}`,
+  );
   lines.push('  (PVC-InternVL2-8B in float32: about 32 GB of weights, plus the KV cache, 256 KiB per token, and activations; see the README)');
   if (r.active) {
     const detail = [r.active.provider, r.active.device].filter((s) => s).join(', ');
@@ -293,9 +317,13 @@ export function formatReport(r: DoctorReport): string {
   }
   const c = r.selfCheck;
   if (c) {
-    const errs = Object.entries(c.errors).map(([k, v]) => `${k} ${v.toExponential(1)}`).join(', ');
-    lines.push(`self-check (tiny InternVL2, random weights) on ${c.backend || '(none)'} against ${c.reference}: ${errs || '-'}` +
-      ` (tolerance ${c.tolerance}, ${c.seconds.toFixed(1)} s)${c.error ? `: ${c.error}` : ''}`);
+    const errs = Object.entries(c.errors)
+      .map(([k, v]) => `${k} ${v.toExponential(1)}`)
+      .join(', ');
+    lines.push(
+      `self-check (tiny InternVL2, random weights) on ${c.backend || '(none)'} against ${c.reference}: ${errs || '-'}` +
+        ` (tolerance ${c.tolerance}, ${c.seconds.toFixed(1)} s)${c.error ? `: ${c.error}` : ''}`,
+    );
     lines.push(`self-check: ${c.passed ? 'PASS' : 'FAIL'}`);
   }
   return lines.join('\n');

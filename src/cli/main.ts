@@ -100,29 +100,63 @@ function parseChatArgs(argv: string[]): ChatArgs {
     const value = () => args.value(flag!);
     const number = (name: string) => args.number(name);
     switch (flag) {
-      case '--model': a.model = value(); break;
-      case '--image': a.images.push(value()); break;
-      case '--video': a.video = value(); break;
-      case '--frames': a.frames = number(flag); break;
-      case '--max-new-tokens': a.maxNewTokens = number(flag); break;
-      case '--max-tiles': a.maxTiles = number(flag); break;
-      case '--max-pixels': a.maxPixels = args.peek() === 'none' ? (args.next(), null) : number(flag); break;
-      case '--sample': a.sample = true; break;
-      case '--temperature': a.temperature = number(flag); break;
-      case '--top-p': a.topP = number(flag); break;
-      case '--top-k': a.topK = number(flag); break;
-      case '--seed': a.seed = number(flag); break;
-      case '--num-beams': a.numBeams = number(flag); break;
-      case '--length-penalty': a.lengthPenalty = number(flag); break;
+      case '--model':
+        a.model = value();
+        break;
+      case '--image':
+        a.images.push(value());
+        break;
+      case '--video':
+        a.video = value();
+        break;
+      case '--frames':
+        a.frames = number(flag);
+        break;
+      case '--max-new-tokens':
+        a.maxNewTokens = number(flag);
+        break;
+      case '--max-tiles':
+        a.maxTiles = number(flag);
+        break;
+      case '--max-pixels':
+        a.maxPixels = args.peek() === 'none' ? (args.next(), null) : number(flag);
+        break;
+      case '--sample':
+        a.sample = true;
+        break;
+      case '--temperature':
+        a.temperature = number(flag);
+        break;
+      case '--top-p':
+        a.topP = number(flag);
+        break;
+      case '--top-k':
+        a.topK = number(flag);
+        break;
+      case '--seed':
+        a.seed = number(flag);
+        break;
+      case '--num-beams':
+        a.numBeams = number(flag);
+        break;
+      case '--length-penalty':
+        a.lengthPenalty = number(flag);
+        break;
       case '--early-stopping': {
         const v = value();
         if (v !== 'true' && v !== 'false' && v !== 'never') throw new Error(`--early-stopping expects true, false or never, not ${v}`);
         a.earlyStopping = v === 'never' ? v : v === 'true';
         break;
       }
-      case '--stop': a.stop!.push(value()); break;
-      case '--backend': a.backend = value() as BackendName; break;
-      case '--json': a.json = true; break;
+      case '--stop':
+        a.stop!.push(value());
+        break;
+      case '--backend':
+        a.backend = value() as BackendName;
+        break;
+      case '--json':
+        a.json = true;
+        break;
       default:
         if (flag.startsWith('--')) throw new Error(`unknown option ${flag}`);
         rest.push(flag);
@@ -134,7 +168,9 @@ function parseChatArgs(argv: string[]): ChatArgs {
   if (argv.includes('--frames') && !a.video) throw new Error('--frames applies to --video (an image is tiled, not sampled)');
   if (!a.sample) {
     // As transformers warns: these only shape sampling, and greedy decoding ignores them.
-    const ignored = (['temperature', 'topP', 'topK'] as const).filter((k) => a[k] !== undefined).map((k) => `--${k.replace(/[A-Z]/, (c) => `-${c.toLowerCase()}`)}`);
+    const ignored = (['temperature', 'topP', 'topK'] as const)
+      .filter((k) => a[k] !== undefined)
+      .map((k) => `--${k.replace(/[A-Z]/, (c) => `-${c.toLowerCase()}`)}`);
     if (ignored.length) process.stderr.write(`pvc chat: ${ignored.join(', ')} only apply with --sample; decoding greedily\n`);
   }
   return { ...(a as ChatArgs), question: rest[0] };
@@ -172,7 +208,8 @@ async function chat(args: ChatArgs): Promise<void> {
       dataFlag = images.length > 1 ? 2 : 1;
     }
     const generation: GenerationOptions = { maxNewTokens: args.maxNewTokens, doSample: args.sample };
-    for (const key of ['temperature', 'topP', 'topK', 'seed', 'numBeams', 'lengthPenalty', 'earlyStopping'] as const) if (args[key] !== undefined) generation[key] = args[key] as never;
+    for (const key of ['temperature', 'topP', 'topK', 'seed', 'numBeams', 'lengthPenalty', 'earlyStopping'] as const)
+      if (args[key] !== undefined) generation[key] = args[key] as never;
     if (args.stop.length > 0) generation.stop = args.stop;
     const started = Date.now();
     let firstAt = 0;
@@ -191,20 +228,26 @@ async function chat(args: ChatArgs): Promise<void> {
     // Beam search hands out its tokens only at the end: there the time is the whole search.
     const beams = (args.numBeams ?? 1) > 1;
     const stats = {
-      loadSeconds, prefillSeconds, decodeSeconds,
+      loadSeconds,
+      prefillSeconds,
+      decodeSeconds,
       // The first token comes with the prefill; the rest are decode steps.
-      tokens, tokensPerSecond: decodeSeconds > 0 && !beams ? (tokens - 1) / decodeSeconds : null,
-      tiles: pixelValues?.shape[0] ?? 0, backend: tf.getBackend(),
+      tokens,
+      tokensPerSecond: decodeSeconds > 0 && !beams ? (tokens - 1) / decodeSeconds : null,
+      tiles: pixelValues?.shape[0] ?? 0,
+      backend: tf.getBackend(),
       ...(beams ? { numBeams: args.numBeams, prefillSeconds: null, decodeSeconds: null, searchSeconds: (end - started) / 1000 } : {}),
     };
     if (args.json) {
       process.stdout.write(JSON.stringify({ answer, question, numPatchesList: numPatchesList ?? [], ...stats }) + '\n');
     } else {
       process.stdout.write('\n');
-      process.stderr.write(beams
-        ? `load ${loadSeconds.toFixed(2)}s  beam search (${args.numBeams} beams, ${stats.tiles} tiles) ${((end - started) / 1000).toFixed(2)}s  [${stats.backend}]\n`
-        : `load ${loadSeconds.toFixed(2)}s  prefill ${prefillSeconds.toFixed(2)}s (${stats.tiles} tiles)  ` +
-          `decode ${stats.tokensPerSecond === null ? '-' : stats.tokensPerSecond.toFixed(1)} tokens/s  [${stats.backend}]\n`);
+      process.stderr.write(
+        beams
+          ? `load ${loadSeconds.toFixed(2)}s  beam search (${args.numBeams} beams, ${stats.tiles} tiles) ${((end - started) / 1000).toFixed(2)}s  [${stats.backend}]\n`
+          : `load ${loadSeconds.toFixed(2)}s  prefill ${prefillSeconds.toFixed(2)}s (${stats.tiles} tiles)  ` +
+              `decode ${stats.tokensPerSecond === null ? '-' : stats.tokensPerSecond.toFixed(1)} tokens/s  [${stats.backend}]\n`,
+      );
     }
   } finally {
     pixelValues?.dispose();
@@ -235,17 +278,39 @@ function parseInspectArgs(argv: string[]): InspectArgs {
   for (let flag = args.next(); flag !== undefined; flag = args.next()) {
     const value = () => args.value(flag!);
     switch (flag) {
-      case '--model': a.model = value(); break;
-      case '--image': a.image = value(); break;
-      case '--video': a.video = value(); break;
-      case '--frames': a.frames = args.number(flag); break;
-      case '--out': a.out = value(); break;
-      case '--html': a.html = value(); break;
-      case '--heatmap': a.heatmap = true; break;
-      case '--logit-lens': a.logitLens = true; break;
-      case '--max-new-tokens': a.maxNewTokens = args.number(flag); break;
-      case '--max-pixels': a.maxPixels = args.peek() === 'none' ? (args.next(), null) : args.number(flag); break;
-      case '--backend': a.backend = value() as BackendName; break;
+      case '--model':
+        a.model = value();
+        break;
+      case '--image':
+        a.image = value();
+        break;
+      case '--video':
+        a.video = value();
+        break;
+      case '--frames':
+        a.frames = args.number(flag);
+        break;
+      case '--out':
+        a.out = value();
+        break;
+      case '--html':
+        a.html = value();
+        break;
+      case '--heatmap':
+        a.heatmap = true;
+        break;
+      case '--logit-lens':
+        a.logitLens = true;
+        break;
+      case '--max-new-tokens':
+        a.maxNewTokens = args.number(flag);
+        break;
+      case '--max-pixels':
+        a.maxPixels = args.peek() === 'none' ? (args.next(), null) : args.number(flag);
+        break;
+      case '--backend':
+        a.backend = value() as BackendName;
+        break;
       case '--taps':
         for (let next = args.peek(); next !== undefined && !next.startsWith('--'); next = args.peek()) a.taps.push(args.next()!);
         break;
@@ -277,11 +342,15 @@ async function inspect(args: InspectArgs): Promise<void> {
   const image = args.image ? await loadImage(args.image, { inputSize, maxNum: model.config.max_dynamic_patch, maxPixels: args.maxPixels }) : null;
   const video = args.video ? await loadVideo(args.video, { numSegments: args.frames, inputSize, maxNum: 1 }) : null;
   try {
-    const generate = args.heatmap || args.html ? { maxNewTokens: Math.max(args.maxNewTokens, 1) } : args.maxNewTokens > 0 ? { maxNewTokens: args.maxNewTokens } : undefined;
+    const generate =
+      args.heatmap || args.html ? { maxNewTokens: Math.max(args.maxNewTokens, 1) } : args.maxNewTokens > 0 ? { maxNewTokens: args.maxNewTokens } : undefined;
     const result = await model.inspect({
-      pixelValues: image?.pixelValues ?? video?.pixelValues ?? null, taps: [...taps], generate,
+      pixelValues: image?.pixelValues ?? video?.pixelValues ?? null,
+      taps: [...taps],
+      generate,
       question: video ? withImagePlaceholders(args.question, video.numPatchesList.length, 'video') : args.question,
-      dataFlag: image ? 1 : video ? 3 : undefined, numPatchesList: video?.numPatchesList,
+      dataFlag: image ? 1 : video ? 3 : undefined,
+      numPatchesList: video?.numPatchesList,
     });
     try {
       if (args.html) {
@@ -295,20 +364,31 @@ async function inspect(args: InspectArgs): Promise<void> {
         ...Object.entries(result.taps),
         ...result.steps.flatMap((s, k) => Object.entries(s).map(([n, t]) => [`step${k}.${n}`, t] as [string, tf.Tensor])),
       ];
-      writeSafetensors(path.join(args.out, 'taps.safetensors'), all.map(([name, t]) => ({ name, dtype: 'F32', shape: t.shape, data: t.dataSync() as Float32Array })));
+      writeSafetensors(
+        path.join(args.out, 'taps.safetensors'),
+        all.map(([name, t]) => ({ name, dtype: 'F32', shape: t.shape, data: t.dataSync() as Float32Array })),
+      );
       const summary = formatSummaries(all.map(([n, t]) => summarize(n, t)));
       fs.writeFileSync(path.join(args.out, 'summary.txt'), summary + '\n');
       process.stdout.write(summary + '\n');
       process.stdout.write(`answer: ${decodeAnswer(model.tokenizer(), result.outputIds)}\n`);
       if (args.heatmap && image) {
-        const probs = result.steps.flatMap((s) => Object.entries(s).filter(([n]) => n.endsWith('.attn.probs') && n.startsWith('llm.')).map(([, t]) => t));
+        const probs = result.steps.flatMap((s) =>
+          Object.entries(s)
+            .filter(([n]) => n.endsWith('.attn.probs') && n.startsWith('llm.'))
+            .map(([, t]) => t),
+        );
         const layout = { grid: image.grid, tokensPerFrame: model.numImageToken, framesPerTile: model.tokensPerTile(1) / model.numImageToken };
         const png = await renderHeatmap(args.image!, imageAttentionMap(probs, result.imageTokenPositions, layout));
         fs.writeFileSync(path.join(args.out, 'heatmap.png'), png);
         process.stdout.write(`heatmap: ${path.join(args.out, 'heatmap.png')} (${image.width}x${image.height})\n`);
       }
       if (args.logitLens) {
-        const states = new Map(Object.entries(result.taps).filter(([n]) => /^llm\.layers\.\d+\.out$/.test(n)).map(([n, t]) => [Number(n.split('.')[2]), t]));
+        const states = new Map(
+          Object.entries(result.taps)
+            .filter(([n]) => /^llm\.layers\.\d+\.out$/.test(n))
+            .map(([n, t]) => [Number(n.split('.')[2]), t]),
+        );
         const lens = logitLens(model.llm, model.tokenizer(), states, 5);
         fs.writeFileSync(path.join(args.out!, 'logit-lens.json'), JSON.stringify(lens, null, 1) + '\n');
         for (const l of lens) process.stdout.write(`layer ${l.layer}: ${l.top.map((t) => `${JSON.stringify(t.token)} ${t.prob.toFixed(3)}`).join('  ')}\n`);

@@ -54,7 +54,10 @@ class Hypotheses {
   readonly list: Hypothesis[] = [];
   worst = 1e9;
 
-  constructor(private readonly numBeams: number, private readonly config: GenerationConfig) {}
+  constructor(
+    private readonly numBeams: number,
+    private readonly config: GenerationConfig,
+  ) {}
 
   add(tokens: number[], sumLogprobs: number, generatedLength: number, eos: boolean): void {
     const score = sumLogprobs / generatedLength ** this.config.lengthPenalty;
@@ -131,7 +134,13 @@ export async function beamSearch(
   model: InternLM2,
   input: GenerationInput,
   config: GenerationConfig,
-  options: { signal?: AbortSignal; tap?: Tap; stop?: StopStrings; prefillChunk?: number; /** After each step's choice (progress, timing). */ onStep?: (step: number) => void } = {},
+  options: {
+    signal?: AbortSignal;
+    tap?: Tap;
+    stop?: StopStrings;
+    prefillChunk?: number;
+    /** After each step's choice (progress, timing). */ onStep?: (step: number) => void;
+  } = {},
 ): Promise<BeamSearchOutput> {
   const [B, T] = input.embeds.shape;
   const K = config.numBeams;
@@ -201,7 +210,8 @@ export async function beamSearch(
           }
           if (kept === K) break;
         }
-        if (kept < K) throw new Error(`beam search: fewer than ${K} of the ${width} best tokens of batch row ${b} continue a beam (too many eos or stop-string tokens)`);
+        if (kept < K)
+          throw new Error(`beam search: fewer than ${K} of the ${width} best tokens of batch row ${b} continue a beam (too many eos or stop-string tokens)`);
         done[b] = hyps[b].isDone(candidates[0].score, step + 1);
       }
       tokens = nextTokens;
@@ -214,7 +224,10 @@ export async function beamSearch(
       cache.reorder(from);
       const next = model.embedTokens(nextTokenIds.map((t) => [t]));
       try {
-        logits = await runYielding(model.forwardSteps(next, cache, { attentionMask: nextTokenIds.map(() => [1]), logits: 'last', tap: options.tap }), options.signal);
+        logits = await runYielding(
+          model.forwardSteps(next, cache, { attentionMask: nextTokenIds.map(() => [1]), logits: 'last', tap: options.tap }),
+          options.signal,
+        );
       } finally {
         next.dispose();
       }

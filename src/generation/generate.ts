@@ -7,17 +7,7 @@ import { throwIfAborted, runYielding, yieldToEventLoop } from '../event_loop';
 import { InternLM2, KVCache } from '../llm/internlm2';
 import { Tap } from '../nn/layers';
 import { beamSearch } from './beam';
-import {
-  applyMinNewTokens,
-  applyRepetitionPenalty,
-  applyTemperature,
-  applyTopK,
-  applyTopP,
-  argmax,
-  sample,
-  SeededRandom,
-  softmax,
-} from './processors';
+import { applyMinNewTokens, applyRepetitionPenalty, applyTemperature, applyTopK, applyTopP, argmax, sample, SeededRandom, softmax } from './processors';
 import { parseStop, StopStrings } from './stop';
 
 export interface GenerationConfig {
@@ -70,20 +60,32 @@ export const GENERATION_DEFAULTS: Omit<GenerationConfig, 'eosTokenId' | 'padToke
 };
 
 const KEYS: Record<string, keyof GenerationConfig> = {
-  maxNewTokens: 'maxNewTokens', max_new_tokens: 'maxNewTokens',
-  minNewTokens: 'minNewTokens', min_new_tokens: 'minNewTokens',
-  doSample: 'doSample', do_sample: 'doSample',
+  maxNewTokens: 'maxNewTokens',
+  max_new_tokens: 'maxNewTokens',
+  minNewTokens: 'minNewTokens',
+  min_new_tokens: 'minNewTokens',
+  doSample: 'doSample',
+  do_sample: 'doSample',
   temperature: 'temperature',
-  topK: 'topK', top_k: 'topK',
-  topP: 'topP', top_p: 'topP',
-  repetitionPenalty: 'repetitionPenalty', repetition_penalty: 'repetitionPenalty',
-  eosTokenId: 'eosTokenId', eos_token_id: 'eosTokenId',
-  padTokenId: 'padTokenId', pad_token_id: 'padTokenId',
+  topK: 'topK',
+  top_k: 'topK',
+  topP: 'topP',
+  top_p: 'topP',
+  repetitionPenalty: 'repetitionPenalty',
+  repetition_penalty: 'repetitionPenalty',
+  eosTokenId: 'eosTokenId',
+  eos_token_id: 'eosTokenId',
+  padTokenId: 'padTokenId',
+  pad_token_id: 'padTokenId',
   seed: 'seed',
-  numBeams: 'numBeams', num_beams: 'numBeams',
-  lengthPenalty: 'lengthPenalty', length_penalty: 'lengthPenalty',
-  earlyStopping: 'earlyStopping', early_stopping: 'earlyStopping',
-  numReturnSequences: 'numReturnSequences', num_return_sequences: 'numReturnSequences',
+  numBeams: 'numBeams',
+  num_beams: 'numBeams',
+  lengthPenalty: 'lengthPenalty',
+  length_penalty: 'lengthPenalty',
+  earlyStopping: 'earlyStopping',
+  early_stopping: 'earlyStopping',
+  numReturnSequences: 'numReturnSequences',
+  num_return_sequences: 'numReturnSequences',
   stop: 'stop',
 };
 
@@ -102,7 +104,8 @@ export function resolveGenerationConfig(
       throw new Error(`unknown generation option '${key}' (known: ${[...new Set(Object.values(KEYS))].join(', ')}, or their snake_case)`);
     }
     if (value === undefined) continue;
-    (config as unknown as Record<string, unknown>)[field] = field === 'eosTokenId' && !Array.isArray(value) ? [value] : field === 'stop' ? parseStop(value) : value;
+    (config as unknown as Record<string, unknown>)[field] =
+      field === 'eosTokenId' && !Array.isArray(value) ? [value] : field === 'stop' ? parseStop(value) : value;
   }
   const check = (ok: boolean, field: keyof GenerationConfig, expected: string) => {
     if (!ok) throw new Error(`generation option ${field} = ${JSON.stringify(config[field])}: expected ${expected}`);
@@ -121,8 +124,11 @@ export function resolveGenerationConfig(
   check(isInt(config.numBeams) && config.numBeams >= 1 && config.numBeams <= 64, 'numBeams', 'an integer from 1 to 64');
   check(typeof config.lengthPenalty === 'number' && Number.isFinite(config.lengthPenalty), 'lengthPenalty', 'a finite number');
   check([true, false, 'never'].includes(config.earlyStopping), 'earlyStopping', 'true, false or "never"');
-  check(isInt(config.numReturnSequences) && config.numReturnSequences >= 1 && config.numReturnSequences <= config.numBeams, 'numReturnSequences',
-    `an integer from 1 to numBeams (${config.numBeams}); several sequences need beam search`);
+  check(
+    isInt(config.numReturnSequences) && config.numReturnSequences >= 1 && config.numReturnSequences <= config.numBeams,
+    'numReturnSequences',
+    `an integer from 1 to numBeams (${config.numBeams}); several sequences need beam search`,
+  );
   check(!(config.numBeams > 1 && config.doSample), 'doSample', 'false with numBeams > 1 (beam sampling is not implemented)');
   return config;
 }
@@ -153,7 +159,6 @@ export interface GenerationStep {
   sequenceScores?: number[];
 }
 
-
 export interface GenerationRunOptions {
   /** Stops the generation at its next pause (between layers and steps) with an AbortError. */
   signal?: AbortSignal;
@@ -177,7 +182,12 @@ function stopStrings(config: GenerationConfig, options: GenerationRunOptions): S
  * search runs to its end before the first step is yielded (no beam is final earlier); the steps then
  * spell out the sequences.
  */
-export async function* generateSteps(model: InternLM2, input: GenerationInput, config: GenerationConfig, options: GenerationRunOptions = {}): AsyncGenerator<GenerationStep> {
+export async function* generateSteps(
+  model: InternLM2,
+  input: GenerationInput,
+  config: GenerationConfig,
+  options: GenerationRunOptions = {},
+): AsyncGenerator<GenerationStep> {
   const stop = stopStrings(config, options);
   if (config.numBeams > 1) {
     const out = await beamSearch(model, input, config, { signal: options.signal, tap: options.tap, stop, prefillChunk: options.prefillChunk });
@@ -247,12 +257,7 @@ function chooseToken(logits: Float32Array, seen: number[], step: number, config:
  * Runs generation to the end: the new tokens of each row (eos included, padding after it dropped;
  * beam search: of each returned sequence).
  */
-export async function generate(
-  model: InternLM2,
-  input: GenerationInput,
-  config: GenerationConfig,
-  options: GenerationRunOptions = {},
-): Promise<number[][]> {
+export async function generate(model: InternLM2, input: GenerationInput, config: GenerationConfig, options: GenerationRunOptions = {}): Promise<number[][]> {
   const rows = input.embeds.shape[0] * (config.numBeams > 1 ? config.numReturnSequences : 1);
   const out: number[][] = Array.from({ length: rows }, () => []);
   const done = new Array(rows).fill(false);

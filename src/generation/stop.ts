@@ -28,10 +28,11 @@ export class StopStrings {
 /** Validates the `stop` option: a string or a list of them. */
 export function parseStop(value: unknown): string[] {
   const list = typeof value === 'string' ? [value] : value;
-  const ok = Array.isArray(list) && list.length <= MAX_STOP_STRINGS
-    && list.every((s) => typeof s === 'string' && s.length > 0 && s.length <= MAX_STOP_LENGTH);
+  const ok = Array.isArray(list) && list.length <= MAX_STOP_STRINGS && list.every((s) => typeof s === 'string' && s.length > 0 && s.length <= MAX_STOP_LENGTH);
   if (!ok) {
-    throw new Error(`generation option stop = ${JSON.stringify(value)?.slice(0, 200)}: expected a non-empty string or a list of at most ${MAX_STOP_STRINGS} (each 1 to ${MAX_STOP_LENGTH} characters)`);
+    throw new Error(
+      `generation option stop = ${JSON.stringify(value)?.slice(0, 200)}: expected a non-empty string or a list of at most ${MAX_STOP_STRINGS} (each 1 to ${MAX_STOP_LENGTH} characters)`,
+    );
   }
   return [...(list as string[])];
 }

@@ -50,7 +50,11 @@ function heatColor(t: number): [number, number, number] {
 }
 
 /** Renders an attention map over an image (same size as the image) as PNG bytes. */
-export async function renderHeatmap(imageFile: string | Buffer, attention: { map: Float32Array; width: number; height: number }, opacity = 0.55): Promise<Buffer> {
+export async function renderHeatmap(
+  imageFile: string | Buffer,
+  attention: { map: Float32Array; width: number; height: number },
+  opacity = 0.55,
+): Promise<Buffer> {
   // The image as the model saw it (decoded as Pillow does, within its pixel limits).
   const image = await decodeRGB(imageFile);
   const { width, height } = image;
@@ -70,5 +74,8 @@ export async function renderHeatmap(imageFile: string | Buffer, attention: { map
     .resize(width, height, { kernel: 'cubic', fit: 'fill' })
     .png()
     .toBuffer();
-  return base.composite([{ input: overlay }]).png().toBuffer();
+  return base
+    .composite([{ input: overlay }])
+    .png()
+    .toBuffer();
 }

@@ -52,7 +52,11 @@ export interface Inspection<T = tf.Tensor> {
  * Runs a prompt (and optionally generation) recording the selected taps. The returned tensors are the
  * caller's: `dispose()` them (or ask for arrays). Without taps the model runs exactly as in chat().
  */
-export async function inspect(model: VisionLanguageModel, tokenizer: PVCTokenizer, request: InspectRequest): Promise<Inspection<tf.Tensor> | Inspection<TapArray>> {
+export async function inspect(
+  model: VisionLanguageModel,
+  tokenizer: PVCTokenizer,
+  request: InspectRequest,
+): Promise<Inspection<tf.Tensor> | Inspection<TapArray>> {
   const pixelValues = request.pixelValues ?? null;
   const recorder = new TapRecorder(expandTaps(request.taps, model.tapNames()));
   let prompt: string | null = null;
@@ -68,7 +72,10 @@ export async function inspect(model: VisionLanguageModel, tokenizer: PVCTokenize
   }
   const outputIds: number[] = [];
   try {
-    const steps = generateForRows(model, tokenizer, pixelValues, samples, [inputIds], request.generate ?? { maxNewTokens: 0 }, { signal: request.signal, tap: recorder.tap });
+    const steps = generateForRows(model, tokenizer, pixelValues, samples, [inputIds], request.generate ?? { maxNewTokens: 0 }, {
+      signal: request.signal,
+      tap: recorder.tap,
+    });
     for await (const step of steps) {
       outputIds.push(step.tokens[0]);
       recorder.step = step.step; // the next pass reads this token
@@ -90,6 +97,7 @@ export async function inspect(model: VisionLanguageModel, tokenizer: PVCTokenize
     t.dispose();
     return out;
   };
-  const mapValues = async (r: Record<string, tf.Tensor>) => Object.fromEntries(await Promise.all(Object.entries(r).map(async ([k, v]) => [k, await toArray(v)])));
+  const mapValues = async (r: Record<string, tf.Tensor>) =>
+    Object.fromEntries(await Promise.all(Object.entries(r).map(async ([k, v]) => [k, await toArray(v)])));
   return { ...base, taps: await mapValues(taps), steps: await Promise.all(steps.map(mapValues)), dispose: () => {} };
 }

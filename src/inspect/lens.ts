@@ -45,16 +45,25 @@ export function formatSummaries(rows: TensorSummary[]): string {
  * Logit lens: the final norm and output head applied to each layer's state at one position (default
  * the last): the top-k tokens each layer would predict.
  */
-export function logitLens(llm: InternLM2, tokenizer: PVCTokenizer, layerStates: Map<number, tf.Tensor>, k = 5, position = -1): { layer: number; top: { id: number; token: string; prob: number }[] }[] {
-  return [...layerStates.entries()].sort((a, b) => a[0] - b[0]).map(([layer, state]) => {
-    const probs = tf.tidy(() => {
-      const L = state.shape[1]!;
-      const pos = position < 0 ? L + position : position;
-      const h = state.slice([0, pos, 0], [1, 1, -1]) as tf.Tensor3D;
-      return tf.softmax(llm.output.forward(llm.norm.forward(h)).reshape([-1])).dataSync() as Float32Array;
+export function logitLens(
+  llm: InternLM2,
+  tokenizer: PVCTokenizer,
+  layerStates: Map<number, tf.Tensor>,
+  k = 5,
+  position = -1,
+): { layer: number; top: { id: number; token: string; prob: number }[] }[] {
+  return [...layerStates.entries()]
+    .sort((a, b) => a[0] - b[0])
+    .map(([layer, state]) => {
+      const probs = tf.tidy(() => {
+        const L = state.shape[1]!;
+        const pos = position < 0 ? L + position : position;
+        const h = state.slice([0, pos, 0], [1, 1, -1]) as tf.Tensor3D;
+        return tf.softmax(llm.output.forward(llm.norm.forward(h)).reshape([-1])).dataSync() as Float32Array;
+      });
+      const order = Array.from(probs.keys())
+        .sort((a, b) => probs[b] - probs[a])
+        .slice(0, k);
+      return { layer, top: order.map((id) => ({ id, token: tokenizer.idToToken(id) ?? '?', prob: probs[id] })) };
     });
-    const order = Array.from(probs.keys()).sort((a, b) => probs[b] - probs[a]).slice(0, k);
-    return { layer, top: order.map((id) => ({ id, token: tokenizer.idToToken(id) ?? '?', prob: probs[id] })) };
-  });
 }
-

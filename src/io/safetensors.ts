@@ -13,7 +13,16 @@ export type DType = 'F64' | 'F32' | 'F16' | 'BF16' | 'I64' | 'I32' | 'I16' | 'I8
 
 /** Bytes per element of every dtype this reader accepts in a header. */
 export const DTYPE_SIZE: Readonly<Record<DType, number>> = {
-  F64: 8, F32: 4, F16: 2, BF16: 2, I64: 8, I32: 4, I16: 2, I8: 1, U8: 1, BOOL: 1,
+  F64: 8,
+  F32: 4,
+  F16: 2,
+  BF16: 2,
+  I64: 8,
+  I32: 4,
+  I16: 2,
+  I8: 1,
+  U8: 1,
+  BOOL: 1,
 };
 
 /** The dtypes that convert to Float32Array. */
@@ -51,7 +60,8 @@ export function f16ToF32(src: Uint16Array): Float32Array {
     const sign = h & 0x8000 ? -1 : 1;
     const exp = (h >> 10) & 0x1f;
     const frac = h & 0x3ff;
-    if (exp === 0) out[i] = sign * frac * 2 ** -24; // zero and subnormals
+    if (exp === 0)
+      out[i] = sign * frac * 2 ** -24; // zero and subnormals
     else if (exp === 31) out[i] = frac ? NaN : sign * Infinity;
     else out[i] = sign * (1 + frac / 1024) * 2 ** (exp - 15);
   }
@@ -87,13 +97,13 @@ export function f32ToF16(src: Float32Array): Uint16Array {
       const half = 1 << (shift - 1);
       let m = mant >>> shift;
       const rest = mant & ((1 << shift) - 1);
-      if (rest > half || (rest === half && (m & 1))) m++;
+      if (rest > half || (rest === half && m & 1)) m++;
       out[i] = sign | m;
       continue;
     }
     let m = mant >>> 13;
     const rest = mant & 0x1fff;
-    if (rest > 0x1000 || (rest === 0x1000 && (m & 1))) {
+    if (rest > 0x1000 || (rest === 0x1000 && m & 1)) {
       m++;
       if (m === 0x400) {
         m = 0;
@@ -388,7 +398,11 @@ export class SafetensorsWriter {
   private readonly specs: TensorSpec[];
   private readonly offsets = new Map<string, number>();
 
-  constructor(readonly file: string, specs: TensorSpec[], metadata?: Record<string, string>) {
+  constructor(
+    readonly file: string,
+    specs: TensorSpec[],
+    metadata?: Record<string, string>,
+  ) {
     this.specs = specs;
     const header: Record<string, unknown> = {};
     if (metadata !== undefined && Object.keys(metadata).length > 0) header.__metadata__ = metadata;

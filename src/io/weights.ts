@@ -30,7 +30,8 @@ export function readManifest(dir: string): Manifest {
   const file = path.join(dir, MANIFEST_FILE);
   const m = readJsonFile<Manifest>(file, 'not a model converted by pvc-convert (or an interrupted conversion)');
   if (m.format !== FORMAT_NAME) throw new Error(`${file}: format ${JSON.stringify(m.format)} is not ${FORMAT_NAME}`);
-  if (m.format_version !== FORMAT_VERSION) throw new Error(`${file}: format_version ${m.format_version} is not supported (this build reads ${FORMAT_VERSION}); convert the checkpoint again`);
+  if (m.format_version !== FORMAT_VERSION)
+    throw new Error(`${file}: format_version ${m.format_version} is not supported (this build reads ${FORMAT_VERSION}); convert the checkpoint again`);
   if (m.tensors === null || typeof m.tensors !== 'object') throw new Error(`${file}: missing "tensors"`);
   return m;
 }
@@ -45,7 +46,9 @@ export function openWeights(dir: string): { manifest: Manifest; weights: Safeten
     const info = weights.info(name);
     if (info.dtype !== t.dtype || info.offset !== t.offset || JSON.stringify(info.shape) !== JSON.stringify(t.shape)) {
       weights.close();
-      throw new Error(`${manifestPath}: tensor '${name}' is ${t.dtype} [${t.shape}] at ${t.offset} but ${t.file} holds ${info.dtype} [${info.shape}] at ${info.offset}`);
+      throw new Error(
+        `${manifestPath}: tensor '${name}' is ${t.dtype} [${t.shape}] at ${t.offset} but ${t.file} holds ${info.dtype} [${info.shape}] at ${info.offset}`,
+      );
     }
   }
   return { manifest, weights };
@@ -64,7 +67,10 @@ export class Weights {
   /** Names held as their transpose (see `storeTransposed`). */
   private readonly heldTransposed = new Set<string>();
 
-  private constructor(readonly dir: string, private readonly tensors: Map<string, tf.Tensor>) {}
+  private constructor(
+    readonly dir: string,
+    private readonly tensors: Map<string, tf.Tensor>,
+  ) {}
 
   static load(dir: string, options: LoadOptions = {}): Weights {
     const { weights } = openWeights(dir);
@@ -105,7 +111,8 @@ export class Weights {
   get(name: string, rank?: number): tf.Tensor {
     const t = this.tensors.get(name);
     if (t === undefined) throw new Error(`${this.dir}: the converted model has no tensor '${name}'`);
-    if (this.heldTransposed.has(name)) throw new Error(`${this.dir}: tensor '${name}' is held transposed (storeTransposed); a second reader of it would get the wrong layout`);
+    if (this.heldTransposed.has(name))
+      throw new Error(`${this.dir}: tensor '${name}' is held transposed (storeTransposed); a second reader of it would get the wrong layout`);
     if (rank !== undefined && t.rank !== rank) throw new Error(`${this.dir}: tensor '${name}' has shape [${t.shape}], expected rank ${rank}`);
     return t;
   }

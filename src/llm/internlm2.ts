@@ -121,7 +121,11 @@ export class KVCache {
   /** Attention mask over the cached positions (1 = real token, 0 = padding), per batch row. */
   mask: number[][];
 
-  constructor(layers: number, batch: number, readonly tailLimit = 256) {
+  constructor(
+    layers: number,
+    batch: number,
+    readonly tailLimit = 256,
+  ) {
     this.main = new Array(layers).fill(null);
     this.tail = new Array(layers).fill(null);
     this.beams = new Array(layers).fill(null);
@@ -196,9 +200,10 @@ export class KVCache {
    */
   appendBeams(layer: number, k: tf.Tensor4D, v: tf.Tensor4D): { prompt: KVBlock | null; beams: KVBlock } {
     const old = this.beams[layer];
-    this.beams[layer] = old === null
-      ? { keys: tf.keep(k.clone()), values: tf.keep(v.clone()) }
-      : { keys: tf.keep(tf.concat([old.keys, k], 2)), values: tf.keep(tf.concat([old.values, v], 2)) };
+    this.beams[layer] =
+      old === null
+        ? { keys: tf.keep(k.clone()), values: tf.keep(v.clone()) }
+        : { keys: tf.keep(tf.concat([old.keys, k], 2)), values: tf.keep(tf.concat([old.values, v], 2)) };
     if (old) tf.dispose([old.keys, old.values]);
     return { prompt: this.main[layer], beams: this.beams[layer]! };
   }
@@ -218,7 +223,14 @@ export class KVCache {
  * heads ([B*KV, K*G*T, hd] against [B*KV, P, hd]: the prompt is read once per row, not per beam).
  * `mask` [B*K, 1, T, P + t] (optional) is additive.
  */
-function beamAttention(q: tf.Tensor4D, prompt: KVBlock | null, beams: KVBlock, K: number, KV: number, mask: tf.Tensor4D | undefined): { out: tf.Tensor4D; probs: tf.Tensor4D } {
+function beamAttention(
+  q: tf.Tensor4D,
+  prompt: KVBlock | null,
+  beams: KVBlock,
+  K: number,
+  KV: number,
+  mask: tf.Tensor4D | undefined,
+): { out: tf.Tensor4D; probs: tf.Tensor4D } {
   const [BK, H, T, hd] = q.shape;
   const B = BK / K;
   const G = H / KV;
@@ -229,9 +241,17 @@ function beamAttention(q: tf.Tensor4D, prompt: KVBlock | null, beams: KVBlock, K
   const qBeams = scaled.reshape([BK * KV, G * T, hd]) as tf.Tensor3D;
   const parts: tf.Tensor3D[] = [];
   if (prompt !== null) {
-    const qPrompt = scaled.reshape([B, K, KV, G * T, hd]).transpose([0, 2, 1, 3, 4]).reshape([B * KV, K * G * T, hd]) as tf.Tensor3D;
+    const qPrompt = scaled
+      .reshape([B, K, KV, G * T, hd])
+      .transpose([0, 2, 1, 3, 4])
+      .reshape([B * KV, K * G * T, hd]) as tf.Tensor3D;
     const s = tf.matMul(qPrompt, prompt.keys.reshape([B * KV, P, hd]) as tf.Tensor3D, false, true);
-    parts.push(s.reshape([B, KV, K, G * T, P]).transpose([0, 2, 1, 3, 4]).reshape([BK * KV, G * T, P]) as tf.Tensor3D);
+    parts.push(
+      s
+        .reshape([B, KV, K, G * T, P])
+        .transpose([0, 2, 1, 3, 4])
+        .reshape([BK * KV, G * T, P]) as tf.Tensor3D,
+    );
   }
   const sBeams = tf.matMul(qBeams, beams.keys.reshape([BK * KV, t, hd]) as tf.Tensor3D, false, true);
   let scores: tf.Tensor = parts.length ? tf.concat([...parts, sBeams], 2) : sBeams;
@@ -240,9 +260,18 @@ function beamAttention(q: tf.Tensor4D, prompt: KVBlock | null, beams: KVBlock, K
   const [pPrompt, pBeams] = prompt !== null ? tf.split(probs, [P, t], 2) : [null, probs];
   let out = tf.matMul(pBeams as tf.Tensor3D, beams.values.reshape([BK * KV, t, hd]) as tf.Tensor3D);
   if (prompt !== null) {
-    const pp = pPrompt!.reshape([B, K, KV, G * T, P]).transpose([0, 2, 1, 3, 4]).reshape([B * KV, K * G * T, P]) as tf.Tensor3D;
+    const pp = pPrompt!
+      .reshape([B, K, KV, G * T, P])
+      .transpose([0, 2, 1, 3, 4])
+      .reshape([B * KV, K * G * T, P]) as tf.Tensor3D;
     const o = tf.matMul(pp, prompt.values.reshape([B * KV, P, hd]) as tf.Tensor3D);
-    out = tf.add(out, o.reshape([B, KV, K, G * T, hd]).transpose([0, 2, 1, 3, 4]).reshape([BK * KV, G * T, hd]));
+    out = tf.add(
+      out,
+      o
+        .reshape([B, KV, K, G * T, hd])
+        .transpose([0, 2, 1, 3, 4])
+        .reshape([BK * KV, G * T, hd]),
+    );
   }
   return { out: out.reshape([BK, H, T, hd]) as tf.Tensor4D, probs: probs.reshape([BK, H, T, P + t]) as tf.Tensor4D };
 }
@@ -253,7 +282,12 @@ class Attention {
   readonly v: Linear;
   readonly o: Linear;
 
-  constructor(w: Weights, readonly prefix: string, readonly config: LLMConfig, private readonly kernels: Kernels) {
+  constructor(
+    w: Weights,
+    readonly prefix: string,
+    readonly config: LLMConfig,
+    private readonly kernels: Kernels,
+  ) {
     this.q = new Linear(w, `${prefix}.q`, false, kernels);
     this.k = new Linear(w, `${prefix}.k`, false, kernels);
     this.v = new Linear(w, `${prefix}.v`, false, kernels);
@@ -307,7 +341,13 @@ class DecoderLayer {
   readonly mlpNorm: RMSNorm;
   readonly mlp: MLP;
 
-  constructor(w: Weights, readonly prefix: string, readonly index: number, config: LLMConfig, kernels: Kernels) {
+  constructor(
+    w: Weights,
+    readonly prefix: string,
+    readonly index: number,
+    config: LLMConfig,
+    kernels: Kernels,
+  ) {
     this.attnNorm = new RMSNorm(w, `${prefix}.attn_norm`, config.rms_norm_eps);
     this.attn = new Attention(w, `${prefix}.attn`, config, kernels);
     this.mlpNorm = new RMSNorm(w, `${prefix}.mlp_norm`, config.rms_norm_eps);
@@ -355,7 +395,11 @@ export class InternLM2 {
   readonly output: Linear;
   readonly rotary: RotaryEmbedding;
 
-  constructor(w: Weights, readonly config: LLMConfig, kernels: Kernels) {
+  constructor(
+    w: Weights,
+    readonly config: LLMConfig,
+    kernels: Kernels,
+  ) {
     this.embed = w.get('llm.embed.weight', 2) as tf.Tensor2D;
     this.layers = Array.from({ length: config.num_hidden_layers }, (_, i) => new DecoderLayer(w, `llm.layers.${i}`, i, config, kernels));
     this.norm = new RMSNorm(w, 'llm.norm', config.rms_norm_eps);
@@ -418,7 +462,11 @@ export class InternLM2 {
    * `forward` as steps: pauses after each layer. `logits`: for every position, the last of each row,
    * or none (null; a prefill chunk whose logits nobody reads).
    */
-  *forwardSteps(embeds: tf.Tensor3D, cache: KVCache, options: Omit<ForwardOptions, 'lastOnly'> & { logits: 'all' | 'last' | 'none' }): Steps<tf.Tensor3D | null> {
+  *forwardSteps(
+    embeds: tf.Tensor3D,
+    cache: KVCache,
+    options: Omit<ForwardOptions, 'lastOnly'> & { logits: 'all' | 'last' | 'none' },
+  ): Steps<tf.Tensor3D | null> {
     const [B, T] = embeds.shape;
     if (embeds.shape[2] !== this.config.hidden_size) throw new Error(`input embeddings have width ${embeds.shape[2]}, expected ${this.config.hidden_size}`);
     if (cache.mask.length !== B) throw new Error(`KV cache holds ${cache.mask.length} rows, the input ${B}`);
@@ -480,5 +528,4 @@ export class InternLM2 {
       tf.dispose([rope.cos, rope.sin, ...(mask ? [mask] : [])]);
     }
   }
-
 }

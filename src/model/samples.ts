@@ -38,7 +38,8 @@ export function samplesOf(numPatchesList: number[], dataFlag: DataFlag | DataFla
     const tilesPerImage: number[] = [];
     let tiles = 0;
     while (tiles < size && entry < numPatchesList.length) tiles += (tilesPerImage.push(numPatchesList[entry]), numPatchesList[entry++]);
-    if (tiles !== size) throw new Error(`splitSizes [${sizes}] does not follow numPatchesList [${numPatchesList}] (sample ${s} would take ${tiles} tiles, not ${size})`);
+    if (tiles !== size)
+      throw new Error(`splitSizes [${sizes}] does not follow numPatchesList [${numPatchesList}] (sample ${s} would take ${tiles} tiles, not ${size})`);
     samples.push({ dataFlag: flags[s], firstTile, tilesPerImage });
     firstTile += size;
   });

@@ -104,7 +104,12 @@ export class VisionLanguageModel {
   /** Per-pass sizes (memory bounds); may be changed between calls. */
   limits: RunLimits = { ...DEFAULT_RUN_LIMITS };
 
-  constructor(readonly dir: string, readonly config: ModelConfig, readonly weights: Weights, readonly kernels: Kernels) {
+  constructor(
+    readonly dir: string,
+    readonly config: ModelConfig,
+    readonly weights: Weights,
+    readonly kernels: Kernels,
+  ) {
     this.vision = new InternVisionModel(weights, config, kernels);
     this.projector = new Projector(weights, config, kernels);
     this.llm = new InternLM2(weights, config.llm, kernels);
@@ -223,7 +228,8 @@ export class VisionLanguageModel {
 
   /** PVC: a streaming encoder for one video (frames in, visual tokens out, constant work per frame). */
   videoEncoder(): VideoEncoder {
-    if (!this.config.pvc?.use_temporal) throw new Error(`${this.dir}: videoEncoder needs a PVC model with temporal layers (model_type ${this.config.model_type})`);
+    if (!this.config.pvc?.use_temporal)
+      throw new Error(`${this.dir}: videoEncoder needs a PVC model with temporal layers (model_type ${this.config.model_type})`);
     return new VideoEncoder(this);
   }
 
@@ -234,7 +240,11 @@ export class VisionLanguageModel {
 }
 
 /** Reads the config and weights of `dir` with the kernels of the active backend and builds a `Model`. */
-export async function loadModel<M extends VisionLanguageModel>(Model: new (dir: string, config: ModelConfig, weights: Weights, kernels: Kernels) => M, dir: string, options: LoadOptions = {}): Promise<M> {
+export async function loadModel<M extends VisionLanguageModel>(
+  Model: new (dir: string, config: ModelConfig, weights: Weights, kernels: Kernels) => M,
+  dir: string,
+  options: LoadOptions = {},
+): Promise<M> {
   const backend = await initBackend({ backend: options.backend });
   const config = loadConfig(dir);
   const weights = Weights.load(dir, { onProgress: options.onProgress });

@@ -16,7 +16,15 @@ import { batchMatMul, Kernels } from './layers';
  * batched or transposed ones run ~10x slower) and large score matrices, each group is two 2-D matMuls
  * against an explicitly transposed key block; otherwise one batched matMul does all groups.
  */
-export function attention(kernels: Kernels, q: tf.Tensor3D, k: tf.Tensor3D | tf.Tensor3D[], v: tf.Tensor3D | tf.Tensor3D[], scale: number, queriesPerGroup = 1, mask?: tf.Tensor): { out: tf.Tensor3D; probs: tf.Tensor3D } {
+export function attention(
+  kernels: Kernels,
+  q: tf.Tensor3D,
+  k: tf.Tensor3D | tf.Tensor3D[],
+  v: tf.Tensor3D | tf.Tensor3D[],
+  scale: number,
+  queriesPerGroup = 1,
+  mask?: tf.Tensor,
+): { out: tf.Tensor3D; probs: tf.Tensor3D } {
   const keys = Array.isArray(k) ? k : [k];
   const values = Array.isArray(v) ? v : [v];
   const [Q, R, d] = q.shape;
@@ -47,7 +55,11 @@ export function attention(kernels: Kernels, q: tf.Tensor3D, k: tf.Tensor3D | tf.
   const blockScores = keys.map((kb) => batchMatMul(scaled, kb, true));
   const probs = tf.softmax(addMask(blockScores.length === 1 ? blockScores[0] : tf.concat(blockScores, 2)), -1) as tf.Tensor3D;
   if (values.length === 1) return { out: batchMatMul(probs, values[0]), probs };
-  const blockProbs = tf.split(probs, values.map((b) => b.shape[1]), 2) as tf.Tensor3D[];
+  const blockProbs = tf.split(
+    probs,
+    values.map((b) => b.shape[1]),
+    2,
+  ) as tf.Tensor3D[];
   return { out: tf.addN(blockProbs.map((p, i) => batchMatMul(p, values[i]))), probs };
 }
 

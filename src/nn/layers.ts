@@ -39,7 +39,12 @@ export class Linear {
   readonly bias: tf.Tensor1D | null;
   private readonly transposed: boolean;
 
-  constructor(w: Weights, name: string, bias: boolean, private readonly kernels: Kernels) {
+  constructor(
+    w: Weights,
+    name: string,
+    bias: boolean,
+    private readonly kernels: Kernels,
+  ) {
     this.transposed = kernels.linearLayout === 'out-in';
     // Converted weights are [in, out]; the 'out-in' layout replaces the stored tensor by its transpose once, here.
     this.weight = this.transposed ? w.storeTransposed(`${name}.weight`) : (w.get(`${name}.weight`, 2) as tf.Tensor2D);
@@ -75,7 +80,11 @@ export class LayerNorm {
   readonly weight: tf.Tensor1D;
   readonly bias: tf.Tensor1D;
 
-  constructor(w: Weights, name: string, readonly eps: number) {
+  constructor(
+    w: Weights,
+    name: string,
+    readonly eps: number,
+  ) {
     this.weight = w.get(`${name}.weight`, 1) as tf.Tensor1D;
     this.bias = w.get(`${name}.bias`, 1) as tf.Tensor1D;
   }
@@ -92,7 +101,11 @@ export class LayerNorm {
 export class RMSNorm {
   readonly weight: tf.Tensor1D;
 
-  constructor(w: Weights, name: string, readonly eps: number) {
+  constructor(
+    w: Weights,
+    name: string,
+    readonly eps: number,
+  ) {
     this.weight = w.get(`${name}.weight`, 1) as tf.Tensor1D;
   }
 
@@ -112,4 +125,3 @@ export function gelu<T extends tf.Tensor>(x: T): T {
 export function silu<T extends tf.Tensor>(x: T): T {
   return tf.mul(x, tf.sigmoid(x)) as T;
 }
-

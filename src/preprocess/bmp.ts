@@ -16,34 +16,80 @@ const u16 = (b: Uint8Array, i: number) => b[i] | (b[i + 1] << 8);
 const u32 = (b: Uint8Array, i: number) => b[i] + (b[i + 1] << 8) + (b[i + 2] << 16) + ((b[i + 3] << 24) >>> 0);
 
 type RawMode = 'P;1' | 'P;4' | 'P' | '1' | 'L' | 'BGR;15' | 'BGR;16' | 'BGR' | 'BGRX' | 'XBGR' | 'BGXR' | 'ABGR' | 'RGBA' | 'BGRA' | 'BGAR';
-const RAW_BITS: Record<RawMode, number> = { 'P;1': 1, 'P;4': 4, P: 8, '1': 1, L: 8, 'BGR;15': 16, 'BGR;16': 16, BGR: 24, BGRX: 32, XBGR: 32, BGXR: 32, ABGR: 32, RGBA: 32, BGRA: 32, BGAR: 32 };
+const RAW_BITS: Record<RawMode, number> = {
+  'P;1': 1,
+  'P;4': 4,
+  P: 8,
+  '1': 1,
+  L: 8,
+  'BGR;15': 16,
+  'BGR;16': 16,
+  BGR: 24,
+  BGRX: 32,
+  XBGR: 32,
+  BGXR: 32,
+  ABGR: 32,
+  RGBA: 32,
+  BGRA: 32,
+  BGAR: 32,
+};
 // Byte offsets of R, G, B within a 4-byte pixel for each 32-bit raw mode.
-const RGB_AT: Partial<Record<RawMode, [number, number, number]>> = { BGRX: [2, 1, 0], XBGR: [3, 2, 1], BGXR: [3, 1, 0], ABGR: [3, 2, 1], RGBA: [0, 1, 2], BGRA: [2, 1, 0], BGAR: [3, 1, 0] };
+const RGB_AT: Partial<Record<RawMode, [number, number, number]>> = {
+  BGRX: [2, 1, 0],
+  XBGR: [3, 2, 1],
+  BGXR: [3, 1, 0],
+  ABGR: [3, 2, 1],
+  RGBA: [0, 1, 2],
+  BGRA: [2, 1, 0],
+  BGAR: [3, 1, 0],
+};
 const MASKS32: [number[], RawMode][] = [
-  [[0xff0000, 0xff00, 0xff, 0], 'BGRX'], [[0xff000000, 0xff0000, 0xff00, 0], 'XBGR'], [[0xff000000, 0xff00, 0xff, 0], 'BGXR'],
-  [[0xff000000, 0xff0000, 0xff00, 0xff], 'ABGR'], [[0xff, 0xff00, 0xff0000, 0xff000000], 'RGBA'], [[0xff0000, 0xff00, 0xff, 0xff000000], 'BGRA'],
-  [[0xff000000, 0xff00, 0xff, 0xff0000], 'BGAR'], [[0, 0, 0, 0], 'BGRA'],
+  [[0xff0000, 0xff00, 0xff, 0], 'BGRX'],
+  [[0xff000000, 0xff0000, 0xff00, 0], 'XBGR'],
+  [[0xff000000, 0xff00, 0xff, 0], 'BGXR'],
+  [[0xff000000, 0xff0000, 0xff00, 0xff], 'ABGR'],
+  [[0xff, 0xff00, 0xff0000, 0xff000000], 'RGBA'],
+  [[0xff0000, 0xff00, 0xff, 0xff000000], 'BGRA'],
+  [[0xff000000, 0xff00, 0xff, 0xff0000], 'BGAR'],
+  [[0, 0, 0, 0], 'BGRA'],
 ];
 
 export async function decodeBMP(b: Uint8Array): Promise<RGBImage> {
-  const fail = (m: string): never => { throw new Error(m); };
+  const fail = (m: string): never => {
+    throw new Error(m);
+  };
   if (b.length < 18) fail('truncated BMP header');
   const offset = u32(b, 10);
   const headerSize = u32(b, 14);
   if (b.length < 14 + headerSize) fail('truncated BMP header');
-  let width: number, height: number, bits: number, compression: number, colors = 0, paletteEntry: number;
+  let width: number,
+    height: number,
+    bits: number,
+    compression: number,
+    colors = 0,
+    paletteEntry: number;
   let topDown = false;
   let masks: number[] | null = null;
   if (headerSize === 12) {
-    width = u16(b, 18); height = u16(b, 20); bits = u16(b, 24); compression = 0; paletteEntry = 3;
+    width = u16(b, 18);
+    height = u16(b, 20);
+    bits = u16(b, 24);
+    compression = 0;
+    paletteEntry = 3;
   } else if ([40, 52, 56, 64, 108, 124].includes(headerSize)) {
     topDown = b[25] === 0xff;
     width = u32(b, 18);
     height = topDown ? 2 ** 32 - u32(b, 22) : u32(b, 22);
-    bits = u16(b, 28); compression = u32(b, 30); colors = u32(b, 46); paletteEntry = 4;
+    bits = u16(b, 28);
+    compression = u32(b, 30);
+    colors = u32(b, 46);
+    paletteEntry = 4;
     if (compression === 3) {
       if (headerSize >= 52) masks = [u32(b, 54), u32(b, 58), u32(b, 62), headerSize >= 56 ? u32(b, 66) : 0];
-      else { if (b.length < 66) fail('truncated BMP bitfields'); masks = [u32(b, 54), u32(b, 58), u32(b, 62), 0]; }
+      else {
+        if (b.length < 66) fail('truncated BMP bitfields');
+        masks = [u32(b, 54), u32(b, 58), u32(b, 62), 0];
+      }
     }
   } else {
     return fail(`unsupported BMP header type (${headerSize})`);
@@ -53,21 +99,46 @@ export async function decodeBMP(b: Uint8Array): Promise<RGBImage> {
   let mode: 'P' | '1' | 'L' | 'RGB';
   let raw: RawMode;
   switch (bits) {
-    case 1: mode = 'P'; raw = 'P;1'; break;
-    case 4: mode = 'P'; raw = 'P;4'; break;
-    case 8: mode = 'P'; raw = 'P'; break;
-    case 16: mode = 'RGB'; raw = 'BGR;15'; break;
-    case 24: mode = 'RGB'; raw = 'BGR'; break;
-    case 32: mode = 'RGB'; raw = 'BGRX'; break;
-    default: return fail(`unsupported BMP pixel depth (${bits})`);
+    case 1:
+      mode = 'P';
+      raw = 'P;1';
+      break;
+    case 4:
+      mode = 'P';
+      raw = 'P;4';
+      break;
+    case 8:
+      mode = 'P';
+      raw = 'P';
+      break;
+    case 16:
+      mode = 'RGB';
+      raw = 'BGR;15';
+      break;
+    case 24:
+      mode = 'RGB';
+      raw = 'BGR';
+      break;
+    case 32:
+      mode = 'RGB';
+      raw = 'BGRX';
+      break;
+    default:
+      return fail(`unsupported BMP pixel depth (${bits})`);
   }
   let rle = false;
   if (compression === 3) {
     const m = masks!;
-    const found = bits === 32 ? MASKS32.find(([k]) => k.every((v, i) => v === m[i]))?.[1]
-      : bits === 24 && m[0] === 0xff0000 && m[1] === 0xff00 && m[2] === 0xff ? 'BGR'
-        : bits === 16 && m[0] === 0xf800 && m[1] === 0x7e0 && m[2] === 0x1f ? 'BGR;16'
-          : bits === 16 && m[0] === 0x7c00 && m[1] === 0x3e0 && m[2] === 0x1f ? 'BGR;15' : undefined;
+    const found =
+      bits === 32
+        ? MASKS32.find(([k]) => k.every((v, i) => v === m[i]))?.[1]
+        : bits === 24 && m[0] === 0xff0000 && m[1] === 0xff00 && m[2] === 0xff
+          ? 'BGR'
+          : bits === 16 && m[0] === 0xf800 && m[1] === 0x7e0 && m[2] === 0x1f
+            ? 'BGR;16'
+            : bits === 16 && m[0] === 0x7c00 && m[1] === 0x3e0 && m[2] === 0x1f
+              ? 'BGR;15'
+              : undefined;
     raw = found ?? fail('unsupported BMP bitfields layout');
   } else if (compression === 1 || compression === 2) {
     rle = true;
@@ -92,7 +163,9 @@ export async function decodeBMP(b: Uint8Array): Promise<RGBImage> {
       palette = new Uint8Array(256 * 3); // entries past the palette are black (a zeroed palette in Pillow)
       for (let i = 0; i < colors; i++) {
         const e = p + i * paletteEntry;
-        palette[i * 3] = b[e + 2]; palette[i * 3 + 1] = b[e + 1]; palette[i * 3 + 2] = b[e];
+        palette[i * 3] = b[e + 2];
+        palette[i * 3 + 1] = b[e + 1];
+        palette[i * 3 + 2] = b[e];
       }
     }
   }
@@ -110,7 +183,9 @@ export async function decodeBMP(b: Uint8Array): Promise<RGBImage> {
   const put = (x: number, row: number, r: number, g: number, bl: number) => {
     const y = topDown ? row : height - 1 - row; // row counts stored rows
     const o = (y * width + x) * 3;
-    out[o] = r; out[o + 1] = g; out[o + 2] = bl;
+    out[o] = r;
+    out[o + 1] = g;
+    out[o + 2] = bl;
   };
   const putIndex = (x: number, row: number, v: number, asMode: string) => {
     if (asMode === 'P') put(x, row, palette![v * 3], palette![v * 3 + 1], palette![v * 3 + 2]);
@@ -135,18 +210,31 @@ export async function decodeBMP(b: Uint8Array): Promise<RGBImage> {
     const s = dataAt + row * stride;
     for (let x = 0; x < width; x++) {
       switch (raw) {
-        case 'P;1': putIndex(x, row, (b[s + (x >> 3)] >> (7 - (x & 7))) & 1, 'P'); break;
-        case 'P;4': putIndex(x, row, (b[s + (x >> 1)] >> (x & 1 ? 0 : 4)) & 15, 'P'); break;
-        case 'P': putIndex(x, row, b[s + x], 'P'); break;
-        case '1': putIndex(x, row, (b[s + (x >> 3)] >> (7 - (x & 7))) & 1 ? 255 : 0, 'L'); break;
-        case 'L': putIndex(x, row, b[s + x], 'L'); break;
-        case 'BGR;15': case 'BGR;16': {
+        case 'P;1':
+          putIndex(x, row, (b[s + (x >> 3)] >> (7 - (x & 7))) & 1, 'P');
+          break;
+        case 'P;4':
+          putIndex(x, row, (b[s + (x >> 1)] >> (x & 1 ? 0 : 4)) & 15, 'P');
+          break;
+        case 'P':
+          putIndex(x, row, b[s + x], 'P');
+          break;
+        case '1':
+          putIndex(x, row, (b[s + (x >> 3)] >> (7 - (x & 7))) & 1 ? 255 : 0, 'L');
+          break;
+        case 'L':
+          putIndex(x, row, b[s + x], 'L');
+          break;
+        case 'BGR;15':
+        case 'BGR;16': {
           const v = u16(b, s + 2 * x);
-          if (raw === 'BGR;15') put(x, row, (((v >> 10) & 31) * 255 / 31) | 0, (((v >> 5) & 31) * 255 / 31) | 0, ((v & 31) * 255 / 31) | 0);
-          else put(x, row, (((v >> 11) & 31) * 255 / 31) | 0, (((v >> 5) & 63) * 255 / 63) | 0, ((v & 31) * 255 / 31) | 0);
+          if (raw === 'BGR;15') put(x, row, ((((v >> 10) & 31) * 255) / 31) | 0, ((((v >> 5) & 31) * 255) / 31) | 0, (((v & 31) * 255) / 31) | 0);
+          else put(x, row, ((((v >> 11) & 31) * 255) / 31) | 0, ((((v >> 5) & 63) * 255) / 63) | 0, (((v & 31) * 255) / 31) | 0);
           break;
         }
-        case 'BGR': put(x, row, b[s + 3 * x + 2], b[s + 3 * x + 1], b[s + 3 * x]); break;
+        case 'BGR':
+          put(x, row, b[s + 3 * x + 2], b[s + 3 * x + 1], b[s + 3 * x]);
+          break;
         default: {
           const o = s + 4 * x;
           put(x, row, b[o + rgbAt![0]], b[o + rgbAt![1]], b[o + rgbAt![2]]);
@@ -174,17 +262,21 @@ function decodeRLE(b: Uint8Array, start: number, width: number, height: number, 
       count = Math.min(count, total - n);
       for (let k = 0; k < count; k++) data[n++] = rle4 ? (k % 2 === 0 ? byte >> 4 : byte & 15) : byte;
       x += count;
-    } else if (byte === 0) { // end of line
+    } else if (byte === 0) {
+      // end of line
       while (n % width !== 0) data[n++] = 0;
       x = 0;
-    } else if (byte === 1) { // end of bitmap
+    } else if (byte === 1) {
+      // end of bitmap
       break;
-    } else if (byte === 2) { // delta
+    } else if (byte === 2) {
+      // delta
       if (i + 1 >= b.length) break;
       n += Math.min(total - n, b[i] + b[i + 1] * width);
       i += 2;
       x = n % width;
-    } else { // absolute run
+    } else {
+      // absolute run
       const dataCount = Math.min(total - n, byte);
       const byteCount = rle4 ? (dataCount + 1) >> 1 : dataCount;
       const avail = Math.min(byteCount, b.length - i);

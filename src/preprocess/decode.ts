@@ -15,7 +15,10 @@ import { decodeGIF } from './gif';
 import type { RGBImage } from './resample';
 
 /** Pillow's MULDIV255 (Convert.c): a * b / 255, rounded, in integers. */
-const mulDiv255 = (a: number, b: number) => { const t = a * b + 128; return ((t >> 8) + t) >> 8; };
+const mulDiv255 = (a: number, b: number) => {
+  const t = a * b + 128;
+  return ((t >> 8) + t) >> 8;
+};
 
 /** Pillow's cmyk2rgb: each of R, G, B is (255 - K) - C * (255 - K) / 255, clipped. */
 export function cmykToRGB(cmyk: Uint8Array, channels: number, pixels: number): Uint8Array {
@@ -53,8 +56,14 @@ export function checkHeader(head: Buffer, what: string, limit: PixelLimit, compl
 /** Decodes a whole file's bytes, of a format checkHeader accepted, as Pillow's open + convert('RGB'). */
 export async function decodePillowRGB(bytes: Buffer, format: ImageFormat, what: string, limit: PixelLimit): Promise<RGBImage> {
   try {
-    const image = format === 'gif' ? await decodeGIF(bytes) : format === 'bmp' ? await decodeBMP(bytes) : format === 'ppm' ? decodePPM(bytes)
-      : await decodeWithSharp(bytes, format, limit);
+    const image =
+      format === 'gif'
+        ? await decodeGIF(bytes)
+        : format === 'bmp'
+          ? await decodeBMP(bytes)
+          : format === 'ppm'
+            ? decodePPM(bytes)
+            : await decodeWithSharp(bytes, format, limit);
     // Pillow opens such an image; upstream's dynamic_preprocess then divides by zero.
     if (image.width === 0 || image.height === 0) throw new Error(`the image is ${image.width}x${image.height} pixels`);
     return image;
@@ -69,7 +78,10 @@ async function decodeWithSharp(bytes: Buffer, format: ImageFormat, limit: PixelL
   const input = { failOn: 'error' as const, limitInputPixels: limit.maxPixels === null ? false : Math.floor(2 * limit.maxPixels), ignoreIcc: true };
   const meta = await sharp(bytes, input).metadata();
   if (meta.space === 'cmyk') {
-    const { data, info } = await sharp(bytes, input).pipelineColourspace('cmyk').toColourspace('cmyk').raw({ depth: 'uchar' })
+    const { data, info } = await sharp(bytes, input)
+      .pipelineColourspace('cmyk')
+      .toColourspace('cmyk')
+      .raw({ depth: 'uchar' })
       .toBuffer({ resolveWithObject: true });
     if (info.channels < 4) throw new Error(`CMYK decoded to ${info.channels} channels`);
     return { width: info.width, height: info.height, data: cmykToRGB(data, info.channels, info.width * info.height) };
@@ -90,8 +102,7 @@ async function decodeWithSharp(bytes: Buffer, format: ImageFormat, limit: PixelL
     // divides in integers, and 0.2% of a test image's values come out one lower. Not decoded, then.
     throw new Error('TIFF with associated (premultiplied) alpha is not supported (libvips unpremultiplies it otherwise than Pillow)');
   }
-  const { data, info } = await sharp(bytes, input).toColourspace('srgb').removeAlpha().raw({ depth: 'uchar' })
-    .toBuffer({ resolveWithObject: true });
+  const { data, info } = await sharp(bytes, input).toColourspace('srgb').removeAlpha().raw({ depth: 'uchar' }).toBuffer({ resolveWithObject: true });
   if (info.channels !== 3) throw new Error(`decoded to ${info.channels} channels`);
   return { width: info.width, height: info.height, data: new Uint8Array(data.buffer, data.byteOffset, data.length) };
 }
@@ -103,8 +114,14 @@ function decodePPM(b: Uint8Array): RGBImage {
   let i = 2;
   while (tokens.length < 3) {
     if (i >= b.length) throw new Error('truncated PPM header');
-    if (b[i] === 0x23) { while (i < b.length && b[i] !== 0x0a && b[i] !== 0x0d) i++; continue; }
-    if (/\s/.test(String.fromCharCode(b[i]))) { i++; continue; }
+    if (b[i] === 0x23) {
+      while (i < b.length && b[i] !== 0x0a && b[i] !== 0x0d) i++;
+      continue;
+    }
+    if (/\s/.test(String.fromCharCode(b[i]))) {
+      i++;
+      continue;
+    }
     let s = '';
     while (i < b.length && b[i] >= 0x30 && b[i] <= 0x39) s += String.fromCharCode(b[i++]);
     if (s === '') throw new Error('bad PPM header');

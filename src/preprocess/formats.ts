@@ -8,7 +8,7 @@ export type ImageFormat = 'jpeg' | 'png' | 'gif' | 'webp' | 'bmp' | 'tiff' | 'pp
 export const SUPPORTED_FORMATS = 'JPEG, PNG, GIF, WebP, BMP, TIFF, PPM/PGM';
 
 /** Pillow's Image.MAX_IMAGE_PIXELS: a warning above it, an error above twice it. */
-export const PILLOW_MAX_IMAGE_PIXELS = Math.floor(1024 * 1024 * 1024 / 4 / 3); // 89,478,485
+export const PILLOW_MAX_IMAGE_PIXELS = Math.floor((1024 * 1024 * 1024) / 4 / 3); // 89,478,485
 
 const startsWith = (b: Uint8Array, s: string, at = 0) => b.length >= at + s.length && [...s].every((c, i) => b[at + i] === c.charCodeAt(0));
 
@@ -21,7 +21,8 @@ export function sniffFormat(b: Uint8Array): ImageFormat | { unsupported: string 
   if (startsWith(b, 'BM')) return 'bmp';
   if (startsWith(b, 'II*\0') || startsWith(b, 'MM\0*')) return 'tiff';
   if (b.length >= 3 && b[0] === 0x50 && (b[1] === 0x35 || b[1] === 0x36) && /\s/.test(String.fromCharCode(b[2]))) return 'ppm';
-  if (b.length >= 2 && b[0] === 0x50 && b[1] >= 0x31 && b[1] <= 0x37) return { unsupported: `Netpbm P${String.fromCharCode(b[1])} (only binary P5 / P6 are read)` };
+  if (b.length >= 2 && b[0] === 0x50 && b[1] >= 0x31 && b[1] <= 0x37)
+    return { unsupported: `Netpbm P${String.fromCharCode(b[1])} (only binary P5 / P6 are read)` };
   if (startsWith(b, 'II+\0') || startsWith(b, 'MM\0+')) return { unsupported: 'BigTIFF' };
   if (startsWith(b, 'ftyp', 4)) return { unsupported: `ISO media (${String.fromCharCode(...b.subarray(8, 12))}: AVIF / HEIF)` };
   if (startsWith(b, '\0\0\0\x0cjP  ') || startsWith(b, '\xff\x4f\xff\x51')) return { unsupported: 'JPEG 2000' };
@@ -34,7 +35,10 @@ export function sniffFormat(b: Uint8Array): ImageFormat | { unsupported: string 
 
 /** A header that cannot be read; `truncated` when more bytes might make it readable. */
 class HeaderError extends Error {
-  constructor(message: string, readonly truncated = false) {
+  constructor(
+    message: string,
+    readonly truncated = false,
+  ) {
     super(message);
   }
 }
@@ -53,9 +57,12 @@ export function headerSize(b: Uint8Array, format: ImageFormat): { width: number;
       need(b, 24, 'PNG');
       if (!startsWith(b, 'IHDR', 12)) throw new HeaderError('PNG without IHDR first');
       return { width: u32be(b, 16), height: u32be(b, 20) };
-    case 'jpeg': return jpegSize(b);
-    case 'gif': return gifSize(b);
-    case 'webp': return webpSize(b);
+    case 'jpeg':
+      return jpegSize(b);
+    case 'gif':
+      return gifSize(b);
+    case 'webp':
+      return webpSize(b);
     case 'bmp': {
       need(b, 30, 'BMP');
       const headerSize = u32le(b, 14);
@@ -65,13 +72,20 @@ export function headerSize(b: Uint8Array, format: ImageFormat): { width: number;
       // Pillow: a top-down bitmap (height's top byte 0xff) has height 2^32 - h.
       return { width: u32le(b, 18), height: b[25] === 0xff ? 2 ** 32 - h : h };
     }
-    case 'tiff': return tiffSize(b);
+    case 'tiff':
+      return tiffSize(b);
     case 'ppm': {
       const tokens: number[] = [];
       let i = 2;
       while (tokens.length < 2 && i < b.length) {
-        if (b[i] === 0x23) { while (i < b.length && b[i] !== 0x0a && b[i] !== 0x0d) i++; continue; } // comment
-        if (/\s/.test(String.fromCharCode(b[i]))) { i++; continue; }
+        if (b[i] === 0x23) {
+          while (i < b.length && b[i] !== 0x0a && b[i] !== 0x0d) i++;
+          continue;
+        } // comment
+        if (/\s/.test(String.fromCharCode(b[i]))) {
+          i++;
+          continue;
+        }
         let s = '';
         while (i < b.length && b[i] >= 0x30 && b[i] <= 0x39 && s.length < 10) s += String.fromCharCode(b[i++]);
         if (s === '') throw new HeaderError('bad PPM header');
@@ -86,13 +100,22 @@ export function headerSize(b: Uint8Array, format: ImageFormat): { width: number;
 function jpegSize(b: Uint8Array): { width: number; height: number } {
   let i = 2;
   while (i + 1 < b.length) {
-    if (b[i] !== 0xff) { i++; continue; } // junk between segments, skipped as Pillow does
+    if (b[i] !== 0xff) {
+      i++;
+      continue;
+    } // junk between segments, skipped as Pillow does
     const m = b[i + 1];
-    if (m === 0xff || m === 0x00) { i++; continue; }
-    if (m === 0x01 || m === 0xd8 || (m >= 0xd0 && m <= 0xd7)) { i += 2; continue; }
+    if (m === 0xff || m === 0x00) {
+      i++;
+      continue;
+    }
+    if (m === 0x01 || m === 0xd8 || (m >= 0xd0 && m <= 0xd7)) {
+      i += 2;
+      continue;
+    }
     need(b, i + 4, 'JPEG');
     const len = u16be(b, i + 2);
-    if ((m >= 0xc0 && m <= 0xcf) && m !== 0xc4 && m !== 0xc8 && m !== 0xcc) {
+    if (m >= 0xc0 && m <= 0xcf && m !== 0xc4 && m !== 0xc8 && m !== 0xcc) {
       need(b, i + 10, 'JPEG');
       // Pillow opens only 8-bit samples in 1, 3 or 4 components (libjpeg-turbo would decode more).
       if (b[i + 4] !== 8) throw new HeaderError(`JPEG with ${b[i + 4]}-bit samples (Pillow reads 8-bit only)`);
@@ -114,7 +137,8 @@ function gifSize(b: Uint8Array): { width: number; height: number } {
   if (b[10] & 0x80) i += 3 << ((b[10] & 7) + 1);
   while (i < b.length) {
     const t = b[i];
-    if (t === 0x21) { // extension: label, then sub-blocks
+    if (t === 0x21) {
+      // extension: label, then sub-blocks
       i += 2;
       while (i < b.length && b[i] !== 0) i += b[i] + 1;
       i++;
@@ -157,7 +181,8 @@ function tiffTags(b: Uint8Array): Map<number, number> {
   for (let k = 0; k < n; k++) {
     const e = ifd + 2 + 12 * k;
     const type = u16(b, e + 2);
-    if (type === 3) tags.set(u16(b, e), u16(b, e + 8)); // SHORT: the first value is inline whatever the count
+    if (type === 3)
+      tags.set(u16(b, e), u16(b, e + 8)); // SHORT: the first value is inline whatever the count
     else if (type === 4 && u32(b, e + 4) === 1) tags.set(u16(b, e), u32(b, e + 8));
   }
   return tags;
@@ -190,11 +215,15 @@ export function checkPixelLimit(what: string, size: { width: number; height: num
   const pixels = Math.max(1, size.width) * Math.max(1, size.height);
   const dims = `${size.width}x${size.height} (${pixels} pixels)`;
   if (pixels > 2 * limit.maxPixels) {
-    throw new Error(`${what}: image size ${dims} exceeds the limit of ${2 * limit.maxPixels} pixels (twice maxPixels = ${limit.maxPixels}; `
-      + 'CLI --max-pixels), could be a decompression bomb; refused before decoding');
+    throw new Error(
+      `${what}: image size ${dims} exceeds the limit of ${2 * limit.maxPixels} pixels (twice maxPixels = ${limit.maxPixels}; ` +
+        'CLI --max-pixels), could be a decompression bomb; refused before decoding',
+    );
   }
   if (pixels > limit.maxPixels) {
-    limit.warn(`${what}: image size ${dims} exceeds maxPixels = ${limit.maxPixels} (CLI --max-pixels), could be a decompression bomb; `
-      + `decoding it anyway, as Pillow does below twice the limit`);
+    limit.warn(
+      `${what}: image size ${dims} exceeds maxPixels = ${limit.maxPixels} (CLI --max-pixels), could be a decompression bomb; ` +
+        `decoding it anyway, as Pillow does below twice the limit`,
+    );
   }
 }

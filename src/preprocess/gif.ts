@@ -15,7 +15,9 @@ const CODES_PER_TURN = 1 << 16; // a code stands for up to 4096 pixels
 export const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
 
 export async function decodeGIF(b: Uint8Array): Promise<RGBImage> {
-  const fail = (m: string): never => { throw new Error(m); };
+  const fail = (m: string): never => {
+    throw new Error(m);
+  };
   if (b.length < 13) fail('truncated GIF header');
   let width = u16(b, 6);
   let height = u16(b, 8);
@@ -43,7 +45,10 @@ export async function decodeGIF(b: Uint8Array): Promise<RGBImage> {
     }
   }
   if (i + 10 > b.length) fail('truncated GIF image descriptor');
-  const x0 = u16(b, i + 1), y0 = u16(b, i + 3), fw = u16(b, i + 5), fh = u16(b, i + 7);
+  const x0 = u16(b, i + 1),
+    y0 = u16(b, i + 3),
+    fw = u16(b, i + 5),
+    fh = u16(b, i + 7);
   const flags = b[i + 9];
   i += 10;
   width = Math.max(width, x0 + fw);
@@ -87,7 +92,11 @@ export async function decodeGIF(b: Uint8Array): Promise<RGBImage> {
     if (p % PIXELS_PER_TURN === PIXELS_PER_TURN - 1) await nextTurn();
     const v = canvas[p];
     if (palette) {
-      if (v * 3 + 2 < palette.length) { out[p * 3] = palette[v * 3]; out[p * 3 + 1] = palette[v * 3 + 1]; out[p * 3 + 2] = palette[v * 3 + 2]; }
+      if (v * 3 + 2 < palette.length) {
+        out[p * 3] = palette[v * 3];
+        out[p * 3 + 1] = palette[v * 3 + 1];
+        out[p * 3 + 2] = palette[v * 3 + 2];
+      }
     } else {
       out[p * 3] = out[p * 3 + 1] = out[p * 3 + 2] = v;
     }
@@ -104,7 +113,13 @@ function isGrayRamp(p: Uint8Array): boolean {
 function interlacedRows(h: number, interlaced: boolean): number[] {
   if (!interlaced) return Array.from({ length: h }, (_, k) => k);
   const rows: number[] = [];
-  for (const [start, step] of [[0, 8], [4, 8], [2, 4], [1, 2]]) for (let y = start; y < h; y += step) rows.push(y);
+  for (const [start, step] of [
+    [0, 8],
+    [4, 8],
+    [2, 4],
+    [1, 2],
+  ])
+    for (let y = start; y < h; y += step) rows.push(y);
   return rows;
 }
 
@@ -116,7 +131,11 @@ async function lzwDecode(data: Uint8Array, minCodeSize: number, emit: (v: number
   const suffix = new Uint8Array(4096);
   const first = new Uint8Array(4096);
   const stack = new Uint8Array(4097);
-  for (let k = 0; k < clear; k++) { suffix[k] = k; first[k] = k; prefix[k] = -1; }
+  for (let k = 0; k < clear; k++) {
+    suffix[k] = k;
+    first[k] = k;
+    prefix[k] = -1;
+  }
   let size = minCodeSize + 1;
   let next = clear + 2;
   let prev = -1;
@@ -130,12 +149,20 @@ async function lzwDecode(data: Uint8Array, minCodeSize: number, emit: (v: number
   };
   for (let n = 1; !done(); n++) {
     if (n % CODES_PER_TURN === 0) await nextTurn();
-    while (bits < size && pos < data.length) { acc |= data[pos++] << bits; bits += 8; }
+    while (bits < size && pos < data.length) {
+      acc |= data[pos++] << bits;
+      bits += 8;
+    }
     if (bits < size) return; // the data ran out
     const code = acc & ((1 << size) - 1);
     acc >>>= size;
     bits -= size;
-    if (code === clear) { size = minCodeSize + 1; next = clear + 2; prev = -1; continue; }
+    if (code === clear) {
+      size = minCodeSize + 1;
+      next = clear + 2;
+      prev = -1;
+      continue;
+    }
     if (code === end) return;
     if (prev === -1) {
       if (code >= clear) throw new Error(`GIF LZW: code ${code} before any string`);

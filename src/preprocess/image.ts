@@ -193,7 +193,10 @@ export function chooseGrid(width: number, height: number, candidates: [number, n
 }
 
 /** Upstream's dynamic_preprocess on a decoded image: the 8-bit tiles, thumbnail last. */
-export function dynamicPreprocess(image: RGBImage, options: { minNum: number; maxNum: number; imageSize: number; useThumbnail: boolean }): { tiles: RGBImage[]; grid: [number, number] } {
+export function dynamicPreprocess(
+  image: RGBImage,
+  options: { minNum: number; maxNum: number; imageSize: number; useThumbnail: boolean },
+): { tiles: RGBImage[]; grid: [number, number] } {
   const { minNum, maxNum, imageSize, useThumbnail } = options;
   const grid = chooseGrid(image.width, image.height, candidateGrids(minNum, maxNum), imageSize);
   const [cols, rows] = grid;

@@ -77,8 +77,22 @@ export function getIndex(bound: [number, number] | undefined, fps: number, maxFr
 export function probeVideo(file: string): VideoInfo {
   if (!fs.existsSync(file)) throw new Error(`${file}: no such video file`);
   if (fs.statSync(file).size === 0) throw new Error(`${file}: the file is empty (0 bytes)`);
-  const run = spawnSync(binary('ffprobe'), ['-v', 'error', '-select_streams', 'v:0', '-count_packets',
-    '-show_entries', 'stream=width,height,avg_frame_rate,nb_frames,nb_read_packets', '-of', 'json', file], { encoding: 'utf8' });
+  const run = spawnSync(
+    binary('ffprobe'),
+    [
+      '-v',
+      'error',
+      '-select_streams',
+      'v:0',
+      '-count_packets',
+      '-show_entries',
+      'stream=width,height,avg_frame_rate,nb_frames,nb_read_packets',
+      '-of',
+      'json',
+      file,
+    ],
+    { encoding: 'utf8' },
+  );
   if (run.status !== 0) throw new Error(`${file}: cannot read the video (${(run.stderr || '').trim().split('\n')[0] || `ffprobe exit ${run.status}`})`);
   const streams = (JSON.parse(run.stdout) as { streams?: Record<string, string | number>[] }).streams ?? [];
   if (streams.length === 0) throw new Error(`${file}: no video stream`);
@@ -92,8 +106,24 @@ export function probeVideo(file: string): VideoInfo {
 /** Decodes the frames with the given (ascending, distinct) indices to RGB. */
 export async function decodeFrames(file: string, info: VideoInfo, indices: number[]): Promise<RGBImage[]> {
   const select = indices.map((i) => `eq(n\\,${i})`).join('+');
-  const args = ['-v', 'error', '-noautorotate', '-i', file, '-map', '0:v:0', '-vf', `select='${select}'`, '-vsync', '0',
-    '-f', 'rawvideo', '-pix_fmt', 'rgb24', 'pipe:1'];
+  const args = [
+    '-v',
+    'error',
+    '-noautorotate',
+    '-i',
+    file,
+    '-map',
+    '0:v:0',
+    '-vf',
+    `select='${select}'`,
+    '-vsync',
+    '0',
+    '-f',
+    'rawvideo',
+    '-pix_fmt',
+    'rgb24',
+    'pipe:1',
+  ];
   const frameBytes = info.width * info.height * 3;
   const chunks: Buffer[] = [];
   let stderr = '';
@@ -126,7 +156,8 @@ export async function loadVideo(file: string, options: VideoOptions = {}): Promi
   const unique = [...new Set(frameIndices)].sort((a, b) => a - b);
   if (unique.length < frameIndices.length) {
     (options.warn ?? ((m: string) => process.stderr.write(m + '\n')))(
-      `${file}: ${numSegments} segments over ${unique.length} distinct frames: some frames are repeated (as upstream's get_index does)`);
+      `${file}: ${numSegments} segments over ${unique.length} distinct frames: some frames are repeated (as upstream's get_index does)`,
+    );
   }
   const decoded = await decodeFrames(file, info, unique);
   const byIndex = new Map(unique.map((i, k) => [i, decoded[k]]));

@@ -85,17 +85,47 @@ export class WorkerModel {
   }
 
   /** `tokenizer` is not sent across: the worker uses its model directory's tokenizer (the one this must be). */
-  chat(tokenizer: PVCTokenizer | null, pixelValues: tf.Tensor4D | null, question: string, generation: GenerationOptions, options: ChatOptions & { returnHistory: true }): Promise<{ response: string; history: History }>;
-  chat(tokenizer: PVCTokenizer | null, pixelValues: tf.Tensor4D | null, question: string, generation?: GenerationOptions, options?: ChatOptions): Promise<string>;
-  chat(_tokenizer: PVCTokenizer | null, pixelValues: tf.Tensor4D | null, question: string, generation: GenerationOptions = {}, options: ChatOptions = {}): Promise<unknown> {
+  chat(
+    tokenizer: PVCTokenizer | null,
+    pixelValues: tf.Tensor4D | null,
+    question: string,
+    generation: GenerationOptions,
+    options: ChatOptions & { returnHistory: true },
+  ): Promise<{ response: string; history: History }>;
+  chat(
+    tokenizer: PVCTokenizer | null,
+    pixelValues: tf.Tensor4D | null,
+    question: string,
+    generation?: GenerationOptions,
+    options?: ChatOptions,
+  ): Promise<string>;
+  chat(
+    _tokenizer: PVCTokenizer | null,
+    pixelValues: tf.Tensor4D | null,
+    question: string,
+    generation: GenerationOptions = {},
+    options: ChatOptions = {},
+  ): Promise<unknown> {
     return this.call('chat', pixelValues, [question, generation], options);
   }
 
-  chatIds(_tokenizer: PVCTokenizer | null, pixelValues: tf.Tensor4D | null, question: string, generation: GenerationOptions = {}, options: ChatOptions = {}): Promise<PreparedPrompt & { outputIds: number[] }> {
+  chatIds(
+    _tokenizer: PVCTokenizer | null,
+    pixelValues: tf.Tensor4D | null,
+    question: string,
+    generation: GenerationOptions = {},
+    options: ChatOptions = {},
+  ): Promise<PreparedPrompt & { outputIds: number[] }> {
     return this.call('chatIds', pixelValues, [question, generation], options) as Promise<PreparedPrompt & { outputIds: number[] }>;
   }
 
-  batchChat(_tokenizer: PVCTokenizer | null, pixelValues: tf.Tensor4D | null, questions: string[], generation: GenerationOptions = {}, options: BatchChatOptions = {}): Promise<string[]> {
+  batchChat(
+    _tokenizer: PVCTokenizer | null,
+    pixelValues: tf.Tensor4D | null,
+    questions: string[],
+    generation: GenerationOptions = {},
+    options: BatchChatOptions = {},
+  ): Promise<string[]> {
     return this.call('batchChat', pixelValues, [questions, generation], options) as Promise<string[]>;
   }
 
@@ -106,7 +136,13 @@ export class WorkerModel {
   }
 
   /** chat() as text pieces; breaking out of the loop aborts the generation in the worker. */
-  async *stream(_tokenizer: PVCTokenizer | null, pixelValues: tf.Tensor4D | null, question: string, generation: GenerationOptions = {}, options: ChatOptions = {}): AsyncGenerator<string> {
+  async *stream(
+    _tokenizer: PVCTokenizer | null,
+    pixelValues: tf.Tensor4D | null,
+    question: string,
+    generation: GenerationOptions = {},
+    options: ChatOptions = {},
+  ): AsyncGenerator<string> {
     const pieces: string[] = [];
     let wake: (() => void) | null = null;
     let done = false;
@@ -149,7 +185,14 @@ export class WorkerModel {
     this.worker.postMessage(request, transfer);
   }
 
-  private call(method: Method, pixelValues: tf.Tensor4D | null, args: unknown[], options: { signal?: AbortSignal; onToken?: (id: number) => void }, optionsFirst = false, onPiece?: (piece: string) => void): Promise<unknown> {
+  private call(
+    method: Method,
+    pixelValues: tf.Tensor4D | null,
+    args: unknown[],
+    options: { signal?: AbortSignal; onToken?: (id: number) => void },
+    optionsFirst = false,
+    onPiece?: (piece: string) => void,
+  ): Promise<unknown> {
     if (this.closed) return Promise.reject(new Error(`${this.dir}: the WorkerModel was disposed`));
     const { signal, onToken, ...plain } = options;
     if (signal?.aborted) return Promise.reject(new AbortError(signal.reason));
@@ -166,7 +209,10 @@ export class WorkerModel {
         resolve: (v) => (cleanup(), resolve(v)),
         reject: (e) => (cleanup(), reject(e)),
       });
-      this.post({ kind: 'call', id, method, pixels, args: optionsFirst ? [plain] : [...args, plain], wantTokens: onToken !== undefined }, pixels ? [pixels.data.buffer as ArrayBuffer] : []);
+      this.post(
+        { kind: 'call', id, method, pixels, args: optionsFirst ? [plain] : [...args, plain], wantTokens: onToken !== undefined },
+        pixels ? [pixels.data.buffer as ArrayBuffer] : [],
+      );
     });
   }
 

@@ -28,7 +28,12 @@ class Attention {
   readonly heads: number;
   readonly scale: number;
 
-  constructor(w: Weights, readonly prefix: string, cfg: VisionConfig, private readonly kernels: Kernels) {
+  constructor(
+    w: Weights,
+    readonly prefix: string,
+    cfg: VisionConfig,
+    private readonly kernels: Kernels,
+  ) {
     this.qkv = new Linear(w, `${prefix}.qkv`, cfg.qkv_bias, kernels);
     this.proj = new Linear(w, `${prefix}.proj`, true, kernels);
     // q/k normalization (InternViT-6B) is RMSNorm over the full width, before the head split.
@@ -87,7 +92,13 @@ export class EncoderLayer {
   /** PVC: temporal attention after the spatial attention, or null. */
   readonly temporal: TemporalAttention | null;
 
-  constructor(w: Weights, readonly prefix: string, readonly index: number, cfg: VisionConfig, kernels: Kernels) {
+  constructor(
+    w: Weights,
+    readonly prefix: string,
+    readonly index: number,
+    cfg: VisionConfig,
+    kernels: Kernels,
+  ) {
     this.norm1 = makeNorm(w, `${prefix}.norm1`, cfg);
     this.norm2 = makeNorm(w, `${prefix}.norm2`, cfg);
     this.attn = new Attention(w, `${prefix}.attn`, cfg, kernels);
@@ -230,7 +241,10 @@ export class InternVisionModel {
     }
     const G = S / p;
     // Non-overlapping p x p patches, row-major over the grid, each flattened in (c, kh, kw) order.
-    const patches = pixelValues.reshape([N, channels, G, p, G, p]).transpose([0, 2, 4, 1, 3, 5]).reshape([N * G * G, channels * p * p]) as tf.Tensor2D;
+    const patches = pixelValues
+      .reshape([N, channels, G, p, G, p])
+      .transpose([0, 2, 4, 1, 3, 5])
+      .reshape([N * G * G, channels * p * p]) as tf.Tensor2D;
     const embedded = tf.fused.matMul({ a: patches, b: this.patchWeight, bias: this.patchBias }).reshape([N, G * G, -1]);
     const C = this.config.hidden_size;
     const cls = tf.broadcastTo(this.cls.reshape([1, 1, C]), [N, 1, C]);

@@ -25,7 +25,11 @@ export class Projector {
   readonly fc1: Linear;
   readonly fc2: Linear;
 
-  constructor(w: Weights, readonly config: ModelConfig, kernels: Kernels) {
+  constructor(
+    w: Weights,
+    readonly config: ModelConfig,
+    kernels: Kernels,
+  ) {
     this.norm = new LayerNorm(w, 'projector.norm', config.projector.layer_norm_eps);
     this.fc1 = new Linear(w, 'projector.fc1', true, kernels);
     this.fc2 = new Linear(w, 'projector.fc2', true, kernels);

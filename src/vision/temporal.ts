@@ -40,7 +40,12 @@ export class TimeEmbedder {
   readonly fc1: Linear;
   readonly fc2: Linear;
 
-  constructor(w: Weights, prefix: string, readonly freqDim: number, kernels: Kernels) {
+  constructor(
+    w: Weights,
+    prefix: string,
+    readonly freqDim: number,
+    kernels: Kernels,
+  ) {
     this.fc1 = new Linear(w, `${prefix}.fc1`, true, kernels);
     this.fc2 = new Linear(w, `${prefix}.fc2`, true, kernels);
   }
@@ -74,7 +79,14 @@ export class TemporalAttention {
   readonly proj: Linear;
   readonly ls: tf.Tensor1D;
 
-  constructor(w: Weights, readonly prefix: string, readonly layer: number, eps: number, readonly heads: number, private readonly kernels: Kernels) {
+  constructor(
+    w: Weights,
+    readonly prefix: string,
+    readonly layer: number,
+    eps: number,
+    readonly heads: number,
+    private readonly kernels: Kernels,
+  ) {
     this.norm = new LayerNorm(w, `${prefix}.norm`, eps);
     this.qkv = new Linear(w, `${prefix}.qkv`, true, kernels);
     this.proj = new Linear(w, `${prefix}.proj`, true, kernels);

@@ -28,8 +28,11 @@ export const BENCH_CONFIGS: Record<string, { hf: Json; measures: ('vision' | 'll
     note: 'one InternLM2-7B layer (width 4096, 32/8 heads, MLP 14336), small vocabulary',
   },
   medium: {
-    hf: config({ hidden_size: 512, intermediate_size: 2048, num_attention_heads: 8, num_hidden_layers: 6 },
-      { hidden_size: 1024, intermediate_size: 4096, num_hidden_layers: 8, num_attention_heads: 16, num_key_value_heads: 4, vocab_size: 92553 }, 448),
+    hf: config(
+      { hidden_size: 512, intermediate_size: 2048, num_attention_heads: 8, num_hidden_layers: 6 },
+      { hidden_size: 1024, intermediate_size: 4096, num_hidden_layers: 8, num_attention_heads: 16, num_key_value_heads: 4, vocab_size: 92553 },
+      448,
+    ),
     measures: ['vision', 'llm', 'beams'],
     note: 'ViT 6 x 512 at 448 px; LLM 8 x 1024 (16/4 heads, MLP 4096), vocabulary 92553',
   },

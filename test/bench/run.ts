@@ -29,7 +29,7 @@ function seededFloats(n: number, seed: number): Float32Array {
     x ^= x << 13;
     x ^= x >>> 17;
     x ^= x << 5;
-    return (x >>> 0) / 4294967296 * 2 - 1;
+    return ((x >>> 0) / 4294967296) * 2 - 1;
   });
 }
 
@@ -104,20 +104,63 @@ async function main() {
         const envs: Record<string, string>[] = backend === 'tensorflow' ? [{ TF_ENABLE_ONEDNN_OPTS: '0' }, { TF_ENABLE_ONEDNN_OPTS: '1' }] : [{}];
         for (const env of envs) {
           process.stderr.write(`bench: ${name} on ${backend}${env.TF_ENABLE_ONEDNN_OPTS ? ` (TF_ENABLE_ONEDNN_OPTS=${env.TF_ENABLE_ONEDNN_OPTS})` : ''}\n`);
-          results.push({ model: name, note: spec.note, ...runJson(tsx, [path.join(__dirname, 'tfjs-bench.ts'), '--model', outDir, '--backend', backend, '--inputs', inputs, '--measures', measures, '--runs', runs], env) });
+          results.push({
+            model: name,
+            note: spec.note,
+            ...runJson(
+              tsx,
+              [path.join(__dirname, 'tfjs-bench.ts'), '--model', outDir, '--backend', backend, '--inputs', inputs, '--measures', measures, '--runs', runs],
+              env,
+            ),
+          });
         }
       }
       const tapMeasures = spec.measures.filter((m) => m !== 'beams' && (!onlyMeasures || onlyMeasures.includes(m))).join(',');
       if (name === 'medium' && tfjsBackends.includes('wasm') && tapMeasures !== '') {
         for (const taps of ['idle', 'all']) {
           process.stderr.write(`bench: ${name} on wasm with taps ${taps}\n`);
-          results.push({ model: name, note: `${spec.note}; taps: ${taps}`, taps, ...runJson(tsx, [path.join(__dirname, 'tfjs-bench.ts'), '--model', outDir, '--backend', 'wasm', '--inputs', inputs, '--measures', tapMeasures, '--runs', runs, '--taps', taps]) });
+          results.push({
+            model: name,
+            note: `${spec.note}; taps: ${taps}`,
+            taps,
+            ...runJson(tsx, [
+              path.join(__dirname, 'tfjs-bench.ts'),
+              '--model',
+              outDir,
+              '--backend',
+              'wasm',
+              '--inputs',
+              inputs,
+              '--measures',
+              tapMeasures,
+              '--runs',
+              runs,
+              '--taps',
+              taps,
+            ]),
+          });
         }
       }
       process.stderr.write(`bench: ${name} on pytorch\n`);
-      results.push({ model: name, note: spec.note, ...(upstream
-        ? runJson(python, [path.join(__dirname, 'torch_bench.py'), '--upstream', upstream, '--model', hfDir, '--inputs', inputs, '--measures', measures, '--runs', runs])
-        : { backend: 'pytorch', error: 'PVC_UPSTREAM is not set (see test/reference/README.md)' }) });
+      results.push({
+        model: name,
+        note: spec.note,
+        ...(upstream
+          ? runJson(python, [
+              path.join(__dirname, 'torch_bench.py'),
+              '--upstream',
+              upstream,
+              '--model',
+              hfDir,
+              '--inputs',
+              inputs,
+              '--measures',
+              measures,
+              '--runs',
+              runs,
+            ])
+          : { backend: 'pytorch', error: 'PVC_UPSTREAM is not set (see test/reference/README.md)' }),
+      });
       fs.rmSync(outDir, { recursive: true, force: true });
       if (spec.hf) fs.rmSync(hfDir, { recursive: true, force: true });
     }
@@ -148,7 +191,10 @@ function runtimeSuite(work: string, tsx: string, python: string, upstream: strin
   const out: Record<string, unknown>[] = [];
   const bench = path.join(__dirname, 'runtime-bench.ts');
   const hfDir = path.join(work, 'runtime-medium-hf');
-  writeSyntheticCheckpoint(hfDir, { ...BENCH_CONFIGS.medium.hf, llm_config: { ...(BENCH_CONFIGS.medium.hf.llm_config as object), max_position_embeddings: 16384 } });
+  writeSyntheticCheckpoint(hfDir, {
+    ...BENCH_CONFIGS.medium.hf,
+    llm_config: { ...(BENCH_CONFIGS.medium.hf.llm_config as object), max_position_embeddings: 16384 },
+  });
   const medium = path.join(work, 'runtime-medium');
   convertCheckpoint(hfDir, medium);
   const tiny = path.join(work, 'runtime-tiny');
@@ -162,16 +208,22 @@ function runtimeSuite(work: string, tsx: string, python: string, upstream: strin
     process.stderr.write(`bench runtime: prefill ${tokens} on pytorch\n`);
     const inputs = path.join(work, `prefill-${tokens}.safetensors`);
     writeSafetensors(inputs, [{ name: 'embeds', dtype: 'F32', shape: [1, tokens, D], data: seededFloats(tokens * D, 2) }]);
-    out.push({ model: 'medium', ...(upstream
-      ? runJson(python, [path.join(__dirname, 'torch_bench.py'), '--upstream', upstream, '--model', hfDir, '--inputs', inputs, '--measures', 'prefill'])
-      : { backend: 'pytorch', measure: 'prefill', tokens, error: 'PVC_UPSTREAM is not set' }) });
+    out.push({
+      model: 'medium',
+      ...(upstream
+        ? runJson(python, [path.join(__dirname, 'torch_bench.py'), '--upstream', upstream, '--model', hfDir, '--inputs', inputs, '--measures', 'prefill'])
+        : { backend: 'pytorch', measure: 'prefill', tokens, error: 'PVC_UPSTREAM is not set' }),
+    });
   }
   // wasm would take minutes per frame pass at this width: the video runs on tensorflow where it is built.
   for (const backend of backends.filter((b) => b === 'tensorflow')) {
     process.stderr.write(`bench runtime: 96-frame video on ${backend}\n`);
     out.push({ model: 'pvc-vit300m-width', ...runJson(tsx, [bench, '--measure', 'video', '--backend', backend, '--frames', '96', '--tokenizer', tiny]) });
   }
-  for (const [name, dir] of [['tiny-internvl2', tiny], ['medium', medium]]) {
+  for (const [name, dir] of [
+    ['tiny-internvl2', tiny],
+    ['medium', medium],
+  ]) {
     for (const backend of backends) {
       for (const worker of [false, true]) {
         process.stderr.write(`bench runtime: event loop, ${name} on ${backend}${worker ? ' in a worker' : ''}\n`);
@@ -184,17 +236,49 @@ function runtimeSuite(work: string, tsx: string, python: string, upstream: strin
 
 function runtimeTable(rows: Record<string, unknown>[]): string {
   const f = (v: unknown, digits = 0) => (typeof v === 'number' ? v.toFixed(digits) : '-');
-  const lines = ['', '## Runtime', '', 'Prefill of N positions on the medium model (LLM 8 x 1024, 16/4 heads): time and peak RSS of a process that loads the model and runs one prefill (tfjs: chunks of 512 positions; PyTorch: eager attention over the whole prompt, head on the last position).', '', '| positions | backend | ms | peak RSS MB | RSS after load MB |', '|---|---|---|---|---|'];
+  const lines = [
+    '',
+    '## Runtime',
+    '',
+    'Prefill of N positions on the medium model (LLM 8 x 1024, 16/4 heads): time and peak RSS of a process that loads the model and runs one prefill (tfjs: chunks of 512 positions; PyTorch: eager attention over the whole prompt, head on the last position).',
+    '',
+    '| positions | backend | ms | peak RSS MB | RSS after load MB |',
+    '|---|---|---|---|---|',
+  ];
   for (const r of rows.filter((x) => x.measure === 'prefill' || (x.error && x.tokens))) {
-    lines.push(r.error ? `| ${r.tokens ?? '?'} | ${r.backend ?? '?'} | error: ${String(r.error).slice(0, 100)} | | |` : `| ${r.tokens} | ${r.backend} | ${f(r.ms)} | ${f(r.peakRssMB)} | ${f(r.rssBeforeMB)} |`);
+    lines.push(
+      r.error
+        ? `| ${r.tokens ?? '?'} | ${r.backend ?? '?'} | error: ${String(r.error).slice(0, 100)} | | |`
+        : `| ${r.tokens} | ${r.backend} | ${f(r.ms)} | ${f(r.peakRssMB)} | ${f(r.rssBeforeMB)} |`,
+    );
   }
-  lines.push('', 'A 96-frame PVC video chat at 448 px (ViT of InternViT-300M width, 1 layer with AdaLN and temporal attention; 64 tokens per frame; small LLM; 4 new tokens):', '', '| backend | frames | prompt tokens | frames per pass | to first token ms | total ms | peak RSS MB |', '|---|---|---|---|---|---|---|');
+  lines.push(
+    '',
+    'A 96-frame PVC video chat at 448 px (ViT of InternViT-300M width, 1 layer with AdaLN and temporal attention; 64 tokens per frame; small LLM; 4 new tokens):',
+    '',
+    '| backend | frames | prompt tokens | frames per pass | to first token ms | total ms | peak RSS MB |',
+    '|---|---|---|---|---|---|---|',
+  );
   for (const r of rows.filter((x) => x.measure === 'video' || x.model === 'pvc-vit300m-width')) {
-    lines.push(r.error ? `| error: ${String(r.error).slice(0, 100)} ||||||| ` : `| ${r.backend} | ${r.frames} | ${r.promptTokens} | ${r.framesPerPass} | ${f(r.promptMs)} | ${f(r.ms)} | ${f(r.peakRssMB)} |`);
+    lines.push(
+      r.error
+        ? `| error: ${String(r.error).slice(0, 100)} ||||||| `
+        : `| ${r.backend} | ${r.frames} | ${r.promptTokens} | ${r.framesPerPass} | ${f(r.promptMs)} | ${f(r.ms)} | ${f(r.peakRssMB)} |`,
+    );
   }
-  lines.push('', 'Event-loop delay in the main thread during a chat (2 tiles, 32 new tokens, after a warm-up chat):', '', '| model | backend | where | chat ms | p50 ms | p99 ms | max ms |', '|---|---|---|---|---|---|---|');
+  lines.push(
+    '',
+    'Event-loop delay in the main thread during a chat (2 tiles, 32 new tokens, after a warm-up chat):',
+    '',
+    '| model | backend | where | chat ms | p50 ms | p99 ms | max ms |',
+    '|---|---|---|---|---|---|---|',
+  );
   for (const r of rows.filter((x) => x.measure === 'loop' || (x.error && !x.tokens && x.model !== 'pvc-vit300m-width'))) {
-    lines.push(r.error ? `| ${r.model} | error: ${String(r.error).slice(0, 100)} ||||||` : `| ${r.model} | ${r.backend} | ${r.worker ? 'worker' : 'main thread'} | ${f(r.chatMs)} | ${f(r.p50Ms, 1)} | ${f(r.p99Ms, 1)} | ${f(r.maxMs, 1)} |`);
+    lines.push(
+      r.error
+        ? `| ${r.model} | error: ${String(r.error).slice(0, 100)} ||||||`
+        : `| ${r.model} | ${r.backend} | ${r.worker ? 'worker' : 'main thread'} | ${f(r.chatMs)} | ${f(r.p50Ms, 1)} | ${f(r.p99Ms, 1)} | ${f(r.maxMs, 1)} |`,
+    );
   }
   return lines.join('\n') + '\n';
 }
@@ -221,7 +305,9 @@ function table(results: Record<string, unknown>[], machine: Record<string, unkno
       lines.push(`| ${r.model} | ${r.backend ?? '?'}${r.taps ? ` (taps ${r.taps})` : ''} | error: ${String(r.error).slice(0, 120)} ||||||||||||`);
       continue;
     }
-    lines.push(`| ${r.model} | ${r.backend}${r.engine ? ` (${r.engine})` : ''}${r.taps ? ` (taps ${r.taps})` : ''}${r.threads ? ` (${r.threads} thread${r.threads === 1 ? '' : 's'})` : ''} | ${f(r.visionMsPerTile)} | ${r.backend === 'pytorch' ? '' : ratio(r, 'visionMsPerTile')} | ${f(r.prefillMs)} | ${r.backend === 'pytorch' ? '' : ratio(r, 'prefillMs')} | ${f(r.decodeTokensPerSecond)} | ${r.backend === 'pytorch' ? '' : ratio(r, 'decodeTokensPerSecond', true)} | ${f(r.greedyMsPerStep)} | ${f(r.beam5MsPerStep)} | ${typeof r.beam5MsPerStep === 'number' && typeof r.greedyMsPerStep === 'number' ? (r.beam5MsPerStep / r.greedyMsPerStep).toFixed(2) : '-'} | ${f(r.loadMs, 0)} | ${f(r.loadMBps)} | ${f(r.peakRssMB, 0)} |`);
+    lines.push(
+      `| ${r.model} | ${r.backend}${r.engine ? ` (${r.engine})` : ''}${r.taps ? ` (taps ${r.taps})` : ''}${r.threads ? ` (${r.threads} thread${r.threads === 1 ? '' : 's'})` : ''} | ${f(r.visionMsPerTile)} | ${r.backend === 'pytorch' ? '' : ratio(r, 'visionMsPerTile')} | ${f(r.prefillMs)} | ${r.backend === 'pytorch' ? '' : ratio(r, 'prefillMs')} | ${f(r.decodeTokensPerSecond)} | ${r.backend === 'pytorch' ? '' : ratio(r, 'decodeTokensPerSecond', true)} | ${f(r.greedyMsPerStep)} | ${f(r.beam5MsPerStep)} | ${typeof r.beam5MsPerStep === 'number' && typeof r.greedyMsPerStep === 'number' ? (r.beam5MsPerStep / r.greedyMsPerStep).toFixed(2) : '-'} | ${f(r.loadMs, 0)} | ${f(r.loadMBps)} | ${f(r.peakRssMB, 0)} |`,
+    );
   }
   lines.push('', ...Object.entries(BENCH_CONFIGS).map(([k, v]) => `- ${k}: ${v.note}`), '');
   return lines.join('\n');

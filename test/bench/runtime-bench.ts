@@ -44,15 +44,53 @@ async function prefill(dir: string, backend: BackendName, tokens: number) {
 function videoConfig(frames: number) {
   return validateConfig(
     {
-      format: 'pvc-tfjs', format_version: 1, model_type: 'pvc_internvl', template: 'internlm2-chat', system_message: 'You are a helpful assistant.',
-      image_size: 448, downsample_ratio: 0.25, ps_version: 'v2', select_layer: -1, num_image_token: 64,
-      dynamic_image_size: true, use_thumbnail: true, min_dynamic_patch: 1, max_dynamic_patch: 12,
-      vision: { hidden_size: 1024, intermediate_size: 4096, num_attention_heads: 16, num_hidden_layers: 1, image_size: 448, patch_size: 14,
-        num_channels: 3, norm_type: 'layer_norm', layer_norm_eps: 1e-6, hidden_act: 'gelu', qkv_bias: true, qk_normalization: false },
+      format: 'pvc-tfjs',
+      format_version: 1,
+      model_type: 'pvc_internvl',
+      template: 'internlm2-chat',
+      system_message: 'You are a helpful assistant.',
+      image_size: 448,
+      downsample_ratio: 0.25,
+      ps_version: 'v2',
+      select_layer: -1,
+      num_image_token: 64,
+      dynamic_image_size: true,
+      use_thumbnail: true,
+      min_dynamic_patch: 1,
+      max_dynamic_patch: 12,
+      vision: {
+        hidden_size: 1024,
+        intermediate_size: 4096,
+        num_attention_heads: 16,
+        num_hidden_layers: 1,
+        image_size: 448,
+        patch_size: 14,
+        num_channels: 3,
+        norm_type: 'layer_norm',
+        layer_norm_eps: 1e-6,
+        hidden_act: 'gelu',
+        qkv_bias: true,
+        qk_normalization: false,
+      },
       projector: { input_size: 16384, hidden_size: 512, layer_norm_eps: 1e-5 },
-      llm: { architecture: 'InternLM2ForCausalLM', vocab_size: 1015, hidden_size: 512, intermediate_size: 1024, num_hidden_layers: 2,
-        num_attention_heads: 8, num_key_value_heads: 2, head_dim: 64, hidden_act: 'silu', rms_norm_eps: 1e-5, rope_theta: 1e6,
-        rope_scaling: null, max_position_embeddings: frames * 64 + 1024, bos_token_id: 1, eos_token_id: 2, pad_token_id: 2 },
+      llm: {
+        architecture: 'InternLM2ForCausalLM',
+        vocab_size: 1015,
+        hidden_size: 512,
+        intermediate_size: 1024,
+        num_hidden_layers: 2,
+        num_attention_heads: 8,
+        num_key_value_heads: 2,
+        head_dim: 64,
+        hidden_act: 'silu',
+        rms_norm_eps: 1e-5,
+        rope_theta: 1e6,
+        rope_scaling: null,
+        max_position_embeddings: frames * 64 + 1024,
+        bos_token_id: 1,
+        eos_token_id: 2,
+        pad_token_id: 2,
+      },
       pvc: { use_temporal: true, image_repeat_time: 4, video_repeat_time: 1, adaln_layers: [0], temporal_layers: [0], time_embed_freq_dim: 256 },
     },
     'runtime-bench video config',
@@ -68,10 +106,26 @@ async function video(backend: BackendName, frames: number, tokenizerDir: string)
   const question = withImagePlaceholders('What happens?', frames, 'video');
   const t = performance.now();
   let firstToken = 0;
-  const out = await chatIds(model, tokenizer, pixels, question, { maxNewTokens: 4, minNewTokens: 4 }, { dataFlag: 3, numPatchesList: new Array(frames).fill(1), onToken: () => (firstToken ||= performance.now()) });
+  const out = await chatIds(
+    model,
+    tokenizer,
+    pixels,
+    question,
+    { maxNewTokens: 4, minNewTokens: 4 },
+    { dataFlag: 3, numPatchesList: new Array(frames).fill(1), onToken: () => (firstToken ||= performance.now()) },
+  );
   const ms = performance.now() - t;
   pixels.dispose();
-  return { measure: 'video', backend: tf.getBackend(), frames, promptTokens: out.inputIds.length, framesPerPass: model.limits.framesPerPass, promptMs: firstToken - t, ms, peakRssMB: peakRssMB() };
+  return {
+    measure: 'video',
+    backend: tf.getBackend(),
+    frames,
+    promptTokens: out.inputIds.length,
+    framesPerPass: model.limits.framesPerPass,
+    promptMs: firstToken - t,
+    ms,
+    peakRssMB: peakRssMB(),
+  };
 }
 
 async function loop(dir: string, backend: BackendName, inWorker: boolean) {
@@ -90,7 +144,16 @@ async function loop(dir: string, backend: BackendName, inWorker: boolean) {
   histogram.disable();
   pixels.dispose();
   if (model instanceof WorkerModel) await model.dispose();
-  return { measure: 'loop', backend, worker: inWorker, chatMs: ms, p50Ms: histogram.percentile(50) / 1e6, p99Ms: histogram.percentile(99) / 1e6, maxMs: histogram.max / 1e6, peakRssMB: peakRssMB() };
+  return {
+    measure: 'loop',
+    backend,
+    worker: inWorker,
+    chatMs: ms,
+    p50Ms: histogram.percentile(50) / 1e6,
+    p99Ms: histogram.percentile(99) / 1e6,
+    maxMs: histogram.max / 1e6,
+    peakRssMB: peakRssMB(),
+  };
 }
 
 async function main() {

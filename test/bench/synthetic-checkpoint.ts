@@ -14,19 +14,49 @@ const SHARD_BYTES = 1 << 30;
 
 export function syntheticConfig(llmLayers: number): Record<string, unknown> {
   return {
-    model_type: 'internvl_chat', template: 'internlm2-chat', select_layer: -1, force_image_size: 448,
-    downsample_ratio: 0.5, ps_version: 'v2', dynamic_image_size: true, use_thumbnail: true,
-    min_dynamic_patch: 1, max_dynamic_patch: 12, architectures: ['InternVLChatModel'],
+    model_type: 'internvl_chat',
+    template: 'internlm2-chat',
+    select_layer: -1,
+    force_image_size: 448,
+    downsample_ratio: 0.5,
+    ps_version: 'v2',
+    dynamic_image_size: true,
+    use_thumbnail: true,
+    min_dynamic_patch: 1,
+    max_dynamic_patch: 12,
+    architectures: ['InternVLChatModel'],
     vision_config: {
-      hidden_size: 1024, intermediate_size: 4096, num_attention_heads: 16, num_hidden_layers: 24, image_size: 448,
-      patch_size: 14, num_channels: 3, norm_type: 'layer_norm', layer_norm_eps: 1e-6, hidden_act: 'gelu',
-      qkv_bias: true, qk_normalization: false,
+      hidden_size: 1024,
+      intermediate_size: 4096,
+      num_attention_heads: 16,
+      num_hidden_layers: 24,
+      image_size: 448,
+      patch_size: 14,
+      num_channels: 3,
+      norm_type: 'layer_norm',
+      layer_norm_eps: 1e-6,
+      hidden_act: 'gelu',
+      qkv_bias: true,
+      qk_normalization: false,
     },
     llm_config: {
-      architectures: ['InternLM2ForCausalLM'], vocab_size: 92553, hidden_size: 4096, intermediate_size: 14336,
-      num_hidden_layers: llmLayers, num_attention_heads: 32, num_key_value_heads: 8, hidden_act: 'silu',
-      rms_norm_eps: 1e-5, rope_theta: 1000000, rope_scaling: { type: 'dynamic', factor: 2.0 },
-      max_position_embeddings: 32768, bias: false, tie_word_embeddings: false, bos_token_id: 1, eos_token_id: 2, pad_token_id: 2,
+      architectures: ['InternLM2ForCausalLM'],
+      vocab_size: 92553,
+      hidden_size: 4096,
+      intermediate_size: 14336,
+      num_hidden_layers: llmLayers,
+      num_attention_heads: 32,
+      num_key_value_heads: 8,
+      hidden_act: 'silu',
+      rms_norm_eps: 1e-5,
+      rope_theta: 1000000,
+      rope_scaling: { type: 'dynamic', factor: 2.0 },
+      max_position_embeddings: 32768,
+      bias: false,
+      tie_word_embeddings: false,
+      bos_token_id: 1,
+      eos_token_id: 2,
+      pad_token_id: 2,
     },
   };
 }
@@ -51,7 +81,7 @@ function fillRandomBf16(out: Uint16Array, seed: number, scale: number): void {
 /** Scale of a tensor's random values: norms and layer scales near 1, matrices 1/sqrt(fan_in), the rest small. */
 function scaleOf(name: string, shape: number[]): number {
   if (shape.length >= 2) return 1 / Math.sqrt(shape.slice(1).reduce((a, b) => a * b, 1));
-  if (/norm|ls[12]$/.test(name) && name.endsWith('weight') || /ls[12]$/.test(name)) return 1;
+  if ((/norm|ls[12]$/.test(name) && name.endsWith('weight')) || /ls[12]$/.test(name)) return 1;
   return 0.1;
 }
 
@@ -79,7 +109,11 @@ export function writeSyntheticCheckpoint(outDir: string, hf: Record<string, unkn
   let total = 0;
   groups.forEach((group, g) => {
     const file = `model-${String(g + 1).padStart(5, '0')}-of-${String(groups.length).padStart(5, '0')}.safetensors`;
-    const writer = new SafetensorsWriter(path.join(outDir, file), group.map((t) => ({ ...t, dtype: 'BF16' as const })), { format: 'pt' });
+    const writer = new SafetensorsWriter(
+      path.join(outDir, file),
+      group.map((t) => ({ ...t, dtype: 'BF16' as const })),
+      { format: 'pt' },
+    );
     group.forEach((t, k) => {
       const data = new Uint16Array(numElements(t.shape));
       fillRandomBf16(data, g * 1000 + k + 1, scaleOf(t.name, t.shape));

@@ -55,11 +55,12 @@ async function main() {
   }
   if (measures.includes('vision')) {
     const pixels = tf.tensor4d(inputs.readFloat32('pixel_values'), inputs.info('pixel_values').shape as [number, number, number, number]);
-    result.visionMsPerTile = await bestMs(() => {
-      const out = model.extractFeature(pixels, tap);
-      out.dataSync();
-      out.dispose();
-    }, runs) / pixels.shape[0];
+    result.visionMsPerTile =
+      (await bestMs(() => {
+        const out = model.extractFeature(pixels, tap);
+        out.dataSync();
+        out.dispose();
+      }, runs)) / pixels.shape[0];
     pixels.dispose();
   }
   if (measures.includes('llm')) {
