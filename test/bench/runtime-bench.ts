@@ -134,7 +134,8 @@ async function loop(dir: string, backend: BackendName, inWorker: boolean) {
   if (!inWorker) await initBackend({ backend });
   else await initBackend({ backend: 'cpu', log: null }); // the main thread only holds the pixels
   const pixels = tf.randomUniform([2, 3, S, S], -1, 1, 'float32', 3) as tf.Tensor4D;
-  const chat = () => model.chat(null as never, pixels, 'Describe the image.', { maxNewTokens: 32, minNewTokens: 32 }, { dataFlag: 1 });
+  const tokenizer = model instanceof PVCModel ? model.tokenizer() : null; // a worker uses its own
+  const chat = () => model.chat(tokenizer as never, pixels, 'Describe the image.', { maxNewTokens: 32, minNewTokens: 32 }, { dataFlag: 1 });
   await chat(); // first-use costs (wasm compiles lazily) out of the way
   const histogram = monitorEventLoopDelay({ resolution: 5 });
   histogram.enable();
