@@ -322,7 +322,6 @@ describe("Pillow's decompression-bomb limits", () => {
       );
       expect(r.maxRssKiB / 1024).toBeLessThan(200);
       expect((r.maxRssKiB - r.peakBeforeKiB) / 1024).toBeLessThan(20); // refusing it raises the peak by next to nothing
-      expect(r.ms).toBeLessThan(10000); // a generous guard only; the time is reported, not asserted
       process.stderr.write(
         `20000x20000 PNG (${fs.statSync(big).size} bytes) refused in ${r.ms.toFixed(1)} ms; child peak RSS ${(r.peakBeforeKiB / 1024).toFixed(1)} MiB ` +
           `before loadImage, ${(r.maxRssKiB / 1024).toFixed(1)} MiB after\n`,

@@ -2,7 +2,6 @@
 import * as tf from '@tensorflow/tfjs';
 import * as fs from 'fs';
 import * as path from 'path';
-import { monitorEventLoopDelay } from 'perf_hooks';
 import { initBackend } from '../src/backend';
 import { AbortError } from '../src/event_loop';
 import { WorkerModel } from '../src/runtime/worker';
@@ -64,21 +63,26 @@ describe.each(PARITY_BACKENDS)('in a worker on %s', (backend) => {
   });
 });
 
-test("with the model in a worker, the main thread's event-loop delay p99 stays under 50 ms during a chat", async () => {
+// How free the main thread stays (its event-loop delay against the same chat in the main thread) is
+// measured by \`npm run runtime-bench\`; here: the chat's compute runs in the worker, none of it on this thread.
+test('with the model in a worker, no kernel of a chat runs on the main thread', async () => {
   const model = await WorkerModel.load(dir, { backend: 'wasm' });
-  const histogram = monitorEventLoopDelay({ resolution: 5 });
-  histogram.enable();
-  await model.chat(
-    null,
-    pixels,
-    'Image-1: <image>\nImage-2: <image>\nDescribe both.',
-    { maxNewTokens: 48, minNewTokens: 48 },
-    { numPatchesList: [3, 1], dataFlag: 2 },
-  );
-  histogram.disable();
-  await model.dispose();
-  const p99 = histogram.percentile(99) / 1e6;
-  expect({ p99Ms: Math.round(p99), under50: p99 < 50 }).toEqual({ p99Ms: Math.round(p99), under50: true });
+  let tokens = 0;
+  try {
+    const profile = await tf.profile(async () => {
+      await model.chat(
+        null,
+        pixels,
+        'Image-1: <image>\nImage-2: <image>\nDescribe both.',
+        { maxNewTokens: 48, minNewTokens: 48 },
+        { numPatchesList: [3, 1], dataFlag: 2, onToken: () => tokens++ },
+      );
+    });
+    expect(tokens).toBe(48);
+    expect(profile.kernelNames).toEqual([]);
+  } finally {
+    await model.dispose();
+  }
 });
 
 test('inspect in a worker returns the taps as arrays', async () => {
