@@ -77,6 +77,18 @@ async function main(): Promise<number> {
   const deadline = started + timeLimit * 1000;
   const outcomes: Outcome[] = [];
   let notSent = 0;
+  // A monitor asks /health every 100 ms while the clients run; the answers given while a generation was
+  // running are the issue's "/health during a long generation" latency.
+  const health: number[] = [];
+  let loadDone = false;
+  const monitor = (async () => {
+    while (!loadDone) {
+      const t = performance.now();
+      const body = (await (await fetch(`${server.url}/health`)).json()) as { queue: { running: number } };
+      if (body.queue.running > 0) health.push(performance.now() - t);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  })();
   await Promise.all(
     Array.from({ length: clients }, async (_, c) => {
       const client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: 'none', maxRetries: 0, timeout: timeLimit * 1000 });
@@ -93,6 +105,8 @@ async function main(): Promise<number> {
     }),
   );
   const wall = (performance.now() - started) / 1000;
+  loadDone = true;
+  await monitor;
   const end = Date.now() + 5000;
   while (server.queue.depth.running + server.queue.depth.waiting > 0 && Date.now() < end) await new Promise((r) => setTimeout(r, 10));
   const leaked = tf.memory().numTensors - baseline;
@@ -119,6 +133,15 @@ async function main(): Promise<number> {
     wallSeconds: +wall.toFixed(2),
     throughput: { requestsPerSecond: +(answered.length / wall).toFixed(2), tokensPerSecond: +(tokens / wall).toFixed(1) },
     latencyMs: { p50: +percentile(latency, 50).toFixed(0), p99: +percentile(latency, 99).toFixed(0), max: +percentile(latency, 100).toFixed(0) },
+    healthDuringGenerationMs: (() => {
+      const sorted = [...health].sort((a, b) => a - b);
+      return {
+        probes: sorted.length,
+        p50: +percentile(sorted, 50).toFixed(1),
+        p99: +percentile(sorted, 99).toFixed(1),
+        max: +percentile(sorted, 100).toFixed(1),
+      };
+    })(),
     refusedLatencyMs: { p50: +percentile(refusedLatency, 50).toFixed(1), p99: +percentile(refusedLatency, 99).toFixed(1) },
     byKind: Object.fromEntries(
       kinds.map((k) => [
@@ -140,8 +163,8 @@ async function main(): Promise<number> {
   fs.writeFileSync(path.join(ROOT, 'bench-results.serve.json'), JSON.stringify(result, null, 1) + '\n');
   console.log(JSON.stringify(result, null, 1));
   console.log(
-    `\n| clients x requests | answered | 429 | failed | wall | throughput | p50 | p99 |\n|---|---|---|---|---|---|---|---|\n` +
-      `| ${clients} x ${perClient} | ${answered.length} | ${refused.length} | ${failed.length} | ${wall.toFixed(1)} s | ${result.throughput.requestsPerSecond} req/s, ${result.throughput.tokensPerSecond} tok/s | ${result.latencyMs.p50} ms | ${result.latencyMs.p99} ms |`,
+    `\n| clients x requests | answered | 429 | failed | wall | throughput | p50 | p99 | /health p99 while generating |\n|---|---|---|---|---|---|---|---|---|\n` +
+      `| ${clients} x ${perClient} | ${answered.length} | ${refused.length} | ${failed.length} | ${wall.toFixed(1)} s | ${result.throughput.requestsPerSecond} req/s, ${result.throughput.tokensPerSecond} tok/s | ${result.latencyMs.p50} ms | ${result.latencyMs.p99} ms | ${result.healthDuringGenerationMs.p99} ms |`,
   );
   const ok = failed.length === 0 && leaked === 0 && answered.length > 0;
   if (!ok) console.error(`serve bench FAILED: ${failed.length} failed request(s), ${leaked} tensor(s) left behind`);
