@@ -90,21 +90,23 @@ def training_corpus():
     return lines
 
 
-def train_tokenizer(out_dir):
+def train_tokenizer(out_dir, corpus=None, vocab_size=SP_VOCAB):
+    """A sentencepiece BPE model with InternLM2's settings on `corpus` (default: training_corpus()),
+    plus the six placeholder pieces; returns the number of pieces."""
     import sentencepiece as spm
     from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(training_corpus()), model_writer=buf,
-        model_type='bpe', vocab_size=SP_VOCAB, byte_fallback=True, add_dummy_prefix=False,
+        sentence_iterator=iter(corpus or training_corpus()), model_writer=buf,
+        model_type='bpe', vocab_size=vocab_size, byte_fallback=True, add_dummy_prefix=False,
         remove_extra_whitespaces=False, normalization_rule_name='identity', split_digits=True,
         allow_whitespace_only_pieces=True, character_coverage=0.9995, num_threads=1,
         unk_id=0, bos_id=1, eos_id=2, pad_id=-1, max_sentencepiece_length=16,
         input_sentence_size=0, shuffle_input_sentence=False, minloglevel=2)
     proto = sp_pb2.ModelProto()
     proto.ParseFromString(buf.getvalue())
-    assert len(proto.pieces) == SP_VOCAB, len(proto.pieces)
+    assert len(proto.pieces) == vocab_size, len(proto.pieces)
     # Placeholder pieces at the end, as in InternLM2's tokenizer.model (their names there are opaque).
     for k in range(len(INTERNLM2_SPECIAL)):
         piece = proto.pieces.add()

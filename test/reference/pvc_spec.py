@@ -138,16 +138,21 @@ def visual_tokens(model, pixel_values, data_flag, num_patches_list, cfg, hooks=N
         reps = cfg['image_repeat_time']
         frames = pixel_values.repeat_interleave(reps, dim=0)  # each tile its own sequence of reps frames
         T = reps
-    h = model.vision_model(frames, T, hooks)
+    out = project(model, model.vision_model(frames, T, hooks))
+    if hooks is not None:
+        hooks['projector.out'] = out.clone()
+    return out.reshape(-1, out.shape[-1])
+
+
+def project(model, h):
+    """ViT hidden states [frames, 1 + N, C] -> visual tokens [frames, num_image_token, D]: the class
+    token dropped, upstream's pixel shuffle and mlp1."""
     h = h[:, 1:, :]
     g = int(h.shape[1] ** 0.5)
     h = h.reshape(h.shape[0], g, g, -1)
     h = model.pixel_shuffle(h, scale_factor=model.downsample_ratio)
     h = h.reshape(h.shape[0], -1, h.shape[-1])
-    out = model.mlp1(h)
-    if hooks is not None:
-        hooks['projector.out'] = out.clone()
-    return out.reshape(-1, out.shape[-1])
+    return model.mlp1(h)
 
 
 def prompt_of(model, tokenizer, question, num_patches_list, data_flag, cfg, history=None):
