@@ -8,8 +8,8 @@ import sharp from 'sharp';
 
 const ROOT = path.join(__dirname, '..');
 const ASSETS = path.join(ROOT, '..', 'shared', 'assets');
-/** The embedded default, built by `npm run demo` (weights/build.ts). */
-export const DEFAULT_MODEL = path.join(ROOT, 'weights', 'tiny-internvl2');
+/** The embedded default, built by `npm run demo` (weights/build.ts): the toy trained on synthetic scenes. */
+export const DEFAULT_MODEL = path.join(ROOT, 'weights', 'scenes-pvc');
 
 /** `--model DIR` from the command line, else the embedded tiny model. */
 export function modelDir(): string {
@@ -21,6 +21,8 @@ export function modelDir(): string {
   }
   if (path.basename(dir).startsWith('tiny-'))
     console.log(`(${path.basename(dir)}: random weights, its answers are noise; pass --model DIR for a real checkpoint)`);
+  if (path.basename(dir) === 'scenes-pvc')
+    console.log(`(scenes-pvc: a toy trained here on synthetic shapes, not PVC's weights; on photos its one-word answers mean little)`);
   return dir;
 }
 

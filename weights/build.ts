@@ -1,5 +1,6 @@
-// Builds the embedded default models into weights/ by converting the committed tiny checkpoints
-// with pvc-convert (skipped when already built).
+// Builds the embedded default models into weights/ by converting the committed checkpoints with
+// pvc-convert (skipped when already built): scenes-pvc (trained here on synthetic scenes) and the two
+// random tiny models of the parity tests.
 //   npx tsx weights/build.ts
 import * as fs from 'fs';
 import * as path from 'path';
@@ -7,7 +8,7 @@ import { convertCheckpoint } from '../converter/convert';
 
 const FIXTURES = path.join(__dirname, '..', 'test', 'fixtures', 'checkpoints');
 
-for (const name of ['tiny-internvl2', 'tiny-pvc']) {
+for (const name of ['scenes-pvc', 'tiny-internvl2', 'tiny-pvc']) {
   const out = path.join(__dirname, name);
   if (fs.existsSync(path.join(out, 'manifest.json'))) {
     console.log(`weights/${name}: present`);
