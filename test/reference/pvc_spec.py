@@ -195,6 +195,38 @@ def pvc_chat(model, tokenizer, pixel_values, question, gen_cfg, data_flag, num_p
             'answer': response, 'data_flag': data_flag, 'num_patches_list': num_patches_list}
 
 
+# ---- checkpoints ------------------------------------------------------------------------------------
+
+def save_checkpoint(model, ckpt, tok, pvc, shard_size):
+    """A PVC checkpoint in the HF layout: bf16 shards and index, config with model_type pvc_internvl and
+    the PVC fields, generation_config (eos <|im_end|>, <|im_start|>)."""
+    model = model.to(torch.bfloat16)
+    model.save_pretrained(ckpt, safe_serialization=True, max_shard_size=shard_size)
+    with open(os.path.join(ckpt, 'config.json')) as f:
+        hf = json.load(f)
+    hf.update(model_type='pvc_internvl', architectures=['PVCInternVLChatModel'], **pvc)
+    with open(os.path.join(ckpt, 'config.json'), 'w') as f:
+        json.dump(hf, f, indent=2, sort_keys=True)
+        f.write('\n')
+    with open(os.path.join(ckpt, 'generation_config.json'), 'w') as f:
+        json.dump({'eos_token_id': [tok.convert_tokens_to_ids('<|im_end|>'), tok.convert_tokens_to_ids('<|im_start|>')],
+                   'transformers_version': '4.37.2'}, f, indent=2)
+        f.write('\n')
+
+
+def load_float32(ckpt, config, adaln_layers, temporal_layers):
+    """The checkpoint as the port loads it: the bf16 shards read in float32."""
+    from internvl.model.internvl_chat import InternVLChatModel
+    from safetensors.torch import load_file
+    model = InternVLChatModel(config, vision_model=PVCVisionModel(config.vision_config, adaln_layers, temporal_layers))
+    state = {}
+    for f in sorted(os.listdir(ckpt)):
+        if f.endswith('.safetensors'):
+            state.update({k: v.float() for k, v in load_file(os.path.join(ckpt, f)).items()})
+    model.load_state_dict(state, strict=True)
+    return model.float().eval()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--upstream', required=True)
@@ -206,7 +238,6 @@ def main():
     torch.set_num_threads(1)
     out_root = os.path.abspath(args.out)
     from internvl.model.internvl_chat import InternVLChatModel
-    from safetensors.torch import load_file
 
     name, seed = 'tiny-pvc', mf.SEED + 200
     ckpt = os.path.join(out_root, 'checkpoints', name)
@@ -228,28 +259,8 @@ def main():
     torch.manual_seed(seed)
     model = InternVLChatModel(config, vision_model=PVCVisionModel(config.vision_config, adaln_layers, temporal_layers))
     mf.randomize(model, seed)
-    model = model.to(torch.bfloat16)
-    model.save_pretrained(ckpt, safe_serialization=True, max_shard_size='300KB')
-    # The checkpoint's config is a PVC one.
-    with open(os.path.join(ckpt, 'config.json')) as f:
-        hf = json.load(f)
-    hf.update(model_type='pvc_internvl', architectures=['PVCInternVLChatModel'], **pvc)
-    with open(os.path.join(ckpt, 'config.json'), 'w') as f:
-        json.dump(hf, f, indent=2, sort_keys=True)
-        f.write('\n')
-    with open(os.path.join(ckpt, 'generation_config.json'), 'w') as f:
-        json.dump({'eos_token_id': [tok.convert_tokens_to_ids('<|im_end|>'), tok.convert_tokens_to_ids('<|im_start|>')],
-                   'transformers_version': '4.37.2'}, f, indent=2)
-        f.write('\n')
-
-    # Reload from the bf16 shards in float32 (what the port loads).
-    model = InternVLChatModel(config, vision_model=PVCVisionModel(config.vision_config, adaln_layers, temporal_layers))
-    state = {}
-    for f in sorted(os.listdir(ckpt)):
-        if f.endswith('.safetensors'):
-            state.update({k: v.float() for k, v in load_file(os.path.join(ckpt, f)).items()})
-    model.load_state_dict(state, strict=True)
-    model = model.float().eval()
+    save_checkpoint(model, ckpt, tok, pvc, '300KB')
+    model = load_float32(ckpt, config, adaln_layers, temporal_layers)
 
     size = vision['image_size']
     image_a = mf.pixel_values(3, size, seed + 1)

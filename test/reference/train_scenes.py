@@ -296,34 +296,6 @@ def train_end_to_end(model, data, rng, steps, batch, log, lr=1.5e-3, frozen_visi
 
 # ---- checkpoint and evaluation set -----------------------------------------------------------------
 
-def save(model, config, tok, ckpt):
-    model = model.to(torch.bfloat16)
-    model.save_pretrained(ckpt, safe_serialization=True, max_shard_size='2MB')
-    with open(os.path.join(ckpt, 'config.json')) as f:
-        hf = json.load(f)
-    hf.update(model_type='pvc_internvl', architectures=['PVCInternVLChatModel'], **PVC)
-    with open(os.path.join(ckpt, 'config.json'), 'w') as f:
-        json.dump(hf, f, indent=2, sort_keys=True)
-        f.write('\n')
-    with open(os.path.join(ckpt, 'generation_config.json'), 'w') as f:
-        json.dump({'eos_token_id': [tok.convert_tokens_to_ids('<|im_end|>'), tok.convert_tokens_to_ids('<|im_start|>')],
-                   'transformers_version': '4.37.2'}, f, indent=2)
-        f.write('\n')
-
-
-def load_float32(ckpt, config):
-    """The checkpoint as the port loads it: the bf16 shards in float32."""
-    from internvl.model.internvl_chat import InternVLChatModel
-    from safetensors.torch import load_file
-    model = InternVLChatModel(config, vision_model=pvc_spec.PVCVisionModel(config.vision_config, ADALN_LAYERS, TEMPORAL_LAYERS))
-    state = {}
-    for f in sorted(os.listdir(ckpt)):
-        if f.endswith('.safetensors'):
-            state.update({k: v.float() for k, v in load_file(os.path.join(ckpt, f)).items()})
-    model.load_state_dict(state, strict=True)
-    return model.float().eval()
-
-
 def write_eval(model, tok, pre, out_dir, seed):
     """EVAL_PER_KIND samples of every kind from a seed training never uses, as PNG files, with the
     question, the true answer and PyTorch's greedy answer from the files (as chat() gets them)."""
@@ -404,12 +376,12 @@ def main():
         center_visual_tokens(model, data, rng)
         train_end_to_end(model, data, rng, args.steps, args.batch, log, snapshot=args.snapshot)
         log({'done': True, 'minutes': round((time.time() - t0) / 60, 1)})
-        save(model, config, tok, ckpt)
+        pvc_spec.save_checkpoint(model, ckpt, tok, PVC, '2MB')
     else:
         log_lines = None
     tok, _ = mf.load_tokenizer(ckpt)
     config, _ = build_model(tok)
-    model = load_float32(ckpt, config)
+    model = pvc_spec.load_float32(ckpt, config, ADALN_LAYERS, TEMPORAL_LAYERS)
     with torch.no_grad():
         records = write_eval(model, tok, pre, eval_dir, SEED + 1)
     acc = {}
