@@ -2,7 +2,7 @@
 // (test/reference/train_scenes.py, test/fixtures/checkpoints/scenes-pvc) answers the held-out questions
 // (test/fixtures/scenes-eval: PNG files, questions, true answers, PyTorch's greedy answers) through the
 // whole port: PNG decoding, dynamic tiling and thumbnail, frames, prompt expansion, PVC's AdaLN and
-// temporal layers, generation and decoding. Its answers must be right, and equal PyTorch's.
+// temporal layers, generation and decoding. Its answers must equal PyTorch's; their accuracy is reported.
 import * as fs from 'fs';
 import * as path from 'path';
 import { askScene, readScenesEval, SceneRecord, sceneInputs, ScenesEval } from '../examples/scenes';
@@ -10,7 +10,7 @@ import { PVCModel } from '../src/pvc_model';
 import { convertFixture, PARITY_BACKENDS } from './helpers';
 
 // The bar, per kind of question ('exists' is a shape question: is there a triangle?). Reported,
-// not asserted: the committed toy does not reach them (README, "A model that can see").
+// not asserted: the committed toy does not reach them (README, "A toy trained here").
 const THRESHOLDS: Record<SceneRecord['kind'], number> = { colour: 0.9, count: 0.9, position: 0.9, shape: 0.8, exists: 0.8, multi: 0.8, video: 0.75 };
 // The port equals PyTorch on at least this share of the questions (a near tie in the last place of a logit
 // may go either way between two float32 implementations).
