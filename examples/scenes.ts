@@ -157,7 +157,11 @@ async function main() {
   const model = await PVCModel.load(dir);
   const tokenizer = model.tokenizer();
   const set = readScenesEval();
-  if (process.argv.includes('--measure')) return measure(model, set);
+  if (process.argv.includes('--measure')) {
+    await measure(model, set);
+    model.dispose();
+    return;
+  }
 
   // One question of each kind, and one more video.
   const picks = ['colour-000', 'shape-000', 'exists-000', 'count-000', 'position-000', 'multi-000', 'video-000', 'video-001'];
