@@ -32,6 +32,7 @@ KINDS = ['colour', 'shape', 'exists', 'count', 'position', 'multi', 'video']
 DIFFERENCES = ['colour', 'shape', 'count', 'position']
 DIRECTIONS = ['left', 'right', 'up', 'down']
 VIDEO_FRAMES = 8
+CELLS = 4
 
 
 # ---- drawing -------------------------------------------------------------------------------------
@@ -92,16 +93,6 @@ def render(scene):
     return img
 
 
-def object_mask(scene, size):
-    """Index (1 + object number, 0 background) of what is drawn at each pixel of the scene rendered at
-    size x size (for square scenes): the vision stage's per-patch targets."""
-    img = Image.new('L', (size, size), 0)
-    d = ImageDraw.Draw(img)
-    for k, o in enumerate(scene['objects']):
-        draw_shape(d, o['shape'], o['x'] * size, o['y'] * size, o['r'] * size, k + 1)
-    return img
-
-
 # ---- scenes ----------------------------------------------------------------------------------------
 
 def canvas(rng, square=False):
@@ -116,17 +107,41 @@ def canvas(rng, square=False):
     return (long, short) if aspect == 'wide' else (short, long)
 
 
-def place(rng, objects, w, h, shape, colour, margin=0.04):
-    """Adds a non-overlapping object (position in [0, 1] of width and height, r in units of the short side)."""
+def grid(w, h):
+    """The cells objects sit in: CELLS along the short side, as many of the same size along the long one
+    (4 x 4 in a square picture, 8 x 4 in a 2:1 one). After the dynamic tiling every cell is one 28 px
+    visual token of a 112 px tile, so that a token shows one object."""
     m = min(w, h)
-    for _ in range(200):
-        r = rng.uniform(0.13, 0.2) if len(objects) < 2 else rng.uniform(0.11, 0.16)
-        rx, ry = r * m / w, r * m / h
-        x, y = rng.uniform(rx + margin, 1 - rx - margin), rng.uniform(ry + margin, 1 - ry - margin)
-        if all(math.hypot((x - o['x']) * w, (y - o['y']) * h) > (r + o['r']) * m * 1.15 for o in objects):
-            objects.append({'shape': shape, 'colour': colour, 'x': x, 'y': y, 'r': r})
-            return True
-    return False
+    return round(CELLS * w / m), round(CELLS * h / m)
+
+
+def cell_of(o, w, h):
+    gx, gy = grid(w, h)
+    return int(o['x'] * gx), int(o['y'] * gy)
+
+
+def put(rng, cell, w, h, shape, colour):
+    """An object in a cell: radius 0.34 to 0.46 of the cell (in units of the short side), centre jittered
+    so that it stays inside the cell."""
+    gx, gy = grid(w, h)
+    r = rng.uniform(0.34, 0.46) / CELLS
+    j = 0.5 / CELLS - r - 0.01
+    m = min(w, h)
+    return {'shape': shape, 'colour': colour, 'x': (cell[0] + 0.5) / gx + rng.uniform(-j, j) * m / w,
+            'y': (cell[1] + 0.5) / gy + rng.uniform(-j, j) * m / h, 'r': r}
+
+
+def place(rng, objects, w, h, shape, colour, away_from=None):
+    """Adds an object in a free cell (position in [0, 1] of width and height, r in units of the short
+    side); away_from: a cell whose centre must be at least a third of the picture away."""
+    gx, gy = grid(w, h)
+    taken = {cell_of(o, w, h) for o in objects}
+    free = [(i, j) for j in range(gy) for i in range(gx) if (i, j) not in taken and
+            (away_from is None or math.hypot((i - away_from[0]) / gx, (j - away_from[1]) / gy) >= 0.33)]
+    if not free:
+        return False
+    objects.append(put(rng, rng.choice(free), w, h, shape, colour))
+    return True
 
 
 def scene(rng, n=None, square=False):
@@ -193,15 +208,12 @@ def multi_sample(rng):
             if not place(rng, b['objects'], b['w'], b['h'], rng.choice([s for s in SHAPES if s not in {x['shape'] for x in a['objects']}]),
                          rng.choice([c for c in COLOURS if c not in {x['colour'] for x in a['objects']}])):
                 continue
-        else:  # move one object by at least a third of the image
+        else:  # move one object to a cell at least a third of the image away
             others = b['objects'][:k] + b['objects'][k + 1:]
             placed = list(others)
-            if not place(rng, placed, b['w'], b['h'], o['shape'], o['colour']):
+            if not place(rng, placed, b['w'], b['h'], o['shape'], o['colour'], away_from=cell_of(o, b['w'], b['h'])):
                 continue
-            new = placed[-1]
-            if math.hypot(new['x'] - o['x'], new['y'] - o['y']) < 0.33:
-                continue
-            b['objects'] = others[:k] + [new] + others[k:]
+            b['objects'] = others[:k] + [placed[-1]] + others[k:]
         if rng.random() < 0.5:  # the added object may be in either image
             a, b = b, a
         return {'kind': 'multi', 'data_flag': 2, 'scenes': [a, b],
@@ -217,23 +229,21 @@ def video_sample(rng):
     base['w'] = base['h'] = size
     frames = []
     T = VIDEO_FRAMES
-    if event == 'move':
+    if event == 'move':  # from cell to cell along a row or a column, 2 or 3 cells in all
         direction = rng.choice(DIRECTIONS)
-        shape = rng.choice([s for s in SHAPES if s not in {o['shape'] for o in base['objects']}])
+        shape = rng.choice([sh for sh in SHAPES if sh not in {o['shape'] for o in base['objects']}])
         colour = rng.choice([c for c in COLOURS if c not in {o['colour'] for o in base['objects']}])
-        r = rng.uniform(0.12, 0.16)
-        span = rng.uniform(0.4, 0.6)
-        lo, hi = r + 0.02, 1 - r - 0.02
-        start, across = rng.uniform(lo, hi - span), rng.uniform(lo, hi)
-        path = []
-        for t in range(T):
-            p = start + span * t / (T - 1)
-            if direction in ('left', 'up'):
-                p = (hi + lo) - p
-            path.append((p, across) if direction in ('left', 'right') else (across, p))
-        # the static objects are those the mover never touches
-        static = [o for o in base['objects'] if all(math.hypot(o['x'] - x, o['y'] - y) > o['r'] + r + 0.02 for x, y in path)]
-        frames = [{**base, 'objects': static + [{'shape': shape, 'colour': colour, 'x': x, 'y': y, 'r': r}]} for x, y in path]
+        steps = rng.randint(2, CELLS - 1)
+        first, line = rng.randint(0, CELLS - 1 - steps), rng.randint(0, CELLS - 1)
+        along = [first + round(steps * t / (T - 1)) for t in range(T)]
+        if direction in ('left', 'up'):
+            along = [CELLS - 1 - p for p in along]
+        path = [(p, line) if direction in ('left', 'right') else (line, p) for p in along]
+        mover = put(rng, path[0], size, size, shape, colour)
+        # the static objects are those outside the mover's cells
+        static = [o for o in base['objects'] if cell_of(o, size, size) not in set(path)]
+        frames = [{**base, 'objects': static + [{**mover, 'x': mover['x'] + (c[0] - path[0][0]) / CELLS, 'y': mover['y'] + (c[1] - path[0][1]) / CELLS}]}
+                  for c in path]
         return {'kind': 'video', 'event': event, 'data_flag': 3, 'scenes': frames,
                 'question': f'Which way does the {shape} move?', 'answer': direction}
     if event == 'appear':
