@@ -135,7 +135,7 @@ export async function attentionOnObject(model: PVCModel, set: ScenesEval, record
 const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
 
 async function measure(model: PVCModel, set: ScenesEval) {
-  // Single-image questions that name one object, on wide or tall images (2 x 1 tiles: a 4 x 2 token grid).
+  // Single-image questions that name one object, on wide or tall images (2 x 1 tiles: an 8 x 4 token grid, one cell per object).
   const records = set.questions.filter((r) => (r.kind === 'colour' || r.kind === 'shape' || r.kind === 'position') && r.num_patches_list[0] > 1);
   let on = 0;
   let cell = 0;
