@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Synthetic scenes: a seeded generator of images, image pairs and short videos of coloured shapes,
 with English questions and one-word answers, for training and testing the tiny PVC-InternVL2 model
-(train_scenes.py beside this file). Pure Python + Pillow; no model code.
+(train_scenes.py beside this file). Pure Python + Pillow; no model code. Every object sits in a cell of its
+own of a grid of CELLS cells along the short side (grid()), so that after the dynamic tiling one 28 px
+visual token shows one object; a video's mover steps from cell to cell.
 
 Kinds of question (the `kind` of a sample):
   colour    What colour is the star?                        -> red

@@ -14,9 +14,10 @@ Recipe (two stages, seeded, counted in steps):
      row and column per token; in videos what left the cell since the first frame and since when its
      object is there; per tile, which shapes and colours and how many objects;
   then mlp1's last layer is re-centred and re-scaled (center_visual_tokens);
-  2. end to end: every question kind, the answer token and <|im_end|> as targets, plus a focus loss on
-     three attention heads (the word naming the object, then the object's visual tokens; see lm_loss and
-     Data.focus), the ViT frozen for the first steps.
+  2. end to end: every question kind, the answer token and <|im_end|> as targets, plus a guidance loss:
+     three attention heads told where to look (the word naming the object, then the object's visual
+     tokens; see lm_loss and Data.focus) and the answer read early, after LLM layer 1; the ViT and mlp1
+     frozen for the first steps.
 """
 import argparse
 import json
@@ -42,9 +43,9 @@ import scenes as S  # noqa: E402
 SEED = 20251125
 IMAGE_SIZE = 112
 MAX_TILES = 4
-# 28 px patches: most shapes fit in one or two, so the patch embedding sees their outline (with 14 px
-# patches the ViT learned shape far more slowly), and no pixel shuffle (downsample_ratio 1): 16 tokens per
-# tile and frame, each a 28 px cell, so that a token mostly shows one object and the LLM can find it.
+# 28 px patches, one per cell of scenes.py's grid, so that a patch holds one whole object (with objects at
+# free positions, 14 or 28 px patches, the ViT stayed at chance on shape for hundreds of steps), and no
+# pixel shuffle (downsample_ratio 1): 16 tokens per tile and frame, each showing one object or none.
 VISION = dict(hidden_size=192, intermediate_size=768, num_attention_heads=6, num_hidden_layers=4, image_size=IMAGE_SIZE,
               patch_size=28, norm_type='layer_norm', qkv_bias=True, qk_normalization=False)
 DOWNSAMPLE = 1.0
