@@ -585,8 +585,9 @@ def main():
         train_end_to_end(model, data, rng, args.steps, args.batch, log, snapshot=args.snapshot)
         log({'done': True, 'minutes': round((time.time() - t0) / 60, 1)})
         pvc_spec.save_checkpoint(model, ckpt, tok, PVC, '2MB')
-    else:
-        log_lines = None
+    else:  # the training log of the committed checkpoint stays (write_eval clears the directory)
+        with open(log_path) as f:
+            log_lines = [json.loads(line) for line in f]
     tok, _ = mf.load_tokenizer(ckpt)
     config, _ = build_model(tok)
     model = pvc_spec.load_float32(ckpt, config, ADALN_LAYERS, TEMPORAL_LAYERS)
@@ -602,9 +603,8 @@ def main():
     with open(os.path.join(eval_dir, 'eval.json'), 'w', encoding='utf-8') as f:
         json.dump(doc, f, indent=1, ensure_ascii=False)
         f.write('\n')
-    if log_lines is not None:
-        with open(log_path, 'w') as f:
-            f.writelines(json.dumps(x) + '\n' for x in log_lines)
+    with open(log_path, 'w') as f:
+        f.writelines(json.dumps(x) + '\n' for x in log_lines)
     print(json.dumps({'torch_accuracy': summary}), flush=True)
 
 
