@@ -225,7 +225,7 @@ def visual_tokens_batch(model, items):
 
 
 def lm_loss(model, items, img_context, vision_grad=True):
-    """Cross-entropy of the answer, rows right, and the guidance loss: (1) focus: at the position that
+    """Cross-entropy of the answer, rows right, and the guidance loss (logged as focus_loss): (1) focus: at the position that
     predicts the answer, head 0 of layer 0 should look at the word naming the object, heads 0 and 1 of
     layer 1 at the object's visual tokens (a video's first and last frame that matter); a tiny LLM trained
     from scratch otherwise sits for thousands of steps at answering about a random object of the picture
@@ -437,8 +437,9 @@ def train_vision(model, rng, pre, steps, images, videos, log, objects_first, lr=
 # ---- stage 2: end to end ---------------------------------------------------------------------------
 
 def center_visual_tokens(model, data, rng, n=64):
-    """Between the stages: after stage 1 the visual tokens share a large common part (their norm ~150,
-    10% of it varying between scenes), which the LLM's RMSNorm turns into near-constant inputs. Shifting
+    """Between the stages: after stage 1 the visual tokens share a large common part (in the first toy their
+    norm was ~150, 10% of it varying between scenes), which the LLM's RMSNorm turns into near-constant
+    inputs. Shifting
     mlp1's last bias by their mean over n scenes and scaling the last layer to the token embeddings' scale
     (unit variance per dimension) leaves what varies. A change of two parameters; the model stays plain."""
     items = [data.encode(S.sample(rng, k)) for k in (S.KINDS * n)[:n]]
@@ -457,7 +458,7 @@ MIX = ['colour', 'shape', 'exists', 'count', 'position', 'multi', 'video', 'colo
 def train_end_to_end(model, data, rng, steps, batch, log, lr=1.5e-3, frozen_vision_steps=600, snapshot=None):
     """The vision side (ViT and mlp1) is frozen for the first frozen_vision_steps and then learns at a
     quarter of the LLM's rate: trained with the LLM from the start, mlp1 grew the visual tokens' norm
-    from ~11 (the token embeddings' scale, center_visual_tokens) to ~180 in 600 steps, and the LLM,
+    from ~9 (the token embeddings' scale, center_visual_tokens) to ~180 in 600 steps, and the LLM,
     though its heads found the asked object, did not learn to read its colour or shape."""
     img_context = data.tok.convert_tokens_to_ids('<IMG_CONTEXT>')
     vision = list(model.vision_model.parameters()) + list(model.mlp1.parameters())
