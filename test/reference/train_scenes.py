@@ -49,7 +49,7 @@ MAX_TILES = 4
 VISION = dict(hidden_size=192, intermediate_size=768, num_attention_heads=6, num_hidden_layers=4, image_size=IMAGE_SIZE,
               patch_size=28, norm_type='layer_norm', qkv_bias=True, qk_normalization=False)
 DOWNSAMPLE = 1.0
-LLM = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+LLM = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
            max_position_embeddings=2048, rope_scaling={'type': 'dynamic', 'factor': 2.0})
 PVC = {'use_temporal': True, 'image_repeat_time': 4, 'video_repeat_time': 1, 'tile_repeat_way': None, 'mlp_add_ops': None}
 ADALN_LAYERS, TEMPORAL_LAYERS = [0, 1, 2, 3], [2, 3]
@@ -148,7 +148,9 @@ class Data:
         """Where the answer is, for the focus loss (lm_loss): the prompt position of the word naming the
         object asked about (None if no word names it), and positions of visual tokens for two heads
         ('first', 'last'): the named object (in the whole-picture view for where it is); for two images,
-        the objects of Image-1 and of Image-2; in a video, the object at the first and the last frame
+        Image-2's tokens where the two differ (where an object changed, moved from or to, or was added or
+        removed), with 'align': pairs of prompt positions, each Image-2 token and the Image-1 token of the
+        same cell, for head 1 of layer 0 (so that an Image-2 token can tell that it differs); in a video, the object at the first and the last frame
         that tell the answer (what moved, at the start and the end; a colour when asked; what appeared
         first, at the end; where what disappeared was, at the end). None for other questions."""
         ctx = [i for i, t in enumerate(prompt) if t == self.img_context]
@@ -166,12 +168,12 @@ class Data:
                 return None
             toks = [ctx[i] for i in self.object_tokens(sc, hits[:1], True, last_tile=s['kind'] == 'position')]
             return out(toks, toks)
-        if s['data_flag'] == 2:
-            per, offset = [], 0
-            for sc in frames:
-                per.append([ctx[offset + i] for i in self.object_tokens(sc, sc['objects'], True)])
-                offset += len(ctx) // len(frames)
-            return out(per[0], per[1])
+        if s['data_flag'] == 2:  # square scenes: one tile each, the same cells
+            a, b = frames
+            changed = [o for o in a['objects'] if o not in b['objects']] + [o for o in b['objects'] if o not in a['objects']]
+            n = len(ctx) // 2
+            toks = [ctx[n + i] for i in self.object_tokens(b, changed, True)]
+            return {**out(toks, toks), 'align': (ctx[n:], ctx[:n])} if toks else None
         event, T = s['event'], len(frames)
         per_frame = len(ctx) // T
 
@@ -227,7 +229,9 @@ def visual_tokens_batch(model, items):
 def lm_loss(model, items, img_context, vision_grad=True):
     """Cross-entropy of the answer, rows right, and the guidance loss (logged as focus_loss): (1) focus: at the position that
     predicts the answer, head 0 of layer 0 should look at the word naming the object, heads 0 and 1 of
-    layer 1 at the object's visual tokens (a video's first and last frame that matter); a tiny LLM trained
+    layer 1 at the object's visual tokens (a video's first and last frame that matter; for two images,
+    where Image-2 differs, which head 1 of layer 0 can tell by looking, at every Image-2 token, at the
+    Image-1 token of the same cell); a tiny LLM trained
     from scratch otherwise sits for thousands of steps at answering about a random object of the picture
     (the two hops, word then object, each need the other to be rewarded); (2) early answer: the answer
     token read from the residual after layer 1 through the final norm and the output layer. Without (2)
@@ -254,6 +258,9 @@ def lm_loss(model, items, img_context, vision_grad=True):
             continue
         if f['word'] is not None:
             terms.append(-torch.log(a0[i, 0, f['p'], f['word']] + 1e-6))
+        if 'align' in f:
+            q, k = f['align']
+            terms.append(-torch.log(a0[i, 1, q, k] + 1e-6).mean())
         terms.append(-torch.log(a1[i, 0, f['p'], f['first']].sum() + 1e-6))
         terms.append(-torch.log(a1[i, 1, f['p'], f['last']].sum() + 1e-6))
     focus = torch.stack(terms).sum() / len(items) if terms else torch.zeros(())
@@ -536,7 +543,7 @@ def main():
     ap.add_argument('--out', default=os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'fixtures'))
     ap.add_argument('--vision-steps', type=int, default=1800, help='stage 1 steps')
     ap.add_argument('--objects-steps', type=int, default=600, help='of which the first learn shape and colour alone')
-    ap.add_argument('--steps', type=int, default=2000, help='stage 2 (end-to-end) steps')
+    ap.add_argument('--steps', type=int, default=3400, help='stage 2 (end-to-end) steps')
     ap.add_argument('--batch', type=int, default=32)
     ap.add_argument('--threads', type=int, default=2)
     ap.add_argument('--vision-cache', help='write the model after stage 1 here, or start from it when it exists (to iterate on stage 2)')
