@@ -150,8 +150,8 @@ class Data:
         ('first', 'last'): the named object (in the whole-picture view for where it is); for two images,
         Image-2's tokens where the two differ (where an object changed, moved from or to, or was added or
         removed), with 'align': pairs of prompt positions, each Image-2 token and the Image-1 token of the
-        same cell, for head 1 of layer 0 (so that an Image-2 token can tell that it differs); in a video, the object at the first and the last frame
-        that tell the answer (what moved, at the start and the end; a colour when asked; what appeared
+        same cell, for head 1 of layer 0 (so that an Image-2 token can tell that it differs); in a video,
+        the object at the first and the last frame that tell the answer (what moved, at the start and the end; a colour when asked; what appeared
         first, at the end; where what disappeared was, at the end). None for other questions."""
         ctx = [i for i, t in enumerate(prompt) if t == self.img_context]
         named = [w for w in S.SHAPES + list(S.COLOURS) if re.search(rf'\b{w}\b', s['question'])]
