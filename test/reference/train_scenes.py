@@ -117,7 +117,7 @@ class Data:
         prompt = self.tok(query)['input_ids']
         answer = self.tok(s['answer'], add_special_tokens=False)['input_ids'] + [self.im_end]
         return {'pixels': pixels, 'num_patches': num_patches, 'data_flag': s['data_flag'], 'ids': prompt + answer,
-                'labels': [-100] * len(prompt) + answer, 'focus': self.focus(s, prompt)}
+                'labels': [-100] * len(prompt) + answer, 'focus': self.focus(s, prompt), 'kind': s['kind']}
 
     # ---- where the answer is: targets for two attention heads (see lm_loss) ----
 
@@ -226,7 +226,7 @@ def visual_tokens_batch(model, items):
     return out
 
 
-def lm_loss(model, items, img_context, vision_grad=True):
+def lm_loss(model, items, img_context, vision_grad=True, position_heads=()):
     """Cross-entropy of the answer, rows right, and the guidance loss (logged as focus_loss): (1) focus: at the position that
     predicts the answer, head 0 of layer 0 should look at the word naming the object, heads 0 and 1 of
     layer 1 at the object's visual tokens (a video's first and last frame that matter; for two images,
@@ -263,6 +263,8 @@ def lm_loss(model, items, img_context, vision_grad=True):
             terms.append(-torch.log(a0[i, 1, q, k] + 1e-6).mean())
         terms.append(-torch.log(a1[i, 0, f['p'], f['first']].sum() + 1e-6))
         terms.append(-torch.log(a1[i, 1, f['p'], f['last']].sum() + 1e-6))
+        if x['kind'] == 'position':
+            terms += [-torch.log(a1[i, h, f['p'], f['first']].sum() + 1e-6) for h in position_heads]
     focus = torch.stack(terms).sum() / len(items) if terms else torch.zeros(())
     first = (labels != -100).float().argmax(-1)  # each row's first answer token
     every = torch.arange(len(items))
@@ -460,9 +462,12 @@ def center_visual_tokens(model, data, rng, n=64):
 
 # multi-image and video questions come 1.5 times as often as each single-image kind
 MIX = ['colour', 'shape', 'exists', 'count', 'position', 'multi', 'video', 'colour', 'shape', 'exists', 'count', 'position', 'multi', 'video', 'multi', 'video']
+# stage 3: position questions in more than half of every batch, the other kinds beside them
+POSITION_MIX = ['position'] * 16 + MIX
 
 
-def train_end_to_end(model, data, rng, steps, batch, log, lr=1.5e-3, frozen_vision_steps=600, snapshot=None):
+def train_end_to_end(model, data, rng, steps, batch, log, lr=1.5e-3, frozen_vision_steps=600, snapshot=None, mix=MIX, position_heads=(),
+                     stage='end-to-end'):
     """The vision side (ViT and mlp1) is frozen for the first frozen_vision_steps and then learns at a
     quarter of the LLM's rate: trained with the LLM from the start, mlp1 grew the visual tokens' norm
     from ~9 (the token embeddings' scale, center_visual_tokens) to ~180 in 600 steps, and the LLM,
@@ -481,9 +486,9 @@ def train_end_to_end(model, data, rng, steps, batch, log, lr=1.5e-3, frozen_visi
         for g, b in zip(opt.param_groups, base):
             g['lr'] = b * scale
         frozen = step < frozen_vision_steps  # first the LLM learns to read the stage-1 tokens
-        kinds = [MIX[(step * batch + i) % len(MIX)] for i in range(batch)]
+        kinds = [mix[(step * batch + i) % len(mix)] for i in range(batch)]
         items = [data.encode(S.sample(rng, k)) for k in kinds]
-        loss, rows, focus, vis_norm = lm_loss(model, items, img_context, vision_grad=not frozen)
+        loss, rows, focus, vis_norm = lm_loss(model, items, img_context, vision_grad=not frozen, position_heads=position_heads)
         opt.zero_grad()
         (loss + focus).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -491,7 +496,7 @@ def train_end_to_end(model, data, rng, steps, batch, log, lr=1.5e-3, frozen_visi
         for k, ok in zip(kinds, rows.tolist()):
             running.setdefault(k, []).append(ok)
         if step % 25 == 0:
-            log({'stage': 'end-to-end', 'step': step, 'minutes': round((time.time() - start) / 60, 2), 'loss': round(loss.item(), 4),
+            log({'stage': stage, 'step': step, 'minutes': round((time.time() - start) / 60, 2), 'loss': round(loss.item(), 4),
                  'focus_loss': round(focus.item(), 4), 'visual_token_norm': round(vis_norm.item(), 1), 'lr': round(opt.param_groups[1]['lr'], 6),
                  'train_acc_last_200': {k: round(sum(v[-200:]) / len(v[-200:]), 3) for k, v in sorted(running.items())}})
         if snapshot and step % 200 == 199:  # to look at (or resume from by hand) while it trains; not part of the result
@@ -544,9 +549,11 @@ def main():
     ap.add_argument('--vision-steps', type=int, default=1800, help='stage 1 steps')
     ap.add_argument('--objects-steps', type=int, default=600, help='of which the first learn shape and colour alone')
     ap.add_argument('--steps', type=int, default=3400, help='stage 2 (end-to-end) steps')
+    ap.add_argument('--position-steps', type=int, default=600, help='stage 3 (position questions first) steps')
     ap.add_argument('--batch', type=int, default=32)
     ap.add_argument('--threads', type=int, default=2)
     ap.add_argument('--vision-cache', help='write the model after stage 1 here, or start from it when it exists (to iterate on stage 2)')
+    ap.add_argument('--end-to-end-cache', help='write the model after stage 2 here, or start stage 3 from it when it exists')
     ap.add_argument('--snapshot', help='write the float32 state here every 200 end-to-end steps')
     ap.add_argument('--eval-per-kind', type=int, default=EVAL_PER_KIND, help='held-out questions of every kind')
     ap.add_argument('--eval-only', action='store_true', help='rewrite the evaluation set from the committed checkpoint')
@@ -579,18 +586,29 @@ def main():
         rng = random.Random(SEED)
         model.train()
         data = Data(pre, tok, model)
-        if args.vision_cache and os.path.exists(args.vision_cache):  # stage 1 as an earlier run of this command left it
-            cache = torch.load(args.vision_cache, weights_only=False)
-            model.load_state_dict(cache['model'])
-            rng.setstate(cache['rng'])
-            torch.set_rng_state(cache['torch_rng'])
-            log({'stage': 'vision', 'from_cache': args.vision_cache})
+        if args.end_to_end_cache and os.path.exists(args.end_to_end_cache):  # stages 1 and 2 as an earlier run left them
+            model.load_state_dict(torch.load(args.end_to_end_cache, weights_only=False))
+            log({'stage': 'end-to-end', 'from_cache': args.end_to_end_cache})
         else:
-            train_vision(model, rng, pre, args.vision_steps, args.batch, args.batch // 8, log, objects_first=args.objects_steps)
-            center_visual_tokens(model, data, rng)
-            if args.vision_cache:
-                torch.save({'model': model.state_dict(), 'rng': rng.getstate(), 'torch_rng': torch.get_rng_state()}, args.vision_cache)
-        train_end_to_end(model, data, rng, args.steps, args.batch, log, snapshot=args.snapshot)
+            if args.vision_cache and os.path.exists(args.vision_cache):  # stage 1 as an earlier run of this command left it
+                cache = torch.load(args.vision_cache, weights_only=False)
+                model.load_state_dict(cache['model'])
+                rng.setstate(cache['rng'])
+                torch.set_rng_state(cache['torch_rng'])
+                log({'stage': 'vision', 'from_cache': args.vision_cache})
+            else:
+                train_vision(model, rng, pre, args.vision_steps, args.batch, args.batch // 8, log, objects_first=args.objects_steps)
+                center_visual_tokens(model, data, rng)
+                if args.vision_cache:
+                    torch.save({'model': model.state_dict(), 'rng': rng.getstate(), 'torch_rng': torch.get_rng_state()}, args.vision_cache)
+            train_end_to_end(model, data, rng, args.steps, args.batch, log, snapshot=args.snapshot)
+            if args.end_to_end_cache:
+                torch.save(model.state_dict(), args.end_to_end_cache)
+        # stage 3, seeded on its own (so that it starts the same from the cache): position questions, with
+        # heads 2 and 3 of layer 1 also told to look at the object, the vision side frozen
+        torch.manual_seed(SEED + 2)
+        train_end_to_end(model, data, random.Random(SEED + 2), args.position_steps, args.batch, log, lr=1e-3,
+                         frozen_vision_steps=args.position_steps, mix=POSITION_MIX, position_heads=(2, 3), stage='position')
         log({'done': True, 'minutes': round((time.time() - t0) / 60, 1)})
         pvc_spec.save_checkpoint(model, ckpt, tok, PVC, '2MB')
     else:  # the training log of the committed checkpoint stays (write_eval clears the directory)
