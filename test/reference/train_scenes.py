@@ -7,7 +7,7 @@ The model is upstream's InternVLChatModel (mlp1, pixel shuffle, InternLM2, the i
 with pvc_spec.py's PVC vision model (AdaLN, temporal attention), imported from --upstream; images are
 tiled by the PVC repository's preprocess.py (dynamic tiling with a thumbnail), imported from --pvc.
 
-Recipe (two stages, seeded, counted in steps):
+Recipe (three stages, seeded, counted in steps):
   1. vision: the ViT and mlp1 with throw-away linear heads on the visual tokens (one per 28 px cell: patch
      28, no pixel shuffle; scenes.py puts every object in a cell of its own): first shape and colour alone,
      one frame per tile; then every target, images with their 4 repeats and 8-frame videos: shape, colour,
@@ -18,6 +18,9 @@ Recipe (two stages, seeded, counted in steps):
      three attention heads told where to look (the word naming the object, then the object's visual
      tokens; see lm_loss and Data.focus) and the answer read early, after LLM layer 1; the ViT and mlp1
      frozen for the first steps.
+  3. position: position questions in more than half of every batch, with heads 2 and 3 of layer 1 also
+     told to look at the asked object (after stage 2 the values of heads 0 and 1 no longer carried where
+     it is); the vision side frozen.
 """
 import argparse
 import json
