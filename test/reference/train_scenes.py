@@ -552,7 +552,7 @@ def main():
     ap.add_argument('--vision-steps', type=int, default=1800, help='stage 1 steps')
     ap.add_argument('--objects-steps', type=int, default=600, help='of which the first learn shape and colour alone')
     ap.add_argument('--steps', type=int, default=3400, help='stage 2 (end-to-end) steps')
-    ap.add_argument('--position-steps', type=int, default=600, help='stage 3 (position questions first) steps')
+    ap.add_argument('--position-steps', type=int, default=1000, help='stage 3 (position questions first) steps')
     ap.add_argument('--batch', type=int, default=32)
     ap.add_argument('--threads', type=int, default=2)
     ap.add_argument('--vision-cache', help='write the model after stage 1 here, or start from it when it exists (to iterate on stage 2)')
