@@ -154,8 +154,9 @@ class Data:
         Image-2's tokens where the two differ (where an object changed, moved from or to, or was added or
         removed), with 'align': pairs of prompt positions, each Image-2 token and the Image-1 token of the
         same cell, for head 1 of layer 0 (so that an Image-2 token can tell that it differs); in a video,
-        the object at the first and the last frame that tell the answer (what moved, at the start and the end; a colour when asked; what appeared
-        first, at the end; where what disappeared was, at the end). None for other questions."""
+        the object at the first and the last frame that tell the answer (what moved, at the start and the
+        end; a colour when asked; what appeared first, at the end; where what disappeared was, at the end).
+        None for other questions."""
         ctx = [i for i, t in enumerate(prompt) if t == self.img_context]
         named = [w for w in S.SHAPES + list(S.COLOURS) if re.search(rf'\b{w}\b', s['question'])]
         word = None
@@ -234,9 +235,9 @@ def lm_loss(model, items, img_context, vision_grad=True, position_heads=()):
     predicts the answer, head 0 of layer 0 should look at the word naming the object, heads 0 and 1 of
     layer 1 at the object's visual tokens (a video's first and last frame that matter; for two images,
     where Image-2 differs, which head 1 of layer 0 can tell by looking, at every Image-2 token, at the
-    Image-1 token of the same cell); a tiny LLM trained
-    from scratch otherwise sits for thousands of steps at answering about a random object of the picture
-    (the two hops, word then object, each need the other to be rewarded); (2) early answer: the answer
+    Image-1 token of the same cell); a tiny LLM trained from scratch otherwise sits for thousands of
+    steps at answering about a random object of the picture (the two hops, word then object, each need
+    the other to be rewarded); (2) early answer: the answer
     token read from the residual after layer 1 through the final norm and the output layer. Without (2)
     the heads found the object but after 600 steps the layer's output still did not carry its colour
     (a linear probe: 59% where the layer's input at the object gave 100%)."""
