@@ -87,11 +87,17 @@ def background(rng, w, h):
     return img
 
 
+def draw_object(d, scene, o, fill):
+    """One of the scene's objects, in pixels of the scene's size (x, y in [0, 1] of width and height, r in
+    units of the short side)."""
+    draw_shape(d, o['shape'], o['x'] * scene['w'], o['y'] * scene['h'], o['r'] * min(scene['w'], scene['h']), fill)
+
+
 def render(scene):
     img = background(random.Random(scene['bg_seed']), scene['w'], scene['h'])
     d = ImageDraw.Draw(img)
     for o in scene['objects']:
-        draw_shape(d, o['shape'], o['x'] * scene['w'], o['y'] * scene['h'], o['r'] * min(scene['w'], scene['h']), COLOURS[o['colour']])
+        draw_object(d, scene, o, COLOURS[o['colour']])
     return img
 
 

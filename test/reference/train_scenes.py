@@ -138,8 +138,9 @@ class Data:
         tokens that show one of the objects; last_tile: only those of the whole-picture view (the
         thumbnail, or the single tile), where left and right, top and bottom are the picture's."""
         mask = Image.new('RGB', (sc['w'], sc['h']), 0)
+        d = ImageDraw.Draw(mask)
         for o in objects:
-            S.draw_shape(ImageDraw.Draw(mask), o['shape'], o['x'] * sc['w'], o['y'] * sc['h'], o['r'] * min(sc['w'], sc['h']), (255, 255, 255))
+            S.draw_object(d, sc, o, (255, 255, 255))
         tiles = self.pre.dynamic_preprocess(mask, max_num=MAX_TILES, image_size=IMAGE_SIZE, use_thumbnail=True) if tiled else [mask]
         reps = PVC['image_repeat_time'] if tiled else PVC['video_repeat_time']
         cover = torch.cat([self.token_cover(t).repeat(reps) for t in tiles])
@@ -292,7 +293,7 @@ def label_map(sc):
     img = Image.new('L', (sc['w'], sc['h']), 0)
     d = ImageDraw.Draw(img)
     for k, o in enumerate(sc['objects']):
-        S.draw_shape(d, o['shape'], o['x'] * sc['w'], o['y'] * sc['h'], o['r'] * min(sc['w'], sc['h']), k + 1)
+        S.draw_object(d, sc, o, k + 1)
     return img
 
 
