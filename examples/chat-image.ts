@@ -1,13 +1,12 @@
 // Single image: the PVC quick start's first example.
 //   npx tsx examples/chat-image.ts [--model DIR]
-import { loadImage, loadTokenizer, PVCModel } from '../src';
+import { loadImage, PVCModel } from '../src';
 import { exampleInput, modelDir, seconds } from './common';
 
 async function main() {
   const dir = modelDir();
   let t = Date.now();
   const model = await PVCModel.load(dir);
-  const tokenizer = await loadTokenizer(dir);
   console.log(`loaded ${dir} in ${seconds(t)}`);
 
   t = Date.now();
@@ -21,7 +20,7 @@ async function main() {
 
   const question = '<image>\nWhat is in the image?';
   t = Date.now();
-  const response = await model.chat(tokenizer, image.pixelValues, question, { maxNewTokens: 64, doSample: false }, { dataFlag: 1 });
+  const response = await model.chat(image.pixelValues, question, { maxNewTokens: 64, doSample: false }, { dataFlag: 1 });
   console.log(`User: ${question}\nAssistant: ${response}\n(${seconds(t)})`);
   image.pixelValues.dispose();
   model.dispose();

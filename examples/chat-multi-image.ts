@@ -1,13 +1,12 @@
 // Two images in one question: the PVC quick start's second example.
 //   npx tsx examples/chat-multi-image.ts [--model DIR]
 import * as tf from '@tensorflow/tfjs';
-import { loadImage, loadTokenizer, PVCModel, withImagePlaceholders } from '../src';
+import { loadImage, PVCModel, withImagePlaceholders } from '../src';
 import { exampleInput, modelDir, seconds } from './common';
 
 async function main() {
   const dir = modelDir();
   const model = await PVCModel.load(dir);
-  const tokenizer = await loadTokenizer(dir);
   const options = { inputSize: model.config.image_size, maxNum: 12 };
   const image1 = await loadImage(await exampleInput('example_image1.jpg'), options);
   const image2 = await loadImage(await exampleInput('example_image2.jpg'), options);
@@ -19,7 +18,7 @@ async function main() {
 
   const question = withImagePlaceholders('What are the similarities and differences between these two images.', 2, 'images');
   const t = Date.now();
-  const response = await model.chat(tokenizer, pixelValues, question, { maxNewTokens: 64, doSample: false }, { dataFlag: 2, numPatchesList });
+  const response = await model.chat(pixelValues, question, { maxNewTokens: 64, doSample: false }, { dataFlag: 2, numPatchesList });
   console.log(`User: ${question}\nAssistant: ${response}\n(${seconds(t)})`);
   tf.dispose([image1.pixelValues, image2.pixelValues, pixelValues]);
   model.dispose();

@@ -1,12 +1,11 @@
 // A video: the PVC quick start's third example (frames sampled uniformly, one tile each), streamed.
 //   npx tsx examples/chat-video.ts [--model DIR] [--frames N]
-import { loadTokenizer, loadVideo, PVCModel, withImagePlaceholders } from '../src';
+import { loadVideo, PVCModel, withImagePlaceholders } from '../src';
 import { exampleInput, modelDir, seconds } from './common';
 
 async function main() {
   const dir = modelDir();
   const model = await PVCModel.load(dir);
-  const tokenizer = await loadTokenizer(dir);
   const i = process.argv.indexOf('--frames');
   const numSegments = i >= 0 ? Number(process.argv[i + 1]) : 64;
   let t = Date.now();
@@ -22,7 +21,6 @@ async function main() {
   console.log(`User: Frame1: <image>\n ... Frame${video.numPatchesList.length}: <image>\nDescribe this video in detail.\nAssistant: `);
   t = Date.now();
   for await (const piece of model.stream(
-    tokenizer,
     video.pixelValues,
     question,
     { maxNewTokens: 64, doSample: false },

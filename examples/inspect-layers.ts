@@ -32,7 +32,7 @@ async function main() {
       .filter(([n]) => /^llm\.layers\.\d+\.out$/.test(n))
       .map(([n, t]) => [Number(n.split('.')[2]), t]),
   );
-  for (const layer of logitLens(model.llm, model.tokenizer(), states, 3)) {
+  for (const layer of logitLens(model.llm, model.tokenizer, states, 3)) {
     console.log(`layer ${layer.layer}: ${layer.top.map((t) => `${JSON.stringify(t.token)} (${t.prob.toFixed(3)})`).join(', ')}`);
   }
 

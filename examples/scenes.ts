@@ -68,13 +68,7 @@ export async function sceneInputs(model: PVCModel, set: ScenesEval, record: Scen
 export async function askScene(model: PVCModel, tokenizer: PVCTokenizer, set: ScenesEval, record: SceneRecord): Promise<string> {
   const inputs = await sceneInputs(model, set, record);
   try {
-    return await model.chat(
-      tokenizer,
-      inputs.pixelValues,
-      record.question,
-      { maxNewTokens: 8 },
-      { dataFlag: record.data_flag, numPatchesList: inputs.numPatchesList },
-    );
+    return await model.chat(inputs.pixelValues, record.question, { maxNewTokens: 8 }, { dataFlag: record.data_flag, numPatchesList: inputs.numPatchesList });
   } finally {
     inputs.pixelValues.dispose();
   }
@@ -155,7 +149,7 @@ async function measure(model: PVCModel, set: ScenesEval) {
 async function main() {
   const dir = modelDir();
   const model = await PVCModel.load(dir);
-  const tokenizer = model.tokenizer();
+  const tokenizer = model.tokenizer;
   const set = readScenesEval();
   if (process.argv.includes('--measure')) {
     await measure(model, set);

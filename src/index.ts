@@ -1,9 +1,9 @@
 // pvc-tfjs: PVC-InternVL2 / InternVL2 in TensorFlow.js for Node.
 //
 //   const model = await PVCModel.load('weights/tiny-internvl2');
-//   const tokenizer = await loadTokenizer('weights/tiny-internvl2');
+//   const tokenizer = PVCTokenizer.load('weights/tiny-internvl2');
 //   const img = await loadImage('a.jpg', { maxNum: 12 });
-//   const answer = await model.chat(tokenizer, img.pixelValues, 'What is in the image?', { maxNewTokens: 64 });
+//   const answer = await model.chat(img.pixelValues, 'What is in the image?', { maxNewTokens: 64 });
 export { PVCModel } from './pvc_model';
 export type { InspectionReport } from './pvc_model';
 export { mergeEmbeddings, VideoEncoder, VisionLanguageModel } from './model/vlm';
@@ -17,7 +17,7 @@ export { loadImage } from './preprocess/image';
 export type { ImageOptions, LoadedImage } from './preprocess/image';
 export { loadVideo } from './preprocess/video';
 export type { LoadedVideo, VideoOptions } from './preprocess/video';
-export { loadTokenizer, PVCTokenizer, StreamDecoder } from './tokenizer';
+export { PVCTokenizer, StreamDecoder } from './tokenizer';
 export { initBackend } from './backend';
 export type { BackendInfo, BackendName } from './backend';
 export type { ModelConfig } from './config';

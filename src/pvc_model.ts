@@ -1,90 +1,138 @@
 // PVCModel, the model as applications use it: a VisionLanguageModel (src/model/) with upstream's
 // chat(), batch_chat(), a streaming chat (src/chat/) and layer inspection (src/inspect/). Each method
-// is the function of that folder applied to this model.
+// is the function of that folder applied to this model and its own tokenizer (or options.tokenizer).
 import type * as tf from '@tensorflow/tfjs';
-import { batchChat, BatchChatOptions, chat, ChatIds, ChatOptions, chatIds, GenerationOptions, streamChat } from './chat/chat';
-import { PreparedPrompt, preparePrompt, PromptOptions } from './chat/prompt';
+import { initBackend } from './backend';
+import {
+  answerOf,
+  chatGenerationConfig,
+  batchChat,
+  BatchChatOptions,
+  chat,
+  ChatIds,
+  ChatOptions,
+  chatIds,
+  ChatTurn,
+  GenerationOptions,
+  prepareChat,
+  RunOptions,
+  runTurn,
+  streamChat,
+  streamTurn,
+} from './chat/chat';
+import { PromptOptions } from './chat/prompt';
 import { History } from './chat/template';
+import { loadConfig, ModelConfig } from './config';
+import { GenerationConfig } from './generation/generate';
 import { Inspection, inspect, InspectRequest, TapArray } from './inspect/inspect';
 import { renderInspectionHTML, ReportInputs, ReportOptions } from './inspect/report';
-import { Sample } from './model/samples';
-import { loadModel, LoadOptions, VisionLanguageModel } from './model/vlm';
+import { Weights } from './io/weights';
+import { kernelsFor } from './model/kernels';
+import { LoadOptions, VisionLanguageModel } from './model/vlm';
 import { PVCTokenizer } from './tokenizer';
 
-export class PVCModel extends VisionLanguageModel {
-  private ownTokenizer: PVCTokenizer | null = null;
-
-  /** Loads a model converted by pvc-convert. */
-  static override async load(dir: string, options: LoadOptions = {}): Promise<PVCModel> {
-    return loadModel(PVCModel, dir, options);
-  }
-
-  /** The tokenizer converted with the model (loaded on first use). */
-  tokenizer(): PVCTokenizer {
-    this.ownTokenizer ??= PVCTokenizer.load(this.dir);
-    return this.ownTokenizer;
-  }
-
-  /** The prompt, ids and samples chat() would use (see src/chat/prompt.ts). */
-  preparePrompt(
-    tokenizer: PVCTokenizer,
-    pixelValues: tf.Tensor4D | null,
-    question: string,
-    options: PromptOptions = {},
-  ): PreparedPrompt & { samples: Sample[] } {
-    return preparePrompt(this, tokenizer, pixelValues, question, options);
-  }
-
-  /** The prompt chat() builds and the token ids it generates (eos included), without decoding them. */
-  chatIds(
-    tokenizer: PVCTokenizer,
-    pixelValues: tf.Tensor4D | null,
-    question: string,
-    generation: GenerationOptions = {},
-    options: ChatOptions = {},
-  ): Promise<ChatIds> {
-    return chatIds(this, tokenizer, pixelValues, question, generation, options);
-  }
-
-  /** Upstream's chat(): the answer (and the history with this turn appended, with returnHistory). */
+/** What PVCModel and WorkerModel (a PVCModel in a worker thread) both offer. */
+export interface ChatModel {
+  readonly dir: string;
+  readonly config: ModelConfig;
   chat(
-    tokenizer: PVCTokenizer,
     pixelValues: tf.Tensor4D | null,
     question: string,
     generation: GenerationOptions,
     options: ChatOptions & { returnHistory: true },
   ): Promise<{ response: string; history: History }>;
-  chat(tokenizer: PVCTokenizer, pixelValues: tf.Tensor4D | null, question: string, generation?: GenerationOptions, options?: ChatOptions): Promise<string>;
+  chat(pixelValues: tf.Tensor4D | null, question: string, generation?: GenerationOptions, options?: ChatOptions): Promise<string>;
+  chatIds(pixelValues: tf.Tensor4D | null, question: string, generation?: GenerationOptions, options?: ChatOptions): Promise<ChatIds>;
+  stream(pixelValues: tf.Tensor4D | null, question: string, generation?: GenerationOptions, options?: ChatOptions): AsyncGenerator<string>;
+  batchChat(pixelValues: tf.Tensor4D | null, questions: string[], generation?: GenerationOptions, options?: BatchChatOptions): Promise<string[]>;
+  dispose(): void | Promise<void>;
+}
+
+export class PVCModel extends VisionLanguageModel implements ChatModel {
+  private ownTokenizer: PVCTokenizer | null = null;
+
+  /** Loads a model converted by pvc-convert, with the kernels of the backend in use. */
+  static async load(dir: string, options: LoadOptions = {}): Promise<PVCModel> {
+    const backend = await initBackend({ backend: options.backend });
+    const config = loadConfig(dir);
+    const weights = Weights.load(dir, { onProgress: options.onProgress });
+    try {
+      const model = new PVCModel(dir, config, weights, kernelsFor(backend.name));
+      Object.assign(model.limits, options.limits);
+      return model;
+    } catch (e) {
+      weights.dispose();
+      throw e;
+    }
+  }
+
+  /** The tokenizer converted with the model (loaded on first use). */
+  get tokenizer(): PVCTokenizer {
+    this.ownTokenizer ??= PVCTokenizer.load(this.dir);
+    return this.ownTokenizer;
+  }
+
+  /** chat()'s generation config for these options (transformers' defaults under them, eos <|im_end|>); an InputError names a bad one. */
+  generationConfig(generation: GenerationOptions = {}, tokenizer: PVCTokenizer = this.tokenizer): GenerationConfig {
+    return chatGenerationConfig(tokenizer, generation);
+  }
+
+  /**
+   * The turn chat() would run, validated and tokenized, nothing computed: its prompt, ids, samples and
+   * generation config (`options.generation`, from generationConfig(); default greedy, 20 tokens). Run it
+   * with `answer` or `streamAnswer`.
+   */
+  prepareChat(
+    pixelValues: tf.Tensor4D | null,
+    question: string,
+    options: PromptOptions & { generation?: GenerationConfig; tokenizer?: PVCTokenizer } = {},
+  ): ChatTurn {
+    const tokenizer = options.tokenizer ?? this.tokenizer;
+    return prepareChat(this, tokenizer, pixelValues, question, options.generation ?? this.generationConfig({}, tokenizer), options);
+  }
+
+  /** A prepared turn's answer (and its ids). */
+  async answer(turn: ChatTurn, options: RunOptions & { tokenizer?: PVCTokenizer } = {}): Promise<ChatIds & { answer: string }> {
+    const tokenizer = options.tokenizer ?? this.tokenizer;
+    const ids = await runTurn(this, tokenizer, turn, options);
+    return { ...ids, answer: answerOf(tokenizer, turn, ids.outputIds) };
+  }
+
+  /** A prepared turn's answer as text pieces. */
+  streamAnswer(turn: ChatTurn, options: RunOptions & { tokenizer?: PVCTokenizer } = {}): AsyncGenerator<string> {
+    return streamTurn(this, options.tokenizer ?? this.tokenizer, turn, options);
+  }
+
+  /** The prompt chat() builds and the token ids it generates (eos included), without decoding them. */
+  chatIds(pixelValues: tf.Tensor4D | null, question: string, generation: GenerationOptions = {}, options: ChatOptions = {}): Promise<ChatIds> {
+    return chatIds(this, options.tokenizer ?? this.tokenizer, pixelValues, question, generation, options);
+  }
+
+  /** Upstream's chat(): the answer (and the history with this turn appended, with returnHistory). */
   chat(
-    tokenizer: PVCTokenizer,
+    pixelValues: tf.Tensor4D | null,
+    question: string,
+    generation: GenerationOptions,
+    options: ChatOptions & { returnHistory: true },
+  ): Promise<{ response: string; history: History }>;
+  chat(pixelValues: tf.Tensor4D | null, question: string, generation?: GenerationOptions, options?: ChatOptions): Promise<string>;
+  chat(
     pixelValues: tf.Tensor4D | null,
     question: string,
     generation: GenerationOptions = {},
     options: ChatOptions = {},
   ): Promise<string | { response: string; history: History }> {
-    return chat(this, tokenizer, pixelValues, question, generation, options);
+    return chat(this, options.tokenizer ?? this.tokenizer, pixelValues, question, generation, options);
   }
 
   /** chat() as a stream of text pieces whose concatenation is chat()'s answer. */
-  stream(
-    tokenizer: PVCTokenizer,
-    pixelValues: tf.Tensor4D | null,
-    question: string,
-    generation: GenerationOptions = {},
-    options: ChatOptions = {},
-  ): AsyncGenerator<string> {
-    return streamChat(this, tokenizer, pixelValues, question, generation, options);
+  stream(pixelValues: tf.Tensor4D | null, question: string, generation: GenerationOptions = {}, options: ChatOptions = {}): AsyncGenerator<string> {
+    return streamChat(this, options.tokenizer ?? this.tokenizer, pixelValues, question, generation, options);
   }
 
   /** Upstream's batch_chat(): several questions at once (left-padded), no history. */
-  batchChat(
-    tokenizer: PVCTokenizer,
-    pixelValues: tf.Tensor4D | null,
-    questions: string[],
-    generation: GenerationOptions = {},
-    options: BatchChatOptions = {},
-  ): Promise<string[]> {
-    return batchChat(this, tokenizer, pixelValues, questions, generation, options);
+  batchChat(pixelValues: tf.Tensor4D | null, questions: string[], generation: GenerationOptions = {}, options: BatchChatOptions = {}): Promise<string[]> {
+    return batchChat(this, options.tokenizer ?? this.tokenizer, pixelValues, questions, generation, options);
   }
 
   /**
@@ -94,7 +142,7 @@ export class PVCModel extends VisionLanguageModel {
   inspect(request: InspectRequest & { asArrays: true }): Promise<Inspection<TapArray> & InspectionReport>;
   inspect(request: InspectRequest): Promise<Inspection<tf.Tensor> & InspectionReport>;
   async inspect(request: InspectRequest): Promise<(Inspection<tf.Tensor> | Inspection<TapArray>) & InspectionReport> {
-    const tokenizer = request.tokenizer ?? this.tokenizer();
+    const tokenizer = request.tokenizer ?? this.tokenizer;
     const result = await inspect(this, tokenizer, request);
     return Object.assign(result, {
       toHTML: (inputs?: ReportInputs, options?: ReportOptions) => renderInspectionHTML(this, tokenizer, result, inputs, options),

@@ -265,8 +265,3 @@ export class StreamDecoder {
     return this.ids;
   }
 }
-
-/** Loads the tokenizer of a converted model directory. */
-export async function loadTokenizer(dir: string): Promise<PVCTokenizer> {
-  return PVCTokenizer.load(dir);
-}

@@ -8,7 +8,6 @@ import { PVCModel } from '../src/pvc_model';
 import { beamSearch } from '../src/generation/beam';
 import { resolveGenerationConfig } from '../src/generation/generate';
 import { SafetensorsFile } from '../src/io/safetensors';
-import { loadTokenizer, PVCTokenizer } from '../src/tokenizer';
 import { convertFixture, FIXTURES, loadReference, PARITY_BACKENDS, PARITY_TOLERANCE, readJson } from './helpers';
 
 interface DirectCase {
@@ -53,14 +52,12 @@ describe.each(PARITY_BACKENDS)('beam search on %s', (backend) => {
   describe.each(['tiny-internvl2', 'tiny-pvc'])('%s', (fixture) => {
     let dir: string;
     let model: PVCModel;
-    let tokenizer: PVCTokenizer;
     let doc: BeamDoc;
     let embeds: SafetensorsFile;
 
     beforeAll(async () => {
       dir = convertFixture(fixture);
       model = await PVCModel.load(dir, { backend });
-      tokenizer = await loadTokenizer(dir);
       doc = readJson<BeamDoc>(path.join(FIXTURES, 'reference', 'beam', `${fixture}.json`));
       embeds = SafetensorsFile.open(path.join(FIXTURES, 'reference', 'beam', `${fixture}.safetensors`));
     });
@@ -111,11 +108,11 @@ describe.each(PARITY_BACKENDS)('beam search on %s', (backend) => {
       const before = tf.memory().numTensors;
       const pixels = pixelsOf(c);
       const options = c.data_flag ? { dataFlag: c.data_flag, numPatchesList: c.num_patches_list } : {};
-      const out = await model.chatIds(tokenizer, pixels, c.question, c.generation_config, options);
+      const out = await model.chatIds(pixels, c.question, c.generation_config, options);
       expect(out.outputIds).toEqual(generated(c.sequences)[0]);
       expect(out.sequences).toEqual(generated(c.sequences));
       expectScores(out.sequenceScores!, c.scores);
-      expect(await model.chat(tokenizer, pixels, c.question, c.generation_config, options)).toBe(c.answer);
+      expect(await model.chat(pixels, c.question, c.generation_config, options)).toBe(c.answer);
       pixels.dispose();
       expect(tf.memory().numTensors).toBe(before);
     });
@@ -125,7 +122,7 @@ describe.each(PARITY_BACKENDS)('beam search on %s', (backend) => {
         const b = doc.batch_chat![i];
         const before = tf.memory().numTensors;
         const pixels = pixelsOf({ name: 'batch' } as ChatCase);
-        const answers = await model.batchChat(tokenizer, pixels, b.questions, b.generation_config, { numPatchesList: b.num_patches_list });
+        const answers = await model.batchChat(pixels, b.questions, b.generation_config, { numPatchesList: b.num_patches_list });
         pixels.dispose();
         expect(answers).toEqual(b.answers);
         expect(tf.memory().numTensors).toBe(before);

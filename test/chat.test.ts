@@ -3,7 +3,7 @@ import * as tf from '@tensorflow/tfjs';
 import * as fs from 'fs';
 import * as path from 'path';
 import { PVCModel } from '../src/pvc_model';
-import { decodeAnswer, loadTokenizer, PVCTokenizer, StreamDecoder } from '../src/tokenizer';
+import { decodeAnswer, PVCTokenizer, StreamDecoder } from '../src/tokenizer';
 import { ChatRecord, convertFixture, FIXTURES, loadReference, PARITY_BACKENDS, ReferenceDoc } from './helpers';
 
 const GREEDY = { max_new_tokens: 16, do_sample: false };
@@ -11,7 +11,6 @@ const GREEDY = { max_new_tokens: 16, do_sample: false };
 describe.each(PARITY_BACKENDS)('on %s', (backend) => {
   let dir: string;
   let model: PVCModel;
-  let tokenizer: PVCTokenizer;
   let doc: ReferenceDoc;
   let pixels: tf.Tensor4D;
   let imageA: tf.Tensor4D;
@@ -19,7 +18,6 @@ describe.each(PARITY_BACKENDS)('on %s', (backend) => {
   beforeAll(async () => {
     dir = convertFixture('tiny-internvl2');
     model = await PVCModel.load(dir, { backend });
-    tokenizer = await loadTokenizer(dir);
     const ref = loadReference('tiny-internvl2');
     doc = ref.doc;
     pixels = tf.tensor4d(ref.tensors.readFloat32('pixel_values'), ref.tensors.info('pixel_values').shape as [number, number, number, number]);
@@ -42,54 +40,52 @@ describe.each(PARITY_BACKENDS)('on %s', (backend) => {
   test.each(names)("%s: prompt, ids, generated tokens and answer are upstream's", async (name) => {
     const c = doc.chat!.find((x) => x.name === name)!;
     const { pixelValues, options } = inputsOf(c);
-    const out = await model.chatIds(tokenizer, pixelValues, c.question, GREEDY, options);
+    const out = await model.chatIds(pixelValues, c.question, GREEDY, options);
     expect(out.prompt).toBe(c.prompt);
     expect(out.inputIds).toEqual(c.input_ids);
     expect(out.outputIds).toEqual(c.output_ids.slice(1)); // upstream's output starts with the <s> generate() seeds
-    const result = await model.chat(tokenizer, pixelValues, c.question, GREEDY, { ...options, returnHistory: true });
+    const result = await model.chat(pixelValues, c.question, GREEDY, { ...options, returnHistory: true });
     expect(result.response).toBe(c.answer);
     if (c.history_out) expect(result.history).toEqual(c.history_out);
   });
 
   test("batchChat equals upstream's batch_chat", async () => {
     const b = doc.batch_chat!;
-    const answers = await model.batchChat(tokenizer, pixels, b.questions, GREEDY, { numPatchesList: b.num_patches_list });
+    const answers = await model.batchChat(pixels, b.questions, GREEDY, { numPatchesList: b.num_patches_list });
     expect(answers).toEqual(b.answers);
   });
 
   test("stream() pieces concatenate to chat()'s answer", async () => {
     for (const seed of backend === 'wasm' ? [1, 2, 3] : [1]) {
       const gen = { maxNewTokens: 24, doSample: true, temperature: 1.3, topK: 0, seed };
-      const expected = await model.chat(tokenizer, imageA, 'Describe the image.', gen);
+      const expected = await model.chat(imageA, 'Describe the image.', gen);
       const pieces: string[] = [];
-      for await (const piece of model.stream(tokenizer, imageA, 'Describe the image.', gen)) pieces.push(piece);
+      for await (const piece of model.stream(imageA, 'Describe the image.', gen)) pieces.push(piece);
       expect(pieces.join('')).toBe(expected);
       expect(pieces.length).toBeGreaterThan(1);
     }
   });
 
   test('10 chats in a row leave tf.memory().numTensors unchanged', async () => {
-    await model.chat(tokenizer, imageA, 'Warm up.', { maxNewTokens: 2 });
+    await model.chat(imageA, 'Warm up.', { maxNewTokens: 2 });
     const before = tf.memory().numTensors;
-    for (let i = 0; i < 10; i++) await model.chat(tokenizer, i % 2 ? imageA : null, `Question ${i}?`, { maxNewTokens: 3 });
+    for (let i = 0; i < 10; i++) await model.chat(i % 2 ? imageA : null, `Question ${i}?`, { maxNewTokens: 3 });
     expect(tf.memory().numTensors).toBe(before);
   });
 
   if (backend === 'wasm') {
     test('bad input gives a clear error', async () => {
-      await expect(model.chat(tokenizer, imageA, '<image>\nand <image>\ntwo images?', GREEDY)).rejects.toThrow(
+      await expect(model.chat(imageA, '<image>\nand <image>\ntwo images?', GREEDY)).rejects.toThrow(
         'the prompt has 2 <image> placeholder(s) but numPatchesList has 1 entry ([3])',
       );
-      await expect(model.chat(tokenizer, imageA, 'x', GREEDY, { numPatchesList: [2] })).rejects.toThrow(
-        'numPatchesList [2] sums to 2, but pixelValues has 3 tiles',
-      );
+      await expect(model.chat(imageA, 'x', GREEDY, { numPatchesList: [2] })).rejects.toThrow('numPatchesList [2] sums to 2, but pixelValues has 3 tiles');
       const wrong = tf.zeros([1, 3, 10, 10]) as tf.Tensor4D;
-      await expect(model.chat(tokenizer, wrong, 'x', GREEDY)).rejects.toThrow(/pixelValues has shape \[1,3,10,10\]; expected \[tiles, 3, \d+, \d+\]/);
+      await expect(model.chat(wrong, 'x', GREEDY)).rejects.toThrow(/pixelValues has shape \[1,3,10,10\]; expected \[tiles, 3, \d+, \d+\]/);
       wrong.dispose();
-      await expect(model.chat(tokenizer, imageA, 'x', GREEDY, { dataFlag: 4 as never })).rejects.toThrow(
+      await expect(model.chat(imageA, 'x', GREEDY, { dataFlag: 4 as never })).rejects.toThrow(
         'dataFlag 4: expected 1 (single image), 2 (multi-image) or 3 (video)',
       );
-      await expect(model.chat(tokenizer, imageA, 'x', { max_tokens: 5 })).rejects.toThrow(/unknown generation option 'max_tokens'/);
+      await expect(model.chat(imageA, 'x', { max_tokens: 5 })).rejects.toThrow(/unknown generation option 'max_tokens'/);
       await expect(PVCModel.load(path.join(FIXTURES, 'checkpoints', 'tiny-internvl2'))).rejects.toThrow(
         /not a converted pvc-tfjs model .*convert the HuggingFace checkpoint with pvc-convert first/,
       );
@@ -103,7 +99,7 @@ describe('streaming decode', () => {
   let tokenizer: PVCTokenizer;
   beforeAll(async () => {
     dir = convertFixture('tiny-internvl2');
-    tokenizer = await loadTokenizer(dir);
+    tokenizer = PVCTokenizer.load(dir);
   });
   afterAll(() => fs.rmSync(path.dirname(dir), { recursive: true, force: true }));
 

@@ -7,7 +7,6 @@ import { PVCModel } from '../src/pvc_model';
 import { main } from '../src/cli/main';
 import { loadImage } from '../src/preprocess/image';
 import { SafetensorsFile } from '../src/io/safetensors';
-import { loadTokenizer } from '../src/tokenizer';
 import { captureOutput, convertFixture, FIXTURES } from './helpers';
 
 // A committed 1000x747 JPEG made by the preprocessing oracle (the shared example image's size).
@@ -42,14 +41,13 @@ test("pvc chat --num-beams / --length-penalty / --early-stopping / --stop give c
   expect(report.searchSeconds).toBeGreaterThan(0);
   const free = report.answer as string;
   const model = await PVCModel.load(dir, { backend: 'wasm' });
-  const tokenizer = await loadTokenizer(dir);
   const img = await loadImage(IMAGE, { inputSize: model.config.image_size, maxNum: model.config.max_dynamic_patch });
   const generation = { maxNewTokens: 6, doSample: false, numBeams: 3, lengthPenalty: 0.5, earlyStopping: 'never' as const };
-  expect(free).toBe(await model.chat(tokenizer, img.pixelValues, 'What is in the image?', generation, { dataFlag: 1 }));
+  expect(free).toBe(await model.chat(img.pixelValues, 'What is in the image?', generation, { dataFlag: 1 }));
   const stop = free.slice(2, 4);
   expect(await main([...argv, ...beams, '--stop', 'never there', '--stop', stop, 'What is in the image?'])).toBe(0);
   const cut = JSON.parse(output.stdout().trim().split('\n').pop()!).answer as string;
-  expect(cut).toBe(await model.chat(tokenizer, img.pixelValues, 'What is in the image?', { ...generation, stop: ['never there', stop] }, { dataFlag: 1 }));
+  expect(cut).toBe(await model.chat(img.pixelValues, 'What is in the image?', { ...generation, stop: ['never there', stop] }, { dataFlag: 1 }));
   expect(cut).not.toContain(stop);
   img.pixelValues.dispose();
   model.dispose();

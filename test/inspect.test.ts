@@ -108,7 +108,7 @@ describe('tiny-internvl2', () => {
         .filter(([n]) => n.endsWith('.out'))
         .map(([n, t]) => [Number(n.split('.')[2]), t]),
     );
-    const lens = logitLens(model.llm, model.tokenizer(), states, 3);
+    const lens = logitLens(model.llm, model.tokenizer, states, 3);
     expect(lens.map((l) => l.layer)).toEqual([0, 1]);
     const logits = r.taps['llm.logits'].dataSync();
     expect(lens[lens.length - 1].top[0].id).toBe(logits.indexOf(Math.max(...logits)));
@@ -179,12 +179,13 @@ describe.each(['tiny-internvl2', 'tiny-pvc'])('%s: the tap names the modules lis
   test('a chat with pixels and two generated tokens fires every listed tap and no other', async () => {
     const dir = convertFixture(name);
     const model = await PVCModel.load(dir, { backend: 'wasm' });
-    const tokenizer = model.tokenizer();
+    const tokenizer = model.tokenizer;
     const pixels = tf.randomUniform([2, 3, model.config.image_size, model.config.image_size], -1, 1, 'float32', 3) as tf.Tensor4D;
     const fired = new Set<string>();
     const before = tf.memory().numTensors;
-    const { samples, inputIds } = model.preparePrompt(tokenizer, pixels, 'What is in the image?', { dataFlag: 1 });
-    for await (const step of generateForRows(model, tokenizer, pixels, samples, [inputIds], { maxNewTokens: 2 }, { tap: (n) => fired.add(n) })) void step;
+    const turn = model.prepareChat(pixels, 'What is in the image?', { dataFlag: 1, generation: model.generationConfig({ maxNewTokens: 2 }) });
+    const rows = { rows: [turn.inputIds], pixelValues: pixels, samples: turn.samples };
+    for await (const step of generateForRows(model, tokenizer, rows, turn.generation, { tap: (n) => fired.add(n) })) void step;
     expect(tf.memory().numTensors).toBe(before);
     const listed = model.tapNames();
     expect(new Set(listed).size).toBe(listed.length);

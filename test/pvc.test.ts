@@ -11,7 +11,7 @@ import { kernelsFor } from '../src/model/kernels';
 import { DataFlag } from '../src/model/samples';
 import { VisionLanguageModel } from '../src/model/vlm';
 import { PVCModel } from '../src/pvc_model';
-import { loadTokenizer, PVCTokenizer } from '../src/tokenizer';
+import { PVCTokenizer } from '../src/tokenizer';
 import { InternVisionModel } from '../src/vision/intern_vit';
 import { FrameCache } from '../src/vision/temporal';
 import { ChatRecord, convertFixture, expectParity, loadReference, PARITY_BACKENDS, PARITY_TOLERANCE, relativeMaxError, tapRecorder } from './helpers';
@@ -29,7 +29,7 @@ describe.each(PARITY_BACKENDS)('tiny-pvc on %s', (backend) => {
   beforeAll(async () => {
     dir = convertFixture('tiny-pvc');
     model = await PVCModel.load(dir, { backend });
-    tokenizer = await loadTokenizer(dir);
+    tokenizer = PVCTokenizer.load(dir);
     const r = loadReference('tiny-pvc');
     ref = r.tensors;
     chats = (r.doc as unknown as { chat: PVCChat[] }).chat;
@@ -53,7 +53,7 @@ describe.each(PARITY_BACKENDS)('tiny-pvc on %s', (backend) => {
     for (const n of names) expectParity(captured.get(n)!, ref.readFloat32(`${prefix}.${n}`), `${backend} ${prefix} ${n}`);
 
     const chat = chats.find((c) => c.name === (prefix === 'single' ? 'single-image' : 'video'))!;
-    const prepared = model.preparePrompt(tokenizer, pixels, chat.question, { dataFlag, numPatchesList: [...numPatchesList] });
+    const prepared = model.prepareChat(pixels, chat.question, { dataFlag, numPatchesList: [...numPatchesList] });
     const embedsRef = ref.readFloat32(`${prefix}.llm.inputs_embeds`);
     const cache = model.llm.newCache(1);
     const vis = model.visualTokens(pixels, prepared.samples);
@@ -84,7 +84,6 @@ describe.each(PARITY_BACKENDS)('tiny-pvc on %s', (backend) => {
       const pixels =
         name === 'video' ? tensor('clip') : name === 'multi-image' ? (tf.concat([tensor('image_a'), tensor('image_b')]) as tf.Tensor4D) : tensor('image_a');
       const out = await model.chatIds(
-        tokenizer,
         pixels,
         c.question,
         { max_new_tokens: 16, do_sample: false },
@@ -94,13 +93,7 @@ describe.each(PARITY_BACKENDS)('tiny-pvc on %s', (backend) => {
       expect(out.inputIds).toEqual(c.input_ids);
       expect(out.outputIds).toEqual(c.output_ids.slice(1));
       expect(
-        await model.chat(
-          tokenizer,
-          pixels,
-          c.question,
-          { max_new_tokens: 16, do_sample: false },
-          { dataFlag: c.data_flag, numPatchesList: c.num_patches_list! },
-        ),
+        await model.chat(pixels, c.question, { max_new_tokens: 16, do_sample: false }, { dataFlag: c.data_flag, numPatchesList: c.num_patches_list! }),
       ).toBe(c.answer);
       pixels.dispose();
     },

@@ -204,7 +204,7 @@ describe('tiny-internvl2: an image', () => {
     expect(full.attention.pool).toBe(1);
     expect(pooled.attention.pool).toBeGreaterThan(1);
     expect(pooled.notes.join(' ')).toMatch(/pooled/);
-    await expect(renderInspectionHTML(model, model.tokenizer(), trace, inputs, { maxBytes: 1000 })).rejects.toThrow(/over maxBytes 1000/);
+    await expect(renderInspectionHTML(model, model.tokenizer, trace, inputs, { maxBytes: 1000 })).rejects.toThrow(/over maxBytes 1000/);
     const before = tf.memory().numTensors;
     await expect(trace.toHTML(inputs, { signal: AbortSignal.abort() })).rejects.toThrow(/aborted/);
     expect(tf.memory().numTensors).toBe(before);

@@ -26,7 +26,7 @@ describe.each(PARITY_BACKENDS)('on %s', (backend) => {
         .slice([0, 0, 0, 0], [doc.pixel_values.image_a_tiles, -1, -1, -1]),
     );
     tensors.close();
-    await model.chat(model.tokenizer(), image, 'Warm up.', { maxNewTokens: 2 }); // first-use costs out of the way
+    await model.chat(image, 'Warm up.', { maxNewTokens: 2 }); // first-use costs out of the way
   });
   afterAll(() => {
     image.dispose();
@@ -44,7 +44,7 @@ describe.each(PARITY_BACKENDS)('on %s', (backend) => {
     let tokens = 0;
     let tokensAtAbort = -1;
     signal.addEventListener('abort', () => (tokensAtAbort = tokens));
-    const error = await model.chat(model.tokenizer(), image, 'Describe the image.', endless, { signal, onToken: () => tokens++ }).catch((e: unknown) => e);
+    const error = await model.chat(image, 'Describe the image.', endless, { signal, onToken: () => tokens++ }).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(AbortError);
     expect((error as AbortError).name).toBe('AbortError');
     expect(((error as AbortError).cause as Error).name).toBe('TimeoutError');
@@ -57,14 +57,14 @@ describe.each(PARITY_BACKENDS)('on %s', (backend) => {
     const before = tf.memory().numTensors;
     const controller = new AbortController();
     setImmediate(() => controller.abort());
-    await expect(model.chat(model.tokenizer(), image, 'Describe the image.', endless, { signal: controller.signal })).rejects.toBeInstanceOf(AbortError);
+    await expect(model.chat(image, 'Describe the image.', endless, { signal: controller.signal })).rejects.toBeInstanceOf(AbortError);
     expect(tf.memory().numTensors).toBe(before);
   });
 
   test('stream() stops when its consumer breaks out of the loop, freeing everything', async () => {
     const before = tf.memory().numTensors;
     let pieces = 0;
-    for await (const piece of model.stream(model.tokenizer(), image, 'Describe the image.', endless)) {
+    for await (const piece of model.stream(image, 'Describe the image.', endless)) {
       expect(typeof piece).toBe('string');
       if (++pieces === 5) break;
     }
@@ -107,7 +107,7 @@ describe('tiny-internvl2 on wasm', () => {
     setImmediate(tick);
     const seen: number[] = [];
     try {
-      await model.chat(model.tokenizer(), pixels, question, { maxNewTokens: 50, minNewTokens: 50 }, { ...options, onToken: () => seen.push(turns) });
+      await model.chat(pixels, question, { maxNewTokens: 50, minNewTokens: 50 }, { ...options, onToken: () => seen.push(turns) });
     } finally {
       ticking = false;
     }
@@ -121,7 +121,7 @@ describe('tiny-internvl2 on wasm', () => {
   test('a request beyond the context is refused before any compute, naming both numbers', async () => {
     const before = tf.memory().numTensors;
     const c = doc.chat!.find((x) => x.name === 'text-only')!;
-    await expect(model.chat(model.tokenizer(), null, c.question, { maxNewTokens: 1e9 })).rejects.toThrow(
+    await expect(model.chat(null, c.question, { maxNewTokens: 1e9 })).rejects.toThrow(
       `the prompt's ${c.input_ids.length} tokens plus maxNewTokens 1000000000 (${c.input_ids.length + 1e9}) exceed the model's context of 4096 positions (max_position_embeddings 2048 x rope_scaling factor 2)`,
     );
     expect(tf.memory().numTensors).toBe(before);
@@ -133,19 +133,19 @@ describe('tiny-internvl2 on wasm', () => {
       for (const name of ['single-image', 'multi-image']) {
         const c = doc.chat!.find((x) => x.name === name) as ChatRecord;
         const input = name === 'multi-image' ? pixels : (pixels.slice([0, 0, 0, 0], [doc.pixel_values.image_a_tiles, -1, -1, -1]) as tf.Tensor4D);
-        const out = await model.chatIds(model.tokenizer(), input, c.question, { max_new_tokens: 16 }, { numPatchesList: c.num_patches_list ?? undefined });
+        const out = await model.chatIds(input, c.question, { max_new_tokens: 16 }, { numPatchesList: c.num_patches_list ?? undefined });
         expect({ name, ids: out.outputIds }).toEqual({ name, ids: c.output_ids.slice(1) });
         if (input !== pixels) input.dispose();
       }
       const b = doc.batch_chat!;
-      expect(await model.batchChat(model.tokenizer(), pixels, b.questions, { max_new_tokens: 16 }, { numPatchesList: b.num_patches_list })).toEqual(b.answers);
+      expect(await model.batchChat(pixels, b.questions, { max_new_tokens: 16 }, { numPatchesList: b.num_patches_list })).toEqual(b.answers);
     } finally {
       model.limits = { prefillChunk: 512, framesPerPass: 8 };
     }
   });
 
   test('prefill in chunks gives the logits of one pass (<= 1e-4 x max|ref|)', async () => {
-    const tokenizer = model.tokenizer();
+    const tokenizer = model.tokenizer;
     const ids = tokenizer.encode('The quick brown fox jumps over the lazy dog. '.repeat(40));
     const embeds = model.llm.embedTokens([ids]);
     const wholeCache = model.llm.newCache(1);
@@ -161,12 +161,11 @@ describe('tiny-internvl2 on wasm', () => {
 test('an 8k-token prompt on the tiny model completes on wasm (context raised to 8192 positions)', async () => {
   const dir = convertWithPositions('tiny-internvl2', 8192);
   const model = await PVCModel.load(dir, { backend: 'wasm' });
-  const tokenizer = model.tokenizer();
   const question = 'The quick brown fox jumps over the lazy dog. '.repeat(310); // 27 tokens each in the tiny vocabulary
-  const prompt = model.preparePrompt(tokenizer, null, question);
+  const prompt = model.prepareChat(null, question);
   expect(prompt.inputIds.length).toBeGreaterThan(8000);
   const before = tf.memory().numTensors;
-  const out = await model.chatIds(tokenizer, null, question, { maxNewTokens: 2, minNewTokens: 2 });
+  const out = await model.chatIds(null, question, { maxNewTokens: 2, minNewTokens: 2 });
   expect(out.outputIds).toHaveLength(2);
   expect(tf.memory().numTensors).toBe(before);
   model.dispose();
@@ -186,13 +185,7 @@ describe('tiny-pvc in small vision passes', () => {
     ] as const) {
       const c = chats.find((x) => x.name === name)!;
       const pixelValues = tensor(input);
-      const out = await model.chatIds(
-        model.tokenizer(),
-        pixelValues,
-        c.question,
-        { max_new_tokens: 16 },
-        { dataFlag: c.data_flag, numPatchesList: c.num_patches_list! },
-      );
+      const out = await model.chatIds(pixelValues, c.question, { max_new_tokens: 16 }, { dataFlag: c.data_flag, numPatchesList: c.num_patches_list! });
       expect({ name, ids: out.outputIds }).toEqual({ name, ids: c.output_ids.slice(1) });
       pixelValues.dispose();
     }

@@ -29,7 +29,7 @@ beforeAll(() => {
 afterAll(() => fs.rmSync(path.dirname(dir), { recursive: true, force: true }));
 
 async function answerAll(model: PVCModel, records: SceneRecord[]): Promise<string[]> {
-  const tokenizer = model.tokenizer();
+  const tokenizer = model.tokenizer;
   const answers: string[] = [];
   for (const r of records) answers.push(await askScene(model, tokenizer, set, r));
   return answers;

@@ -8,6 +8,7 @@ import * as fs from 'fs';
 import OpenAI from 'openai';
 import * as os from 'os';
 import * as path from 'path';
+import type { ChatOptions } from '../src/chat/chat';
 import { withImagePlaceholders } from '../src/chat/prompt';
 import { loadImage } from '../src/preprocess/image';
 import { loadVideo } from '../src/preprocess/video';
@@ -76,7 +77,7 @@ beforeAll(async () => {
     limits: { maxBodyBytes: 8 << 20, maxQueue: 1 },
   });
   client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: KEY, maxRetries: 0 });
-  await model.chat(model.tokenizer(), null, 'Warm up.', { maxNewTokens: 2 }); // first-use costs out of the way
+  await model.chat(null, 'Warm up.', { maxNewTokens: 2 }); // first-use costs out of the way
   baseline = tf.memory().numTensors;
 });
 
@@ -94,12 +95,11 @@ afterEach(() => expect(tf.memory().numTensors).toBe(baseline));
 async function reference(
   pixelValues: tf.Tensor4D | null,
   question: string,
-  options: Parameters<PVCModel['chat']>[4] = {},
+  options: ChatOptions = {},
   generation: Record<string, unknown> = { maxNewTokens: MAX },
 ) {
-  const tokenizer = model.tokenizer();
-  const answer = await model.chat(tokenizer, pixelValues, question, generation, options);
-  const promptTokens = model.preparePrompt(tokenizer, pixelValues, question, options).inputIds.length;
+  const answer = await model.chat(pixelValues, question, generation, options);
+  const promptTokens = model.prepareChat(pixelValues, question, options).inputIds.length;
   return { answer, promptTokens };
 }
 
@@ -200,7 +200,7 @@ describe('answers equal model.chat', () => {
 
   test('a second turn: the first turn (with its image) becomes the history, as upstream multi-round chat()', async () => {
     const image = await loadImage(IMAGE1, { inputSize: model.config.image_size, maxNum: model.config.max_dynamic_patch });
-    const first = await model.chat(model.tokenizer(), image.pixelValues, 'What is in the image?', { maxNewTokens: MAX }, { returnHistory: true });
+    const first = await model.chat(image.pixelValues, 'What is in the image?', { maxNewTokens: MAX }, { returnHistory: true });
     const expected = await reference(image.pixelValues, 'Write a poem about it.', { history: first.history });
     image.pixelValues.dispose();
     expect(first.history[0][0]).toBe('<image>\nWhat is in the image?'); // upstream keeps the placeholder in the history
@@ -216,7 +216,7 @@ describe('answers equal model.chat', () => {
 
   test('a system message replaces the template default', async () => {
     const system = 'You answer in one word.';
-    const prompt = model.preparePrompt(model.tokenizer(), null, 'Hello?', { systemMessage: system }).prompt;
+    const prompt = model.prepareChat(null, 'Hello?', { systemMessage: system }).prompt;
     expect(prompt.startsWith(`<|im_start|>system\n${system}<|im_end|><|im_start|>user\nHello?<|im_end|>`)).toBe(true);
     const expected = await reference(null, 'Hello?', { systemMessage: system });
     await expectServed(
@@ -236,10 +236,10 @@ describe('answers equal model.chat', () => {
   });
 
   test('finish_reason is length when max_tokens ends the answer', async () => {
-    const ids = await model.chatIds(model.tokenizer(), null, 'Count.', { maxNewTokens: 3 });
+    const ids = await model.chatIds(null, 'Count.', { maxNewTokens: 3 });
     const completion = await client.chat.completions.create({ model: 'tiny', max_tokens: 3, messages: [{ role: 'user', content: 'Count.' }] });
     // Three tokens, none of them <|im_end|> (else the reason would be stop).
-    const eos = model.tokenizer().tokenToId('<|im_end|>');
+    const eos = model.tokenizer.tokenToId('<|im_end|>');
     expect(completion.choices[0].finish_reason).toBe(ids.outputIds.includes(eos!) ? 'stop' : 'length');
     expect(completion.usage?.completion_tokens).toBe(ids.outputIds.length);
   });
@@ -566,7 +566,7 @@ describe('a PVC model (tiny-pvc): video with data_flag 3', () => {
     pvc = await PVCModel.load(pvcDir);
     pvcServer = await ChatServer.start({ model: pvc, modelName: 'tiny-pvc', port: 0 });
     pvcClient = new OpenAI({ baseURL: `${pvcServer.url}/v1`, apiKey: 'none', maxRetries: 0 });
-    await pvc.chat(pvc.tokenizer(), null, 'Warm up.', { maxNewTokens: 2 });
+    await pvc.chat(null, 'Warm up.', { maxNewTokens: 2 });
     baseline = tf.memory().numTensors;
   });
   afterAll(async () => {
@@ -579,13 +579,12 @@ describe('a PVC model (tiny-pvc): video with data_flag 3', () => {
   test('a video and a single image: answers and usage equal model.chat with data_flag 3 and 1', async () => {
     const video = await loadVideo(VIDEO, { numSegments: 6, maxNum: 1, inputSize: pvc.config.image_size });
     const question = withImagePlaceholders('Describe this video.', 6, 'video');
-    const tokenizer = pvc.tokenizer();
     const videoOptions = { numPatchesList: video.numPatchesList, dataFlag: 3 as const };
-    const expectedVideo = await pvc.chat(tokenizer, video.pixelValues, question, { maxNewTokens: MAX }, videoOptions);
-    const videoPrompt = pvc.preparePrompt(tokenizer, video.pixelValues, question, videoOptions).inputIds.length;
+    const expectedVideo = await pvc.chat(video.pixelValues, question, { maxNewTokens: MAX }, videoOptions);
+    const videoPrompt = pvc.prepareChat(video.pixelValues, question, videoOptions).inputIds.length;
     video.pixelValues.dispose();
     const image = await loadImage(IMAGE1, { inputSize: pvc.config.image_size, maxNum: 2 });
-    const expectedImage = await pvc.chat(tokenizer, image.pixelValues, '<image>\nWhat is it?', { maxNewTokens: MAX }, { dataFlag: 1 });
+    const expectedImage = await pvc.chat(image.pixelValues, '<image>\nWhat is it?', { maxNewTokens: MAX }, { dataFlag: 1 });
     image.pixelValues.dispose();
 
     const v = await pvcClient.chat.completions.create({

@@ -36,10 +36,10 @@ describe.each(PARITY_BACKENDS)('in a worker on %s', (backend) => {
   test("chat and batchChat give upstream's tokens and answers", async () => {
     expect(model.backend).toBe(backend);
     const c = doc.chat!.find((x) => x.name === 'multi-image')!;
-    const out = await model.chatIds(null, pixels, c.question, { max_new_tokens: 16 }, { numPatchesList: c.num_patches_list! });
+    const out = await model.chatIds(pixels, c.question, { max_new_tokens: 16 }, { numPatchesList: c.num_patches_list! });
     expect(out.outputIds).toEqual(c.output_ids.slice(1));
     const b = doc.batch_chat!;
-    expect(await model.batchChat(null, pixels, b.questions, { max_new_tokens: 16 }, { numPatchesList: b.num_patches_list })).toEqual(b.answers);
+    expect(await model.batchChat(pixels, b.questions, { max_new_tokens: 16 }, { numPatchesList: b.num_patches_list })).toEqual(b.answers);
   });
 
   test('an AbortSignal ends an endless chat with an AbortError; breaking out of stream() stops it; the worker goes on', async () => {
@@ -48,18 +48,18 @@ describe.each(PARITY_BACKENDS)('in a worker on %s', (backend) => {
     let tokensAtAbort = -1;
     const signal = AbortSignal.timeout(backend === 'cpu' ? 6000 : 1500);
     signal.addEventListener('abort', () => (tokensAtAbort = tokens));
-    await expect(model.chat(null, null, 'Go on.', endless, { signal, onToken: () => tokens++ })).rejects.toBeInstanceOf(AbortError);
+    await expect(model.chat(null, 'Go on.', endless, { signal, onToken: () => tokens++ })).rejects.toBeInstanceOf(AbortError);
     expect(tokensAtAbort).toBeGreaterThan(0);
     // Tokens already in flight from the worker when the abort was posted: a step or two.
     expect(tokens - tokensAtAbort).toBeLessThanOrEqual(2);
     let pieces = 0;
-    for await (const piece of model.stream(null, null, 'Go on.', endless)) {
+    for await (const piece of model.stream(null, 'Go on.', endless)) {
       expect(typeof piece).toBe('string');
       if (++pieces === 3) break;
     }
     expect(pieces).toBe(3);
     const c = doc.chat!.find((x) => x.name === 'text-only')!;
-    expect(await model.chat(null, null, c.question, { max_new_tokens: 16 })).toBe(c.answer);
+    expect(await model.chat(null, c.question, { max_new_tokens: 16 })).toBe(c.answer);
   });
 });
 
@@ -71,7 +71,6 @@ test('with the model in a worker, no kernel of a chat runs on the main thread', 
   try {
     const profile = await tf.profile(async () => {
       await model.chat(
-        null,
         pixels,
         'Image-1: <image>\nImage-2: <image>\nDescribe both.',
         { maxNewTokens: 48, minNewTokens: 48 },

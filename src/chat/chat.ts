@@ -1,14 +1,15 @@
 // Upstream's chat(), batch_chat() and a streaming chat over a VisionLanguageModel:
 //
-//   question (+ history) -> prompt (./prompt.ts) -> ids -> embeddings with the visual tokens merged
-//   -> InternLM2 generation (eos <|im_end|>) -> answer
+//   question (+ history) -> prompt (./prompt.ts) -> ids, generation options resolved: a ChatTurn
+//   -> model.inputSteps (embeddings with the visual tokens merged) -> InternLM2 generation (eos
+//   <|im_end|>) -> answer
 import * as tf from '@tensorflow/tfjs';
-import { contextLength } from '../config';
-import { runYielding, throwIfAborted, yieldToEventLoop } from '../event_loop';
+import { InputError } from '../errors';
+import { runYielding, throwIfAborted } from '../event_loop';
 import { GenerationConfig, GenerationRequest, generateSteps, GenerationStep, resolveGenerationConfig } from '../generation/generate';
 import { Tap } from '../nn/layers';
 import { DataFlag, Sample } from '../model/samples';
-import { mergeEmbeddings, VisionLanguageModel } from '../model/vlm';
+import { PromptTokenIds, VisionLanguageModel } from '../model/vlm';
 import { decodeAnswer, PVCTokenizer, StreamDecoder } from '../tokenizer';
 import { preparePrompt, PreparedPrompt, prepareBatchPrompts, PromptOptions } from './prompt';
 import { History, IMG_CONTEXT_TOKEN, SEPARATOR } from './template';
@@ -16,77 +17,97 @@ import { History, IMG_CONTEXT_TOKEN, SEPARATOR } from './template';
 /** Generation options: camelCase or upstream's snake_case keys (max_new_tokens, do_sample, num_beams, stop, ...). */
 export type GenerationOptions = GenerationRequest;
 
-export interface ChatOptions extends PromptOptions {
-  returnHistory?: boolean;
+/** How a turn runs (not what it asks). */
+export interface RunOptions {
   signal?: AbortSignal;
   /** Called with each generated token id (timing, inspection). */
   onToken?: (id: number) => void;
+}
+
+export interface ChatOptions extends PromptOptions, RunOptions {
+  returnHistory?: boolean;
+  /** Default: the model's own tokenizer. */
+  tokenizer?: PVCTokenizer;
 }
 
 export interface BatchChatOptions {
   numPatchesList?: number[];
   dataFlag?: DataFlag | DataFlag[];
   signal?: AbortSignal;
+  tokenizer?: PVCTokenizer;
 }
 
-function generationConfig(tokenizer: PVCTokenizer, options: GenerationOptions): GenerationConfig {
+/** The generation config of a chat: the caller's options over transformers' defaults, eos always <|im_end|> (upstream overwrites eos_token_id). */
+export function chatGenerationConfig(tokenizer: PVCTokenizer, options: GenerationOptions): GenerationConfig {
   const eos = tokenizer.tokenToId(SEPARATOR);
   if (eos === undefined) throw new Error(`the tokenizer has no ${SEPARATOR} token`);
-  const config = resolveGenerationConfig(options, { eosTokenId: [eos], padTokenId: tokenizer.padTokenId });
-  // chat() always stops at <|im_end|> (upstream overwrites eos_token_id).
-  return { ...config, eosTokenId: [eos] };
+  return { ...resolveGenerationConfig(options, { eosTokenId: [eos], padTokenId: tokenizer.padTokenId }), eosTokenId: [eos] };
+}
+
+function promptTokenIds(tokenizer: PVCTokenizer): PromptTokenIds {
+  const imgContext = tokenizer.tokenToId(IMG_CONTEXT_TOKEN);
+  if (imgContext === undefined) throw new Error(`the tokenizer has no ${IMG_CONTEXT_TOKEN} token`);
+  return { imgContext, pad: tokenizer.padTokenId };
+}
+
+/** What the LLM is asked: prompt rows (one per question) and the pixel values of their samples. */
+export interface PromptRows {
+  rows: number[][];
+  pixelValues: tf.Tensor4D | null;
+  samples: Sample[];
 }
 
 /**
- * Generation for prompt rows (left-padded to one length): merges the visual tokens of `samples` into
- * the rows' embeddings and yields each step's tokens; frees everything it makes.
+ * Generation for prompt rows (left-padded to one length): the model's input embeddings, then each
+ * step's tokens; frees everything it makes.
  */
 export async function* generateForRows(
   model: VisionLanguageModel,
   tokenizer: PVCTokenizer,
-  pixelValues: tf.Tensor4D | null,
-  samples: Sample[],
-  rows: number[][],
-  generation: GenerationOptions,
+  input: PromptRows,
+  config: GenerationConfig,
   options: { signal?: AbortSignal; tap?: Tap } = {},
 ): AsyncGenerator<GenerationStep> {
-  const config = generationConfig(tokenizer, generation);
-  const imgContextId = tokenizer.tokenToId(IMG_CONTEXT_TOKEN);
-  if (imgContextId === undefined) throw new Error(`the tokenizer has no ${IMG_CONTEXT_TOKEN} token`);
-  const T = Math.max(...rows.map((r) => r.length));
-  // Checked before any compute: a request the model's positions cannot hold fails at once.
-  const context = contextLength(model.config.llm);
-  if (T + config.maxNewTokens > context) {
-    const { max_position_embeddings: maxPos, rope_scaling: scaling } = model.config.llm;
-    throw new Error(
-      `the prompt's ${T} tokens plus maxNewTokens ${config.maxNewTokens} (${T + config.maxNewTokens}) exceed the model's context of ${context} positions ` +
-        `(max_position_embeddings ${maxPos}${scaling ? ` x rope_scaling factor ${scaling.factor}` : ''})`,
+  const T = Math.max(...input.rows.map((r) => r.length));
+  const { maxContext } = model.limits;
+  if (maxContext !== undefined && T + config.maxNewTokens > maxContext) {
+    throw new InputError(
+      'maxNewTokens',
+      `the prompt's ${T} tokens plus maxNewTokens ${config.maxNewTokens} (${T + config.maxNewTokens}) exceed limits.maxContext ${maxContext}`,
     );
   }
   throwIfAborted(options.signal);
-  const padded = rows.map((r) => [...new Array(T - r.length).fill(tokenizer.padTokenId), ...r]);
-  const attentionMask = rows.map((r) => [...new Array(T - r.length).fill(0), ...r.map(() => 1)]);
-  await yieldToEventLoop(options.signal);
-  const text = model.llm.embedTokens(padded);
-  let embeds: tf.Tensor3D;
-  try {
-    const visual = pixelValues === null ? null : await runYielding(model.visualTokenSteps(pixelValues, samples, options.tap), options.signal);
-    try {
-      embeds = mergeEmbeddings(text, padded, imgContextId, visual);
-    } finally {
-      visual?.dispose();
-    }
-  } finally {
-    text.dispose();
-  }
+  const { embeds, attentionMask } = await runYielding(
+    model.inputSteps(input.rows, input.pixelValues, input.samples, promptTokenIds(tokenizer), options.tap),
+    options.signal,
+  );
   try {
     // As upstream's generate() from embeddings, the ids the logits processors see start at <s>.
     const decode = (ids: readonly number[]) => tokenizer.decode(ids, { skipSpecialTokens: true });
     const run = { ...options, prefillChunk: model.limits.prefillChunk, decode };
-    yield* generateSteps(model.llm, { embeds, attentionMask, seenIds: rows.map(() => [tokenizer.bosTokenId]) }, config, run);
+    yield* generateSteps(model.llm, { embeds, attentionMask, seenIds: input.rows.map(() => [tokenizer.bosTokenId]) }, config, run);
   } finally {
     embeds.dispose();
   }
+}
+
+/** One chat turn ready to run: the prompt built and tokenized, the generation options resolved; nothing computed yet. */
+export interface ChatTurn extends PreparedPrompt {
+  pixelValues: tf.Tensor4D | null;
+  samples: Sample[];
+  generation: GenerationConfig;
+}
+
+/** The turn chat() runs, with `generation` from chatGenerationConfig: bad placeholders or tiles are an InputError here, before any compute. */
+export function prepareChat(
+  model: VisionLanguageModel,
+  tokenizer: PVCTokenizer,
+  pixelValues: tf.Tensor4D | null,
+  question: string,
+  generation: GenerationConfig,
+  options: PromptOptions = {},
+): ChatTurn {
+  return { ...preparePrompt(model, tokenizer, pixelValues, question, options), pixelValues, generation };
 }
 
 export interface ChatIds extends PreparedPrompt {
@@ -97,11 +118,47 @@ export interface ChatIds extends PreparedPrompt {
   sequenceScores?: number[];
 }
 
+function turnSteps(model: VisionLanguageModel, tokenizer: PVCTokenizer, turn: ChatTurn, options: RunOptions): AsyncGenerator<GenerationStep> {
+  return generateForRows(model, tokenizer, { rows: [turn.inputIds], pixelValues: turn.pixelValues, samples: turn.samples }, turn.generation, {
+    signal: options.signal,
+  });
+}
+
+/** The token ids a turn generates (eos included), without decoding them. Beam search: outputIds is the best sequence. */
+export async function runTurn(model: VisionLanguageModel, tokenizer: PVCTokenizer, turn: ChatTurn, options: RunOptions = {}): Promise<ChatIds> {
+  const sequences: number[][] = [[]];
+  let sequenceScores: number[] | undefined;
+  for await (const step of turnSteps(model, tokenizer, turn, options)) {
+    step.tokens.forEach((t, r) => (sequences[r] ??= []).push(t));
+    sequenceScores = step.sequenceScores;
+    options.onToken?.(step.tokens[0]);
+  }
+  const beams = sequenceScores ? { sequences, sequenceScores } : {};
+  return { prompt: turn.prompt, question: turn.question, inputIds: turn.inputIds, outputIds: sequences[0], ...beams };
+}
+
+/** A turn's answer: its ids decoded, cut at <|im_end|> or a stop string. */
+export function answerOf(tokenizer: PVCTokenizer, turn: ChatTurn, outputIds: number[]): string {
+  return decodeAnswer(tokenizer, outputIds, SEPARATOR, turn.generation.stop);
+}
+
 /**
- * The prompt chat() builds and the token ids it generates (eos included), without decoding them.
- * Beam search (numBeams > 1): outputIds is the best sequence.
+ * A turn's answer as a stream of text pieces whose concatenation is its answer. With beam search the
+ * pieces come only once the search is over (no beam is final before).
  */
-export async function chatIds(
+export async function* streamTurn(model: VisionLanguageModel, tokenizer: PVCTokenizer, turn: ChatTurn, options: RunOptions = {}): AsyncGenerator<string> {
+  const decoder = new StreamDecoder(tokenizer, SEPARATOR, turn.generation.stop);
+  for await (const step of turnSteps(model, tokenizer, turn, options)) {
+    options.onToken?.(step.tokens[0]);
+    const piece = decoder.push(step.tokens[0]);
+    if (piece) yield piece;
+  }
+  const rest = decoder.finish();
+  if (rest) yield rest;
+}
+
+/** The prompt chat() builds and the token ids it generates (eos included), without decoding them. */
+export function chatIds(
   model: VisionLanguageModel,
   tokenizer: PVCTokenizer,
   pixelValues: tf.Tensor4D | null,
@@ -109,16 +166,8 @@ export async function chatIds(
   generation: GenerationOptions = {},
   options: ChatOptions = {},
 ): Promise<ChatIds> {
-  const prepared = preparePrompt(model, tokenizer, pixelValues, question, options);
-  const sequences: number[][] = [[]];
-  let sequenceScores: number[] | undefined;
-  for await (const step of generateForRows(model, tokenizer, pixelValues, prepared.samples, [prepared.inputIds], generation, { signal: options.signal })) {
-    step.tokens.forEach((t, r) => (sequences[r] ??= []).push(t));
-    sequenceScores = step.sequenceScores;
-    options.onToken?.(step.tokens[0]);
-  }
-  const beams = sequenceScores ? { sequences, sequenceScores } : {};
-  return { prompt: prepared.prompt, question: prepared.question, inputIds: prepared.inputIds, outputIds: sequences[0], ...beams };
+  const turn = prepareChat(model, tokenizer, pixelValues, question, chatGenerationConfig(tokenizer, generation), options);
+  return runTurn(model, tokenizer, turn, options);
 }
 
 /** Upstream's chat(): the answer, and with returnHistory the history with this turn appended. */
@@ -130,17 +179,14 @@ export async function chat(
   generation: GenerationOptions = {},
   options: ChatOptions = {},
 ): Promise<string | { response: string; history: History }> {
-  const prepared = await chatIds(model, tokenizer, pixelValues, question, generation, options);
-  const response = decodeAnswer(tokenizer, prepared.outputIds, SEPARATOR, generationConfig(tokenizer, generation).stop);
+  const turn = prepareChat(model, tokenizer, pixelValues, question, chatGenerationConfig(tokenizer, generation), options);
+  const response = answerOf(tokenizer, turn, (await runTurn(model, tokenizer, turn, options)).outputIds);
   if (!options.returnHistory) return response;
-  return { response, history: [...(options.history ?? []), [prepared.question, response]] };
+  return { response, history: [...(options.history ?? []), [turn.question, response]] };
 }
 
-/**
- * chat() as a stream of text pieces whose concatenation is chat()'s answer. With beam search the
- * pieces come only once the search is over (no beam is final before).
- */
-export async function* streamChat(
+/** chat() as a stream of text pieces whose concatenation is chat()'s answer. */
+export function streamChat(
   model: VisionLanguageModel,
   tokenizer: PVCTokenizer,
   pixelValues: tf.Tensor4D | null,
@@ -148,15 +194,8 @@ export async function* streamChat(
   generation: GenerationOptions = {},
   options: ChatOptions = {},
 ): AsyncGenerator<string> {
-  const prepared = preparePrompt(model, tokenizer, pixelValues, question, options);
-  const decoder = new StreamDecoder(tokenizer, SEPARATOR, generationConfig(tokenizer, generation).stop);
-  for await (const step of generateForRows(model, tokenizer, pixelValues, prepared.samples, [prepared.inputIds], generation, { signal: options.signal })) {
-    options.onToken?.(step.tokens[0]);
-    const piece = decoder.push(step.tokens[0]);
-    if (piece) yield piece;
-  }
-  const rest = decoder.finish();
-  if (rest) yield rest;
+  const turn = prepareChat(model, tokenizer, pixelValues, question, chatGenerationConfig(tokenizer, generation), options);
+  return streamTurn(model, tokenizer, turn, options);
 }
 
 /** Upstream's batch_chat(): several questions at once (left-padded), no history. */
@@ -168,11 +207,11 @@ export async function batchChat(
   generation: GenerationOptions = {},
   options: BatchChatOptions = {},
 ): Promise<string[]> {
+  const config = chatGenerationConfig(tokenizer, generation);
   const { rows, samples } = prepareBatchPrompts(model, tokenizer, pixelValues, questions, options);
   // Beam search with numReturnSequences n gives n answers per question, as upstream's batch_chat.
   const out: number[][] = [];
-  for await (const step of generateForRows(model, tokenizer, pixelValues, samples, rows, generation, { signal: options.signal }))
+  for await (const step of generateForRows(model, tokenizer, { rows, pixelValues, samples }, config, { signal: options.signal }))
     step.tokens.forEach((t, b) => (out[b] ??= []).push(t));
-  const stop = generationConfig(tokenizer, generation).stop;
-  return Array.from({ length: Math.max(rows.length, out.length) }, (_, r) => decodeAnswer(tokenizer, out[r] ?? [], SEPARATOR, stop));
+  return Array.from({ length: Math.max(rows.length, out.length) }, (_, r) => decodeAnswer(tokenizer, out[r] ?? [], SEPARATOR, config.stop));
 }

@@ -2,6 +2,7 @@
 // the question (+ history) in the internlm2-chat template, the Image-k / Frame k prefixes upstream's
 // examples use, and each <image> expanded into <img><IMG_CONTEXT> x n</img> for its tiles.
 import type * as tf from '@tensorflow/tfjs';
+import { InputError } from '../errors';
 import { DataFlag, Sample, samplesOf } from '../model/samples';
 import { VisionLanguageModel } from '../model/vlm';
 import { PVCTokenizer } from '../tokenizer';
@@ -51,13 +52,12 @@ export function preparePrompt(
   question: string,
   options: PromptOptions = {},
 ): PreparedPrompt & { samples: Sample[] } {
-  if (pixelValues !== null) model.checkPixelValues(pixelValues);
   const history = options.history ?? null;
   if (history === null && pixelValues !== null && !question.includes(IMAGE_PLACEHOLDER)) question = `${IMAGE_PLACEHOLDER}\n${question}`;
   const numPatchesList = options.numPatchesList ?? (pixelValues !== null ? [pixelValues.shape[0]] : []);
   const tiles = pixelValues?.shape[0] ?? 0;
   const total = numPatchesList.reduce((a, b) => a + b, 0);
-  if (total !== tiles) throw new Error(`numPatchesList [${numPatchesList}] sums to ${total}, but pixelValues has ${tiles} tiles`);
+  if (total !== tiles) throw new InputError('numPatchesList', `numPatchesList [${numPatchesList}] sums to ${total}, but pixelValues has ${tiles} tiles`);
   const samples = samplesOf(numPatchesList, options.dataFlag, options.splitSizes);
   const tokensPerTile = samples.flatMap((s) => s.tilesPerImage.map(() => model.tokensPerTile(s.dataFlag)));
   const prompt = expandImagePlaceholders(
@@ -78,12 +78,11 @@ export function prepareBatchPrompts(
 ): { rows: number[][]; samples: Sample[] } {
   const numPatchesList = options.numPatchesList ?? (pixelValues !== null ? [pixelValues.shape[0]] : questions.map(() => 0));
   if (numPatchesList.length !== questions.length) {
-    throw new Error(`batchChat: ${questions.length} questions but numPatchesList has ${numPatchesList.length} entries`);
+    throw new InputError('numPatchesList', `batchChat: ${questions.length} questions but numPatchesList has ${numPatchesList.length} entries`);
   }
-  if (pixelValues !== null) model.checkPixelValues(pixelValues);
   const tiles = pixelValues?.shape[0] ?? 0;
   if (numPatchesList.reduce((a, b) => a + b, 0) !== tiles)
-    throw new Error(`numPatchesList [${numPatchesList}] does not sum to the ${tiles} tiles of pixelValues`);
+    throw new InputError('numPatchesList', `numPatchesList [${numPatchesList}] does not sum to the ${tiles} tiles of pixelValues`);
   // One sample per question.
   const samples = pixelValues === null ? [] : samplesOf(numPatchesList, options.dataFlag, numPatchesList);
   const rows = questions.map((q, i) => {

@@ -1,5 +1,6 @@
 // The internlm2-chat conversation template (InternVL2's; ChatML without newlines after <|im_end|>)
 // and the expansion of <image> placeholders into <img><IMG_CONTEXT>...</img>.
+import { InputError } from '../errors';
 
 export const IMG_START_TOKEN = '<img>';
 export const IMG_END_TOKEN = '</img>';
@@ -35,7 +36,8 @@ export function buildPrompt(systemMessage: string, history: History, question: s
 export function expandImagePlaceholders(prompt: string, numPatchesList: number[], tokensPerTile: number[]): string {
   const placeholders = prompt.split(IMAGE_PLACEHOLDER).length - 1;
   if (placeholders !== numPatchesList.length) {
-    throw new Error(
+    throw new InputError(
+      'numPatchesList',
       `the prompt has ${placeholders} <image> placeholder(s) but numPatchesList has ${numPatchesList.length} entr${numPatchesList.length === 1 ? 'y' : 'ies'} ([${numPatchesList}])`,
     );
   }

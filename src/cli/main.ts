@@ -16,7 +16,7 @@ import { DataFlag } from '../model/samples';
 import { PVCModel } from '../pvc_model';
 import { loadImage } from '../preprocess/image';
 import { loadVideo } from '../preprocess/video';
-import { decodeAnswer, loadTokenizer } from '../tokenizer';
+import { decodeAnswer } from '../tokenizer';
 import { doctorCommand } from './doctor';
 import { serveCommand } from '../server/command';
 
@@ -179,7 +179,6 @@ function parseChatArgs(argv: string[]): ChatArgs {
 async function chat(args: ChatArgs): Promise<void> {
   const t0 = Date.now();
   const model = await PVCModel.load(args.model, { backend: args.backend });
-  const tokenizer = await loadTokenizer(args.model);
   const loadSeconds = (Date.now() - t0) / 1000;
   const inputSize = model.config.image_size;
   let pixelValues: tf.Tensor4D | null = null;
@@ -218,7 +217,7 @@ async function chat(args: ChatArgs): Promise<void> {
       if (tokens++ === 0) firstAt = Date.now();
     };
     let answer = '';
-    for await (const piece of model.stream(tokenizer, pixelValues, question, generation, { numPatchesList, dataFlag, onToken })) {
+    for await (const piece of model.stream(pixelValues, question, generation, { numPatchesList, dataFlag, onToken })) {
       answer += piece;
       if (!args.json) process.stdout.write(piece);
     }
@@ -371,7 +370,7 @@ async function inspect(args: InspectArgs): Promise<void> {
       const summary = formatSummaries(all.map(([n, t]) => summarize(n, t)));
       fs.writeFileSync(path.join(args.out, 'summary.txt'), summary + '\n');
       process.stdout.write(summary + '\n');
-      process.stdout.write(`answer: ${decodeAnswer(model.tokenizer(), result.outputIds)}\n`);
+      process.stdout.write(`answer: ${decodeAnswer(model.tokenizer, result.outputIds)}\n`);
       if (args.heatmap && image) {
         const probs = result.steps.flatMap((s) =>
           Object.entries(s)
@@ -389,7 +388,7 @@ async function inspect(args: InspectArgs): Promise<void> {
             .filter(([n]) => /^llm\.layers\.\d+\.out$/.test(n))
             .map(([n, t]) => [Number(n.split('.')[2]), t]),
         );
-        const lens = logitLens(model.llm, model.tokenizer(), states, 5);
+        const lens = logitLens(model.llm, model.tokenizer, states, 5);
         fs.writeFileSync(path.join(args.out!, 'logit-lens.json'), JSON.stringify(lens, null, 1) + '\n');
         for (const l of lens) process.stdout.write(`layer ${l.layer}: ${l.top.map((t) => `${JSON.stringify(t.token)} ${t.prob.toFixed(3)}`).join('  ')}\n`);
       }

@@ -3,6 +3,7 @@
 // after every layer, is abortable between them, and streams as an async iterator of token ids. With
 // numBeams > 1 the steps come from beam search (beam.ts), all at its end.
 import * as tf from '@tensorflow/tfjs';
+import { InputError } from '../errors';
 import { throwIfAborted, runYielding, yieldToEventLoop } from '../event_loop';
 import { InternLM2, KVCache } from '../llm/internlm2';
 import { Tap } from '../nn/layers';
@@ -101,14 +102,14 @@ export function resolveGenerationConfig(
   for (const [key, value] of Object.entries(user)) {
     const field = KEYS[key];
     if (field === undefined) {
-      throw new Error(`unknown generation option '${key}' (known: ${[...new Set(Object.values(KEYS))].join(', ')}, or their snake_case)`);
+      throw new InputError(key, `unknown generation option '${key}' (known: ${[...new Set(Object.values(KEYS))].join(', ')}, or their snake_case)`);
     }
     if (value === undefined) continue;
     (config as unknown as Record<string, unknown>)[field] =
       field === 'eosTokenId' && !Array.isArray(value) ? [value] : field === 'stop' ? parseStop(value) : value;
   }
   const check = (ok: boolean, field: keyof GenerationConfig, expected: string) => {
-    if (!ok) throw new Error(`generation option ${field} = ${JSON.stringify(config[field])}: expected ${expected}`);
+    if (!ok) throw new InputError(field, `generation option ${field} = ${JSON.stringify(config[field])}: expected ${expected}`);
   };
   const isInt = (x: unknown) => Number.isSafeInteger(x);
   check(isInt(config.maxNewTokens) && config.maxNewTokens >= 0, 'maxNewTokens', 'an integer >= 0');

@@ -2,6 +2,7 @@
 // contains one; the answer is then cut before it (decodeAnswer / StreamDecoder with the same list).
 // The check needs the tokenizer, which the generation loop does not know: the caller gives the
 // decoding function, and the loop asks after each token.
+import { InputError } from '../errors';
 import { findStop } from '../tokenizer';
 
 /** How many stop strings a request may carry, and how long each may be (the input is untrusted). */
@@ -30,7 +31,8 @@ export function parseStop(value: unknown): string[] {
   const list = typeof value === 'string' ? [value] : value;
   const ok = Array.isArray(list) && list.length <= MAX_STOP_STRINGS && list.every((s) => typeof s === 'string' && s.length > 0 && s.length <= MAX_STOP_LENGTH);
   if (!ok) {
-    throw new Error(
+    throw new InputError(
+      'stop',
       `generation option stop = ${JSON.stringify(value)?.slice(0, 200)}: expected a non-empty string or a list of at most ${MAX_STOP_STRINGS} (each 1 to ${MAX_STOP_LENGTH} characters)`,
     );
   }

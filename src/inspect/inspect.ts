@@ -1,7 +1,7 @@
 // model.inspect: runs a prompt (and optionally generation) exactly as chat does, recording the
 // selected taps of the prompt pass and of every generation step.
 import * as tf from '@tensorflow/tfjs';
-import { generateForRows, GenerationOptions } from '../chat/chat';
+import { chatGenerationConfig, generateForRows, GenerationOptions } from '../chat/chat';
 import { preparePrompt } from '../chat/prompt';
 import { History, IMG_CONTEXT_TOKEN } from '../chat/template';
 import { DataFlag, Sample, samplesOf } from '../model/samples';
@@ -72,10 +72,8 @@ export async function inspect(
   }
   const outputIds: number[] = [];
   try {
-    const steps = generateForRows(model, tokenizer, pixelValues, samples, [inputIds], request.generate ?? { maxNewTokens: 0 }, {
-      signal: request.signal,
-      tap: recorder.tap,
-    });
+    const config = chatGenerationConfig(tokenizer, request.generate ?? { maxNewTokens: 0 });
+    const steps = generateForRows(model, tokenizer, { rows: [inputIds], pixelValues, samples }, config, { signal: request.signal, tap: recorder.tap });
     for await (const step of steps) {
       outputIds.push(step.tokens[0]);
       recorder.step = step.step; // the next pass reads this token

@@ -1,6 +1,7 @@
 // What the pixels of a request are: samples (upstream's split_sizes), each a single image, several
 // images or a video (PVC's data_flag), each with its tiles per image or per frame.
 import { PVCConfig } from '../config';
+import { InputError } from '../errors';
 
 /** PVC's data_flag: 1 single image, 2 multi-image, 3 video. */
 export type DataFlag = 1 | 2 | 3;
@@ -16,7 +17,7 @@ export interface Sample {
 export function checkDataFlag(dataFlag: unknown): void {
   for (const flag of Array.isArray(dataFlag) ? dataFlag : [dataFlag]) {
     if (flag !== undefined && flag !== 1 && flag !== 2 && flag !== 3) {
-      throw new Error(`dataFlag ${JSON.stringify(flag)}: expected 1 (single image), 2 (multi-image) or 3 (video)`);
+      throw new InputError('dataFlag', `dataFlag ${JSON.stringify(flag)}: expected 1 (single image), 2 (multi-image) or 3 (video)`);
     }
   }
 }
@@ -30,7 +31,8 @@ export function samplesOf(numPatchesList: number[], dataFlag: DataFlag | DataFla
   const total = numPatchesList.reduce((a, b) => a + b, 0);
   const sizes = splitSizes ?? (total > 0 ? [total] : []);
   const flags = Array.isArray(dataFlag) ? dataFlag : sizes.map(() => dataFlag);
-  if (flags.length !== sizes.length) throw new Error(`dataFlag has ${flags.length} entries but there are ${sizes.length} samples (splitSizes [${sizes}])`);
+  if (flags.length !== sizes.length)
+    throw new InputError('dataFlag', `dataFlag has ${flags.length} entries but there are ${sizes.length} samples (splitSizes [${sizes}])`);
   const samples: Sample[] = [];
   let entry = 0;
   let firstTile = 0;
@@ -39,11 +41,14 @@ export function samplesOf(numPatchesList: number[], dataFlag: DataFlag | DataFla
     let tiles = 0;
     while (tiles < size && entry < numPatchesList.length) tiles += (tilesPerImage.push(numPatchesList[entry]), numPatchesList[entry++]);
     if (tiles !== size)
-      throw new Error(`splitSizes [${sizes}] does not follow numPatchesList [${numPatchesList}] (sample ${s} would take ${tiles} tiles, not ${size})`);
+      throw new InputError(
+        'splitSizes',
+        `splitSizes [${sizes}] does not follow numPatchesList [${numPatchesList}] (sample ${s} would take ${tiles} tiles, not ${size})`,
+      );
     samples.push({ dataFlag: flags[s], firstTile, tilesPerImage });
     firstTile += size;
   });
-  if (entry !== numPatchesList.length) throw new Error(`splitSizes [${sizes}] covers ${firstTile} of the ${total} tiles`);
+  if (entry !== numPatchesList.length) throw new InputError('splitSizes', `splitSizes [${sizes}] covers ${firstTile} of the ${total} tiles`);
   return samples;
 }
 

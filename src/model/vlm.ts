@@ -5,10 +5,11 @@
 //   -> per sample: frames (PVC: each image tile repeated image_repeat_time times, a video's frames
 //      video_repeat_time times) as sequences (PVC: each image tile its own, a video one)
 //   -> vision -> projector -> visual tokens [tokens, D], tile-major, frames in order
-//   -> mergeEmbeddings: the prompt's IMG_CONTEXT rows replaced by them, in order -> the LLM
+//   -> inputSteps: the prompt rows embedded, their IMG_CONTEXT rows replaced by them, in order -> the LLM
 import * as tf from '@tensorflow/tfjs';
-import { BackendName, initBackend } from '../backend';
-import { loadConfig, ModelConfig } from '../config';
+import { BackendName } from '../backend';
+import { ModelConfig } from '../config';
+import { InputError } from '../errors';
 import { Weights } from '../io/weights';
 import { InternLM2 } from '../llm/internlm2';
 import { Kernels, Tap } from '../nn/layers';
@@ -16,7 +17,6 @@ import { runSync, Steps } from '../event_loop';
 import { InternVisionModel } from '../vision/intern_vit';
 import { Projector } from '../vision/projector';
 import { FrameCache } from '../vision/temporal';
-import { kernelsFor } from './kernels';
 import { DataFlag, repeatsFor, Sample } from './samples';
 
 /**
@@ -27,6 +27,12 @@ import { DataFlag, repeatsFor, Sample } from './samples';
 export interface RunLimits {
   framesPerPass: number;
   prefillChunk: number;
+  /**
+   * Refuse a prompt whose tokens plus maxNewTokens exceed this many positions. Unset by default: as
+   * upstream's chat(), the model runs past max_position_embeddings (InternLM2's dynamic NTK rope
+   * scaling is made for that; without scaling the rotary tables keep extending), memory is the limit.
+   */
+  maxContext?: number;
 }
 
 /** 8 frames of a 448 px InternViT-300M hold ~0.5 GB of attention scores; 512 prompt positions of InternLM2-7B ~1 GB at 8k context. */
@@ -38,6 +44,18 @@ export interface LoadOptions {
   onProgress?: (bytesDone: number, bytesTotal: number) => void;
   /** See RunLimits; defaults DEFAULT_RUN_LIMITS. */
   limits?: Partial<RunLimits>;
+}
+
+/** The token ids a prompt's rows are read with (from the model's tokenizer). */
+export interface PromptTokenIds {
+  imgContext: number;
+  pad: number;
+}
+
+/** What the LLM reads: embeddings [B, T, D] of left-padded rows, and their mask (1 token, 0 padding). */
+export interface LLMInput {
+  embeds: tf.Tensor3D;
+  attentionMask: number[][];
 }
 
 /** Frames repeated in a row: [n, ...] -> [n * times, ...]. */
@@ -84,7 +102,8 @@ function visionPasses(sequences: number, F: number, perPass: number): VisionPass
 export function mergeEmbeddings(text: tf.Tensor3D, ids: number[][], imgContextId: number, visual: tf.Tensor2D | null): tf.Tensor3D {
   const slots = ids.flat().filter((id) => id === imgContextId).length;
   const available = visual?.shape[0] ?? 0;
-  if (slots !== available) throw new Error(`the prompt has ${slots} IMG_CONTEXT tokens (id ${imgContextId}) but the images give ${available} visual tokens`);
+  if (slots !== available)
+    throw new InputError('inputIds', `the prompt has ${slots} IMG_CONTEXT tokens (id ${imgContextId}) but the images give ${available} visual tokens`);
   if (visual === null) return text.clone();
   return tf.tidy(() => {
     const [B, T, D] = text.shape;
@@ -115,11 +134,6 @@ export class VisionLanguageModel {
     this.llm = new InternLM2(weights, config.llm, kernels);
   }
 
-  /** Loads a model converted by pvc-convert, with the kernels of the backend in use. */
-  static async load(dir: string, options: LoadOptions = {}): Promise<VisionLanguageModel> {
-    return loadModel(VisionLanguageModel, dir, options);
-  }
-
   /** Visual tokens per tile (per frame for PVC). */
   get numImageToken(): number {
     return this.config.num_image_token;
@@ -139,7 +153,7 @@ export class VisionLanguageModel {
     const S = this.config.image_size;
     const [, c, h, w] = pixelValues.shape;
     if (pixelValues.rank !== 4 || c !== 3 || h !== S || w !== S) {
-      throw new Error(`pixelValues has shape [${pixelValues.shape}]; expected [tiles, 3, ${S}, ${S}]`);
+      throw new InputError('pixelValues', `pixelValues has shape [${pixelValues.shape}]; expected [tiles, 3, ${S}, ${S}]`);
     }
   }
 
@@ -175,7 +189,8 @@ export class VisionLanguageModel {
         const isVideo = sample.dataFlag === 3;
         if (pvc?.use_temporal && isVideo) {
           const multi = sample.tilesPerImage.find((n) => n !== 1);
-          if (multi !== undefined) throw new Error(`PVC spec v0 takes one tile per video frame (numPatchesList entry ${multi}); load the video with maxNum 1`);
+          if (multi !== undefined)
+            throw new InputError('numPatchesList', `PVC spec v0 takes one tile per video frame (numPatchesList entry ${multi}); load the video with maxNum 1`);
         }
         const repeats = pvc ? repeatsFor(pvc, sample.dataFlag) : 1;
         // Frame f of the sample is tile floor(f / repeats); sequences of F frames: a video is one (its
@@ -217,6 +232,30 @@ export class VisionLanguageModel {
   }
 
   /**
+   * The LLM's input for prompt rows (token ids, one row per question) and the pixel values of their
+   * samples: the rows left-padded with `ids.pad` to one length, embedded, and their IMG_CONTEXT rows
+   * (`ids.imgContext`) replaced by the visual tokens in order. Steps: it pauses after each vision layer.
+   * The caller disposes `embeds`.
+   */
+  *inputSteps(rows: number[][], pixelValues: tf.Tensor4D | null, samples: Sample[], ids: PromptTokenIds, tap?: Tap): Steps<LLMInput> {
+    const T = Math.max(...rows.map((r) => r.length));
+    const padded = rows.map((r) => [...new Array<number>(T - r.length).fill(ids.pad), ...r]);
+    const attentionMask = rows.map((r) => [...new Array<number>(T - r.length).fill(0), ...r.map(() => 1)]);
+    const visual = pixelValues === null ? null : yield* this.visualTokenSteps(pixelValues, samples, tap);
+    try {
+      yield;
+      const text = this.llm.embedTokens(padded);
+      try {
+        return { embeds: mergeEmbeddings(text, padded, ids.imgContext, visual), attentionMask };
+      } finally {
+        text.dispose();
+      }
+    } finally {
+      visual?.dispose();
+    }
+  }
+
+  /**
    * Upstream's extract_feature: each tile as a single image -> [tiles, tokensPerTile(1), D] (for PVC the
    * tile's image_repeat_time frames, through the temporal layers as in chat). Caller owns the result.
    */
@@ -236,25 +275,6 @@ export class VisionLanguageModel {
   dispose(): void {
     this.vision.dispose();
     this.weights.dispose();
-  }
-}
-
-/** Reads the config and weights of `dir` with the kernels of the active backend and builds a `Model`. */
-export async function loadModel<M extends VisionLanguageModel>(
-  Model: new (dir: string, config: ModelConfig, weights: Weights, kernels: Kernels) => M,
-  dir: string,
-  options: LoadOptions = {},
-): Promise<M> {
-  const backend = await initBackend({ backend: options.backend });
-  const config = loadConfig(dir);
-  const weights = Weights.load(dir, { onProgress: options.onProgress });
-  try {
-    const model = new Model(dir, config, weights, kernelsFor(backend.name));
-    Object.assign(model.limits, options.limits);
-    return model;
-  } catch (e) {
-    weights.dispose();
-    throw e;
   }
 }
 

@@ -3,14 +3,19 @@
 import * as tf from '@tensorflow/tfjs';
 import { parentPort, workerData } from 'worker_threads';
 import { BackendName } from '../backend';
+import type { InputError } from '../errors';
 import { AbortError } from '../event_loop';
 import { InspectRequest } from '../inspect/inspect';
 import { PVCModel } from '../pvc_model';
-import { HostData, Reply, Request } from './protocol';
+import { ErrorData, HostData, Reply, Request } from './protocol';
 
 const port = parentPort!;
 const send = (reply: Reply) => port.postMessage(reply);
-const errorData = (e: unknown) => ({ name: (e as Error)?.name ?? 'Error', message: (e as Error)?.message ?? String(e) });
+const errorData = (e: unknown): ErrorData => ({
+  name: (e as Error)?.name ?? 'Error',
+  message: (e as Error)?.message ?? String(e),
+  param: (e as InputError)?.param,
+});
 
 async function main(): Promise<void> {
   const { dir, backend, limits } = workerData as HostData;
@@ -44,7 +49,6 @@ async function main(): Promise<void> {
 async function call(model: PVCModel, request: Extract<Request, { kind: 'call' }>, signal: AbortSignal): Promise<void> {
   const { id, method, args } = request;
   const pixels = request.pixels ? tf.tensor4d(request.pixels.data, request.pixels.shape as [number, number, number, number]) : null;
-  const tokenizer = model.tokenizer();
   const onToken = request.wantTokens ? (token: number) => send({ kind: 'token', id, token }) : undefined;
   try {
     if (signal.aborted) throw new AbortError(signal.reason);
@@ -55,14 +59,14 @@ async function call(model: PVCModel, request: Extract<Request, { kind: 'call' }>
       value = inspection;
     } else if (method === 'batchChat') {
       const [questions, generation, options] = args as [string[], Record<string, unknown>, Record<string, unknown>];
-      value = await model.batchChat(tokenizer, pixels, questions, generation, { ...options, signal });
+      value = await model.batchChat(pixels, questions, generation, { ...options, signal });
     } else {
       const [question, generation, options] = args as [string, Record<string, unknown>, Record<string, unknown>];
       const opts = { ...options, signal, onToken };
       if (method === 'stream') {
-        for await (const piece of model.stream(tokenizer, pixels, question, generation, opts)) send({ kind: 'piece', id, piece });
-      } else if (method === 'chatIds') value = await model.chatIds(tokenizer, pixels, question, generation, opts);
-      else value = await model.chat(tokenizer, pixels, question, generation, opts);
+        for await (const piece of model.stream(pixels, question, generation, opts)) send({ kind: 'piece', id, piece });
+      } else if (method === 'chatIds') value = await model.chatIds(pixels, question, generation, opts);
+      else value = await model.chat(pixels, question, generation, opts);
     }
     send({ kind: 'result', id, value });
   } catch (e) {

@@ -18,6 +18,8 @@ export type Request =
 export interface ErrorData {
   name: string;
   message: string;
+  /** InputError's. */
+  param?: string;
 }
 
 /** Worker -> main. */

@@ -4,19 +4,19 @@
 //
 // What crosses the thread boundary: pixelValues as their data (copied out of the main thread's tfjs),
 // strings, plain options; onToken and AbortSignal stay here and talk to the worker by messages. The
-// worker uses its model directory's own tokenizer; inspect returns arrays ({ shape, data }).
+// worker uses its model directory's own tokenizer (a `tokenizer` option is refused); inspect returns arrays ({ shape, data }).
 import type * as tf from '@tensorflow/tfjs';
 import * as path from 'path';
 import { Worker } from 'worker_threads';
 import { BackendName, setTensorflowEnvironment } from '../backend';
-import type { BatchChatOptions, ChatOptions, GenerationOptions } from '../chat/chat';
-import type { PreparedPrompt } from '../chat/prompt';
+import type { BatchChatOptions, ChatIds, ChatOptions, GenerationOptions } from '../chat/chat';
 import type { History } from '../chat/template';
 import type { ModelConfig } from '../config';
+import { InputError } from '../errors';
 import { AbortError } from '../event_loop';
 import type { Inspection, InspectRequest, TapArray } from '../inspect/inspect';
 import type { RunLimits } from '../model/vlm';
-import type { PVCTokenizer } from '../tokenizer';
+import type { ChatModel } from '../pvc_model';
 import { ErrorData, HostData, Method, Reply, Request, TensorData } from './protocol';
 
 export interface WorkerLoadOptions {
@@ -35,6 +35,7 @@ interface Pending {
 
 function toError(e: ErrorData, signal?: AbortSignal): Error {
   if (e.name === 'AbortError') return new AbortError(signal?.reason);
+  if (e.name === 'InputError') return new InputError(e.param ?? '', e.message);
   const error = new Error(e.message);
   error.name = e.name;
   return error;
@@ -50,7 +51,7 @@ function startWorker(data: HostData): Worker {
   return new Worker(host, { workerData: data });
 }
 
-export class WorkerModel {
+export class WorkerModel implements ChatModel {
   private nextId = 0;
   private readonly pending = new Map<number, Pending>();
   private closed: Promise<void> | null = null;
@@ -84,65 +85,33 @@ export class WorkerModel {
     });
   }
 
-  /** `tokenizer` is not sent across: the worker uses its model directory's tokenizer (the one this must be). */
   chat(
-    tokenizer: PVCTokenizer | null,
     pixelValues: tf.Tensor4D | null,
     question: string,
     generation: GenerationOptions,
     options: ChatOptions & { returnHistory: true },
   ): Promise<{ response: string; history: History }>;
-  chat(
-    tokenizer: PVCTokenizer | null,
-    pixelValues: tf.Tensor4D | null,
-    question: string,
-    generation?: GenerationOptions,
-    options?: ChatOptions,
-  ): Promise<string>;
-  chat(
-    _tokenizer: PVCTokenizer | null,
-    pixelValues: tf.Tensor4D | null,
-    question: string,
-    generation: GenerationOptions = {},
-    options: ChatOptions = {},
-  ): Promise<unknown> {
+  chat(pixelValues: tf.Tensor4D | null, question: string, generation?: GenerationOptions, options?: ChatOptions): Promise<string>;
+  chat(pixelValues: tf.Tensor4D | null, question: string, generation: GenerationOptions = {}, options: ChatOptions = {}): Promise<unknown> {
     return this.call('chat', pixelValues, [question, generation], options);
   }
 
-  chatIds(
-    _tokenizer: PVCTokenizer | null,
-    pixelValues: tf.Tensor4D | null,
-    question: string,
-    generation: GenerationOptions = {},
-    options: ChatOptions = {},
-  ): Promise<PreparedPrompt & { outputIds: number[] }> {
-    return this.call('chatIds', pixelValues, [question, generation], options) as Promise<PreparedPrompt & { outputIds: number[] }>;
+  chatIds(pixelValues: tf.Tensor4D | null, question: string, generation: GenerationOptions = {}, options: ChatOptions = {}): Promise<ChatIds> {
+    return this.call('chatIds', pixelValues, [question, generation], options) as Promise<ChatIds>;
   }
 
-  batchChat(
-    _tokenizer: PVCTokenizer | null,
-    pixelValues: tf.Tensor4D | null,
-    questions: string[],
-    generation: GenerationOptions = {},
-    options: BatchChatOptions = {},
-  ): Promise<string[]> {
+  batchChat(pixelValues: tf.Tensor4D | null, questions: string[], generation: GenerationOptions = {}, options: BatchChatOptions = {}): Promise<string[]> {
     return this.call('batchChat', pixelValues, [questions, generation], options) as Promise<string[]>;
   }
 
   /** Taps come back as arrays. */
   inspect(request: InspectRequest): Promise<Inspection<TapArray>> {
-    const { pixelValues, tokenizer: _tokenizer, signal, ...rest } = request;
+    const { pixelValues, signal, ...rest } = request;
     return this.call('inspect', pixelValues ?? null, [], { ...rest, signal }, true).then((r) => ({ ...(r as Inspection<TapArray>), dispose: () => {} }));
   }
 
   /** chat() as text pieces; breaking out of the loop aborts the generation in the worker. */
-  async *stream(
-    _tokenizer: PVCTokenizer | null,
-    pixelValues: tf.Tensor4D | null,
-    question: string,
-    generation: GenerationOptions = {},
-    options: ChatOptions = {},
-  ): AsyncGenerator<string> {
+  async *stream(pixelValues: tf.Tensor4D | null, question: string, generation: GenerationOptions = {}, options: ChatOptions = {}): AsyncGenerator<string> {
     const pieces: string[] = [];
     let wake: (() => void) | null = null;
     let done = false;
@@ -189,12 +158,16 @@ export class WorkerModel {
     method: Method,
     pixelValues: tf.Tensor4D | null,
     args: unknown[],
-    options: { signal?: AbortSignal; onToken?: (id: number) => void },
+    options: { signal?: AbortSignal; onToken?: (id: number) => void; tokenizer?: unknown },
     optionsFirst = false,
     onPiece?: (piece: string) => void,
   ): Promise<unknown> {
     if (this.closed) return Promise.reject(new Error(`${this.dir}: the WorkerModel was disposed`));
-    const { signal, onToken, ...plain } = options;
+    const { signal, onToken, tokenizer, ...plain } = options;
+    if (tokenizer !== undefined)
+      return Promise.reject(
+        new InputError('tokenizer', "a WorkerModel uses its model directory's own tokenizer; options.tokenizer cannot cross to the worker"),
+      );
     if (signal?.aborted) return Promise.reject(new AbortError(signal.reason));
     const id = this.nextId++;
     const pixels: TensorData | null = pixelValues ? { shape: pixelValues.shape, data: (pixelValues.dataSync() as Float32Array).slice() } : null;

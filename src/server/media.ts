@@ -7,8 +7,8 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import sharp from 'sharp';
 import { fileURLToPath } from 'url';
+import { headerSize, ImageFormat, sniffFormat } from '../preprocess/formats';
 import { LoadedImage, loadImage } from '../preprocess/image';
 import { LoadedVideo, loadVideo, probeVideo } from '../preprocess/video';
 import { badRequest } from './errors';
@@ -35,17 +35,11 @@ const MEDIA_TYPES: Record<MediaKind, string[]> = {
 
 const ascii = (bytes: Buffer, start: number, end: number) => bytes.subarray(start, end).toString('latin1');
 
+const IMAGE_FORMATS: ImageFormat[] = ['jpeg', 'png', 'gif', 'webp'];
+
 /** Whether `head` starts like a file of one of the kind's formats (JPEG, PNG, GIF, WebP; MP4/QuickTime, Matroska/WebM). */
-export function hasSignature(head: Buffer, kind: MediaKind): boolean {
-  if (kind === 'image') {
-    return (
-      (head[0] === 0xff && head[1] === 0xd8 && head[2] === 0xff) ||
-      ascii(head, 0, 8) === '\x89PNG\r\n\x1a\n' ||
-      ascii(head, 0, 6) === 'GIF87a' ||
-      ascii(head, 0, 6) === 'GIF89a' ||
-      (ascii(head, 0, 4) === 'RIFF' && ascii(head, 8, 12) === 'WEBP')
-    );
-  }
+function hasSignature(head: Buffer, kind: MediaKind): boolean {
+  if (kind === 'image') return IMAGE_FORMATS.includes(sniffFormat(head) as ImageFormat);
   return ['ftyp', 'moov', 'mdat', 'wide', 'free'].includes(ascii(head, 4, 8)) || (head[0] === 0x1a && head[1] === 0x45 && head[2] === 0xdf && head[3] === 0xa3);
 }
 
@@ -136,20 +130,16 @@ export async function resolveMedia(
   return kind === 'image' ? { bytes: local.bytes } : { file: local.file };
 }
 
-/**
- * An image's bytes into model input, its pixel count checked from the header first. (When loadImage
- * takes maxPixels, it goes there instead of the header check.)
- */
+/** An image's bytes into model input, its pixel count checked from the header first (a hard limit, not Pillow's warning). */
 export async function decodeImagePart(bytes: Buffer, options: { inputSize: number; maxNum: number; maxPixels: number }, param: string): Promise<LoadedImage> {
-  let meta: { width?: number; height?: number };
+  let size: { width: number; height: number };
   try {
-    meta = await sharp(bytes).metadata();
+    size = headerSize(bytes, sniffFormat(bytes) as ImageFormat);
   } catch (e) {
     throw badRequest(param, `the image cannot be decoded (${(e as Error).message})`, 'invalid_image');
   }
-  if (!meta.width || !meta.height) throw badRequest(param, 'the image has no size', 'invalid_image');
-  if (meta.width * meta.height > options.maxPixels) {
-    throw badRequest(param, `the image has ${meta.width}x${meta.height} pixels, more than the ${options.maxPixels} accepted`, 'image_too_large');
+  if (size.width * size.height > options.maxPixels) {
+    throw badRequest(param, `the image has ${size.width}x${size.height} pixels, more than the ${options.maxPixels} accepted`, 'image_too_large');
   }
   try {
     return await loadImage(bytes, { inputSize: options.inputSize, maxNum: options.maxNum });

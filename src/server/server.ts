@@ -9,10 +9,10 @@ import { createHash, randomUUID, timingSafeEqual } from 'crypto';
 import * as fs from 'fs';
 import * as http from 'http';
 import { AddressInfo } from 'net';
-import { SEPARATOR } from '../chat/template';
 import { contextLength } from '../config';
 import { AbortError, throwIfAborted } from '../event_loop';
-import { resolveGenerationConfig } from '../generation/generate';
+import { InputError } from '../errors';
+import { GenerationConfig } from '../generation/generate';
 import { DataFlag } from '../model/samples';
 import { PVCModel } from '../pvc_model';
 import { ApiError, badRequest } from './errors';
@@ -35,6 +35,11 @@ export interface ServeOptions {
   /** The one directory whose files requests may name (file paths, file:// URLs); none by default. */
   allowedLocalMediaPath?: string;
   limits?: Partial<ServerLimits>;
+  /**
+   * Prompt tokens plus max_tokens a request may ask for; default max_position_embeddings x the
+   * rope_scaling factor (vLLM's rule). The model itself has no such limit (see RunLimits.maxContext).
+   */
+  maxModelLen?: number;
   /** One line per request (method, path, status, milliseconds); default: none. */
   log?: (line: string) => void;
 }
@@ -137,7 +142,7 @@ export class ChatServer {
     if (path === '/v1/models') {
       return sendJson(res, 200, {
         object: 'list',
-        data: [{ id: this.modelName, object: 'model', created: 0, owned_by: 'pvc-tfjs', max_model_len: contextLength(model.config.llm) }],
+        data: [{ id: this.modelName, object: 'model', created: 0, owned_by: 'pvc-tfjs', max_model_len: this.maxModelLen(model) }],
       });
     }
     const raw = await readBody(req, this.limits.maxBodyBytes);
@@ -151,8 +156,9 @@ export class ChatServer {
     if (typeof name === 'string' && name !== this.modelName)
       throw new ApiError(404, `the model '${name}' does not exist (this server serves '${this.modelName}')`, 'model', 'model_not_found');
     const request = await parseChatRequest(body, this.mediaRoot, this.limits, model.config.max_dynamic_patch);
-    checkGeneration(request);
-    await this.complete(model, request, res, signal);
+    // Resolved once, here: a bad option is a 400 before the request waits or decodes anything.
+    const generation = model.generationConfig(request.generation);
+    await this.complete(model, request, generation, res, signal);
   }
 
   private authorize(req: http.IncomingMessage): void {
@@ -164,6 +170,10 @@ export class ChatServer {
       throw new ApiError(401, 'invalid or missing API key (Authorization: Bearer KEY)', null, 'invalid_api_key');
   }
 
+  private maxModelLen(model: PVCModel): number {
+    return this.options.maxModelLen ?? contextLength(model.config.llm);
+  }
+
   private ready(): PVCModel {
     if (this.closing) throw new ApiError(503, 'the server is shutting down', null, 'shutting_down');
     if (this.loadError) throw new ApiError(503, `the model failed to load: ${this.loadError.message}`, null, 'model_load_failed');
@@ -172,7 +182,7 @@ export class ChatServer {
   }
 
   /** Waits for the slot, decodes the media, generates, answers (JSON or server-sent events). */
-  private async complete(model: PVCModel, request: ChatRequest, res: http.ServerResponse, signal: AbortSignal): Promise<void> {
+  private async complete(model: PVCModel, request: ChatRequest, generation: GenerationConfig, res: http.ServerResponse, signal: AbortSignal): Promise<void> {
     const release = await this.queue.acquire(signal);
     const tensors: tf.Tensor[] = [];
     try {
@@ -197,27 +207,25 @@ export class ChatServer {
       const pixelValues = tensors.length === 0 ? null : tensors.length === 1 ? (tensors[0] as tf.Tensor4D) : tf.concat(tensors as tf.Tensor4D[]);
       if (tensors.length > 1) tensors.push(pixelValues!);
       const dataFlag: DataFlag | undefined = request.media.length === 0 ? undefined : request.media[0].kind === 'video' ? 3 : request.media.length > 1 ? 2 : 1;
-      const tokenizer = model.tokenizer();
       const promptOptions = { history: request.history, systemMessage: request.systemMessage, ...(pixelValues ? { numPatchesList, dataFlag } : {}) };
-      const promptTokens = model.preparePrompt(tokenizer, pixelValues, request.question, promptOptions).inputIds.length;
-      const context = contextLength(model.config.llm);
-      if (promptTokens + request.maxTokens > context) {
+      const turn = model.prepareChat(pixelValues, request.question, { ...promptOptions, generation });
+      const promptTokens = turn.inputIds.length;
+      if (promptTokens + request.maxTokens > this.maxModelLen(model)) {
         throw badRequest(
           'messages',
-          `the prompt's ${promptTokens} tokens (visual tokens included) plus max_tokens ${request.maxTokens} exceed the model's context of ${context} tokens`,
+          `the prompt's ${promptTokens} tokens (visual tokens included) plus max_tokens ${request.maxTokens} exceed the server's limit of ${this.maxModelLen(model)} tokens (--max-model-len)`,
           'context_length_exceeded',
         );
       }
-      const eos = tokenizer.tokenToId(SEPARATOR);
       let completionTokens = 0;
       let last = -1;
-      const options = { ...promptOptions, signal, onToken: (id: number) => (completionTokens++, (last = id)) };
-      const finishReason = () => (last !== eos && completionTokens >= request.maxTokens ? 'length' : 'stop');
+      const options = { signal, onToken: (id: number) => (completionTokens++, (last = id)) };
+      const finishReason = () => (!generation.eosTokenId.includes(last) && completionTokens >= request.maxTokens ? 'length' : 'stop');
       const usage = () => ({ prompt_tokens: promptTokens, completion_tokens: completionTokens, total_tokens: promptTokens + completionTokens });
       const id = `chatcmpl-${randomUUID()}`;
       const created = Math.floor(Date.now() / 1000);
       if (!request.stream) {
-        const answer = await model.chat(tokenizer, pixelValues, request.question, request.generation, options);
+        const { answer } = await model.answer(turn, options);
         return sendJson(res, 200, {
           id,
           object: 'chat.completion',
@@ -235,7 +243,7 @@ export class ChatServer {
         choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }],
         ...(request.includeUsage ? { usage: null } : {}),
       });
-      const pieces = model.stream(tokenizer, pixelValues, request.question, request.generation, options);
+      const pieces = model.streamAnswer(turn, options);
       // The first piece (or the end) before the headers: an error up to the first token is still a status code.
       let next = await pieces.next();
       res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', 'x-accel-buffering': 'no' });
@@ -256,9 +264,11 @@ export class ChatServer {
     const error =
       e instanceof ApiError
         ? e
-        : e instanceof AbortError
-          ? new ApiError(503, 'the request was aborted (server shutting down)', null, 'aborted')
-          : new ApiError(500, `internal error: ${(e as Error)?.message ?? e}`, null, 'internal_error');
+        : e instanceof InputError
+          ? badRequest(e.param, e.message, 'invalid_request')
+          : e instanceof AbortError
+            ? new ApiError(503, 'the request was aborted (server shutting down)', null, 'aborted')
+            : new ApiError(500, `internal error: ${(e as Error)?.message ?? e}`, null, 'internal_error');
     if (error.status >= 500 && !(e instanceof ApiError) && !(e instanceof AbortError)) this.options.log?.(`error: ${(e as Error)?.stack ?? e}`);
     if (res.headersSent) {
       // Mid-stream: the error as a last event (OpenAI's clients raise it), then the end.
@@ -268,17 +278,6 @@ export class ChatServer {
     }
     if (error.status === 413) res.setHeader('connection', 'close');
     sendJson(res, error.status, error.body());
-  }
-}
-
-/** The request's generation options checked as PVCModel will check them, so that a bad one is a 400 before any work. */
-function checkGeneration(request: ChatRequest): void {
-  // `stop` (already checked: strings) is left to the generation of issue 19, wherever it takes it.
-  const { stop: _stop, ...options } = request.generation;
-  try {
-    resolveGenerationConfig(options, { eosTokenId: [0], padTokenId: 0 });
-  } catch (e) {
-    throw badRequest(null, (e as Error).message, 'invalid_generation_option');
   }
 }
 

@@ -14,7 +14,7 @@ import { validateConfig } from '../../src/config';
 import { runYielding } from '../../src/event_loop';
 import { kernelsFor } from '../../src/model/kernels';
 import { VisionLanguageModel } from '../../src/model/vlm';
-import { PVCModel } from '../../src/pvc_model';
+import { ChatModel, PVCModel } from '../../src/pvc_model';
 import { WorkerModel } from '../../src/runtime/worker';
 import { PVCTokenizer } from '../../src/tokenizer';
 import { randomWeights } from './pvc-streaming';
@@ -129,13 +129,12 @@ async function video(backend: BackendName, frames: number, tokenizerDir: string)
 }
 
 async function loop(dir: string, backend: BackendName, inWorker: boolean) {
-  const model = inWorker ? await WorkerModel.load(dir, { backend }) : await PVCModel.load(dir, { backend });
+  const model: ChatModel = inWorker ? await WorkerModel.load(dir, { backend }) : await PVCModel.load(dir, { backend });
   const S = model.config.image_size;
   if (!inWorker) await initBackend({ backend });
   else await initBackend({ backend: 'cpu', log: null }); // the main thread only holds the pixels
   const pixels = tf.randomUniform([2, 3, S, S], -1, 1, 'float32', 3) as tf.Tensor4D;
-  const tokenizer = model instanceof PVCModel ? model.tokenizer() : null; // a worker uses its own
-  const chat = () => model.chat(tokenizer as never, pixels, 'Describe the image.', { maxNewTokens: 32, minNewTokens: 32 }, { dataFlag: 1 });
+  const chat = () => model.chat(pixels, 'Describe the image.', { maxNewTokens: 32, minNewTokens: 32 }, { dataFlag: 1 });
   await chat(); // first-use costs (wasm compiles lazily) out of the way
   const histogram = monitorEventLoopDelay({ resolution: 5 });
   histogram.enable();

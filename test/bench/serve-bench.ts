@@ -46,7 +46,7 @@ async function main(): Promise<number> {
   const model = await PVCModel.load(dir);
   const server = await ChatServer.start({ model, modelName: 'tiny', host: '127.0.0.1', port: 0, limits: { maxQueue } });
   const image = `data:image/jpeg;base64,${fs.readFileSync(IMAGE).toString('base64')}`;
-  await model.chat(model.tokenizer(), null, 'Warm up.', { maxNewTokens: 2 });
+  await model.chat(null, 'Warm up.', { maxNewTokens: 2 });
   const baseline = tf.memory().numTensors;
 
   // Request k of a client: text, an image (max_num 4), text streamed, an image streamed.
