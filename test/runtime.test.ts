@@ -4,6 +4,7 @@ import * as tf from '@tensorflow/tfjs';
 import * as fs from 'fs';
 import * as path from 'path';
 import { visionLayersRun } from '../src/config';
+import { InputError } from '../src/errors';
 import { AbortError, runSync } from '../src/event_loop';
 import { PVCModel } from '../src/pvc_model';
 import { ChatRecord, convertFixture, convertWithPositions, expectParity, loadReference, PARITY_BACKENDS, ReferenceDoc, referenceTensor4d } from './helpers';
@@ -118,12 +119,19 @@ describe('tiny-internvl2 on wasm', () => {
     expect(seen[0]).toBeGreaterThanOrEqual(visionLayersRun(model.config) + model.config.llm.num_hidden_layers);
   });
 
-  test('a request beyond the context is refused before any compute, naming both numbers', async () => {
+  test('limits.maxContext, when set, refuses a request beyond it before any compute, naming both numbers', async () => {
     const before = tf.memory().numTensors;
     const c = doc.chat!.find((x) => x.name === 'text-only')!;
-    await expect(model.chat(null, c.question, { maxNewTokens: 1e9 })).rejects.toThrow(
-      `the prompt's ${c.input_ids.length} tokens plus maxNewTokens 1000000000 (${c.input_ids.length + 1e9}) exceed the model's context of 4096 positions (max_position_embeddings 2048 x rope_scaling factor 2)`,
-    );
+    model.limits.maxContext = 64;
+    try {
+      const refused = model.chat(null, c.question, { maxNewTokens: 1e9 });
+      await expect(refused).rejects.toThrow(
+        `the prompt's ${c.input_ids.length} tokens plus maxNewTokens 1000000000 (${c.input_ids.length + 1e9}) exceed limits.maxContext 64`,
+      );
+      await expect(model.chat(null, c.question, { maxNewTokens: 1e9 })).rejects.toBeInstanceOf(InputError);
+    } finally {
+      delete model.limits.maxContext;
+    }
     expect(tf.memory().numTensors).toBe(before);
   });
 

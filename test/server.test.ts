@@ -10,10 +10,12 @@ import * as os from 'os';
 import * as path from 'path';
 import type { ChatOptions } from '../src/chat/chat';
 import { withImagePlaceholders } from '../src/chat/prompt';
+import * as generateModule from '../src/generation/generate';
 import { loadImage } from '../src/preprocess/image';
 import { loadVideo } from '../src/preprocess/video';
 import { PVCModel } from '../src/pvc_model';
 import { ChatServer } from '../src/server/server';
+import { PVCTokenizer } from '../src/tokenizer';
 import { convertFixture } from './helpers';
 
 const ASSETS = path.join(__dirname, '..', '..', 'shared', 'assets');
@@ -304,7 +306,7 @@ describe('errors in OpenAI shape, with their status', () => {
   test('400: a prompt plus max_tokens beyond the context names both numbers', async () => {
     const f = await failure(ask({ max_tokens: 8000 }));
     expect(f).toMatchObject({ status: 400, code: 'context_length_exceeded' });
-    expect(f.message).toMatch(/max_tokens 8000 exceed the model's context of 4096 tokens/);
+    expect(f.message).toMatch(/max_tokens 8000 exceed the server's limit of 4096 tokens \(--max-model-len\)/);
     // Text beyond limits.maxTextChars is refused before it is tokenized.
     expect(await failure(ask({}, [{ role: 'user', content: 'x'.repeat(256 * 1024 + 1) }]))).toMatchObject({
       status: 400,
@@ -638,5 +640,26 @@ describe('the pvc serve command', () => {
     }
     expect(await exited).toBe(0);
     expect(stderr).toContain('shutting down');
+  });
+});
+
+describe('one road from request to tokens', () => {
+  test.each([false, true])('a request (stream: %s) resolves its generation config once and tokenizes its prompt once', async (stream) => {
+    const resolve = jest.spyOn(generateModule, 'resolveGenerationConfig');
+    const encode = jest.spyOn(PVCTokenizer.prototype, 'encode');
+    try {
+      const messages: OpenAI.Chat.Completions.ChatCompletionMessageParam[] = [
+        { role: 'user', content: 'Hi there' },
+        { role: 'assistant', content: 'Hello.' },
+        { role: 'user', content: 'Say more.' },
+      ];
+      const response = await client.chat.completions.create({ model: 'tiny', messages, max_tokens: 4, stop: ['zzz'], stream });
+      if (stream) for await (const chunk of response as AsyncIterable<unknown>) void chunk;
+      expect(resolve).toHaveBeenCalledTimes(1);
+      expect(encode).toHaveBeenCalledTimes(1);
+    } finally {
+      resolve.mockRestore();
+      encode.mockRestore();
+    }
   });
 });
