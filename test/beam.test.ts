@@ -4,11 +4,12 @@
 import * as tf from '@tensorflow/tfjs';
 import * as fs from 'fs';
 import * as path from 'path';
+import { contextLength } from '../src/config';
 import { PVCModel } from '../src/pvc_model';
 import { beamSearch } from '../src/generation/beam';
 import { resolveGenerationConfig } from '../src/generation/generate';
 import { SafetensorsFile } from '../src/io/safetensors';
-import { convertFixture, FIXTURES, loadReference, PARITY_BACKENDS, PARITY_TOLERANCE, readJson } from './helpers';
+import { convertFixture, convertWithPositions, FIXTURES, loadReference, PARITY_BACKENDS, PARITY_TOLERANCE, readJson } from './helpers';
 
 interface DirectCase {
   name: string;
@@ -33,6 +34,8 @@ interface BeamDoc {
   chat: ChatCase[];
   batch_chat?: (Omit<ChatCase, 'question' | 'answer'> & { questions: string[]; num_patches_list: number[]; answers: string[] })[];
   direct: DirectCase[];
+  /** A chat whose prompt is longer than max_position_embeddings x the rope_scaling factor, on the checkpoint with this max_position_embeddings. */
+  long_context?: { max_position_embeddings: number; chat: ChatCase };
 }
 
 const BOS = 1;
@@ -118,6 +121,25 @@ describe.each(PARITY_BACKENDS)('beam search on %s', (backend) => {
     });
 
     if (fixture === 'tiny-internvl2') {
+      test("chat() past max_position_embeddings x the rope_scaling factor: upstream's beams (dynamic NTK, nothing refused)", async () => {
+        const { max_position_embeddings: positions, chat: c } = doc.long_context!;
+        const longDir = convertWithPositions(fixture, positions);
+        const fresh = await PVCModel.load(longDir, { backend }); // the oracle's model is fresh too: no NTK state yet
+        try {
+          const before = tf.memory().numTensors;
+          const pixels = pixelsOf(c);
+          const out = await fresh.chatIds(pixels, c.question, c.generation_config);
+          pixels.dispose();
+          expect(out.inputIds.length).toBeGreaterThan(contextLength(fresh.config.llm));
+          expect(out.sequences).toEqual(generated(c.sequences));
+          expectScores(out.sequenceScores!, c.scores);
+          expect(tf.memory().numTensors).toBe(before);
+        } finally {
+          fresh.dispose();
+          fs.rmSync(path.dirname(longDir), { recursive: true, force: true });
+        }
+      });
+
       test.each(backend === 'cpu' ? [0] : [0, 1, 2])("batchChat() equals upstream's batch_chat (case %d)", async (i) => {
         const b = doc.batch_chat![i];
         const before = tf.memory().numTensors;

@@ -2,9 +2,10 @@
 import * as tf from '@tensorflow/tfjs';
 import * as fs from 'fs';
 import * as path from 'path';
+import { contextLength } from '../src/config';
 import { PVCModel } from '../src/pvc_model';
 import { decodeAnswer, PVCTokenizer, StreamDecoder } from '../src/tokenizer';
-import { ChatRecord, convertFixture, FIXTURES, loadReference, PARITY_BACKENDS, ReferenceDoc } from './helpers';
+import { ChatRecord, convertFixture, convertWithPositions, FIXTURES, loadReference, PARITY_BACKENDS, ReferenceDoc } from './helpers';
 
 const GREEDY = { max_new_tokens: 16, do_sample: false };
 
@@ -47,6 +48,29 @@ describe.each(PARITY_BACKENDS)('on %s', (backend) => {
     const result = await model.chat(pixelValues, c.question, GREEDY, { ...options, returnHistory: true });
     expect(result.response).toBe(c.answer);
     if (c.history_out) expect(result.history).toEqual(c.history_out);
+  });
+
+  test("past max_position_embeddings x the rope_scaling factor, chat() answers as upstream's (dynamic NTK, nothing refused)", async () => {
+    const long = doc.long_context!;
+    const longDir = convertWithPositions('tiny-internvl2', long.max_position_embeddings);
+    try {
+      for (const c of long.chat) {
+        // A fresh model per call, as the oracle's: the rotary embedding's NTK state grows with what it has seen.
+        const fresh = await PVCModel.load(longDir, { backend });
+        try {
+          expect(c.input_ids.length).toBeGreaterThan(contextLength(fresh.config.llm));
+          const { pixelValues, options } = inputsOf(c);
+          const out = await fresh.chatIds(pixelValues, c.question, GREEDY, options);
+          expect(out.inputIds).toEqual(c.input_ids);
+          expect({ name: c.name, ids: out.outputIds }).toEqual({ name: c.name, ids: c.output_ids.slice(1) });
+          expect(decodeAnswer(fresh.tokenizer, out.outputIds)).toBe(c.answer);
+        } finally {
+          fresh.dispose();
+        }
+      }
+    } finally {
+      fs.rmSync(path.dirname(longDir), { recursive: true, force: true });
+    }
   });
 
   test("batchChat equals upstream's batch_chat", async () => {

@@ -46,6 +46,8 @@ export interface ReferenceDoc {
   };
   greedy16?: number[];
   ntk?: { max_position_embeddings: number; input_ids: number[]; tokens: number[] };
+  /** upstream chat() with max_position_embeddings this small, on prompts longer than it x the rope_scaling factor. */
+  long_context?: { max_position_embeddings: number; chat: ChatRecord[] };
 }
 
 /** The oracle's reference for a fixture: its JSON document and its float32 tensors (close when done). */

@@ -105,6 +105,16 @@ def internvl2(root, doc, tensors):
         single = rec.calls.pop()
     doc['chat'] = chats
     doc['batch_chat'] = batches
+    # A prompt longer than max_position_embeddings x the rope_scaling factor (48 x 2 here): upstream's
+    # chat() runs it with dynamic NTK scaling; a fresh model, whose rotary state starts unscaled.
+    long_model = mf.load_with_positions(ckpt, 48)
+    with Recorder(long_model.language_model) as rec:
+        cfg = gen_config(3, 1.0, False)
+        answer = long_model.chat(tok, pv_a, 'Describe the image.', dict(cfg))
+        call = rec.calls.pop()
+    doc['long_context'] = {'max_position_embeddings': 48, 'chat': {'name': 'b3-lp1.0-esFalse', 'question': 'Describe the image.',
+                                                                    'generation_config': cfg, 'sequences': call['sequences'],
+                                                                    'scores': call['scores'], 'answer': answer}}
     # <|im_end|> never ends a hypothesis of these random models; these ids (tokens the search meets
     # often, found by trying) end hypotheses early, so that length_penalty and early_stopping decide.
     extra = [('b4-return4-rep1.2-min2', gen_config(4, 1.0, False, max_new_tokens=12, num_return_sequences=4,

@@ -380,6 +380,23 @@ def ntk_reference(ckpt_dir, input_ids, max_pos, tensors, n_steps=16):
     return {'max_position_embeddings': max_pos, 'input_ids': input_ids, 'tokens': tokens}
 
 
+def load_with_positions(ckpt_dir, max_pos):
+    """A fresh float32 model of the checkpoint with a smaller max_position_embeddings (its rotary
+    embedding starts unscaled: upstream's dynamic NTK state grows with the sequences it has seen)."""
+    from internvl.model.internvl_chat import InternVLChatConfig, InternVLChatModel
+    cfg = InternVLChatConfig.from_pretrained(ckpt_dir)
+    cfg.llm_config.max_position_embeddings = max_pos
+    return InternVLChatModel.from_pretrained(ckpt_dir, config=cfg, torch_dtype=torch.float32).eval()
+
+
+def long_context_chats(ckpt_dir, rec_tok, cases, gen_cfg, max_pos):
+    """upstream chat() on prompts longer than max_position_embeddings x the rope_scaling factor: it
+    refuses nothing, and InternLM2's dynamic NTK rope runs past that length. A fresh model per call."""
+    records = [run_chat(load_with_positions(ckpt_dir, max_pos), rec_tok, name, pv, question, gen_cfg, **kwargs)[0]
+               for name, pv, question, kwargs in cases]
+    return {'max_position_embeddings': max_pos, 'chat': records}
+
+
 def run_chat(model, rec_tok, conv_name, pv, question, gen_cfg, **kwargs):
     """One upstream chat() call, recording the prompt it built, the ids it fed and produced."""
     type(rec_tok).calls.clear()
@@ -506,6 +523,11 @@ def build_fixture(name, vision, llm, seed, tok_src, out_root, upstream_commit, s
         doc['llm_prompt'] = 'chat[single-image].input_ids'
         doc['greedy16'] = llm_reference(model, input_ids, vit_a, img_context, tensors)
         doc['ntk'] = ntk_reference(ckpt_dir, text['input_ids'], 48, tensors)
+        doc['long_context'] = long_context_chats(ckpt_dir, rec_tok, [
+            ('single-image', pv_a, 'What is in the image?', {}),
+            ('multi-image', pv, 'Image-1: <image>\nImage-2: <image>\nWhat are the differences between the two images?',
+             {'num_patches_list': [3, 1]}),
+        ], gen_cfg, 48)
     write_reference(os.path.join(out_root, 'reference', name), tensors, doc)
     print(f'{name}: {len(shards)} shards, {sum(p.numel() for p in model.parameters())} parameters', file=sys.stderr)
 
