@@ -1,16 +1,18 @@
 // pvc-tfjs: PVC-InternVL2 / InternVL2 in TensorFlow.js for Node.
 //
 //   const model = await PVCModel.load('weights/tiny-internvl2');
-//   const tokenizer = PVCTokenizer.load('weights/tiny-internvl2');
 //   const img = await loadImage('a.jpg', { maxNum: 12 });
 //   const answer = await model.chat(img.pixelValues, 'What is in the image?', { maxNewTokens: 64 });
 export { PVCModel } from './pvc_model';
-export type { InspectionReport } from './pvc_model';
+export type { ChatModel, InspectionReport } from './pvc_model';
+export { InputError } from './errors';
 export { mergeEmbeddings, VideoEncoder, VisionLanguageModel } from './model/vlm';
-export type { LoadOptions } from './model/vlm';
+export type { LLMInput, LoadOptions, PromptTokenIds } from './model/vlm';
 export type { DataFlag } from './model/samples';
-export type { BatchChatOptions, ChatOptions, GenerationOptions } from './chat/chat';
+export type { BatchChatOptions, ChatIds, ChatOptions, ChatTurn, GenerationOptions, RunOptions } from './chat/chat';
 export { withImagePlaceholders } from './chat/prompt';
+export { chatInputs, loadChatInputs } from './chat/inputs';
+export type { ChatInputs, LoadedMedia, MediaFiles, MediaOptions } from './chat/inputs';
 export type { PreparedPrompt, PromptOptions } from './chat/prompt';
 export type { History } from './chat/template';
 export { loadImage } from './preprocess/image';

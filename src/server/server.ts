@@ -4,16 +4,17 @@
 // time (GenerationQueue); each request has an AbortController that the client's disconnect fires, so a
 // client that leaves stops its generation within a layer and frees the slot. Stateless per request:
 // replicas scale out behind any HTTP load balancer.
-import * as tf from '@tensorflow/tfjs';
 import { createHash, randomUUID, timingSafeEqual } from 'crypto';
 import * as fs from 'fs';
 import * as http from 'http';
 import { AddressInfo } from 'net';
+import { ChatInputs, chatInputs } from '../chat/inputs';
 import { contextLength } from '../config';
-import { AbortError, throwIfAborted } from '../event_loop';
 import { InputError } from '../errors';
+import { AbortError, throwIfAborted } from '../event_loop';
 import { GenerationConfig } from '../generation/generate';
-import { DataFlag } from '../model/samples';
+import { LoadedImage } from '../preprocess/image';
+import { LoadedVideo } from '../preprocess/video';
 import { PVCModel } from '../pvc_model';
 import { ApiError, badRequest } from './errors';
 import { DEFAULT_LIMITS, ServerLimits } from './limits';
@@ -184,30 +185,21 @@ export class ChatServer {
   /** Waits for the slot, decodes the media, generates, answers (JSON or server-sent events). */
   private async complete(model: PVCModel, request: ChatRequest, generation: GenerationConfig, res: http.ServerResponse, signal: AbortSignal): Promise<void> {
     const release = await this.queue.acquire(signal);
-    const tensors: tf.Tensor[] = [];
+    const images: LoadedImage[] = [];
+    let video: LoadedVideo | undefined;
+    let inputs: ChatInputs | null = null;
     try {
-      const numPatchesList: number[] = [];
       for (const m of request.media) {
         throwIfAborted(signal);
-        if (m.kind === 'image') {
-          const image = await decodeImagePart(
-            m.bytes!,
-            { inputSize: model.config.image_size, maxNum: m.maxNum!, maxPixels: this.limits.maxImagePixels },
-            m.param,
-          );
-          tensors.push(image.pixelValues);
-          numPatchesList.push(image.numPatches);
-        } else {
-          const video = await decodeVideoPart(m, { inputSize: model.config.image_size, numFrames: m.numFrames!, maxFramePixels: this.limits.maxFramePixels });
-          tensors.push(video.pixelValues);
-          numPatchesList.push(...video.numPatchesList);
-        }
+        const inputSize = model.config.image_size;
+        if (m.kind === 'image') images.push(await decodeImagePart(m.bytes!, { inputSize, maxNum: m.maxNum!, maxPixels: this.limits.maxImagePixels }, m.param));
+        else video = await decodeVideoPart(m, { inputSize, numFrames: m.numFrames!, maxFramePixels: this.limits.maxFramePixels });
       }
       throwIfAborted(signal);
-      const pixelValues = tensors.length === 0 ? null : tensors.length === 1 ? (tensors[0] as tf.Tensor4D) : tf.concat(tensors as tf.Tensor4D[]);
-      if (tensors.length > 1) tensors.push(pixelValues!);
-      const dataFlag: DataFlag | undefined = request.media.length === 0 ? undefined : request.media[0].kind === 'video' ? 3 : request.media.length > 1 ? 2 : 1;
-      const promptOptions = { history: request.history, systemMessage: request.systemMessage, ...(pixelValues ? { numPatchesList, dataFlag } : {}) };
+      // The placeholders are the request's own (one set per user turn, see request.ts).
+      inputs = chatInputs(video ? { video } : { images });
+      const { pixelValues, numPatchesList, dataFlag } = inputs;
+      const promptOptions = { history: request.history, systemMessage: request.systemMessage, numPatchesList, dataFlag };
       const turn = model.prepareChat(pixelValues, request.question, { ...promptOptions, generation });
       const promptTokens = turn.inputIds.length;
       if (promptTokens + request.maxTokens > this.maxModelLen(model)) {
@@ -253,7 +245,8 @@ export class ChatServer {
       if (request.includeUsage) sendEvent(res, { id, object: 'chat.completion.chunk', created, model: this.modelName, choices: [], usage: usage() });
       res.end('data: [DONE]\n\n');
     } finally {
-      for (const t of tensors) t.dispose();
+      if (inputs) inputs.pixelValues?.dispose();
+      else [...images, ...(video ? [video] : [])].forEach((m) => m.pixelValues.dispose());
       release();
     }
   }
