@@ -181,7 +181,3 @@ export function tensorflowUsesOneDNN(): boolean {
   return process.platform === 'linux' && process.arch === 'x64';
 }
 
-/** The backend chosen by the last `initBackend`, if any. */
-export function activeBackend(): BackendInfo | undefined {
-  return active;
-}

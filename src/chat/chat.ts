@@ -44,7 +44,8 @@ export function chatGenerationConfig(tokenizer: PVCTokenizer, options: Generatio
   return { ...resolveGenerationConfig(options, { eosTokenId: [eos], padTokenId: tokenizer.padTokenId }), eosTokenId: [eos] };
 }
 
-function promptTokenIds(tokenizer: PVCTokenizer): PromptTokenIds {
+/** The ids the model reads a prompt with, from the tokenizer. */
+export function promptTokenIds(tokenizer: PVCTokenizer): PromptTokenIds {
   const imgContext = tokenizer.tokenToId(IMG_CONTEXT_TOKEN);
   if (imgContext === undefined) throw new Error(`the tokenizer has no ${IMG_CONTEXT_TOKEN} token`);
   return { imgContext, pad: tokenizer.padTokenId };

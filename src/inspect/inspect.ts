@@ -1,11 +1,11 @@
 // model.inspect: runs a prompt (and optionally generation) exactly as chat does, recording the
 // selected taps of the prompt pass and of every generation step.
 import * as tf from '@tensorflow/tfjs';
-import { chatGenerationConfig, generateForRows, GenerationOptions } from '../chat/chat';
+import { chatGenerationConfig, generateForRows, GenerationOptions, promptTokenIds } from '../chat/chat';
 import { preparePrompt } from '../chat/prompt';
-import { History, IMG_CONTEXT_TOKEN } from '../chat/template';
+import { History } from '../chat/template';
 import { DataFlag, Sample, samplesOf } from '../model/samples';
-import { VisionLanguageModel } from '../model/vlm';
+import { imageTokenPositions, VisionLanguageModel } from '../model/vlm';
 import { PVCTokenizer } from '../tokenizer';
 import { expandTaps, TapRecorder } from './taps';
 
@@ -82,8 +82,7 @@ export async function inspect(
     recorder.dispose();
     throw e;
   }
-  const imgContext = tokenizer.tokenToId(IMG_CONTEXT_TOKEN);
-  const base = { prompt, inputIds, outputIds, imageTokenPositions: inputIds.flatMap((id, i) => (id === imgContext ? [i] : [])) };
+  const base = { prompt, inputIds, outputIds, imageTokenPositions: imageTokenPositions(inputIds, promptTokenIds(tokenizer).imgContext) };
   const taps = recorder.promptValues();
   const steps = recorder.steps.map((m) => Object.fromEntries(m));
   if (!request.asArrays) {

@@ -94,23 +94,28 @@ function visionPasses(sequences: number, F: number, perPass: number): VisionPass
   return passes;
 }
 
+/** Where the visual tokens go: the positions of the IMG_CONTEXT tokens in `ids`. */
+export function imageTokenPositions(ids: readonly number[], imgContextId: number): number[] {
+  return ids.flatMap((id, i) => (id === imgContextId ? [i] : []));
+}
+
 /**
  * Embeddings `text` [B, T, D] of the prompt rows `ids` with the IMG_CONTEXT rows replaced by the rows of
  * `visual` [n, D], in order (upstream's `input_embeds[selected] = vit_embeds`). Pure: a new tensor,
  * the inputs are left to the caller.
  */
 export function mergeEmbeddings(text: tf.Tensor3D, ids: number[][], imgContextId: number, visual: tf.Tensor2D | null): tf.Tensor3D {
-  const slots = ids.flat().filter((id) => id === imgContextId).length;
+  const flat = ids.flat();
+  const slots = imageTokenPositions(flat, imgContextId);
   const available = visual?.shape[0] ?? 0;
-  if (slots !== available)
-    throw new InputError('inputIds', `the prompt has ${slots} IMG_CONTEXT tokens (id ${imgContextId}) but the images give ${available} visual tokens`);
+  if (slots.length !== available)
+    throw new InputError('inputIds', `the prompt has ${slots.length} IMG_CONTEXT tokens (id ${imgContextId}) but the images give ${available} visual tokens`);
   if (visual === null) return text.clone();
   return tf.tidy(() => {
     const [B, T, D] = text.shape;
     // Row r of the flattened batch takes visual row k if it is the k-th IMG_CONTEXT, else its text row.
-    const index: number[] = [];
-    let k = 0;
-    for (const id of ids.flat()) index.push(id === imgContextId ? B * T + k++ : index.length);
+    const index = Array.from(flat.keys());
+    slots.forEach((position, k) => (index[position] = B * T + k));
     const table = tf.concat([text.reshape([B * T, D]), visual]);
     return tf.gather(table, tf.tensor1d(index, 'int32')).reshape([B, T, D]) as tf.Tensor3D;
   });
