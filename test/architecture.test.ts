@@ -7,7 +7,7 @@ const SRC = path.join(__dirname, '..', 'src');
 
 /** Layers from the bottom up; a module may import from strictly lower layers and from its own folder. */
 const LAYERS: string[][] = [
-  ['json', 'event_loop'],
+  ['json', 'event_loop', 'errors'],
   ['config'],
   ['webgpu'],
   ['backend'],
