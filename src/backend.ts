@@ -180,4 +180,3 @@ export function tensorflowUsesOneDNN(): boolean {
   if (value === '1' || value === 'true') return true;
   return process.platform === 'linux' && process.arch === 'x64';
 }
-
