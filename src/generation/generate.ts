@@ -4,7 +4,8 @@
 // numBeams > 1 the steps come from beam search (beam.ts), all at its end.
 import * as tf from '@tensorflow/tfjs';
 import { throwIfAborted, runYielding, yieldToEventLoop } from '../event_loop';
-import { InternLM2, KVCache } from '../llm/internlm2';
+import { KVCache } from '../llm/cache';
+import { InternLM2 } from '../llm/internlm2';
 import { Tap } from '../nn/layers';
 import { beamSearch } from './beam';
 import { applyMinNewTokens, applyRepetitionPenalty, applyTemperature, applyTopK, applyTopP, argmax, sample, SeededRandom, softmax } from './processors';
