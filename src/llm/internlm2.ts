@@ -15,7 +15,7 @@ import { mergeHeads, splitHeads } from '../nn/attention';
 import { Kernels, Linear, RMSNorm, silu, Tap } from '../nn/layers';
 import { cachedAttention, createAttentionMask, positionsFromMask } from './base';
 import { KVCache } from './cache';
-import { applyRotary, RotaryEmbedding } from './rope';
+import { applyRotary, RopeTables, RotaryEmbedding } from './rope';
 
 class Attention {
   readonly q: Linear;
@@ -35,10 +35,10 @@ class Attention {
     this.o = new Linear(w, `${prefix}.o`, false, kernels);
   }
 
-  forward(x: tf.Tensor3D, rope: { cos: tf.Tensor4D; sin: tf.Tensor4D }, mask: tf.Tensor4D | undefined, cache: KVCache, layer: number, tap?: Tap): tf.Tensor3D {
+  forward(x: tf.Tensor3D, rope: RopeTables, mask: tf.Tensor4D | undefined, cache: KVCache, layer: number, tap?: Tap): tf.Tensor3D {
     const { num_attention_heads: H, num_key_value_heads: KV } = this.config;
-    const q = applyRotary(splitHeads(this.q.forward(x), H), rope.cos, rope.sin);
-    const k = applyRotary(splitHeads(this.k.forward(x), KV), rope.cos, rope.sin);
+    const q = applyRotary(splitHeads(this.q.forward(x), H), rope);
+    const k = applyRotary(splitHeads(this.k.forward(x), KV), rope);
     const v = splitHeads(this.v.forward(x), KV);
     const { out, probs } = cachedAttention(this.kernels, q, k, v, cache, layer, mask);
     if (tap) tap(`${this.prefix}.probs`, probs());
@@ -86,7 +86,7 @@ class DecoderLayer {
     return DecoderLayer.TAPS.map((t) => `${this.prefix}.${t}`);
   }
 
-  forward(h: tf.Tensor3D, rope: { cos: tf.Tensor4D; sin: tf.Tensor4D }, mask: tf.Tensor4D | undefined, cache: KVCache, tap?: Tap): tf.Tensor3D {
+  forward(h: tf.Tensor3D, rope: RopeTables, mask: tf.Tensor4D | undefined, cache: KVCache, tap?: Tap): tf.Tensor3D {
     const attnOut = this.attn.forward(this.attnNorm.forward(h), rope, mask, cache, this.index, tap);
     if (tap) tap(`${this.prefix}.attn.out`, attnOut);
     h = tf.add(h, attnOut);

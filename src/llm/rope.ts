@@ -3,6 +3,12 @@
 import * as tf from '@tensorflow/tfjs';
 import { LLMConfig } from '../config';
 
+/** cos and sin for some positions, each [B, 1, T, head_dim] (see RotaryEmbedding.tables). */
+export interface RopeTables {
+  cos: tf.Tensor4D;
+  sin: tf.Tensor4D;
+}
+
 /**
  * Rotary embedding tables, computed in float32 arithmetic as upstream does (float32 inv_freq, float32
  * t * inv_freq). With rope_scaling `dynamic` it is stateful exactly like upstream's
@@ -41,7 +47,7 @@ export class RotaryEmbedding {
    * cos and sin for the given positions: each [B, 1, T, head_dim] (the frequencies repeated twice). The
    * first half of `sin` is negated: rotate_half(x) * sin = concat(x2, x1) * sin with that sign folded in.
    */
-  tables(positions: number[][]): { cos: tf.Tensor4D; sin: tf.Tensor4D } {
+  tables(positions: number[][]): RopeTables {
     const f = Math.fround;
     const half = this.invFreq.length;
     const d = half * 2;
@@ -70,7 +76,7 @@ export class RotaryEmbedding {
  * x * cos + rotate_half(x) * sin, rotate_half(x) = concat(-x[..., d/2:], x[..., :d/2]); the minus sign
  * lives in the tables' sin (exact: (-a) * b = a * (-b) in floating point), one op fewer per call.
  */
-export function applyRotary(x: tf.Tensor4D, cos: tf.Tensor4D, sin: tf.Tensor4D): tf.Tensor4D {
+export function applyRotary(x: tf.Tensor4D, { cos, sin }: RopeTables): tf.Tensor4D {
   const half = x.shape[3] / 2;
   const [x1, x2] = tf.split(x, [half, half], 3);
   return tf.add(tf.mul(x, cos), tf.mul(tf.concat([x2, x1], 3), sin)) as tf.Tensor4D;
