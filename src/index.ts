@@ -23,7 +23,7 @@ export { PVCTokenizer, StreamDecoder } from './tokenizer';
 export { initBackend } from './backend';
 export type { BackendInfo, BackendName } from './backend';
 export type { ModelConfig } from './config';
-export type { GenerationConfig } from './generation/generate';
+export type { GenerationConfig } from './generation/config';
 export type { InspectRequest, Inspection, TapArray } from './inspect/inspect';
 export { formatSummaries, logitLens, summarize } from './inspect/lens';
 export { imageAttentionMap, renderHeatmap } from './inspect/heatmap';

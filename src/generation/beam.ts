@@ -22,11 +22,11 @@
 // reorders only the generated positions (KVCache.shareWithBeams / reorder): upstream prefills numBeams
 // copies of the prompt and reorders the whole cache every step.
 import * as tf from '@tensorflow/tfjs';
-import { runYielding, throwIfAborted, yieldToEventLoop } from '../event_loop';
+import { throwIfAborted, yieldToEventLoop } from '../event_loop';
 import { InternLM2 } from '../llm/internlm2';
-import { Tap } from '../nn/layers';
-import { GenerationConfig, GenerationInput } from './generate';
+import { GenerationConfig } from './config';
 import { applyMinNewTokens, applyRepetitionPenalty } from './processors';
+import { decodeStep, GenerationInput, prefill, StepOptions } from './steps';
 import { StopStrings } from './stop';
 
 export interface BeamSearchOutput {
@@ -134,15 +134,13 @@ export async function beamSearch(
   model: InternLM2,
   input: GenerationInput,
   config: GenerationConfig,
-  options: {
-    signal?: AbortSignal;
-    tap?: Tap;
+  options: StepOptions & {
     stop?: StopStrings;
     prefillChunk?: number;
     /** After each step's choice (progress, timing). */ onStep?: (step: number) => void;
   } = {},
 ): Promise<BeamSearchOutput> {
-  const [B, T] = input.embeds.shape;
+  const B = input.embeds.shape[0];
   const K = config.numBeams;
   if (config.numReturnSequences > K) throw new Error(`numReturnSequences ${config.numReturnSequences} must be <= numBeams ${K}`);
   if (input.seenIds.length !== B) throw new Error(`seenIds has ${input.seenIds.length} rows, embeds ${B}`);
@@ -158,9 +156,7 @@ export async function beamSearch(
   const cache = model.newCache(B);
   let logits: tf.Tensor | null = null;
   try {
-    const attentionMask = input.attentionMask ?? Array.from({ length: B }, () => new Array(T).fill(1));
-    const chunkSize = options.tap ? T : options.prefillChunk;
-    logits = await runYielding(model.prefillSteps(input.embeds, cache, { attentionMask, chunkSize, tap: options.tap }), options.signal);
+    logits = await prefill(model, cache, input, options);
     cache.shareWithBeams(K);
     for (let step = 0; step < config.maxNewTokens; step++) {
       throwIfAborted(options.signal);
@@ -222,15 +218,7 @@ export async function beamSearch(
       // the search hands out nothing until its end, so an abort can only come from them.
       await yieldToEventLoop(options.signal);
       cache.reorder(from);
-      const next = model.embedTokens(nextTokenIds.map((t) => [t]));
-      try {
-        logits = await runYielding(
-          model.forwardSteps(next, cache, { attentionMask: nextTokenIds.map(() => [1]), logits: 'last', tap: options.tap }),
-          options.signal,
-        );
-      } finally {
-        next.dispose();
-      }
+      logits = await decodeStep(model, cache, nextTokenIds, options);
     }
   } finally {
     logits?.dispose();
