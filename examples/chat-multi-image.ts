@@ -9,8 +9,8 @@ async function main() {
   const model = await PVCModel.load(dir);
   const tokenizer = await loadTokenizer(dir);
   const options = { inputSize: model.config.image_size, maxNum: 12 };
-  const image1 = await loadImage(await exampleInput('example_image1.jpg'), options);
-  const image2 = await loadImage(await exampleInput('example_image2.jpg'), options);
+  const image1 = await loadImage(exampleInput('image1.jpg'), options);
+  const image2 = await loadImage(exampleInput('image2.jpg'), options);
   const pixelValues = tf.concat([image1.pixelValues, image2.pixelValues]) as tf.Tensor4D;
   const numPatchesList = [image1.numPatches, image2.numPatches];
   console.log(`images: ${numPatchesList.join(' + ')} tiles`);

@@ -10,7 +10,7 @@ async function main() {
   const i = process.argv.indexOf('--frames');
   const numSegments = i >= 0 ? Number(process.argv[i + 1]) : 64;
   let t = Date.now();
-  const video = await loadVideo(await exampleInput('example_video.mp4'), { numSegments, maxNum: 1, inputSize: model.config.image_size });
+  const video = await loadVideo(exampleInput('video.mp4'), { numSegments, maxNum: 1, inputSize: model.config.image_size });
   console.log(`video: ${video.frameCount} frames at ${video.fps.toFixed(2)} fps -> ${video.frameIndices.length} sampled in ${seconds(t)}`);
   const c = model.config;
   const at448 = (448 / c.vision.patch_size) ** 2 * c.downsample_ratio ** 2; // the same formula at the real tile size
