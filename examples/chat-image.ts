@@ -10,7 +10,7 @@ async function main() {
   console.log(`loaded ${dir} in ${seconds(t)}`);
 
   t = Date.now();
-  const image = await loadImage(await exampleInput('example_image1.jpg'), { inputSize: model.config.image_size, maxNum: 12 });
+  const image = await loadImage(exampleInput('image1.jpg'), { inputSize: model.config.image_size, maxNum: 12 });
   console.log(`image: ${image.width}x${image.height} -> ${image.numPatches} tiles in ${seconds(t)}`);
   const perTile = model.tokensPerTile(1);
   console.log(

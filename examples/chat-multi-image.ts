@@ -6,7 +6,7 @@ import { exampleInput, modelDir, seconds } from './common';
 async function main() {
   const dir = modelDir();
   const model = await PVCModel.load(dir);
-  const files = { images: [await exampleInput('example_image1.jpg'), await exampleInput('example_image2.jpg')] };
+  const files = { images: [exampleInput('image1.jpg'), exampleInput('image2.jpg')] };
   const { inputs } = await loadChatInputs(files, { inputSize: model.config.image_size, maxNum: 12 });
   const { pixelValues, numPatchesList, dataFlag } = inputs;
   console.log(`images: ${numPatchesList!.join(' + ')} tiles`);

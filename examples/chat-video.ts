@@ -9,7 +9,7 @@ async function main() {
   const i = process.argv.indexOf('--frames');
   const numFrames = i >= 0 ? Number(process.argv[i + 1]) : 64;
   let t = Date.now();
-  const { media, inputs } = await loadChatInputs({ video: await exampleInput('example_video.mp4') }, { inputSize: model.config.image_size, numFrames });
+  const { media, inputs } = await loadChatInputs({ video: exampleInput('video.mp4') }, { inputSize: model.config.image_size, numFrames });
   const video = media!.video!;
   console.log(`video: ${video.frameCount} frames at ${video.fps.toFixed(2)} fps -> ${video.frameIndices.length} sampled in ${seconds(t)}`);
   const c = model.config;

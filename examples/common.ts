@@ -1,13 +1,9 @@
 // What the examples share: which model to load, and where their inputs come from.
-import { spawnSync } from 'child_process';
 import * as fs from 'fs';
-import * as os from 'os';
 import * as path from 'path';
-import ffmpegInstaller from '@ffmpeg-installer/ffmpeg';
-import sharp from 'sharp';
 
 const ROOT = path.join(__dirname, '..');
-const ASSETS = path.join(ROOT, '..', 'shared', 'assets');
+const MEDIA = path.join(ROOT, 'examples', 'media');
 /** The embedded default, built by `npm run demo` (weights/build.ts): the toy trained on synthetic scenes. */
 export const DEFAULT_MODEL = path.join(ROOT, 'weights', 'scenes-pvc');
 
@@ -26,25 +22,9 @@ export function modelDir(): string {
   return dir;
 }
 
-/** An example input: the upstream quick start's file from ../shared/assets, or one generated here. */
-export async function exampleInput(name: 'example_image1.jpg' | 'example_image2.jpg' | 'example_video.mp4'): Promise<string> {
-  const shared = path.join(ASSETS, name);
-  if (fs.existsSync(shared)) return shared;
-  const out = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'pvc-example-')), name);
-  if (name.endsWith('.jpg')) {
-    const [w, h] = name === 'example_image1.jpg' ? [1000, 747] : [1000, 1000];
-    const pixels = Buffer.alloc(w * h * 3);
-    for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) pixels.set([(x * 255) / w, (y * 255) / h, 128], (y * w + x) * 3);
-    await sharp(pixels, { raw: { width: w, height: h, channels: 3 } })
-      .jpeg()
-      .toFile(out);
-  } else {
-    const ffmpeg = ffmpegInstaller.path;
-    const run = spawnSync(ffmpeg, ['-v', 'error', '-f', 'lavfi', '-i', 'testsrc=duration=4:size=360x640:rate=30', '-pix_fmt', 'yuv420p', '-y', out]);
-    if (run.status !== 0) throw new Error(`could not generate ${name}: ${run.stderr}`);
-  }
-  console.log(`(${name} not found in ../shared/assets: using a generated ${path.basename(out)})`);
-  return out;
+/** An example input: the repository's own media (examples/media, drawn by examples/media/make-media.ts). */
+export function exampleInput(name: 'image1.jpg' | 'image2.jpg' | 'video.mp4'): string {
+  return path.relative(process.cwd(), path.join(MEDIA, name)) || '.';
 }
 
 export function seconds(since: number): string {

@@ -10,7 +10,7 @@ async function main() {
   const i = process.argv.indexOf('--out');
   const out = i >= 0 ? process.argv[i + 1] : path.join(process.cwd(), 'inspect-out');
   const model = await PVCModel.load(dir);
-  const file = await exampleInput('example_image1.jpg');
+  const file = exampleInput('image1.jpg');
   const image = await loadImage(file, { inputSize: model.config.image_size, maxNum: 12 });
 
   // Taps are names or globs; see the tree in src/inspect/taps.ts (model.tapNames() lists them all).

@@ -7,6 +7,27 @@ import { SafetensorsFile } from '../src/io/safetensors';
 
 export const FIXTURES = path.join(__dirname, 'fixtures');
 
+/** The project's own example media (examples/media/README.md): every test that just needs an input uses these. */
+export const MEDIA = {
+  image1: path.join(__dirname, '..', 'examples', 'media', 'image1.jpg'),
+  image2: path.join(__dirname, '..', 'examples', 'media', 'image2.jpg'),
+  video: path.join(__dirname, '..', 'examples', 'media', 'video.mp4'),
+};
+
+/**
+ * The PVC quick start's real example files, beside the checkout in CI (../shared/assets), absent from a
+ * user's clone. Tests held to references computed from them run only where they are present.
+ */
+export const SHARED_ASSETS = path.resolve(__dirname, '..', '..', 'shared', 'assets');
+export const SHARED_ASSETS_PRESENT = fs.existsSync(path.join(SHARED_ASSETS, 'example_image1.jpg'));
+
+/** `test` where ../shared/assets is present, else `test.skip` and a printed reason naming the path. */
+export function withSharedAssets(file: string, what: string): jest.It {
+  if (SHARED_ASSETS_PRESENT) return test;
+  console.warn(`${file}: ${SHARED_ASSETS} is absent, so ${what} skipped (CI has it; see examples/media/README.md).`);
+  return test.skip;
+}
+
 export function checkpointDir(name: string): string {
   return path.join(FIXTURES, 'checkpoints', name);
 }

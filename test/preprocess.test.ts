@@ -11,9 +11,15 @@ import { initBackend } from '../src/backend';
 import { candidateGrids, decodeRGB, dynamicPreprocess, loadImage } from '../src/preprocess/image';
 import { decodeFrames, getIndex, loadVideo, probeVideo, roundHalfEven } from '../src/preprocess/video';
 import { SafetensorsFile } from '../src/io/safetensors';
-import { FIXTURES } from './helpers';
+import { FIXTURES, MEDIA, SHARED_ASSETS as ASSETS, SHARED_ASSETS_PRESENT, withSharedAssets } from './helpers';
 
-const ASSETS = path.resolve(__dirname, '..', '..', 'shared', 'assets');
+// The tiles of the two real example images and decord's view of the real example video were recorded by
+// the oracle from ../shared/assets: those tests need the files themselves. Everything else runs on the
+// repository's own media (examples/media).
+const sharedTest = withSharedAssets(
+  'preprocess.test.ts',
+  "the tests held to the oracle's tiles of example_image1/2.jpg and decord's frames of example_video.mp4 are",
+);
 const REF_DIR = path.join(FIXTURES, 'reference', 'preprocess');
 const ref = JSON.parse(fs.readFileSync(path.join(REF_DIR, 'reference.json'), 'utf8')) as {
   images: { file: string; asset: boolean; max_num: number; num_tiles: number; tile_sha256: string[] }[];
@@ -31,7 +37,8 @@ const sha = (data: Uint8Array) => createHash('sha256').update(data).digest('hex'
 
 beforeAll(() => initBackend({ backend: 'wasm', log: null }));
 
-test('the shared assets are where CI puts them', () => {
+// Under CI the real files must be there (a missing ../shared would otherwise skip their tests silently).
+(SHARED_ASSETS_PRESENT || process.env.CI === 'true' ? test : test.skip)('the shared assets are where CI puts them', () => {
   expect(fs.existsSync(path.join(ASSETS, 'example_image1.jpg'))).toBe(true);
 });
 
@@ -66,12 +73,14 @@ describe("images: tiles identical, uint8 for uint8, to PIL's", () => {
     expect(ref.images.filter((r) => !r.asset).length).toBeGreaterThanOrEqual(12);
   });
 
-  test.each(ref.images.map((r) => [r.file, r] as const))('%s', async (_name, r) => {
+  const tilesMatch = async (r: (typeof ref.images)[number]) => {
     const image = await decodeRGB(imagePath(r));
     const { tiles } = dynamicPreprocess(image, { minNum: 1, maxNum: r.max_num, imageSize: 448, useThumbnail: true });
     expect(tiles.length).toBe(r.num_tiles);
     expect(tiles.map((t) => sha(t.data))).toEqual(r.tile_sha256);
-  });
+  };
+  test.each(ref.images.filter((r) => !r.asset).map((r) => [r.file, r] as const))('%s', (_name, r) => tilesMatch(r));
+  sharedTest.each(ref.images.filter((r) => r.asset).map((r) => [r.file, r] as const))('%s (../shared/assets)', (_name, r) => tilesMatch(r));
 });
 
 test("pixel_values after ToTensor + Normalize are upstream's within 1e-6", async () => {
@@ -91,7 +100,7 @@ test("pixel_values after ToTensor + Normalize are upstream's within 1e-6", async
 
 test('preprocessing a 12-tile image leaks no tensors', async () => {
   const before = tf.memory().numTensors;
-  const img = await loadImage(path.join(ASSETS, 'example_image1.jpg'), { maxNum: 12 });
+  const img = await loadImage(MEDIA.image1, { maxNum: 12 });
   expect(img.pixelValues.shape).toEqual([13, 3, 448, 448]);
   expect(img.grid).toEqual([4, 3]);
   img.pixelValues.dispose();
@@ -101,7 +110,7 @@ test('preprocessing a 12-tile image leaks no tensors', async () => {
 describe('video', () => {
   const video = path.join(ASSETS, ref.video.file);
 
-  test('frame count and fps as decord sees them', () => {
+  sharedTest('frame count and fps as decord sees them', () => {
     const info = probeVideo(video);
     expect(info.frameCount).toBe(ref.video.frames);
     expect(info.fps).toBeCloseTo(ref.video.fps, 9);
@@ -115,7 +124,7 @@ describe('video', () => {
     expect([0.5, 1.5, 2.5, -0.5, -1.5, 2.4999, 2.5001].map(roundHalfEven)).toEqual([0, 2, 2, -0, -2, 2, 3]);
   });
 
-  test("decoded frames match decord's (at most 1 level on average)", async () => {
+  sharedTest("decoded frames match decord's (at most 1 level on average)", async () => {
     const dir = path.join(REF_DIR, ref.video.frames_dir);
     const names = fs.readdirSync(dir).sort();
     const indices = names.map((n) => Number(/frame-(\d+)\.png/.exec(n)![1]));
@@ -128,9 +137,13 @@ describe('video', () => {
     }
   });
 
+  test("the repository's clip: the frame count and fps examples/media/make-media.ts wrote", () => {
+    expect(probeVideo(MEDIA.video)).toEqual({ width: 320, height: 240, frameCount: 180, fps: 30 });
+  });
+
   test('loadVideo: one tile per frame, and repeated frames said once', async () => {
     const messages: string[] = [];
-    const v = await loadVideo(video, { numSegments: 12, bound: [0, 0.2], warn: (m) => messages.push(m) });
+    const v = await loadVideo(MEDIA.video, { numSegments: 12, bound: [0, 0.2], warn: (m) => messages.push(m) });
     expect(v.frameIndices).toEqual(getIndex([0, 0.2], v.fps, v.frameCount - 1, 12));
     expect(v.numPatchesList).toEqual(new Array(12).fill(1));
     expect(v.pixelValues.shape).toEqual([12, 3, 448, 448]);
@@ -146,7 +159,7 @@ describe('bad inputs give errors naming the file and the problem', () => {
     tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'pvc-pre-'));
     fs.writeFileSync(path.join(tmp, 'empty.jpg'), '');
     fs.writeFileSync(path.join(tmp, 'text.jpg'), 'not an image at all');
-    fs.writeFileSync(path.join(tmp, 'truncated.jpg'), fs.readFileSync(path.join(ASSETS, 'example_image1.jpg')).subarray(0, 30000));
+    fs.writeFileSync(path.join(tmp, 'truncated.jpg'), fs.readFileSync(MEDIA.image1).subarray(0, 30000));
     const ffmpeg = ffmpegInstaller.path;
     spawnSync(ffmpeg, ['-v', 'error', '-f', 'lavfi', '-i', 'sine=frequency=440:duration=0.3', '-y', path.join(tmp, 'audio.wav')]);
   });
@@ -168,7 +181,7 @@ describe('bad inputs give errors naming the file and the problem', () => {
   });
 
   test('bad options', async () => {
-    await expect(loadImage(path.join(ASSETS, 'example_image1.jpg'), { maxNum: 0 })).rejects.toThrow(/minNum 1 \/ maxNum 0/);
-    await expect(loadVideo(path.join(ASSETS, 'example_video.mp4'), { numSegments: 0 })).rejects.toThrow(/numSegments 0: expected a positive integer/);
+    await expect(loadImage(MEDIA.image1, { maxNum: 0 })).rejects.toThrow(/minNum 1 \/ maxNum 0/);
+    await expect(loadVideo(MEDIA.video, { numSegments: 0 })).rejects.toThrow(/numSegments 0: expected a positive integer/);
   });
 });

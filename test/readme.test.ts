@@ -1,6 +1,7 @@
 // README's "Using it from code" example runs as written: the code block is taken from README.md, its
 // package import pointed at this checkout, and run with tsx against the tiny model in a directory laid
-// out as the README assumes (weights/tiny-internvl2, ../shared/assets).
+// out as the README assumes (weights/tiny-internvl2, examples/media: the repository's own media, so the
+// test needs nothing outside the checkout).
 import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
@@ -8,7 +9,7 @@ import * as path from 'path';
 import { convertFixture } from './helpers';
 
 const ROOT = path.join(__dirname, '..');
-const SHARED_ASSETS = path.join(ROOT, '..', 'shared', 'assets');
+const MEDIA = path.join(ROOT, 'examples', 'media');
 
 function codeBlockAfter(heading: string): string {
   const readme = fs.readFileSync(path.join(ROOT, 'README.md'), 'utf8');
@@ -25,8 +26,8 @@ test('the "Using it from code" example runs as written', () => {
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'pvc-readme-'));
   const cwd = path.join(tmp, 'app');
   fs.mkdirSync(path.join(cwd, 'weights'), { recursive: true });
-  fs.mkdirSync(path.join(tmp, 'shared'));
-  fs.symlinkSync(SHARED_ASSETS, path.join(tmp, 'shared', 'assets'));
+  fs.mkdirSync(path.join(cwd, 'examples'));
+  fs.symlinkSync(MEDIA, path.join(cwd, 'examples', 'media'));
   const converted = convertFixture('tiny-internvl2');
   fs.renameSync(converted, path.join(cwd, 'weights', 'tiny-internvl2'));
   // The block's top-level awaits run inside an async function (tsx runs this file as CommonJS).

@@ -10,9 +10,8 @@ import { renderInspectionHTML, REPORT_MAX_BYTES } from '../src/inspect/report';
 import { PVCModel } from '../src/pvc_model';
 import { loadImage } from '../src/preprocess/image';
 import { loadVideo } from '../src/preprocess/video';
-import { convertFixture } from './helpers';
+import { convertFixture, MEDIA } from './helpers';
 
-const ASSETS = path.resolve(__dirname, '..', '..', 'shared', 'assets');
 const OUT = fs.mkdtempSync(path.join(os.tmpdir(), 'pvc-report-'));
 
 /** The browser: PVC_CHROMIUM, else Debian's chromium (or another Chromium) on the PATH. */
@@ -98,7 +97,7 @@ describe('tiny-internvl2: an image', () => {
   let dir: string;
   let model: PVCModel;
   let html: string;
-  const file = path.join(ASSETS, 'example_image1.jpg');
+  const file = MEDIA.image1;
 
   beforeAll(async () => {
     dir = convertFixture('tiny-internvl2');
@@ -238,7 +237,7 @@ describe('tiny-pvc: a video', () => {
   });
 
   test('frames, temporal attention per ViT layer and tokens per frame; in Chromium without errors', async () => {
-    const video = await loadVideo(path.join(ASSETS, 'example_video.mp4'), { numSegments: 6, inputSize: model.config.image_size, maxNum: 1 });
+    const video = await loadVideo(MEDIA.video, { numSegments: 6, inputSize: model.config.image_size, maxNum: 1 });
     const question = video.numPatchesList.map((_, i) => `Frame${i + 1}: <image>\n`).join('') + 'What happens in the video?';
     const trace = await model.inspect({
       pixelValues: video.pixelValues,

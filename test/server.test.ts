@@ -16,12 +16,12 @@ import { loadVideo } from '../src/preprocess/video';
 import { PVCModel } from '../src/pvc_model';
 import { ChatServer } from '../src/server/server';
 import { PVCTokenizer } from '../src/tokenizer';
-import { convertFixture } from './helpers';
+import { convertFixture, MEDIA } from './helpers';
 
-const ASSETS = path.join(__dirname, '..', '..', 'shared', 'assets');
-const IMAGE1 = path.join(ASSETS, 'example_image1.jpg');
-const IMAGE2 = path.join(ASSETS, 'example_image2.jpg');
-const VIDEO = path.join(ASSETS, 'example_video.mp4');
+// The repository's own media (examples/media): the answers are compared with model.chat on the same files.
+const IMAGE1 = MEDIA.image1;
+const IMAGE2 = MEDIA.image2;
+const VIDEO = MEDIA.video;
 const KEY = 'test-key-1234';
 const MAX = 24; // max_tokens of the compared answers: long enough to differ, short enough for a 2-core machine
 

@@ -16,7 +16,7 @@ import { ChatServer } from '../../src/server/server';
 import { convertFixture } from '../helpers';
 
 const ROOT = path.join(__dirname, '..', '..');
-const IMAGE = path.join(ROOT, '..', 'shared', 'assets', 'example_image1.jpg');
+const IMAGE = path.join(ROOT, 'examples', 'media', 'image1.jpg'); // the repository's own 1000x747 example
 
 function option(name: string, fallback: number): number {
   const i = process.argv.indexOf(`--${name}`);
