@@ -23,7 +23,7 @@ import {
 import { PromptOptions } from './chat/prompt';
 import { History } from './chat/template';
 import { loadConfig, ModelConfig } from './config';
-import { GenerationConfig } from './generation/generate';
+import { GenerationConfig } from './generation/config';
 import { Inspection, inspect, InspectRequest, TapArray } from './inspect/inspect';
 import { renderInspectionHTML, ReportInputs, ReportOptions } from './inspect/report';
 import { Weights } from './io/weights';

@@ -10,7 +10,7 @@ import * as os from 'os';
 import * as path from 'path';
 import type { ChatOptions } from '../src/chat/chat';
 import { withImagePlaceholders } from '../src/chat/prompt';
-import * as generateModule from '../src/generation/generate';
+import * as generationConfig from '../src/generation/config';
 import { loadImage } from '../src/preprocess/image';
 import { loadVideo } from '../src/preprocess/video';
 import { PVCModel } from '../src/pvc_model';
@@ -645,7 +645,7 @@ describe('the pvc serve command', () => {
 
 describe('one road from request to tokens', () => {
   test.each([false, true])('a request (stream: %s) resolves its generation config once and tokenizes its prompt once', async (stream) => {
-    const resolve = jest.spyOn(generateModule, 'resolveGenerationConfig');
+    const resolve = jest.spyOn(generationConfig, 'resolveGenerationConfig');
     const encode = jest.spyOn(PVCTokenizer.prototype, 'encode');
     try {
       const messages: OpenAI.Chat.Completions.ChatCompletionMessageParam[] = [

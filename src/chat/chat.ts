@@ -6,7 +6,8 @@
 import * as tf from '@tensorflow/tfjs';
 import { InputError } from '../errors';
 import { runYielding, throwIfAborted } from '../event_loop';
-import { GenerationConfig, GenerationRequest, generateSteps, GenerationStep, resolveGenerationConfig } from '../generation/generate';
+import { GenerationConfig, GenerationRequest, resolveGenerationConfig } from '../generation/config';
+import { generateSteps, GenerationStep } from '../generation/generate';
 import { Tap } from '../nn/layers';
 import { DataFlag, Sample } from '../model/samples';
 import { PromptTokenIds, VisionLanguageModel } from '../model/vlm';

@@ -101,8 +101,6 @@ class DecoderLayer {
 export interface ForwardOptions {
   /** 1 = token, 0 = padding, for the new positions of each row (default all 1). */
   attentionMask?: number[][];
-  /** Positions of the new tokens; default: from the mask, as upstream (cumsum - 1, padding at 1). */
-  positionIds?: number[][];
   /** Compute logits for the last position of each row only (generation). */
   lastOnly?: boolean;
   tap?: Tap;
@@ -202,7 +200,7 @@ export class InternLM2 {
     if (newMask.length !== B || newMask.some((r) => r.length !== T)) throw new Error(`attentionMask must be [${B}, ${T}]`);
     const past = cache.length;
     const fullMask = cache.mask.map((row, b) => [...row, ...newMask[b]]);
-    const positions = options.positionIds ?? positionsFromMask(fullMask, past);
+    const positions = positionsFromMask(fullMask, past);
     this.rotary.update(past + T);
     const tap = options.tap;
     const rope = this.rotary.tables(positions);

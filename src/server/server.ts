@@ -12,7 +12,7 @@ import { ChatInputs, chatInputs } from '../chat/inputs';
 import { contextLength } from '../config';
 import { InputError } from '../errors';
 import { AbortError, throwIfAborted } from '../event_loop';
-import { GenerationConfig } from '../generation/generate';
+import { GenerationConfig } from '../generation/config';
 import { LoadedImage } from '../preprocess/image';
 import { LoadedVideo } from '../preprocess/video';
 import { PVCModel } from '../pvc_model';
