@@ -8,16 +8,13 @@ import {
   chatGenerationConfig,
   batchChat,
   BatchChatOptions,
-  chat,
   ChatIds,
   ChatOptions,
-  chatIds,
   ChatTurn,
   GenerationOptions,
   prepareChat,
   RunOptions,
   runTurn,
-  streamChat,
   streamTurn,
 } from './chat/chat';
 import { PromptOptions } from './chat/prompt';
@@ -103,9 +100,16 @@ export class PVCModel extends VisionLanguageModel implements ChatModel {
     return streamTurn(this, options.tokenizer ?? this.tokenizer, turn, options);
   }
 
+  /** chat()'s turn and the tokenizer it reads with. */
+  private turn(pixelValues: tf.Tensor4D | null, question: string, generation: GenerationOptions, options: ChatOptions): [ChatTurn, PVCTokenizer] {
+    const tokenizer = options.tokenizer ?? this.tokenizer;
+    return [prepareChat(this, tokenizer, pixelValues, question, chatGenerationConfig(tokenizer, generation), options), tokenizer];
+  }
+
   /** The prompt chat() builds and the token ids it generates (eos included), without decoding them. */
   chatIds(pixelValues: tf.Tensor4D | null, question: string, generation: GenerationOptions = {}, options: ChatOptions = {}): Promise<ChatIds> {
-    return chatIds(this, options.tokenizer ?? this.tokenizer, pixelValues, question, generation, options);
+    const [turn, tokenizer] = this.turn(pixelValues, question, generation, options);
+    return runTurn(this, tokenizer, turn, options);
   }
 
   /** Upstream's chat(): the answer (and the history with this turn appended, with returnHistory). */
@@ -116,18 +120,22 @@ export class PVCModel extends VisionLanguageModel implements ChatModel {
     options: ChatOptions & { returnHistory: true },
   ): Promise<{ response: string; history: History }>;
   chat(pixelValues: tf.Tensor4D | null, question: string, generation?: GenerationOptions, options?: ChatOptions): Promise<string>;
-  chat(
+  async chat(
     pixelValues: tf.Tensor4D | null,
     question: string,
     generation: GenerationOptions = {},
     options: ChatOptions = {},
   ): Promise<string | { response: string; history: History }> {
-    return chat(this, options.tokenizer ?? this.tokenizer, pixelValues, question, generation, options);
+    const [turn, tokenizer] = this.turn(pixelValues, question, generation, options);
+    const response = answerOf(tokenizer, turn, (await runTurn(this, tokenizer, turn, options)).outputIds);
+    if (!options.returnHistory) return response;
+    return { response, history: [...(options.history ?? []), [turn.question, response]] };
   }
 
   /** chat() as a stream of text pieces whose concatenation is chat()'s answer. */
   stream(pixelValues: tf.Tensor4D | null, question: string, generation: GenerationOptions = {}, options: ChatOptions = {}): AsyncGenerator<string> {
-    return streamChat(this, options.tokenizer ?? this.tokenizer, pixelValues, question, generation, options);
+    const [turn, tokenizer] = this.turn(pixelValues, question, generation, options);
+    return streamTurn(this, tokenizer, turn, options);
   }
 
   /** Upstream's batch_chat(): several questions at once (left-padded), no history. */

@@ -1,4 +1,5 @@
-// Upstream's chat(), batch_chat() and a streaming chat over a VisionLanguageModel:
+// Upstream's chat() (a turn: prepareChat, then runTurn or streamTurn) and batch_chat() over a
+// VisionLanguageModel:
 //
 //   question (+ history) -> prompt (./prompt.ts) -> ids, generation options resolved: a ChatTurn
 //   -> model.inputSteps (embeddings with the visual tokens merged) -> InternLM2 generation (eos
@@ -13,7 +14,7 @@ import { DataFlag, Sample } from '../model/samples';
 import { PromptTokenIds, VisionLanguageModel } from '../model/vlm';
 import { decodeAnswer, PVCTokenizer, StreamDecoder } from '../tokenizer';
 import { preparePrompt, PreparedPrompt, prepareBatchPrompts, PromptOptions } from './prompt';
-import { History, IMG_CONTEXT_TOKEN, SEPARATOR } from './template';
+import { IMG_CONTEXT_TOKEN, SEPARATOR } from './template';
 
 /** Generation options: camelCase or upstream's snake_case keys (max_new_tokens, do_sample, num_beams, stop, ...). */
 export type GenerationOptions = GenerationRequest;
@@ -157,47 +158,6 @@ export async function* streamTurn(model: VisionLanguageModel, tokenizer: PVCToke
   }
   const rest = decoder.finish();
   if (rest) yield rest;
-}
-
-/** The prompt chat() builds and the token ids it generates (eos included), without decoding them. */
-export function chatIds(
-  model: VisionLanguageModel,
-  tokenizer: PVCTokenizer,
-  pixelValues: tf.Tensor4D | null,
-  question: string,
-  generation: GenerationOptions = {},
-  options: ChatOptions = {},
-): Promise<ChatIds> {
-  const turn = prepareChat(model, tokenizer, pixelValues, question, chatGenerationConfig(tokenizer, generation), options);
-  return runTurn(model, tokenizer, turn, options);
-}
-
-/** Upstream's chat(): the answer, and with returnHistory the history with this turn appended. */
-export async function chat(
-  model: VisionLanguageModel,
-  tokenizer: PVCTokenizer,
-  pixelValues: tf.Tensor4D | null,
-  question: string,
-  generation: GenerationOptions = {},
-  options: ChatOptions = {},
-): Promise<string | { response: string; history: History }> {
-  const turn = prepareChat(model, tokenizer, pixelValues, question, chatGenerationConfig(tokenizer, generation), options);
-  const response = answerOf(tokenizer, turn, (await runTurn(model, tokenizer, turn, options)).outputIds);
-  if (!options.returnHistory) return response;
-  return { response, history: [...(options.history ?? []), [turn.question, response]] };
-}
-
-/** chat() as a stream of text pieces whose concatenation is chat()'s answer. */
-export function streamChat(
-  model: VisionLanguageModel,
-  tokenizer: PVCTokenizer,
-  pixelValues: tf.Tensor4D | null,
-  question: string,
-  generation: GenerationOptions = {},
-  options: ChatOptions = {},
-): AsyncGenerator<string> {
-  const turn = prepareChat(model, tokenizer, pixelValues, question, chatGenerationConfig(tokenizer, generation), options);
-  return streamTurn(model, tokenizer, turn, options);
 }
 
 /** Upstream's batch_chat(): several questions at once (left-padded), no history. */

@@ -8,7 +8,7 @@
 import { monitorEventLoopDelay } from 'perf_hooks';
 import * as tf from '@tensorflow/tfjs';
 import { BackendName, initBackend } from '../../src/backend';
-import { chatIds } from '../../src/chat/chat';
+import { chatGenerationConfig, prepareChat, runTurn } from '../../src/chat/chat';
 import { withImagePlaceholders } from '../../src/chat/prompt';
 import { validateConfig } from '../../src/config';
 import { runYielding } from '../../src/event_loop';
@@ -106,14 +106,11 @@ async function video(backend: BackendName, frames: number, tokenizerDir: string)
   const question = withImagePlaceholders('What happens?', frames, 'video');
   const t = performance.now();
   let firstToken = 0;
-  const out = await chatIds(
-    model,
-    tokenizer,
-    pixels,
-    question,
-    { maxNewTokens: 4, minNewTokens: 4 },
-    { dataFlag: 3, numPatchesList: new Array(frames).fill(1), onToken: () => (firstToken ||= performance.now()) },
-  );
+  const turn = prepareChat(model, tokenizer, pixels, question, chatGenerationConfig(tokenizer, { maxNewTokens: 4, minNewTokens: 4 }), {
+    dataFlag: 3,
+    numPatchesList: new Array(frames).fill(1),
+  });
+  const out = await runTurn(model, tokenizer, turn, { onToken: () => (firstToken ||= performance.now()) });
   const ms = performance.now() - t;
   pixels.dispose();
   return {
