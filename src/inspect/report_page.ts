@@ -6,7 +6,7 @@ import type { ReportData } from './report_data';
 // Not an import: report_script.ts is checked and compiled as its own program (tsconfig.page.json, with
 // the DOM's types), so that the DOM stays out of this one; require() is not followed by tsc.
 // eslint-disable-next-line @typescript-eslint/no-require-imports
-const { reportPage } = require('./report_script') as { reportPage: () => void };
+const { PAGE_FUNCTIONS } = require('./report_script') as { PAGE_FUNCTIONS: readonly ((...args: never[]) => unknown)[] };
 
 export const REPORT_PAGE_STYLE = `
 body { font: 14px/1.4 system-ui, sans-serif; margin: 16px; color: #222; background: #fafafa; }
@@ -32,14 +32,16 @@ pre { white-space: pre-wrap; background: #fff; border: 1px solid #ddd; padding: 
 `;
 
 /**
- * The page script: reportPage's source, called once. Under tsx (esbuild with keepNames) that source
- * wraps its named functions in esbuild's __name helper, which lives outside the function: the page
- * gets a no-op one (tsc's output, in dist/ and under ts-jest, has no such call).
+ * The page script: the source of the page's functions (report_script.ts), then a call of the first,
+ * reportPage. Under tsx (esbuild with keepNames) that source wraps nested named functions in esbuild's
+ * __name helper, which lives outside them: the page gets a no-op one (tsc's output, in dist/ and under
+ * ts-jest, has no such call).
  */
 export const REPORT_PAGE_SCRIPT = `'use strict';
 (() => {
-  const __name = (target) => target;
-  (${reportPage.toString()})();
+const __name = (target) => target;
+${PAGE_FUNCTIONS.map((f) => f.toString()).join('\n')}
+${PAGE_FUNCTIONS[0].name}();
 })();
 `;
 if (/<\/script/i.test(REPORT_PAGE_SCRIPT)) throw new Error('report page script: its source must not contain "</script"');

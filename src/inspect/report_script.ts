@@ -1,57 +1,88 @@
 /// <reference lib="dom" />
 // The inspection report's page script, checked and compiled with the DOM's types as its own program
 // (tsconfig.page.json; the reference above serves the loaders that compile it alone: ts-jest, tsx).
-// It runs in the browser, not in Node: report_page.ts inlines the
-// source of reportPage (Function.prototype.toString, after whichever compiler loaded this module) into
-// the page and calls it. So the function must be whole on its own: no imports at run time, nothing from
-// this module's scope, only the browser's globals (no library, no network). It reads the JSON block
-// #report-data (a ReportData), builds the DOM with textContent (never innerHTML: tokens and prompts are
-// data) and draws on canvases.
+// It runs in the browser, not in Node: report_page.ts inlines the source of the functions listed in
+// PAGE_FUNCTIONS (Function.prototype.toString, after whichever compiler loaded this module) into the
+// page and calls reportPage. So these functions must be whole on their own: they call one another and
+// the browser's globals only (no import at run time, no other value of this module, no library, no
+// network). The page reads the JSON block #report-data (a ReportData), builds the DOM with textContent
+// (never innerHTML: tokens and prompts are data) and draws on canvases.
 import type { ReportData } from './report_data';
 
-export function reportPage(): void {
-  type Child = Node | string | number | null | undefined;
-  type Attrs = Record<string, string | number | boolean | ((e: Event) => void)>;
-  type Options = [number, string][];
+type Child = Node | string | number | null | undefined;
+type Attrs = Record<string, string | number | boolean | ((e: Event) => void)>;
+type Options = [number, string][];
 
+/** The page: reads the data, builds each section, draws the attention once the pictures have decoded. */
+function reportPage(): void {
   const D = JSON.parse(document.getElementById('report-data')!.textContent!) as ReportData;
   const root = document.getElementById('report')!;
   root.textContent = '';
-  const el = <K extends keyof HTMLElementTagNameMap>(tag: K, attrs?: Attrs | null, ...children: Child[]): HTMLElementTagNameMap[K] => {
-    const e = document.createElement(tag);
-    for (const [k, v] of Object.entries(attrs || {})) {
-      if (k === 'class') e.className = String(v);
-      else if (k.startsWith('on') && typeof v === 'function') e.addEventListener(k.slice(2), v);
-      else e.setAttribute(k, String(v));
-    }
-    for (const c of children) if (c !== null && c !== undefined) e.append(c instanceof Node ? c : String(c));
-    return e;
-  };
-  const fmt = (x: number) => (x === 0 ? '0' : Math.abs(x) >= 1e4 || Math.abs(x) < 1e-3 ? x.toExponential(3) : x.toFixed(4));
-  const show = (t: string) => JSON.stringify(t);
-  // Heat colours (black, red, yellow, white) for t in [0, 1], as in the PNG heatmap of pvc inspect.
-  const heat = (t: number) => {
-    const c = (x: number) => Math.round(255 * Math.min(Math.max(x, 0), 1));
-    return [c(3 * t), c(3 * t - 1), c(3 * t - 2)];
-  };
-  const select = (id: string, options: Options, value: number, onchange: (value: string) => void) => {
-    const s = el('select', { id, onchange: () => onchange(s.value) });
-    for (const [v, label] of options) s.append(el('option', { value: String(v) }, label));
-    s.value = String(value);
-    return s;
-  };
-  const legend = (max: number, label: string) => {
-    const c = el('canvas', { width: 200, height: 12, class: 'legend' });
-    const g = c.getContext('2d')!;
-    for (let x = 0; x < 200; x++) {
-      const [r, gg, b] = heat(x / 199);
-      g.fillStyle = 'rgb(' + r + ',' + gg + ',' + b + ')';
-      g.fillRect(x, 0, 1, 12);
-    }
-    return el('span', { class: 'legend-box' }, label + ' 0 ', c, ' ' + fmt(max));
-  };
+  const attention = attentionSection(D);
+  const temporal = temporalSection(D);
+  root.append(summarySection(D), attention.section, ...(temporal ? [temporal] : []), lensSection(D), statsSection(D));
+  const { pictures, draw } = attention;
+  Promise.all(
+    pictures.map((p) =>
+      p.complete
+        ? Promise.resolve()
+        : new Promise<void>((ok, fail) => {
+            p.onload = () => ok();
+            p.onerror = () => fail(new Error('a picture did not decode'));
+          }),
+    ),
+  ).then(() => {
+    draw();
+    Object.assign(window, { pvcReportReady: true });
+  });
+}
 
-  // Summary.
+/** An element with attributes (on* ones are listeners) and children (text, never markup). */
+function el<K extends keyof HTMLElementTagNameMap>(tag: K, attrs?: Attrs | null, ...children: Child[]): HTMLElementTagNameMap[K] {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === 'class') e.className = String(v);
+    else if (k.startsWith('on') && typeof v === 'function') e.addEventListener(k.slice(2), v);
+    else e.setAttribute(k, String(v));
+  }
+  for (const c of children) if (c !== null && c !== undefined) e.append(c instanceof Node ? c : String(c));
+  return e;
+}
+
+function fmt(x: number): string {
+  return x === 0 ? '0' : Math.abs(x) >= 1e4 || Math.abs(x) < 1e-3 ? x.toExponential(3) : x.toFixed(4);
+}
+
+function show(t: string): string {
+  return JSON.stringify(t);
+}
+
+/** Heat colours (black, red, yellow, white) for t in [0, 1], as in the PNG heatmap of pvc inspect. */
+function heat(t: number): number[] {
+  const c = (x: number) => Math.round(255 * Math.min(Math.max(x, 0), 1));
+  return [c(3 * t), c(3 * t - 1), c(3 * t - 2)];
+}
+
+function select(id: string, options: Options, value: number, onchange: (value: string) => void): HTMLSelectElement {
+  const s = el('select', { id, onchange: () => onchange(s.value) });
+  for (const [v, label] of options) s.append(el('option', { value: String(v) }, label));
+  s.value = String(value);
+  return s;
+}
+
+function legend(max: number, label: string): HTMLSpanElement {
+  const c = el('canvas', { width: 200, height: 12, class: 'legend' });
+  const g = c.getContext('2d')!;
+  for (let x = 0; x < 200; x++) {
+    const [r, gg, b] = heat(x / 199);
+    g.fillStyle = 'rgb(' + r + ',' + gg + ',' + b + ')';
+    g.fillRect(x, 0, 1, 12);
+  }
+  return el('span', { class: 'legend-box' }, label + ' 0 ', c, ' ' + fmt(max));
+}
+
+/** Summary: the model, the token counts, the answer, the prompt and the notes. */
+function summarySection(D: ReportData): HTMLElement {
   const summary = el(
     'section',
     {},
@@ -69,9 +100,11 @@ export function reportPage(): void {
   );
   if (D.prompt) summary.append(el('details', {}, el('summary', {}, 'prompt'), el('pre', {}, D.prompt)));
   for (const n of D.notes) summary.append(el('div', { class: 'note' }, 'note: ' + n));
-  root.append(summary);
+  return summary;
+}
 
-  // Attention of a generated token over the visual tokens.
+/** Attention of a generated token over the visual tokens: its controls, the overlays and their drawing. */
+function attentionSection(D: ReportData): { section: HTMLElement; pictures: HTMLImageElement[]; draw: () => void } {
   const A = D.attention;
   const state = { token: 0, layer: A.layers.length ? A.layers[A.layers.length - 1] : 0, head: 0, opacity: 0.6, smooth: false };
   // Attention maps: 8 bits per value relative to each map's scale (its largest value).
@@ -84,7 +117,6 @@ export function reportPage(): void {
   const mapSize = D.panels.reduce((a, p) => a + p.tiles.length * A.g * A.g, 0);
   const pictures = D.pictures.map((p) => Object.assign(new Image(), { src: p.url }));
   const attnSection = el('section', {}, el('h2', {}, 'Attention of a generated token over the visual tokens'));
-  root.append(attnSection);
   const panelCanvases: HTMLCanvasElement[] = [];
   const massCells: HTMLSpanElement[] = [];
   let legendSlot = el('span');
@@ -267,92 +299,92 @@ export function reportPage(): void {
       });
     }
   }
+  return { section: attnSection, pictures, draw };
+}
 
-  // Temporal attention (PVC): frames x frames per ViT layer.
-  if (D.temporal.length > 0) {
-    const T = { layer: 0, head: 0 };
-    const sec = el('section', {}, el('h2', {}, 'Temporal attention across frames (PVC)'));
-    const first = D.temporal[0];
-    const canvas = el('canvas', { width: 240, height: 240, id: 'temporal' });
-    let tLegend = el('span');
-    const heads: Options = [[0, 'mean of heads']];
-    for (let h = 0; h < first.heads; h++) heads.push([h + 1, 'head ' + h]);
-    const info = el('div', { class: 'muted' });
-    sec.append(
-      el(
-        'div',
-        { class: 'controls' },
-        el(
-          'label',
-          {},
-          'ViT layer ',
-          select(
-            'temporal-layer',
-            D.temporal.map((t, i) => [i, String(t.layer)]),
-            0,
-            (v) => {
-              T.layer = Number(v);
-              drawTemporal();
-            },
-          ),
-        ),
-        el(
-          'label',
-          {},
-          'head ',
-          select('temporal-head', heads, 0, (v) => {
-            T.head = Number(v);
-            drawTemporal();
-          }),
-        ),
-        tLegend,
-      ),
-      info,
-      canvas,
+/** Temporal attention (PVC): frames x frames per ViT layer; null for a model without it. */
+function temporalSection(D: ReportData): HTMLElement | null {
+  if (D.temporal.length === 0) {
+    if (!D.model.pvc) return null;
+    return el(
+      'section',
+      {},
+      el('h2', {}, 'Temporal attention across frames (PVC)'),
+      el('div', { class: 'muted' }, 'no temporal attention recorded: inspect with taps vision.layers.*.temporal.probs'),
     );
-    root.append(sec);
-    const drawTemporal = () => {
-      const t = D.temporal[T.layer];
-      const m = t.maps[T.head];
-      const F = t.frames;
-      const max = Math.max(...m, 1e-12);
-      info.textContent =
-        'row: the attending frame, column: the frame attended to (causal); mean over ' +
-        t.sequences +
-        ' sequence(s) of ' +
-        F +
-        ' frames and ' +
-        t.tokens +
-        ' tokens per frame';
-      const g = canvas.getContext('2d')!;
-      const s = canvas.width / F;
-      for (let i = 0; i < F; i++)
-        for (let j = 0; j < F; j++) {
-          const [r, gg, b] = heat(m[i * F + j] / max);
-          g.fillStyle = 'rgb(' + r + ',' + gg + ',' + b + ')';
-          g.fillRect(j * s, i * s, Math.ceil(s), Math.ceil(s));
-        }
-      const fresh = legend(max, 'probability');
-      tLegend.replaceWith(fresh);
-      tLegend = fresh;
-    };
-    drawTemporal();
   }
-
-  if (D.temporal.length === 0 && D.model.pvc) {
-    root.append(
+  const T = { layer: 0, head: 0 };
+  const sec = el('section', {}, el('h2', {}, 'Temporal attention across frames (PVC)'));
+  const first = D.temporal[0];
+  const canvas = el('canvas', { width: 240, height: 240, id: 'temporal' });
+  let tLegend = el('span');
+  const heads: Options = [[0, 'mean of heads']];
+  for (let h = 0; h < first.heads; h++) heads.push([h + 1, 'head ' + h]);
+  const info = el('div', { class: 'muted' });
+  sec.append(
+    el(
+      'div',
+      { class: 'controls' },
       el(
-        'section',
+        'label',
         {},
-        el('h2', {}, 'Temporal attention across frames (PVC)'),
-        el('div', { class: 'muted' }, 'no temporal attention recorded: inspect with taps vision.layers.*.temporal.probs'),
+        'ViT layer ',
+        select(
+          'temporal-layer',
+          D.temporal.map((t, i) => [i, String(t.layer)]),
+          0,
+          (v) => {
+            T.layer = Number(v);
+            drawTemporal();
+          },
+        ),
       ),
-    );
-  }
+      el(
+        'label',
+        {},
+        'head ',
+        select('temporal-head', heads, 0, (v) => {
+          T.head = Number(v);
+          drawTemporal();
+        }),
+      ),
+      tLegend,
+    ),
+    info,
+    canvas,
+  );
+  const drawTemporal = () => {
+    const t = D.temporal[T.layer];
+    const m = t.maps[T.head];
+    const F = t.frames;
+    const max = Math.max(...m, 1e-12);
+    info.textContent =
+      'row: the attending frame, column: the frame attended to (causal); mean over ' +
+      t.sequences +
+      ' sequence(s) of ' +
+      F +
+      ' frames and ' +
+      t.tokens +
+      ' tokens per frame';
+    const g = canvas.getContext('2d')!;
+    const s = canvas.width / F;
+    for (let i = 0; i < F; i++)
+      for (let j = 0; j < F; j++) {
+        const [r, gg, b] = heat(m[i * F + j] / max);
+        g.fillStyle = 'rgb(' + r + ',' + gg + ',' + b + ')';
+        g.fillRect(j * s, i * s, Math.ceil(s), Math.ceil(s));
+      }
+    const fresh = legend(max, 'probability');
+    tLegend.replaceWith(fresh);
+    tLegend = fresh;
+  };
+  drawTemporal();
+  return sec;
+}
 
-  // Logit lens.
+/** Logit lens: each layer's top token at each position. */
+function lensSection(D: ReportData): HTMLElement {
   const lensSec = el('section', {}, el('h2', {}, 'Logit lens'));
-  root.append(lensSec);
   if (D.lens.layers.length === 0) {
     lensSec.append(el('div', { class: 'muted' }, 'no layer states recorded: inspect with taps llm.layers.*.out'));
   } else {
@@ -391,8 +423,11 @@ export function reportPage(): void {
     }
     lensSec.append(el('div', { class: 'scroll' }, table));
   }
+  return lensSec;
+}
 
-  // Statistics of every tap.
+/** Statistics of every tap. */
+function statsSection(D: ReportData): HTMLElement {
   const statSec = el('section', {}, el('h2', {}, 'Tap statistics (' + D.stats.length + ' taps; generation step k as stepk.NAME)'));
   const st = el(
     'table',
@@ -402,19 +437,21 @@ export function reportPage(): void {
   for (const [name, shape, ...v] of D.stats)
     st.append(el('tr', {}, el('td', { class: 'name' }, name), el('td', {}, '[' + shape.join(', ') + ']'), ...v.map((x) => el('td', {}, fmt(x)))));
   statSec.append(el('div', { class: 'scroll' }, st));
-  root.append(statSec);
-
-  Promise.all(
-    pictures.map((p) =>
-      p.complete
-        ? Promise.resolve()
-        : new Promise<void>((ok, fail) => {
-            p.onload = () => ok();
-            p.onerror = () => fail(new Error('a picture did not decode'));
-          }),
-    ),
-  ).then(() => {
-    draw();
-    Object.assign(window, { pvcReportReady: true });
-  });
+  return statSec;
 }
+
+/** The page's functions, reportPage first: report_page.ts inlines their source. */
+export const PAGE_FUNCTIONS: readonly ((...args: never[]) => unknown)[] = [
+  reportPage,
+  el,
+  fmt,
+  show,
+  heat,
+  select,
+  legend,
+  summarySection,
+  attentionSection,
+  temporalSection,
+  lensSection,
+  statsSection,
+];
