@@ -103,203 +103,233 @@ function summarySection(D: ReportData): HTMLElement {
   return summary;
 }
 
+/** The attention view: the choice made in its controls, the maps and the elements it draws into. */
+interface AttentionView {
+  D: ReportData;
+  state: { token: number; layer: number; head: number; opacity: number; smooth: boolean };
+  /** 8 bits per value relative to each map's scale (its largest value). */
+  maps: Uint8Array;
+  scales: Float32Array;
+  mapSize: number;
+  pictures: HTMLImageElement[];
+  canvases: HTMLCanvasElement[];
+  massCells: HTMLSpanElement[];
+  legendSlot: HTMLElement;
+  bars: HTMLCanvasElement | null;
+}
+
 /** Attention of a generated token over the visual tokens: its controls, the overlays and their drawing. */
 function attentionSection(D: ReportData): { section: HTMLElement; pictures: HTMLImageElement[]; draw: () => void } {
   const A = D.attention;
-  const state = { token: 0, layer: A.layers.length ? A.layers[A.layers.length - 1] : 0, head: 0, opacity: 0.6, smooth: false };
-  // Attention maps: 8 bits per value relative to each map's scale (its largest value).
-  let maps: Uint8Array | null = null;
-  let scales: Float32Array | null = null;
-  if (A.tokens > 0 && D.panels.length > 0) {
-    maps = Uint8Array.from(atob(A.maps), (c) => c.charCodeAt(0));
-    scales = new Float32Array(Uint8Array.from(atob(A.scales), (c) => c.charCodeAt(0)).buffer);
-  }
-  const mapSize = D.panels.reduce((a, p) => a + p.tiles.length * A.g * A.g, 0);
   const pictures = D.pictures.map((p) => Object.assign(new Image(), { src: p.url }));
-  const attnSection = el('section', {}, el('h2', {}, 'Attention of a generated token over the visual tokens'));
-  const panelCanvases: HTMLCanvasElement[] = [];
-  const massCells: HTMLSpanElement[] = [];
-  let legendSlot = el('span');
-  let bars: HTMLCanvasElement | null = null;
-  if (!maps) {
-    attnSection.append(
-      el(
-        'div',
-        { class: 'muted' },
-        D.panels.length === 0
-          ? 'no images or frames were given to the report'
-          : 'no attention recorded: inspect with taps llm.layers.*.attn.probs and generate at least one token',
-      ),
-    );
-  } else {
-    const tokens = el('div', { class: 'tokens' }, 'generated token: ');
-    D.generated.slice(0, A.tokens).forEach((t, j) =>
-      tokens.append(
-        el(
-          'button',
-          {
-            'data-token': j,
-            onclick: () => {
-              state.token = j;
-              draw();
-            },
-          },
-          j + ': ' + show(t),
-        ),
-      ),
-    );
-    const heads: Options = [[0, 'mean of heads']];
-    if (A.headsKept > 1) for (let h = 0; h < D.model.heads; h++) heads.push([h + 1, 'head ' + h]);
-    attnSection.append(
-      el(
-        'div',
-        { class: 'muted' },
-        "Where the model looked when it predicted the chosen token: the attention row of the position that predicted it (the prompt's last position for token 0), over the visual tokens, summed over each tile's frames" +
-          (A.pool > 1 ? ', pooled ' + A.pool + 'x' + A.pool : '') +
-          '. Colours are scaled to the largest value of the map shown (maps are stored at 8 bits relative to it).',
-      ),
-      tokens,
-      el(
-        'div',
-        { class: 'controls' },
-        el(
-          'label',
-          {},
-          'LLM layer ',
-          select(
-            'layer',
-            A.layers.map((l) => [l, String(l)]),
-            state.layer,
-            (v) => {
-              state.layer = Number(v);
-              draw();
-            },
-          ),
-        ),
-        el(
-          'label',
-          {},
-          'head ',
-          select('head', heads, 0, (v) => {
-            state.head = Number(v);
-            draw();
-          }),
-        ),
-        el(
-          'label',
-          {},
-          'opacity ',
-          el('input', {
-            id: 'opacity',
-            type: 'range',
-            min: 0,
-            max: 1,
-            step: 0.05,
-            value: state.opacity,
-            oninput: (e) => {
-              state.opacity = Number((e.target as HTMLInputElement).value);
-              draw();
-            },
-          }),
-        ),
-        el(
-          'label',
-          {},
-          el('input', {
-            id: 'smooth',
-            type: 'checkbox',
-            onchange: (e) => {
-              state.smooth = (e.target as HTMLInputElement).checked;
-              draw();
-            },
-          }),
-          ' smooth',
-        ),
-        legendSlot,
-      ),
-    );
-    const panels = el('div', { class: 'panels' });
-    D.panels.forEach((p) => {
-      const pic = D.pictures[p.picture];
-      const c = el('canvas', { width: pic.width, height: pic.height, class: 'overlay', 'data-panel': p.label });
-      if (pic.width < 200) c.style.width = pic.width * 2 + 'px';
-      const mass = el('span');
-      panelCanvases.push(c);
-      massCells.push(mass);
-      panels.append(el('div', { class: 'panel' }, c, p.label + ' · ' + p.tokens + ' tokens · attention ', mass));
-    });
-    attnSection.append(panels);
-    if (D.model.dataFlag === 3) {
-      bars = el('canvas', { width: Math.max(200, D.panels.length * 24), height: 120, id: 'frame-bars' });
-      const table = el(
-        'table',
-        {},
-        el('tr', {}, el('th', {}, 'frame'), ...D.panels.map((p) => el('th', {}, p.label))),
-        el('tr', {}, el('th', {}, 'visual tokens'), ...D.panels.map((p) => el('td', {}, p.tokens))),
-      );
-      attnSection.append(
-        el('h2', {}, 'Frames: tokens and attention per frame'),
-        table,
-        el('div', { class: 'muted' }, "attention mass of the chosen token, layer and head on each frame's tokens:"),
-        bars,
-      );
-    }
+  const section = el('section', {}, el('h2', {}, 'Attention of a generated token over the visual tokens'));
+  if (A.tokens === 0 || D.panels.length === 0) {
+    const why =
+      D.panels.length === 0
+        ? 'no images or frames were given to the report'
+        : 'no attention recorded: inspect with taps llm.layers.*.attn.probs and generate at least one token';
+    section.append(el('div', { class: 'muted' }, why));
+    return { section, pictures, draw: () => {} };
   }
+  const view: AttentionView = {
+    D,
+    state: { token: 0, layer: A.layers.length ? A.layers[A.layers.length - 1] : 0, head: 0, opacity: 0.6, smooth: false },
+    maps: Uint8Array.from(atob(A.maps), (c) => c.charCodeAt(0)),
+    scales: new Float32Array(Uint8Array.from(atob(A.scales), (c) => c.charCodeAt(0)).buffer),
+    mapSize: D.panels.reduce((a, p) => a + p.tiles.length * A.g * A.g, 0),
+    pictures,
+    canvases: [],
+    massCells: [],
+    legendSlot: el('span'),
+    bars: null,
+  };
+  const draw = () => drawAttention(view);
+  section.append(...attentionControls(view, draw), attentionPanels(view));
+  if (D.model.dataFlag === 3) section.append(...frameBars(view));
+  return { section, pictures, draw };
+}
 
-  function draw() {
-    if (!maps || !scales) return;
-    const li = A.layers.indexOf(state.layer);
-    const h = Math.min(state.head, A.headsKept - 1);
-    const k = (state.token * A.layers.length + li) * A.headsKept + h;
-    const map = maps.subarray(k * mapSize, (k + 1) * mapSize);
-    const max = scales[k];
-    document.querySelectorAll<HTMLElement>('.tokens button').forEach((b) => b.classList.toggle('on', Number(b.dataset.token) === state.token));
-    const fresh = legend(max, 'attention');
-    legendSlot.replaceWith(fresh);
-    legendSlot = fresh;
-    let offset = 0;
-    D.panels.forEach((p, k) => {
-      const c = panelCanvases[k];
-      const g = c.getContext('2d')!;
-      g.globalAlpha = 1;
-      g.drawImage(pictures[p.picture], 0, 0, c.width, c.height);
-      for (const tile of p.tiles) {
-        const small = document.createElement('canvas');
-        small.width = small.height = A.g;
-        const sg = small.getContext('2d')!;
-        const img = sg.createImageData(A.g, A.g);
-        for (let i = 0; i < A.g * A.g; i++) {
-          const [r, gg, b] = heat(map[offset + i] / 255);
-          img.data.set([r, gg, b, 255], i * 4);
-        }
-        offset += A.g * A.g;
-        sg.putImageData(img, 0, 0);
-        const [x0, y0, x1, y1] = tile.rect;
-        g.imageSmoothingEnabled = state.smooth;
-        g.globalAlpha = state.opacity;
-        g.drawImage(small, x0 * c.width, y0 * c.height, (x1 - x0) * c.width, (y1 - y0) * c.height);
+/** The generated tokens to choose from, the layer, head, opacity and smoothing, and the legend's slot. */
+function attentionControls(view: AttentionView, redraw: () => void): HTMLElement[] {
+  const { D, state } = view;
+  const A = D.attention;
+  const tokens = el('div', { class: 'tokens' }, 'generated token: ');
+  D.generated.slice(0, A.tokens).forEach((t, j) =>
+    tokens.append(
+      el(
+        'button',
+        {
+          'data-token': j,
+          onclick: () => {
+            state.token = j;
+            redraw();
+          },
+        },
+        j + ': ' + show(t),
+      ),
+    ),
+  );
+  const heads: Options = [[0, 'mean of heads']];
+  if (A.headsKept > 1) for (let h = 0; h < D.model.heads; h++) heads.push([h + 1, 'head ' + h]);
+  return [
+    el(
+      'div',
+      { class: 'muted' },
+      "Where the model looked when it predicted the chosen token: the attention row of the position that predicted it (the prompt's last position for token 0), over the visual tokens, summed over each tile's frames" +
+        (A.pool > 1 ? ', pooled ' + A.pool + 'x' + A.pool : '') +
+        '. Colours are scaled to the largest value of the map shown (maps are stored at 8 bits relative to it).',
+    ),
+    tokens,
+    el(
+      'div',
+      { class: 'controls' },
+      el(
+        'label',
+        {},
+        'LLM layer ',
+        select(
+          'layer',
+          A.layers.map((l) => [l, String(l)]),
+          state.layer,
+          (v) => {
+            state.layer = Number(v);
+            redraw();
+          },
+        ),
+      ),
+      el(
+        'label',
+        {},
+        'head ',
+        select('head', heads, 0, (v) => {
+          state.head = Number(v);
+          redraw();
+        }),
+      ),
+      el(
+        'label',
+        {},
+        'opacity ',
+        el('input', {
+          id: 'opacity',
+          type: 'range',
+          min: 0,
+          max: 1,
+          step: 0.05,
+          value: state.opacity,
+          oninput: (e) => {
+            state.opacity = Number((e.target as HTMLInputElement).value);
+            redraw();
+          },
+        }),
+      ),
+      el(
+        'label',
+        {},
+        el('input', {
+          id: 'smooth',
+          type: 'checkbox',
+          onchange: (e) => {
+            state.smooth = (e.target as HTMLInputElement).checked;
+            redraw();
+          },
+        }),
+        ' smooth',
+      ),
+      view.legendSlot,
+    ),
+  ];
+}
+
+/** A canvas per panel (image, thumbnail or frame) and the attention mass on its tokens. */
+function attentionPanels(view: AttentionView): HTMLElement {
+  const { D } = view;
+  const panels = el('div', { class: 'panels' });
+  D.panels.forEach((p) => {
+    const pic = D.pictures[p.picture];
+    const c = el('canvas', { width: pic.width, height: pic.height, class: 'overlay', 'data-panel': p.label });
+    if (pic.width < 200) c.style.width = pic.width * 2 + 'px';
+    const mass = el('span');
+    view.canvases.push(c);
+    view.massCells.push(mass);
+    panels.append(el('div', { class: 'panel' }, c, p.label + ' · ' + p.tokens + ' tokens · attention ', mass));
+  });
+  return panels;
+}
+
+/** Video: the frames' token counts and a bar chart of the attention mass on each frame. */
+function frameBars(view: AttentionView): HTMLElement[] {
+  const { D } = view;
+  const bars = el('canvas', { width: Math.max(200, D.panels.length * 24), height: 120, id: 'frame-bars' });
+  view.bars = bars;
+  const table = el(
+    'table',
+    {},
+    el('tr', {}, el('th', {}, 'frame'), ...D.panels.map((p) => el('th', {}, p.label))),
+    el('tr', {}, el('th', {}, 'visual tokens'), ...D.panels.map((p) => el('td', {}, p.tokens))),
+  );
+  return [
+    el('h2', {}, 'Frames: tokens and attention per frame'),
+    table,
+    el('div', { class: 'muted' }, "attention mass of the chosen token, layer and head on each frame's tokens:"),
+    bars,
+  ];
+}
+
+/** Draws the chosen map over every panel's picture, the masses, the legend and the frame bars. */
+function drawAttention(view: AttentionView): void {
+  const { D, state, maps, scales, mapSize } = view;
+  const A = D.attention;
+  const li = A.layers.indexOf(state.layer);
+  const h = Math.min(state.head, A.headsKept - 1);
+  const k = (state.token * A.layers.length + li) * A.headsKept + h;
+  const map = maps.subarray(k * mapSize, (k + 1) * mapSize);
+  const max = scales[k];
+  document.querySelectorAll<HTMLElement>('.tokens button').forEach((b) => b.classList.toggle('on', Number(b.dataset.token) === state.token));
+  const fresh = legend(max, 'attention');
+  view.legendSlot.replaceWith(fresh);
+  view.legendSlot = fresh;
+  let offset = 0;
+  D.panels.forEach((p, k) => {
+    const c = view.canvases[k];
+    const g = c.getContext('2d')!;
+    g.globalAlpha = 1;
+    g.drawImage(view.pictures[p.picture], 0, 0, c.width, c.height);
+    for (const tile of p.tiles) {
+      const small = document.createElement('canvas');
+      small.width = small.height = A.g;
+      const sg = small.getContext('2d')!;
+      const img = sg.createImageData(A.g, A.g);
+      for (let i = 0; i < A.g * A.g; i++) {
+        const [r, gg, b] = heat(map[offset + i] / 255);
+        img.data.set([r, gg, b, 255], i * 4);
       }
-      g.globalAlpha = 1;
-      massCells[k].textContent = (100 * D.frameMass[state.token][li][h][k]).toFixed(2) + '%';
-    });
-    const chart = bars;
-    if (chart) {
-      const g = chart.getContext('2d')!;
-      g.clearRect(0, 0, chart.width, chart.height);
-      const masses = D.frameMass[state.token][li][h];
-      const top = Math.max(...masses, 1e-12);
-      const w = chart.width / masses.length;
-      masses.forEach((m, k) => {
-        g.fillStyle = '#c0392b';
-        const hgt = (chart.height - 14) * (m / top);
-        g.fillRect(k * w + 2, chart.height - 14 - hgt, w - 4, hgt);
-        g.fillStyle = '#333';
-        g.font = '10px sans-serif';
-        g.fillText(String(k + 1), k * w + 4, chart.height - 2);
-      });
+      offset += A.g * A.g;
+      sg.putImageData(img, 0, 0);
+      const [x0, y0, x1, y1] = tile.rect;
+      g.imageSmoothingEnabled = state.smooth;
+      g.globalAlpha = state.opacity;
+      g.drawImage(small, x0 * c.width, y0 * c.height, (x1 - x0) * c.width, (y1 - y0) * c.height);
     }
+    g.globalAlpha = 1;
+    view.massCells[k].textContent = (100 * D.frameMass[state.token][li][h][k]).toFixed(2) + '%';
+  });
+  const chart = view.bars;
+  if (chart) {
+    const g = chart.getContext('2d')!;
+    g.clearRect(0, 0, chart.width, chart.height);
+    const masses = D.frameMass[state.token][li][h];
+    const top = Math.max(...masses, 1e-12);
+    const w = chart.width / masses.length;
+    masses.forEach((m, k) => {
+      g.fillStyle = '#c0392b';
+      const hgt = (chart.height - 14) * (m / top);
+      g.fillRect(k * w + 2, chart.height - 14 - hgt, w - 4, hgt);
+      g.fillStyle = '#333';
+      g.font = '10px sans-serif';
+      g.fillText(String(k + 1), k * w + 4, chart.height - 2);
+    });
   }
-  return { section: attnSection, pictures, draw };
 }
 
 /** Temporal attention (PVC): frames x frames per ViT layer; null for a model without it. */
@@ -451,6 +481,10 @@ export const PAGE_FUNCTIONS: readonly ((...args: never[]) => unknown)[] = [
   legend,
   summarySection,
   attentionSection,
+  attentionControls,
+  attentionPanels,
+  frameBars,
+  drawAttention,
   temporalSection,
   lensSection,
   statsSection,
