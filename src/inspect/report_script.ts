@@ -63,11 +63,17 @@ function heat(t: number): number[] {
   return [c(3 * t), c(3 * t - 1), c(3 * t - 2)];
 }
 
-function select(id: string, options: Options, value: number, onchange: (value: string) => void): HTMLSelectElement {
-  const s = el('select', { id, onchange: () => onchange(s.value) });
-  for (const [v, label] of options) s.append(el('option', { value: String(v) }, label));
+/** A labelled <select> of [value, text] options; onchange gets the value chosen. */
+function choice(label: string, id: string, options: Options, value: number, onchange: (value: number) => void): HTMLLabelElement {
+  const s = el('select', { id, onchange: () => onchange(Number(s.value)) });
+  for (const [v, text] of options) s.append(el('option', { value: String(v) }, text));
   s.value = String(value);
-  return s;
+  return el('label', {}, label, s);
+}
+
+/** The head options: the mean of heads (0), then head h as h + 1. */
+function headOptions(heads: number): Options {
+  return [[0, 'mean of heads'], ...Array.from({ length: heads }, (_, h): [number, string] => [h + 1, 'head ' + h])];
 }
 
 function legend(max: number, label: string): HTMLSpanElement {
@@ -169,8 +175,7 @@ function attentionControls(view: AttentionView, redraw: () => void): HTMLElement
       ),
     ),
   );
-  const heads: Options = [[0, 'mean of heads']];
-  if (A.headsKept > 1) for (let h = 0; h < D.model.heads; h++) heads.push([h + 1, 'head ' + h]);
+  const heads = headOptions(A.headsKept > 1 ? D.model.heads : 0);
   return [
     el(
       'div',
@@ -183,29 +188,20 @@ function attentionControls(view: AttentionView, redraw: () => void): HTMLElement
     el(
       'div',
       { class: 'controls' },
-      el(
-        'label',
-        {},
+      choice(
         'LLM layer ',
-        select(
-          'layer',
-          A.layers.map((l) => [l, String(l)]),
-          state.layer,
-          (v) => {
-            state.layer = Number(v);
-            redraw();
-          },
-        ),
-      ),
-      el(
-        'label',
-        {},
-        'head ',
-        select('head', heads, 0, (v) => {
-          state.head = Number(v);
+        'layer',
+        A.layers.map((l) => [l, String(l)]),
+        state.layer,
+        (v) => {
+          state.layer = v;
           redraw();
-        }),
+        },
       ),
+      choice('head ', 'head', heads, 0, (v) => {
+        state.head = v;
+        redraw();
+      }),
       el(
         'label',
         {},
@@ -348,36 +344,25 @@ function temporalSection(D: ReportData): HTMLElement | null {
   const first = D.temporal[0];
   const canvas = el('canvas', { width: 240, height: 240, id: 'temporal' });
   let tLegend = el('span');
-  const heads: Options = [[0, 'mean of heads']];
-  for (let h = 0; h < first.heads; h++) heads.push([h + 1, 'head ' + h]);
   const info = el('div', { class: 'muted' });
   sec.append(
     el(
       'div',
       { class: 'controls' },
-      el(
-        'label',
-        {},
+      choice(
         'ViT layer ',
-        select(
-          'temporal-layer',
-          D.temporal.map((t, i) => [i, String(t.layer)]),
-          0,
-          (v) => {
-            T.layer = Number(v);
-            drawTemporal();
-          },
-        ),
-      ),
-      el(
-        'label',
-        {},
-        'head ',
-        select('temporal-head', heads, 0, (v) => {
-          T.head = Number(v);
+        'temporal-layer',
+        D.temporal.map((t, i) => [i, String(t.layer)]),
+        0,
+        (v) => {
+          T.layer = v;
           drawTemporal();
-        }),
+        },
       ),
+      choice('head ', 'temporal-head', headOptions(first.heads), 0, (v) => {
+        T.head = v;
+        drawTemporal();
+      }),
       tLegend,
     ),
     info,
@@ -477,7 +462,8 @@ export const PAGE_FUNCTIONS: readonly ((...args: never[]) => unknown)[] = [
   fmt,
   show,
   heat,
-  select,
+  choice,
+  headOptions,
   legend,
   summarySection,
   attentionSection,
