@@ -107,7 +107,8 @@ export function parseOptions<S extends Spec>(argv: string[], spec: S, settings: 
     Object.entries(spec).map(([key, o]) => [optionName(key).slice(2), o.short === undefined ? { type: o.type } : { type: o.type, short: o.short }]),
   );
   const { tokens } = parseArgs({ args: argv, options, strict: false, allowPositionals: true, tokens: true });
-  const keys = new Map(Object.keys(spec).map((key) => [optionName(key), key] as const));
+  // What each name on the command line stands for: --max-new-tokens, and -h where declared.
+  const keys = new Map(Object.entries(spec).flatMap(([key, o]) => [[optionName(key), key] as const, ...(o.short ? [[`-${o.short}`, key] as const] : [])]));
   const values = Object.fromEntries(Object.entries(spec).map(([key, o]) => [key, Array.isArray(o.fallback) ? [...o.fallback] : o.fallback]));
   const given = new Set<string>();
   const positionals: string[] = [];
@@ -128,9 +129,9 @@ export function parseOptions<S extends Spec>(argv: string[], spec: S, settings: 
       if (greedy !== null) add(greedy, optionName(greedy), t.value);
       else positionals.push(t.value);
     } else {
-      const name = `--${t.name}`;
-      const key = keys.get(name);
+      const key = keys.get(t.rawName);
       if (key === undefined) throw new Error(`unknown option ${t.rawName}`);
+      const name = optionName(key);
       const o = spec[key];
       if (given.has(key) && !o.multiple) throw new Error(`${name} was given more than once${o.type === 'string' ? ' (it takes one value)' : ''}`);
       given.add(key);
