@@ -2,6 +2,7 @@
 // pvc-convert <hf-dir> --audit
 import * as fs from 'fs';
 import { SafetensorsCheckpoint } from '../src/io/safetensors';
+import { flag, number, oneOf, Parsed, parseOptions, value, Values } from '../src/cli/args';
 import { auditCheckpoint, auditProblems, convertCheckpoint, formatAudit, formatBytes, Progress, StorageDType } from './convert';
 
 const USAGE = `usage: pvc-convert <hf-dir> <out-dir> [--dtype float32|float16] [--shard-size BYTES] [--overwrite]
@@ -14,45 +15,29 @@ Converts a HuggingFace InternVL2 / PVC-InternVL2 checkpoint directory into pvc-t
   --overwrite    replace <out-dir> if it exists
   --audit        print the tensor inventory (known / unknown / missing, bytes by dtype) and write nothing`;
 
-interface Args {
-  hfDir: string;
-  outDir?: string;
-  dtype: StorageDType;
-  shardSize?: number;
-  overwrite: boolean;
-  audit: boolean;
-}
+const CONVERT_OPTIONS = {
+  dtype: value(oneOf<StorageDType>(['float32', 'float16']), 'float32'),
+  shardSize: value(number({ integer: true, min: 1 })),
+  overwrite: flag(),
+  audit: flag(),
+  help: flag('h'),
+};
 
-function parseArgs(argv: string[]): Args {
-  const positional: string[] = [];
-  const args: Args = { hfDir: '', dtype: 'float32', overwrite: false, audit: false };
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    const value = () => {
-      if (i + 1 >= argv.length) throw new Error(`${a} needs a value\n${USAGE}`);
-      return argv[++i];
-    };
-    if (a === '--help' || a === '-h') {
-      process.stdout.write(USAGE + '\n');
-      process.exit(0);
-    } else if (a === '--dtype') {
-      const d = value();
-      if (d !== 'float32' && d !== 'float16') throw new Error(`--dtype ${d}: expected float32 or float16`);
-      args.dtype = d;
-    } else if (a === '--shard-size') {
-      const s = value();
-      const n = Number(s);
-      if (!Number.isSafeInteger(n) || n <= 0) throw new Error(`--shard-size ${s}: expected a positive number of bytes`);
-      args.shardSize = n;
-    } else if (a === '--overwrite') args.overwrite = true;
-    else if (a === '--audit') args.audit = true;
-    else if (a.startsWith('-')) throw new Error(`unknown option ${a}\n${USAGE}`);
-    else positional.push(a);
+type Args = Values<typeof CONVERT_OPTIONS> & { hfDir: string; outDir?: string };
+
+function parseConvertArgs(argv: string[]): Args {
+  let parsed: Parsed<typeof CONVERT_OPTIONS>;
+  try {
+    parsed = parseOptions(argv, CONVERT_OPTIONS, { positionals: true });
+  } catch (e) {
+    throw new Error(`${(e as Error).message}\n${USAGE}`, { cause: e });
   }
-  if (positional.length < 1 || positional.length > 2 || (!args.audit && positional.length !== 2)) throw new Error(USAGE);
-  [args.hfDir, args.outDir] = positional;
-  if (!fs.existsSync(args.hfDir) || !fs.statSync(args.hfDir).isDirectory()) throw new Error(`${args.hfDir}: no such directory`);
-  return args;
+  const { values, positionals } = parsed;
+  if (values.help) return { ...values, hfDir: '' };
+  if (positionals.length < 1 || positionals.length > 2 || (!values.audit && positionals.length !== 2)) throw new Error(USAGE);
+  const [hfDir, outDir] = positionals;
+  if (!fs.existsSync(hfDir) || !fs.statSync(hfDir).isDirectory()) throw new Error(`${hfDir}: no such directory`);
+  return { ...values, hfDir, outDir };
 }
 
 function progressPrinter(): (p: Progress) => void {
@@ -75,10 +60,14 @@ function progressPrinter(): (p: Progress) => void {
 export function main(argv = process.argv.slice(2)): number {
   let args: Args;
   try {
-    args = parseArgs(argv);
+    args = parseConvertArgs(argv);
   } catch (e) {
     process.stderr.write(`pvc-convert: ${(e as Error).message}\n`);
     return 2;
+  }
+  if (args.help) {
+    process.stdout.write(USAGE + '\n');
+    return 0;
   }
   try {
     if (args.audit) {

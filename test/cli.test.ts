@@ -110,6 +110,40 @@ test('usage errors exit 2 and say what is wrong', async () => {
   expect(output.stderr()).toMatch(/unknown command 'frobnicate'/);
 });
 
+test('every command checks its options as it parses them: unknown, repeated and bad values are errors naming the option', async () => {
+  const html = path.join(out, 'never.html');
+  const cases: [string[], RegExp][] = [
+    [['chat', '--model', dir, '--bogus', 'q'], /^pvc chat: unknown option --bogus$/m],
+    [['inspect', '--model', dir, '--html', html, '-x', 'q'], /^pvc inspect: unknown option -x$/m],
+    [['serve', '--model', dir, '--bogus'], /^pvc serve: unknown option --bogus$/m],
+    // One image for inspect (chat takes several), one model, one switch.
+    [
+      ['inspect', '--model', dir, '--image', IMAGE, '--image', IMAGE, '--html', html, 'q'],
+      /^pvc inspect: --image was given more than once \(it takes one value\)$/m,
+    ],
+    [['chat', '--model', dir, '--model', dir, 'q'], /^pvc chat: --model was given more than once/m],
+    [['chat', '--model', dir, '--json', '--json', 'q'], /^pvc chat: --json was given more than once$/m],
+    [['serve', '--model', dir, '--port', '1', '--port', '2'], /^pvc serve: --port was given more than once/m],
+    // Numbers are numbers, in range.
+    [['chat', '--model', dir, '--max-new-tokens', 'ten', 'q'], /^pvc chat: --max-new-tokens expects an integer >= 0, not ten$/m],
+    [['chat', '--model', dir, '--sample', '--top-p', '1.5', 'q'], /^pvc chat: --top-p expects a number in \(0, 1\], not 1\.5$/m],
+    [['chat', '--model', dir, '--num-beams=0', 'q'], /^pvc chat: --num-beams expects an integer from 1 to 64, not 0$/m],
+    [['inspect', '--model', dir, '--video', IMAGE, '--frames', '2.5', '--html', html, 'q'], /^pvc inspect: --frames expects an integer >= 1, not 2\.5$/m],
+    [['serve', '--model', dir, '--port', '70000'], /^pvc serve: --port expects an integer from 0 to 65535, not 70000$/m],
+    [['serve', '--model', dir, '--max-queue', '-1'], /^pvc serve: --max-queue expects an integer >= 0, not -1$/m],
+    // Words in their set, values present.
+    [['chat', '--model', dir, '--backend', 'gpu', 'q'], /^pvc chat: --backend expects tensorflow, wasm, cpu or webgpu, not gpu$/m],
+    [['chat', '--model', '--image', IMAGE, 'q'], /^pvc chat: --model needs a value$/m],
+    [['chat', '--model', dir, '--image=', 'q'], /^pvc chat: --image needs a non-empty value$/m],
+    [['doctor', '--json=yes'], /^pvc doctor: --json takes no value$/m],
+  ];
+  for (const [argv, message] of cases) {
+    expect([argv, await main(argv)]).toEqual([argv, 2]);
+    expect(output.stderr()).toMatch(message);
+  }
+  expect(fs.existsSync(html)).toBe(false);
+});
+
 test("--max-pixels: Pillow's decompression-bomb limit, a warning above it and an error above twice it", async () => {
   expect(await main(['chat', '--model', dir, '--image', IMAGE, '--max-pixels', '300000', '--backend', 'wasm', 'q'])).toBe(1);
   expect(output.stderr()).toMatch(/odd-1000x747-max6\.jpg: image size 1000x747 \(747000 pixels\) exceeds the limit of 600000 pixels .*--max-pixels/);

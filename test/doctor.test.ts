@@ -68,7 +68,11 @@ test('a backend that computes wrong fails the self-check (exit 1)', async () => 
 
 test('usage errors exit 2 and say what is wrong', async () => {
   expect(await main(['doctor', '--backend', 'gpu'])).toBe(2);
-  expect(output.stderr()).toMatch(/pvc doctor: --backend expects one of tensorflow, wasm, cpu, webgpu/);
+  expect(output.stderr()).toMatch(/pvc doctor: --backend expects tensorflow, wasm, cpu or webgpu, not gpu/);
   expect(await main(['doctor', '--verbose'])).toBe(2);
-  expect(output.stderr()).toMatch(/pvc doctor: unknown argument '--verbose'/);
+  expect(output.stderr()).toMatch(/pvc doctor: unknown option --verbose/);
+  expect(await main(['doctor', '--backend', 'wasm', '--backend', 'cpu'])).toBe(2);
+  expect(output.stderr()).toMatch(/pvc doctor: --backend was given more than once/);
+  expect(await main(['doctor', 'wasm'])).toBe(2);
+  expect(output.stderr()).toMatch(/pvc doctor: unexpected argument 'wasm'/);
 });

@@ -23,6 +23,7 @@ import { Weights } from '../io/weights';
 import { kernelsFor } from '../model/kernels';
 import { VisionLanguageModel } from '../model/vlm';
 import { findWebGPUAdapter, formatAdapter } from '../webgpu';
+import { flag, oneOf, parseOptions, value, Values } from './args';
 import doctorModel from './doctor-model.json';
 
 /** The parity tolerance of the test suites: max |a - b| <= 1e-4 * max |ref|. */
@@ -61,19 +62,7 @@ export interface DoctorReport {
 
 const USAGE = 'usage: pvc doctor [--backend tensorflow|wasm|cpu|webgpu] [--json]';
 
-function parseArgs(argv: string[]): { backend?: BackendName; json: boolean } {
-  const out: { backend?: BackendName; json: boolean } = { json: false };
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    if (a === '--json') out.json = true;
-    else if (a === '--backend') {
-      const v = argv[++i];
-      if (v === undefined || !(BACKEND_NAMES as readonly string[]).includes(v)) throw new Error(`--backend expects one of ${BACKEND_NAMES.join(', ')}`);
-      out.backend = v as BackendName;
-    } else throw new Error(`unknown argument '${a}'`);
-  }
-  return out;
-}
+const DOCTOR_OPTIONS = { backend: value(oneOf(BACKEND_NAMES)), json: flag() };
 
 /** A deterministic uniform generator (mulberry32): the same weights and inputs on every backend. */
 function uniform(seed: number): (n: number, scale: number, offset?: number) => Float32Array {
@@ -331,9 +320,9 @@ export function formatReport(r: DoctorReport): string {
 
 /** `pvc doctor [--backend B] [--json]`: returns the exit code. */
 export async function doctorCommand(argv: string[]): Promise<number> {
-  let args: ReturnType<typeof parseArgs>;
+  let args: Values<typeof DOCTOR_OPTIONS>;
   try {
-    args = parseArgs(argv);
+    args = parseOptions(argv, DOCTOR_OPTIONS).values;
   } catch (e) {
     process.stderr.write(`pvc doctor: ${(e as Error).message}\n${USAGE}\n`);
     return 2;

@@ -6,7 +6,7 @@
 import * as tf from '@tensorflow/tfjs';
 import * as fs from 'fs';
 import * as path from 'path';
-import { BackendName } from '../backend';
+import { BACKEND_NAMES } from '../backend';
 import { GenerationOptions } from '../chat/chat';
 import { withImagePlaceholders } from '../chat/prompt';
 import { imageAttentionMap, renderHeatmap } from '../inspect/heatmap';
@@ -17,6 +17,7 @@ import { PVCModel } from '../pvc_model';
 import { loadImage } from '../preprocess/image';
 import { loadVideo } from '../preprocess/video';
 import { decodeAnswer } from '../tokenizer';
+import { flag, list, number, oneOf, optionName, orNone, parseOptions, text, value, Values } from './args';
 import { doctorCommand } from './doctor';
 import { serveCommand } from '../server/command';
 
@@ -45,135 +46,56 @@ over the image, the image's size) and with --logit-lens DIR/logit-lens.json (top
 logit lens, PVC temporal attention, tap statistics); it records the taps it needs.
 Tap patterns: vision.layers.*.out, llm.layers.{0..3}.attn.probs, projector.out, llm.logits, ...`;
 
-interface ChatArgs {
-  model: string;
-  images: string[];
-  video?: string;
-  frames: number;
-  maxNewTokens: number;
-  maxTiles?: number;
-  maxPixels?: number | null;
-  sample: boolean;
-  temperature?: number;
-  topP?: number;
-  topK?: number;
-  seed?: number;
-  numBeams?: number;
-  lengthPenalty?: number;
-  earlyStopping?: boolean | 'never';
-  stop: string[];
-  backend?: BackendName;
-  json: boolean;
-  question: string;
-}
+/** Counts: tokens, tiles, frames, pixels. */
+const COUNT = number({ integer: true, min: 0 });
+const POSITIVE = number({ integer: true, min: 1 });
 
-/** Walks the arguments: each flag, the value after it, and a look at what comes next. */
-class ArgReader {
-  private i = -1;
-  constructor(private readonly argv: string[]) {}
+/** The options pvc chat and pvc inspect share. */
+const MODEL_OPTIONS = {
+  model: value(text),
+  video: value(text),
+  maxPixels: value(orNone(POSITIVE)),
+  backend: value(oneOf(BACKEND_NAMES)),
+};
 
-  next(): string | undefined {
-    return this.argv[++this.i];
-  }
+const earlyStopping = (s: string) => {
+  const v = oneOf(['true', 'false', 'never'])(s);
+  return v === 'never' ? v : v === 'true';
+};
 
-  peek(): string | undefined {
-    return this.argv[this.i + 1];
-  }
+const CHAT_OPTIONS = {
+  ...MODEL_OPTIONS,
+  image: list(text),
+  frames: value(POSITIVE, 32),
+  maxNewTokens: value(COUNT, 512),
+  maxTiles: value(POSITIVE),
+  sample: flag(),
+  temperature: value(number({ above: 0 })),
+  topP: value(number({ above: 0, max: 1 })),
+  topK: value(COUNT),
+  seed: value(number({ integer: true })),
+  numBeams: value(number({ integer: true, min: 1, max: 64 })),
+  lengthPenalty: value(number()),
+  earlyStopping: value(earlyStopping),
+  stop: list(text),
+  json: flag(),
+};
 
-  value(flag: string): string {
-    if (this.i + 1 >= this.argv.length) throw new Error(`${flag} needs a value`);
-    return this.argv[++this.i];
-  }
-
-  number(flag: string): number {
-    const v = Number(this.value(flag));
-    if (!Number.isFinite(v)) throw new Error(`${flag} expects a number`);
-    return v;
-  }
-}
+type ChatArgs = Omit<Values<typeof CHAT_OPTIONS>, 'image'> & { model: string; images: string[]; question: string };
 
 function parseChatArgs(argv: string[]): ChatArgs {
-  const a: Partial<ChatArgs> & { images: string[] } = { images: [], frames: 32, maxNewTokens: 512, sample: false, json: false, stop: [] };
-  const rest: string[] = [];
-  const args = new ArgReader(argv);
-  for (let flag = args.next(); flag !== undefined; flag = args.next()) {
-    const value = () => args.value(flag!);
-    const number = (name: string) => args.number(name);
-    switch (flag) {
-      case '--model':
-        a.model = value();
-        break;
-      case '--image':
-        a.images.push(value());
-        break;
-      case '--video':
-        a.video = value();
-        break;
-      case '--frames':
-        a.frames = number(flag);
-        break;
-      case '--max-new-tokens':
-        a.maxNewTokens = number(flag);
-        break;
-      case '--max-tiles':
-        a.maxTiles = number(flag);
-        break;
-      case '--max-pixels':
-        a.maxPixels = args.peek() === 'none' ? (args.next(), null) : number(flag);
-        break;
-      case '--sample':
-        a.sample = true;
-        break;
-      case '--temperature':
-        a.temperature = number(flag);
-        break;
-      case '--top-p':
-        a.topP = number(flag);
-        break;
-      case '--top-k':
-        a.topK = number(flag);
-        break;
-      case '--seed':
-        a.seed = number(flag);
-        break;
-      case '--num-beams':
-        a.numBeams = number(flag);
-        break;
-      case '--length-penalty':
-        a.lengthPenalty = number(flag);
-        break;
-      case '--early-stopping': {
-        const v = value();
-        if (v !== 'true' && v !== 'false' && v !== 'never') throw new Error(`--early-stopping expects true, false or never, not ${v}`);
-        a.earlyStopping = v === 'never' ? v : v === 'true';
-        break;
-      }
-      case '--stop':
-        a.stop!.push(value());
-        break;
-      case '--backend':
-        a.backend = value() as BackendName;
-        break;
-      case '--json':
-        a.json = true;
-        break;
-      default:
-        if (flag.startsWith('--')) throw new Error(`unknown option ${flag}`);
-        rest.push(flag);
-    }
-  }
-  if (!a.model) throw new Error('--model DIR is required');
+  const { values, positionals: rest, given } = parseOptions(argv, CHAT_OPTIONS, { positionals: true });
+  const { image: images, model, ...a } = values;
+  if (!model) throw new Error('--model DIR is required');
   if (rest.length !== 1) throw new Error(`expected one question, got ${rest.length} argument(s)`);
-  if (a.video && a.images.length > 0) throw new Error('give --image or --video, not both');
-  if (argv.includes('--frames') && !a.video) throw new Error('--frames applies to --video (an image is tiled, not sampled)');
+  if (a.video && images.length > 0) throw new Error('give --image or --video, not both');
+  if (given.has('frames') && !a.video) throw new Error('--frames applies to --video (an image is tiled, not sampled)');
   if (!a.sample) {
     // As transformers warns: these only shape sampling, and greedy decoding ignores them.
-    const ignored = (['temperature', 'topP', 'topK'] as const)
-      .filter((k) => a[k] !== undefined)
-      .map((k) => `--${k.replace(/[A-Z]/, (c) => `-${c.toLowerCase()}`)}`);
+    const ignored = (['temperature', 'topP', 'topK'] as const).filter((k) => a[k] !== undefined).map(optionName);
     if (ignored.length) process.stderr.write(`pvc chat: ${ignored.join(', ')} only apply with --sample; decoding greedily\n`);
   }
-  return { ...(a as ChatArgs), question: rest[0] };
+  return { ...a, model, images, question: rest[0] };
 }
 
 async function chat(args: ChatArgs): Promise<void> {
@@ -254,78 +176,31 @@ async function chat(args: ChatArgs): Promise<void> {
   }
 }
 
-interface InspectArgs {
-  model: string;
-  image?: string;
-  video?: string;
-  frames: number;
-  taps: string[];
-  out?: string;
-  html?: string;
-  heatmap: boolean;
-  logitLens: boolean;
-  maxNewTokens: number;
-  maxPixels?: number | null;
-  backend?: BackendName;
-  question: string;
-}
+const INSPECT_OPTIONS = {
+  ...MODEL_OPTIONS,
+  image: value(text),
+  frames: value(POSITIVE, 8),
+  taps: list(text, { greedy: true }),
+  out: value(text),
+  html: value(text),
+  heatmap: flag(),
+  logitLens: flag(),
+  maxNewTokens: value(COUNT, 8),
+};
+
+type InspectArgs = Values<typeof INSPECT_OPTIONS> & { model: string; question: string };
 
 function parseInspectArgs(argv: string[]): InspectArgs {
-  const a: Partial<InspectArgs> & { taps: string[] } = { taps: [], frames: 8, heatmap: false, logitLens: false, maxNewTokens: 8 };
-  const rest: string[] = [];
-  const args = new ArgReader(argv);
-  for (let flag = args.next(); flag !== undefined; flag = args.next()) {
-    const value = () => args.value(flag!);
-    switch (flag) {
-      case '--model':
-        a.model = value();
-        break;
-      case '--image':
-        a.image = value();
-        break;
-      case '--video':
-        a.video = value();
-        break;
-      case '--frames':
-        a.frames = args.number(flag);
-        break;
-      case '--out':
-        a.out = value();
-        break;
-      case '--html':
-        a.html = value();
-        break;
-      case '--heatmap':
-        a.heatmap = true;
-        break;
-      case '--logit-lens':
-        a.logitLens = true;
-        break;
-      case '--max-new-tokens':
-        a.maxNewTokens = args.number(flag);
-        break;
-      case '--max-pixels':
-        a.maxPixels = args.peek() === 'none' ? (args.next(), null) : args.number(flag);
-        break;
-      case '--backend':
-        a.backend = value() as BackendName;
-        break;
-      case '--taps':
-        for (let next = args.peek(); next !== undefined && !next.startsWith('--'); next = args.peek()) a.taps.push(args.next()!);
-        break;
-      default:
-        if (flag.startsWith('--')) throw new Error(`unknown option ${flag}`);
-        rest.push(flag);
-    }
-  }
-  if (!a.model) throw new Error('--model DIR is required');
+  const { values, positionals: rest } = parseOptions(argv, INSPECT_OPTIONS, { positionals: true });
+  const { model, ...a } = values;
+  if (!model) throw new Error('--model DIR is required');
   if (!a.out && !a.html) throw new Error('--out DIR or --html FILE is required');
   if (a.image && a.video) throw new Error('give --image or --video, not both');
   // The question is the last positional argument (it may follow the tap patterns).
   if (rest.length === 0 && a.taps.length > 0) rest.push(a.taps.pop()!);
   if (rest.length !== 1) throw new Error(`expected one question, got ${rest.length} argument(s)`);
   if (a.heatmap && !a.image) throw new Error('--heatmap needs --image');
-  return { ...(a as InspectArgs), question: rest[0] };
+  return { ...a, model, question: rest[0] };
 }
 
 async function inspect(args: InspectArgs): Promise<void> {

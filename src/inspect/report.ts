@@ -1,7 +1,7 @@
 // The inspection report: ONE self-contained HTML file (no network, no external script; data inlined)
 // to look at an inspection: the attention of each generated token over the input images or video
 // frames by LLM layer and head, the logit lens, PVC's temporal attention across frames, and statistics
-// of every recorded tap. The page (src/inspect/report_page.ts) draws on canvases from the data here.
+// of every recorded tap. The page (src/inspect/report_page.ts) draws on canvases from the data built here.
 import * as tf from '@tensorflow/tfjs';
 import sharp from 'sharp';
 import { yieldToEventLoop } from '../event_loop';
@@ -12,7 +12,8 @@ import { RGBImage } from '../preprocess/resample';
 import { PVCTokenizer } from '../tokenizer';
 import type { Inspection, TapArray } from './inspect';
 import { logitLens, summarizeValues, TensorSummary } from './lens';
-import { REPORT_PAGE_SCRIPT, REPORT_PAGE_STYLE } from './report_page';
+import type { Panel, Picture, ReportAttention, ReportData, ReportLens, ReportTemporal, Tile } from './report_data';
+import { reportPageHTML } from './report_page';
 
 /** What the prompt's pixels were: the report draws them and lays the visual tokens out on them. */
 export interface ReportInputs {
@@ -41,6 +42,7 @@ export interface ReportOptions {
 export const REPORT_MAX_BYTES = 16 * 1024 * 1024;
 
 type Value = tf.Tensor | TapArray;
+type Pass = Record<string, Value>;
 
 /** The values of a tap (a tensor is read synchronously: call this on backends that can). */
 function dataOf(v: Value): Float32Array {
@@ -57,29 +59,6 @@ function lastQueryRows(v: Value): Float32Array[] {
     row.dispose();
   }
   return Array.from({ length: H }, (_, h) => (data ? data.subarray(h * K, (h + 1) * K) : (v as TapArray).data.subarray((h * Q + Q - 1) * K, (h * Q + Q) * K)));
-}
-
-/** One tile of a panel: where it sits on the picture (fractions) and its visual tokens (g x g per frame). */
-interface Tile {
-  rect: [number, number, number, number];
-  /** Index of the tile's first visual token among all visual tokens of the prompt. */
-  first: number;
-  g: number;
-  frames: number;
-}
-
-interface Picture {
-  url: string;
-  width: number;
-  height: number;
-}
-
-/** A picture the attention is drawn over: an image, its thumbnail, or a video frame. */
-interface Panel {
-  label: string;
-  picture: number;
-  tiles: Tile[];
-  tokens: number;
 }
 
 /** 8-bit RGB, shrunk to fit maxSide, as a JPEG data URL. */
@@ -173,165 +152,140 @@ function base64Floats(f: Float32Array): string {
   return Buffer.from(f.buffer, f.byteOffset, f.byteLength).toString('base64');
 }
 
-/** JSON for a <script type="application/json"> block: '<' escaped so no string can close the script. */
-function scriptJSON(value: unknown): string {
-  return JSON.stringify(value)
-    .replace(/</g, '\\u003c')
-    .replace(/\u2028/g, '\\u2028')
-    .replace(/\u2029/g, '\\u2029');
+/** The inspection as the report's parts read it. */
+interface Source {
+  model: VisionLanguageModel;
+  tokenizer: PVCTokenizer;
+  inspection: Inspection<tf.Tensor> | Inspection<TapArray>;
+  /** The prompt pass's taps, and each generation pass's. */
+  taps: Pass;
+  steps: Pass[];
+  /** The generated tokens shown: the first maxTokens. */
+  generated: number[];
+  signal?: AbortSignal;
 }
 
-function escapeHTML(text: string): string {
-  return text.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
-}
+const tokenText = (src: Source, id: number) => src.tokenizer.idToToken(id) ?? `<${id}>`;
+const layerOf = (name: string, re: RegExp) => Number(re.exec(name)?.[1] ?? NaN);
+const layersOf = (taps: Pass, re: RegExp) =>
+  Object.keys(taps)
+    .filter((n) => re.test(n))
+    .map((n) => layerOf(n, re))
+    .sort((a, b) => a - b);
+/** Generated token j was predicted by the prompt pass's last position (j = 0) or by generation pass j - 1. */
+const passOf = (src: Source, j: number): Pass | undefined => (j === 0 ? src.taps : src.steps[j - 1]);
 
-/**
- * The report of an inspection as one HTML string. The inspection needs `llm.layers.*.attn.probs` for
- * the attention view, `llm.layers.*.out` for the logit lens and (PVC) `vision.layers.*.temporal.probs`
- * for the temporal view; sections without their taps say which taps they need. Call before disposing
- * the inspection.
- */
-export async function renderInspectionHTML(
-  model: VisionLanguageModel,
-  tokenizer: PVCTokenizer,
-  inspection: Inspection<tf.Tensor> | Inspection<TapArray>,
-  inputs: ReportInputs = {},
-  options: ReportOptions = {},
-): Promise<string> {
-  const maxBytes = options.maxBytes ?? REPORT_MAX_BYTES;
-  const topK = options.topK ?? 5;
-  const taps = inspection.taps as Record<string, Value>;
-  const steps = inspection.steps as Record<string, Value>[];
-  const token = (id: number) => tokenizer.idToToken(id) ?? `<${id}>`;
-  const notes: string[] = [];
-  const layerOf = (name: string, re: RegExp) => Number(re.exec(name)?.[1] ?? NaN);
-
-  // Statistics of every recorded tap (generation step k as "step{k}.NAME").
-  // Each tap, lens column and token's maps is one step: the event loop gets a turn between them.
+/** Statistics of every recorded tap (generation step k as "step{k}.NAME"), one tap per event-loop turn. */
+async function tapStatistics(src: Source): Promise<TensorSummary[]> {
   const stats: TensorSummary[] = [];
-  for (const [name, v] of [...Object.entries(taps), ...steps.flatMap((s, k) => Object.entries(s).map(([n, t]) => [`step${k}.${n}`, t] as const))]) {
+  const steps = src.steps.flatMap((s, k) => Object.entries(s).map(([n, t]) => [`step${k}.${n}`, t] as const));
+  for (const [name, v] of [...Object.entries(src.taps), ...steps]) {
     stats.push(summarizeValues(name, v.shape, dataOf(v)));
-    await yieldToEventLoop(options.signal);
+    await yieldToEventLoop(src.signal);
   }
+  return stats;
+}
 
-  // Generated token j was predicted by the prompt pass's last position (j = 0) or by generation pass j - 1.
-  const maxTokens = options.maxTokens ?? 32;
-  const generated = inspection.outputIds.slice(0, maxTokens);
-  if (inspection.outputIds.length > generated.length)
-    notes.push(`only the first ${generated.length} of ${inspection.outputIds.length} generated tokens are shown`);
-  const passOf = (j: number): Record<string, Value> | undefined => (j === 0 ? taps : steps[j - 1]);
-
-  // Logit lens: layers x positions (the last prompt positions, then each generated token's predictor).
-  const lensRe = /^llm\.layers\.(\d+)\.out$/;
-  const lensLayers = Object.keys(taps)
-    .filter((n) => lensRe.test(n))
-    .map((n) => layerOf(n, lensRe))
-    .sort((a, b) => a - b);
-  const lens: { columns: { label: string; input: string; next: string | null; cells: { top: [string, number][]; hit: boolean }[] }[]; layers: number[] } = {
-    columns: [],
-    layers: lensLayers,
+/** One logit-lens column: the top tokens of each layer's state at one position of one pass. */
+async function lensColumn(src: Source, layers: number[], topK: number, pass: Pass, position: number, label: string, input: number, next: number | undefined) {
+  const states = new Map<number, tf.Tensor>();
+  for (const layer of layers) {
+    const v = pass[`llm.layers.${layer}.out`];
+    if (v) states.set(layer, v instanceof tf.Tensor ? v : tf.tensor(v.data, v.shape));
+  }
+  const rows = logitLens(src.model.llm, src.tokenizer, states, topK, position);
+  for (const [layer, t] of states) if (!(pass[`llm.layers.${layer}.out`] instanceof tf.Tensor)) t.dispose();
+  await yieldToEventLoop(src.signal);
+  return {
+    label,
+    input: tokenText(src, input),
+    next: next === undefined ? null : tokenText(src, next),
+    cells: rows.map((r) => ({ top: r.top.map((t) => [t.token, t.prob] as [string, number]), hit: next !== undefined && r.top[0]?.id === next })),
   };
-  if (lensLayers.length > 0) {
-    const L = inspection.inputIds.length;
-    const promptPositions = Math.min(options.lensPromptPositions ?? 4, L);
-    const columnOf = async (pass: Record<string, Value>, position: number, label: string, input: number, next: number | undefined) => {
-      const states = new Map<number, tf.Tensor>();
-      for (const layer of lensLayers) {
-        const v = pass[`llm.layers.${layer}.out`];
-        if (v) states.set(layer, v instanceof tf.Tensor ? v : tf.tensor(v.data, v.shape));
-      }
-      const rows = logitLens(model.llm, tokenizer, states, topK, position);
-      for (const [layer, t] of states) if (!(pass[`llm.layers.${layer}.out`] instanceof tf.Tensor)) t.dispose();
-      await yieldToEventLoop(options.signal);
-      lens.columns.push({
-        label,
-        input: token(input),
-        next: next === undefined ? null : token(next),
-        cells: rows.map((r) => ({ top: r.top.map((t) => [t.token, t.prob] as [string, number]), hit: next !== undefined && r.top[0]?.id === next })),
-      });
-    };
-    for (let p = L - promptPositions; p < L; p++) {
-      const next = p + 1 < L ? inspection.inputIds[p + 1] : generated[0];
-      await columnOf(taps, p, p === L - 1 ? `prompt ${p} (last)` : `prompt ${p}`, inspection.inputIds[p], next);
-    }
-    for (let j = 1; j < generated.length; j++) {
-      if (steps[j - 1]?.[`llm.layers.${lensLayers[0]}.out`]) await columnOf(steps[j - 1], -1, `gen ${j - 1}`, generated[j - 1], generated[j]);
-    }
-  }
+}
 
-  // Temporal attention (PVC): per ViT layer, mean over sequences and tokens: [heads + mean][F][F].
+/** Logit lens: layers x positions (the last prompt positions, then each generated token's predictor). */
+async function lensGrid(src: Source, lensPromptPositions: number, topK: number): Promise<ReportLens> {
+  const lens: ReportLens = { columns: [], layers: layersOf(src.taps, /^llm\.layers\.(\d+)\.out$/) };
+  if (lens.layers.length === 0) return lens;
+  const { inputIds } = src.inspection;
+  const { generated, taps, steps } = src;
+  const L = inputIds.length;
+  for (let p = L - Math.min(lensPromptPositions, L); p < L; p++) {
+    const next = p + 1 < L ? inputIds[p + 1] : generated[0];
+    lens.columns.push(await lensColumn(src, lens.layers, topK, taps, p, p === L - 1 ? `prompt ${p} (last)` : `prompt ${p}`, inputIds[p], next));
+  }
+  for (let j = 1; j < generated.length; j++) {
+    if (steps[j - 1]?.[`llm.layers.${lens.layers[0]}.out`])
+      lens.columns.push(await lensColumn(src, lens.layers, topK, steps[j - 1], -1, `gen ${j - 1}`, generated[j - 1], generated[j]));
+  }
+  return lens;
+}
+
+/** Temporal attention (PVC): per ViT layer, mean over sequences and tokens: [heads + mean][F][F]. */
+function temporalAttention(taps: Pass): ReportTemporal[] {
   const temporalRe = /^vision\.layers\.(\d+)\.temporal\.probs$/;
-  const temporal = Object.keys(taps)
-    .filter((n) => temporalRe.test(n))
-    .sort((a, b) => layerOf(a, temporalRe) - layerOf(b, temporalRe))
-    .map((name) => {
-      const [S, T, H, F] = taps[name].shape;
-      const data = dataOf(taps[name]);
-      const maps = Array.from({ length: H + 1 }, () => new Float32Array(F * F));
-      for (let s = 0; s < S; s++)
-        for (let t = 0; t < T; t++)
-          for (let h = 0; h < H; h++) {
-            const base = ((s * T + t) * H + h) * F * F;
-            for (let i = 0; i < F * F; i++) {
-              const v = data[base + i] / (S * T);
-              maps[h + 1][i] += v;
-              maps[0][i] += v / H;
-            }
+  return layersOf(taps, temporalRe).map((layer) => {
+    const tap = taps[`vision.layers.${layer}.temporal.probs`];
+    const [S, T, H, F] = tap.shape;
+    const data = dataOf(tap);
+    const maps = Array.from({ length: H + 1 }, () => new Float32Array(F * F));
+    for (let s = 0; s < S; s++)
+      for (let t = 0; t < T; t++)
+        for (let h = 0; h < H; h++) {
+          const base = ((s * T + t) * H + h) * F * F;
+          for (let i = 0; i < F * F; i++) {
+            const v = data[base + i] / (S * T);
+            maps[h + 1][i] += v;
+            maps[0][i] += v / H;
           }
-      return {
-        layer: layerOf(name, temporalRe),
-        frames: F,
-        heads: H,
-        sequences: S,
-        tokens: T,
-        maps: maps.map((m) => Array.from(m, (x) => Number(x.toPrecision(4)))),
-      };
+        }
+    return { layer, frames: F, heads: H, sequences: S, tokens: T, maps: maps.map((m) => Array.from(m, (x) => Number(x.toPrecision(4)))) };
+  });
+}
+
+/** The attention rows of the generated tokens over the visual tokens, by LLM layer and head. */
+interface AttentionRows {
+  layers: number[];
+  /** The generated tokens whose predicting pass recorded every attention layer (the leading ones). */
+  tokens: number;
+  /** [j][layer][0 = mean of heads, 1 + h = head h]: attention mass per visual token. */
+  maps: Float32Array[][][];
+  /** [j][layer][head][panel]: the attention mass on each panel's tokens. */
+  frameMass: number[][][][];
+}
+
+async function attentionRows(src: Source, panels: Panel[]): Promise<AttentionRows> {
+  const layers = layersOf(src.taps, /^llm\.layers\.(\d+)\.attn\.probs$/);
+  let tokens = 0;
+  while (tokens < src.generated.length && layers.length > 0 && layers.every((l) => passOf(src, tokens)?.[`llm.layers.${l}.attn.probs`] !== undefined)) tokens++;
+  const rows: AttentionRows = { layers, tokens, maps: [], frameMass: [] };
+  if (panels.length === 0) return rows;
+  const positions = src.inspection.imageTokenPositions;
+  const panelMass = (v: Float32Array) =>
+    panels.map((p) => {
+      let sum = 0;
+      const start = p.tiles[0].first;
+      for (let i = start; i < start + p.tokens; i++) sum += v[i];
+      return Number(sum.toPrecision(4));
     });
-
-  // Attention of each generated token over the visual tokens, by LLM layer and head.
-  const attnRe = /^llm\.layers\.(\d+)\.attn\.probs$/;
-  const attnLayers = Object.keys(taps)
-    .filter((n) => attnRe.test(n))
-    .map((n) => layerOf(n, attnRe))
-    .sort((a, b) => a - b);
-  const { pictures, panels, dataFlag } = await layoutPanels(model, inputs, inspection.imageTokenPositions.length);
-  // The generated tokens whose predicting pass recorded every attention layer (the leading ones).
-  let attnTokens = 0;
-  while (attnTokens < generated.length && attnLayers.length > 0 && attnLayers.every((l) => passOf(attnTokens)?.[`llm.layers.${l}.attn.probs`] !== undefined))
-    attnTokens++;
-  const heads = model.config.llm.num_attention_heads;
-  // maps[j][layer][0 = mean of heads, 1 + h = head h]: attention mass per visual token, summed over a tile's frames.
-  const rawMaps: Float32Array[][][] = [];
-  const frameMass: number[][][][] = []; // [j][layer][head][panel]: the attention mass on each panel's tokens
-  if (panels.length > 0) {
-    for (let j = 0; j < attnTokens; j++) {
-      await yieldToEventLoop(options.signal);
-      const pass = passOf(j)!;
-      rawMaps.push(
-        attnLayers.map((layer) => {
-          const rows = lastQueryRows(pass[`llm.layers.${layer}.attn.probs`]);
-          const visual = rows.map((row) => Float32Array.from(inspection.imageTokenPositions, (pos) => row[pos]));
-          const mean = new Float32Array(visual[0].length);
-          visual.forEach((v) => v.forEach((x, i) => (mean[i] += x / visual.length)));
-          return [mean, ...visual];
-        }),
-      );
-      frameMass.push(
-        rawMaps[j].map((perHead) =>
-          perHead.map((v) =>
-            panels.map((p) => {
-              let sum = 0;
-              const start = p.tiles[0].first;
-              for (let i = start; i < start + p.tokens; i++) sum += v[i];
-              return Number(sum.toPrecision(4));
-            }),
-          ),
-        ),
-      );
-    }
+  for (let j = 0; j < tokens; j++) {
+    await yieldToEventLoop(src.signal);
+    const pass = passOf(src, j)!;
+    const perLayer = layers.map((layer) => {
+      const visual = lastQueryRows(pass[`llm.layers.${layer}.attn.probs`]).map((row) => Float32Array.from(positions, (pos) => row[pos]));
+      const mean = new Float32Array(visual[0].length);
+      visual.forEach((v) => v.forEach((x, i) => (mean[i] += x / visual.length)));
+      return [mean, ...visual];
+    });
+    rows.maps.push(perLayer);
+    rows.frameMass.push(perLayer.map((perHead) => perHead.map(panelMass)));
   }
+  return rows;
+}
 
-  // The prompt with each image's run of IMG_CONTEXT tokens written as a count; the title is its question.
+/** The prompt with each image's run of IMG_CONTEXT tokens written as a count, and its last turn's question. */
+function promptAndQuestion(inspection: Source['inspection']): { prompt: string | null; question: string | undefined } {
   const prompt =
     inspection.prompt?.replace(/<img>((?:<IMG_CONTEXT>)+)<\/img>/g, (_, run: string) => `<img><IMG_CONTEXT> x ${run.length / '<IMG_CONTEXT>'.length}</img>`) ??
     null;
@@ -342,7 +296,19 @@ export async function renderInspectionHTML(
         .replace(/<img>[\s\S]*?<\/img>/g, '<image>')
         .trim()
     : undefined;
-  const data = {
+  return { prompt, question };
+}
+
+/** The page's data with the attention maps still empty (the budget decides how they are stored). */
+function reportPayload(
+  src: Source,
+  inputs: ReportInputs,
+  parts: Pick<ReportData, 'notes' | 'lens' | 'temporal' | 'pictures' | 'panels'> & { stats: TensorSummary[]; dataFlag: DataFlag | null; rows: AttentionRows },
+): ReportData {
+  const { model, inspection } = src;
+  const { prompt, question } = promptAndQuestion(inspection);
+  const heads = model.config.llm.num_attention_heads;
+  return {
     title: inputs.title ?? question ?? prompt ?? '',
     model: {
       dir: model.dir,
@@ -350,33 +316,35 @@ export async function renderInspectionHTML(
       heads,
       numImageToken: model.numImageToken,
       pvc: model.config.pvc !== undefined && model.config.pvc !== null,
-      dataFlag,
+      dataFlag: parts.dataFlag,
     },
     prompt,
     promptTokens: inspection.inputIds.length,
     visualTokens: inspection.imageTokenPositions.length,
-    generated: generated.map(token),
-    answer: tokenizer.decode(inspection.outputIds),
-    attention: { layers: attnLayers, tokens: attnTokens, headsKept: heads + 1, g: 0, pool: 1, maps: '', scales: '' },
-    notes,
-    pictures,
-    panels,
-    lens,
-    temporal,
-    frameMass,
-    stats: stats.map((s) => [s.name, s.shape, s.mean, s.std, s.min, s.max]),
+    generated: src.generated.map((id) => tokenText(src, id)),
+    answer: src.tokenizer.decode(inspection.outputIds),
+    attention: { layers: parts.rows.layers, tokens: parts.rows.tokens, headsKept: heads + 1, g: 0, pool: 1, maps: '', scales: '' },
+    notes: parts.notes,
+    pictures: parts.pictures,
+    panels: parts.panels,
+    lens: parts.lens,
+    temporal: parts.temporal,
+    frameMass: parts.rows.frameMass,
+    stats: parts.stats.map((s) => [s.name, s.shape, s.mean, s.std, s.min, s.max]),
   };
+}
 
-  // Pool the token grids (2x2, 4x4, ...) and then keep only the mean of heads until the maps fit the
-  // budget: the page without maps (plus room for the notes) and the maps' base64.
-  const withoutMaps = Buffer.byteLength(pageOf(data)) + 1024;
-  const g0 = Math.round(Math.sqrt(model.numImageToken));
+/**
+ * How the maps fit the budget: the token grids pooled (2x2, 4x4, ...) and then only the mean of heads
+ * kept, until the page without maps (withoutMaps) and the maps' base64 fit maxBytes.
+ */
+function fitMaps(rows: AttentionRows, panels: Panel[], g0: number, heads: number, withoutMaps: number, maxBytes: number): { pool: number; headsKept: number } {
   let pool = 1;
   let headsKept = heads + 1;
   const mapBytes = () => {
     const gp = Math.ceil(g0 / pool);
     const cells = panels.reduce((a, p) => a + p.tiles.length * gp * gp, 0);
-    const count = attnTokens * attnLayers.length * headsKept;
+    const count = rows.tokens * rows.layers.length * headsKept;
     return 4 * Math.ceil((count * cells) / 3) + 4 * Math.ceil((count * 4) / 3);
   };
   while (withoutMaps + mapBytes() > maxBytes && (pool < g0 || headsKept > 1)) {
@@ -388,18 +356,30 @@ export async function renderInspectionHTML(
       `report: ${withoutMaps + mapBytes()} bytes even with pooled maps and no per-head maps; over maxBytes ${maxBytes} (fewer taps, tokens or frames?)`,
     );
   }
+  return { pool, headsKept };
+}
+
+/**
+ * The maps as the page reads them. Each map: every panel's tiles in order, each tile its gp x gp grid
+ * summed over its frames; stored at 8 bits relative to the map's largest value (its scale), as many
+ * levels as the colour scale has.
+ */
+async function encodeMaps(
+  rows: AttentionRows,
+  panels: Panel[],
+  g0: number,
+  fit: { pool: number; headsKept: number },
+  signal?: AbortSignal,
+): Promise<ReportAttention> {
+  const { pool, headsKept } = fit;
   const gp = Math.ceil(g0 / pool);
-  if (pool > 1) notes.push(`attention maps pooled ${pool}x${pool} (each tile's ${g0}x${g0} token grid shown as ${gp}x${gp}) to stay within ${maxBytes} bytes`);
-  if (headsKept === 1 && attnTokens > 0) notes.push(`per-head attention maps left out (mean of heads only) to stay within ${maxBytes} bytes`);
-  // Each map: every panel's tiles in order, each tile its gp x gp grid summed over its frames; stored at
-  // 8 bits relative to the map's largest value (its scale), as many levels as the colour scale has.
   const mapSize = panels.reduce((a, p) => a + p.tiles.length * gp * gp, 0);
-  const count = attnTokens * attnLayers.length * headsKept;
+  const count = rows.tokens * rows.layers.length * headsKept;
   const maps = new Uint8Array(count * mapSize);
   const scales = new Float32Array(count);
   let k = 0;
-  for (const perLayer of rawMaps) {
-    await yieldToEventLoop(options.signal);
+  for (const perLayer of rows.maps) {
+    await yieldToEventLoop(signal);
     for (const perHead of perLayer)
       for (const v of perHead.slice(0, headsKept)) {
         const map = new Float32Array(mapSize);
@@ -417,22 +397,44 @@ export async function renderInspectionHTML(
         k++;
       }
   }
-  data.attention = { layers: attnLayers, tokens: attnTokens, headsKept, g: gp, pool, maps: Buffer.from(maps).toString('base64'), scales: base64Floats(scales) };
-  const html = pageOf(data);
-  if (Buffer.byteLength(html) > maxBytes) throw new Error(`report: ${Buffer.byteLength(html)} bytes, over maxBytes ${maxBytes}`);
-  return html;
+  return { layers: rows.layers, tokens: rows.tokens, headsKept, g: gp, pool, maps: Buffer.from(maps).toString('base64'), scales: base64Floats(scales) };
 }
 
-/** The page: the data as a JSON block, the page's own style and script inline. */
-function pageOf(data: { title: string }): string {
-  const title = escapeHTML(`pvc inspect: ${data.title}`.slice(0, 200));
-  return `<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>${title}</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'">
-<style>${REPORT_PAGE_STYLE}</style></head>
-<body><h1>${title}</h1><div id="report">the report needs JavaScript</div>
-<script type="application/json" id="report-data">${scriptJSON(data)}</script>
-<script>${REPORT_PAGE_SCRIPT}</script></body></html>
-`;
+/**
+ * The report of an inspection as one HTML string. The inspection needs `llm.layers.*.attn.probs` for
+ * the attention view, `llm.layers.*.out` for the logit lens and (PVC) `vision.layers.*.temporal.probs`
+ * for the temporal view; sections without their taps say which taps they need. Call before disposing
+ * the inspection. Each tap, lens column and token's maps is one step: the event loop gets a turn between them.
+ */
+export async function renderInspectionHTML(
+  model: VisionLanguageModel,
+  tokenizer: PVCTokenizer,
+  inspection: Inspection<tf.Tensor> | Inspection<TapArray>,
+  inputs: ReportInputs = {},
+  options: ReportOptions = {},
+): Promise<string> {
+  const maxBytes = options.maxBytes ?? REPORT_MAX_BYTES;
+  const generated = inspection.outputIds.slice(0, options.maxTokens ?? 32);
+  const src: Source = { model, tokenizer, inspection, taps: inspection.taps as Pass, steps: inspection.steps as Pass[], generated, signal: options.signal };
+  const notes: string[] = [];
+  if (inspection.outputIds.length > generated.length)
+    notes.push(`only the first ${generated.length} of ${inspection.outputIds.length} generated tokens are shown`);
+  const stats = await tapStatistics(src);
+  const lens = await lensGrid(src, options.lensPromptPositions ?? 4, options.topK ?? 5);
+  const temporal = temporalAttention(src.taps);
+  const { pictures, panels, dataFlag } = await layoutPanels(model, inputs, inspection.imageTokenPositions.length);
+  const rows = await attentionRows(src, panels);
+  const data = reportPayload(src, inputs, { notes, stats, lens, temporal, pictures, panels, dataFlag, rows });
+
+  // The page without maps, plus room for the notes below, against the budget.
+  const g0 = Math.round(Math.sqrt(model.numImageToken));
+  const fit = fitMaps(rows, panels, g0, model.config.llm.num_attention_heads, Buffer.byteLength(reportPageHTML(data)) + 1024, maxBytes);
+  const gp = Math.ceil(g0 / fit.pool);
+  if (fit.pool > 1)
+    notes.push(`attention maps pooled ${fit.pool}x${fit.pool} (each tile's ${g0}x${g0} token grid shown as ${gp}x${gp}) to stay within ${maxBytes} bytes`);
+  if (fit.headsKept === 1 && rows.tokens > 0) notes.push(`per-head attention maps left out (mean of heads only) to stay within ${maxBytes} bytes`);
+  data.attention = await encodeMaps(rows, panels, g0, fit, options.signal);
+  const html = reportPageHTML(data);
+  if (Buffer.byteLength(html) > maxBytes) throw new Error(`report: ${Buffer.byteLength(html)} bytes, over maxBytes ${maxBytes}`);
+  return html;
 }

@@ -1,6 +1,12 @@
-// The inspection report's own CSS and JavaScript (src/inspect/report.ts inlines them into the page).
-// Plain browser JavaScript (ES2020, no library, no network): it reads the JSON block #report-data,
-// builds the DOM with textContent (never innerHTML: tokens and prompts are data) and draws on canvases.
+// The inspection report's page: its own CSS, its script (src/inspect/report_script.ts, a browser
+// function inlined by its source) and the HTML shell that holds them and the data (ReportData, built by
+// src/inspect/report.ts). One self-contained file: no network, no external script.
+import type { ReportData } from './report_data';
+
+// Not an import: report_script.ts is checked and compiled as its own program (tsconfig.page.json, with
+// the DOM's types), so that the DOM stays out of this one; require() is not followed by tsc.
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const { PAGE_FUNCTIONS } = require('./report_script') as { PAGE_FUNCTIONS: readonly ((...args: never[]) => unknown)[] };
 
 export const REPORT_PAGE_STYLE = `
 body { font: 14px/1.4 system-ui, sans-serif; margin: 16px; color: #222; background: #fafafa; }
@@ -25,234 +31,43 @@ td.name, th.name { text-align: left; }
 pre { white-space: pre-wrap; background: #fff; border: 1px solid #ddd; padding: 6px; max-height: 160px; overflow: auto; }
 `;
 
-export const REPORT_PAGE_SCRIPT = String.raw`
-'use strict';
-(function () {
-  const D = JSON.parse(document.getElementById('report-data').textContent);
-  const root = document.getElementById('report');
-  root.textContent = '';
-  const el = (tag, attrs, ...children) => {
-    const e = document.createElement(tag);
-    for (const [k, v] of Object.entries(attrs || {})) {
-      if (k === 'class') e.className = v;
-      else if (k.startsWith('on')) e.addEventListener(k.slice(2), v);
-      else e.setAttribute(k, v);
-    }
-    for (const c of children) if (c !== null && c !== undefined) e.append(c instanceof Node ? c : String(c));
-    return e;
-  };
-  const fmt = (x) => (x === 0 ? '0' : Math.abs(x) >= 1e4 || Math.abs(x) < 1e-3 ? x.toExponential(3) : x.toFixed(4));
-  const show = (t) => JSON.stringify(t);
-  // Heat colours (black, red, yellow, white) for t in [0, 1], as in the PNG heatmap of pvc inspect.
-  const heat = (t) => {
-    const c = (x) => Math.round(255 * Math.min(Math.max(x, 0), 1));
-    return [c(3 * t), c(3 * t - 1), c(3 * t - 2)];
-  };
-  const select = (id, options, value, onchange) => {
-    const s = el('select', { id, onchange: () => onchange(s.value) });
-    for (const [v, label] of options) s.append(el('option', { value: String(v) }, label));
-    s.value = String(value);
-    return s;
-  };
-  const legend = (max, label) => {
-    const c = el('canvas', { width: 200, height: 12, class: 'legend' });
-    const g = c.getContext('2d');
-    for (let x = 0; x < 200; x++) {
-      const [r, gg, b] = heat(x / 199);
-      g.fillStyle = 'rgb(' + r + ',' + gg + ',' + b + ')';
-      g.fillRect(x, 0, 1, 12);
-    }
-    return el('span', { class: 'legend-box' }, label + ' 0 ', c, ' ' + fmt(max));
-  };
-
-  // Summary.
-  const summary = el('section', {},
-    el('div', {}, 'model: ', D.model.dir, D.model.pvc ? ' (PVC)' : '', ' · ', D.model.llmLayers + ' LLM layers, ' + D.model.heads + ' heads · ',
-      D.promptTokens + ' prompt tokens, ' + D.visualTokens + ' visual tokens (' + D.model.numImageToken + ' per tile/frame)'),
-    el('div', {}, 'answer: ', el('b', {}, D.answer)));
-  if (D.prompt) summary.append(el('details', {}, el('summary', {}, 'prompt'), el('pre', {}, D.prompt)));
-  for (const n of D.notes) summary.append(el('div', { class: 'note' }, 'note: ' + n));
-  root.append(summary);
-
-  // Attention of a generated token over the visual tokens.
-  const A = D.attention;
-  const state = { token: 0, layer: A.layers.length ? A.layers[A.layers.length - 1] : 0, head: 0, opacity: 0.6, smooth: false };
-  // Attention maps: 8 bits per value relative to each map's scale (its largest value).
-  let maps = null;
-  let scales = null;
-  if (A.tokens > 0 && D.panels.length > 0) {
-    maps = Uint8Array.from(atob(A.maps), (c) => c.charCodeAt(0));
-    scales = new Float32Array(Uint8Array.from(atob(A.scales), (c) => c.charCodeAt(0)).buffer);
-  }
-  const mapSize = D.panels.reduce((a, p) => a + p.tiles.length * A.g * A.g, 0);
-  const pictures = D.pictures.map((p) => Object.assign(new Image(), { src: p.url }));
-  const attnSection = el('section', {}, el('h2', {}, 'Attention of a generated token over the visual tokens'));
-  root.append(attnSection);
-  const panelCanvases = [];
-  const massCells = [];
-  let legendSlot = el('span');
-  let bars = null;
-  if (!maps) {
-    attnSection.append(el('div', { class: 'muted' }, D.panels.length === 0
-      ? 'no images or frames were given to the report'
-      : 'no attention recorded: inspect with taps llm.layers.*.attn.probs and generate at least one token'));
-  } else {
-    const tokens = el('div', { class: 'tokens' }, 'generated token: ');
-    D.generated.slice(0, A.tokens).forEach((t, j) => tokens.append(el('button', { 'data-token': j, onclick: () => { state.token = j; draw(); } }, j + ': ' + show(t))));
-    const heads = [[0, 'mean of heads']];
-    if (A.headsKept > 1) for (let h = 0; h < D.model.heads; h++) heads.push([h + 1, 'head ' + h]);
-    attnSection.append(
-      el('div', { class: 'muted' }, 'Where the model looked when it predicted the chosen token: the attention row of the position that predicted it (the prompt\'s last position for token 0), over the visual tokens, summed over each tile\'s frames' + (A.pool > 1 ? ', pooled ' + A.pool + 'x' + A.pool : '') + '. Colours are scaled to the largest value of the map shown (maps are stored at 8 bits relative to it).'),
-      tokens,
-      el('div', { class: 'controls' },
-        el('label', {}, 'LLM layer ', select('layer', A.layers.map((l) => [l, String(l)]), state.layer, (v) => { state.layer = Number(v); draw(); })),
-        el('label', {}, 'head ', select('head', heads, 0, (v) => { state.head = Number(v); draw(); })),
-        el('label', {}, 'opacity ', el('input', { id: 'opacity', type: 'range', min: 0, max: 1, step: 0.05, value: state.opacity, oninput: (e) => { state.opacity = Number(e.target.value); draw(); } })),
-        el('label', {}, el('input', { id: 'smooth', type: 'checkbox', onchange: (e) => { state.smooth = e.target.checked; draw(); } }), ' smooth'),
-        legendSlot));
-    const panels = el('div', { class: 'panels' });
-    D.panels.forEach((p) => {
-      const pic = D.pictures[p.picture];
-      const c = el('canvas', { width: pic.width, height: pic.height, class: 'overlay', 'data-panel': p.label });
-      if (pic.width < 200) c.style.width = pic.width * 2 + 'px';
-      const mass = el('span');
-      panelCanvases.push(c);
-      massCells.push(mass);
-      panels.append(el('div', { class: 'panel' }, c, p.label + ' · ' + p.tokens + ' tokens · attention ', mass));
-    });
-    attnSection.append(panels);
-    if (D.model.dataFlag === 3) {
-      bars = el('canvas', { width: Math.max(200, D.panels.length * 24), height: 120, id: 'frame-bars' });
-      const table = el('table', {}, el('tr', {}, el('th', {}, 'frame'), ...D.panels.map((p) => el('th', {}, p.label))),
-        el('tr', {}, el('th', {}, 'visual tokens'), ...D.panels.map((p) => el('td', {}, p.tokens))));
-      attnSection.append(el('h2', {}, 'Frames: tokens and attention per frame'), table,
-        el('div', { class: 'muted' }, 'attention mass of the chosen token, layer and head on each frame\'s tokens:'), bars);
-    }
-  }
-
-  function draw() {
-    if (!maps) return;
-    const li = A.layers.indexOf(state.layer);
-    const h = Math.min(state.head, A.headsKept - 1);
-    const k = (state.token * A.layers.length + li) * A.headsKept + h;
-    const map = maps.subarray(k * mapSize, (k + 1) * mapSize);
-    const max = scales[k];
-    document.querySelectorAll('.tokens button').forEach((b) => b.classList.toggle('on', Number(b.dataset.token) === state.token));
-    const fresh = legend(max, 'attention');
-    legendSlot.replaceWith(fresh);
-    legendSlot = fresh;
-    let offset = 0;
-    D.panels.forEach((p, k) => {
-      const c = panelCanvases[k];
-      const g = c.getContext('2d');
-      g.globalAlpha = 1;
-      g.drawImage(pictures[p.picture], 0, 0, c.width, c.height);
-      for (const tile of p.tiles) {
-        const small = document.createElement('canvas');
-        small.width = small.height = A.g;
-        const sg = small.getContext('2d');
-        const img = sg.createImageData(A.g, A.g);
-        for (let i = 0; i < A.g * A.g; i++) {
-          const [r, gg, b] = heat(map[offset + i] / 255);
-          img.data.set([r, gg, b, 255], i * 4);
-        }
-        offset += A.g * A.g;
-        sg.putImageData(img, 0, 0);
-        const [x0, y0, x1, y1] = tile.rect;
-        g.imageSmoothingEnabled = state.smooth;
-        g.globalAlpha = state.opacity;
-        g.drawImage(small, x0 * c.width, y0 * c.height, (x1 - x0) * c.width, (y1 - y0) * c.height);
-      }
-      g.globalAlpha = 1;
-      massCells[k].textContent = (100 * D.frameMass[state.token][li][h][k]).toFixed(2) + '%';
-    });
-    if (bars) {
-      const g = bars.getContext('2d');
-      g.clearRect(0, 0, bars.width, bars.height);
-      const masses = D.frameMass[state.token][li][h];
-      const top = Math.max(...masses, 1e-12);
-      const w = bars.width / masses.length;
-      masses.forEach((m, k) => {
-        g.fillStyle = '#c0392b';
-        const hgt = (bars.height - 14) * (m / top);
-        g.fillRect(k * w + 2, bars.height - 14 - hgt, w - 4, hgt);
-        g.fillStyle = '#333';
-        g.font = '10px sans-serif';
-        g.fillText(String(k + 1), k * w + 4, bars.height - 2);
-      });
-    }
-  }
-
-  // Temporal attention (PVC): frames x frames per ViT layer.
-  if (D.temporal.length > 0) {
-    const T = { layer: 0, head: 0 };
-    const sec = el('section', {}, el('h2', {}, 'Temporal attention across frames (PVC)'));
-    const first = D.temporal[0];
-    const canvas = el('canvas', { width: 240, height: 240, id: 'temporal' });
-    let tLegend = el('span');
-    const heads = [[0, 'mean of heads']];
-    for (let h = 0; h < first.heads; h++) heads.push([h + 1, 'head ' + h]);
-    const info = el('div', { class: 'muted' });
-    sec.append(el('div', { class: 'controls' },
-      el('label', {}, 'ViT layer ', select('temporal-layer', D.temporal.map((t, i) => [i, String(t.layer)]), 0, (v) => { T.layer = Number(v); drawTemporal(); })),
-      el('label', {}, 'head ', select('temporal-head', heads, 0, (v) => { T.head = Number(v); drawTemporal(); })), tLegend), info, canvas);
-    root.append(sec);
-    const drawTemporal = () => {
-      const t = D.temporal[T.layer];
-      const m = t.maps[T.head];
-      const F = t.frames;
-      const max = Math.max(...m, 1e-12);
-      info.textContent = 'row: the attending frame, column: the frame attended to (causal); mean over ' + t.sequences + ' sequence(s) of ' + F + ' frames and ' + t.tokens + ' tokens per frame';
-      const g = canvas.getContext('2d');
-      const s = canvas.width / F;
-      for (let i = 0; i < F; i++) for (let j = 0; j < F; j++) {
-        const [r, gg, b] = heat(m[i * F + j] / max);
-        g.fillStyle = 'rgb(' + r + ',' + gg + ',' + b + ')';
-        g.fillRect(j * s, i * s, Math.ceil(s), Math.ceil(s));
-      }
-      const fresh = legend(max, 'probability');
-      tLegend.replaceWith(fresh);
-      tLegend = fresh;
-    };
-    drawTemporal();
-  }
-
-  if (D.temporal.length === 0 && D.model.pvc) {
-    root.append(el('section', {}, el('h2', {}, 'Temporal attention across frames (PVC)'),
-      el('div', { class: 'muted' }, 'no temporal attention recorded: inspect with taps vision.layers.*.temporal.probs')));
-  }
-
-  // Logit lens.
-  const lensSec = el('section', {}, el('h2', {}, 'Logit lens'));
-  root.append(lensSec);
-  if (D.lens.layers.length === 0) {
-    lensSec.append(el('div', { class: 'muted' }, 'no layer states recorded: inspect with taps llm.layers.*.out'));
-  } else {
-    lensSec.append(el('div', { class: 'muted' }, 'Each layer\'s state through the final norm and output head: the top token and its probability (hover for the top ' + D.lens.columns[0].cells[0].top.length + '). Green outline: the token that actually came next.'));
-    const table = el('table', { class: 'lens' });
-    table.append(el('tr', {}, el('th', { class: 'name' }, 'position'), ...D.lens.columns.map((c) => el('th', {}, c.label))));
-    table.append(el('tr', {}, el('th', { class: 'name' }, 'input token'), ...D.lens.columns.map((c) => el('td', {}, show(c.input)))));
-    table.append(el('tr', {}, el('th', { class: 'name' }, 'next token'), ...D.lens.columns.map((c) => el('td', {}, c.next === null ? '' : show(c.next)))));
-    for (let r = D.lens.layers.length - 1; r >= 0; r--) {
-      table.append(el('tr', {}, el('th', { class: 'name' }, 'layer ' + D.lens.layers[r]), ...D.lens.columns.map((c) => {
-        const cell = c.cells[r];
-        const [tok, p] = cell.top[0];
-        const td = el('td', { class: cell.hit ? 'hit' : '', title: cell.top.map(([t, q]) => show(t) + ' ' + q.toFixed(3)).join('\n') }, show(tok) + ' ' + p.toFixed(2));
-        td.style.background = 'rgba(52, 120, 246, ' + (0.6 * p).toFixed(3) + ')';
-        return td;
-      })));
-    }
-    lensSec.append(el('div', { class: 'scroll' }, table));
-  }
-
-  // Statistics of every tap.
-  const statSec = el('section', {}, el('h2', {}, 'Tap statistics (' + D.stats.length + ' taps; generation step k as stepk.NAME)'));
-  const st = el('table', { id: 'stats' }, el('tr', {}, ...['name', 'shape', 'mean', 'std', 'min', 'max'].map((h, i) => el('th', { class: i === 0 ? 'name' : '' }, h))));
-  for (const [name, shape, ...v] of D.stats) st.append(el('tr', {}, el('td', { class: 'name' }, name), el('td', {}, '[' + shape.join(', ') + ']'), ...v.map((x) => el('td', {}, fmt(x)))));
-  statSec.append(el('div', { class: 'scroll' }, st));
-  root.append(statSec);
-
-  Promise.all(pictures.map((p) => (p.complete ? Promise.resolve() : new Promise((ok, fail) => { p.onload = ok; p.onerror = () => fail(new Error('a picture did not decode')); }))))
-    .then(() => { draw(); window.pvcReportReady = true; });
+/**
+ * The page script: the source of the page's functions (report_script.ts), then a call of the first,
+ * reportPage. Under tsx (esbuild with keepNames) that source wraps nested named functions in esbuild's
+ * __name helper, which lives outside them: the page gets a no-op one (tsc's output, in dist/ and under
+ * ts-jest, has no such call).
+ */
+export const REPORT_PAGE_SCRIPT = `'use strict';
+(() => {
+const __name = (target) => target;
+${PAGE_FUNCTIONS.map((f) => f.toString()).join('\n')}
+${PAGE_FUNCTIONS[0].name}();
 })();
 `;
+if (/<\/script/i.test(REPORT_PAGE_SCRIPT)) throw new Error('report page script: its source must not contain "</script"');
+
+/** JSON for a <script type="application/json"> block: '<' escaped so no string can close the script. */
+function scriptJSON(value: unknown): string {
+  return JSON.stringify(value)
+    .replace(/</g, '\\u003c')
+    .replace(/\u2028/g, '\\u2028')
+    .replace(/\u2029/g, '\\u2029');
+}
+
+function escapeHTML(text: string): string {
+  return text.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+}
+
+/** The page: the data as a JSON block, the page's own style and script inline. */
+export function reportPageHTML(data: ReportData): string {
+  const title = escapeHTML(`pvc inspect: ${data.title}`.slice(0, 200));
+  return `<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>${title}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'">
+<style>${REPORT_PAGE_STYLE}</style></head>
+<body><h1>${title}</h1><div id="report">the report needs JavaScript</div>
+<script type="application/json" id="report-data">${scriptJSON(data)}</script>
+<script>${REPORT_PAGE_SCRIPT}</script></body></html>
+`;
+}

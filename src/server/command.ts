@@ -2,7 +2,8 @@
 //           [--max-queue N] [--served-model-name NAME] [--backend B]
 // Listens at once (503 while the model loads), runs until SIGINT / SIGTERM.
 import * as path from 'path';
-import { BackendName } from '../backend';
+import { BACKEND_NAMES } from '../backend';
+import { flag, number, oneOf, parseOptions, text, value, Values } from '../cli/args';
 import { PVCModel } from '../pvc_model';
 import { DEFAULT_LIMITS } from './limits';
 import { ChatServer } from './server';
@@ -15,52 +16,25 @@ export const SERVE_USAGE = `usage: pvc serve --model DIR [--host 127.0.0.1] [--p
   --max-queue N                    requests waiting behind the running one before 429 (default ${DEFAULT_LIMITS.maxQueue})
   --served-model-name NAME         the name clients pass as "model" (default: the model directory's name)`;
 
+const SERVE_OPTIONS = {
+  model: value(text),
+  host: value(text),
+  port: value(number({ integer: true, min: 0, max: 65535 })),
+  apiKey: value(text),
+  allowedLocalMediaPath: value(text),
+  maxQueue: value(number({ integer: true, min: 0 })),
+  servedModelName: value(text),
+  backend: value(oneOf(BACKEND_NAMES)),
+  help: flag('h'),
+};
+
 export async function serveCommand(argv: string[]): Promise<number> {
-  const o: { model?: string; host?: string; port?: number; apiKey?: string; media?: string; maxQueue?: number; name?: string; backend?: BackendName } = {};
+  let o: Values<typeof SERVE_OPTIONS>;
   try {
-    for (let i = 0; i < argv.length; i++) {
-      const flag = argv[i];
-      const value = () => {
-        if (i + 1 >= argv.length) throw new Error(`${flag} needs a value`);
-        return argv[++i];
-      };
-      const int = () => {
-        const v = Number(value());
-        if (!Number.isInteger(v) || v < 0) throw new Error(`${flag} expects a non-negative integer`);
-        return v;
-      };
-      switch (flag) {
-        case '--model':
-          o.model = value();
-          break;
-        case '--host':
-          o.host = value();
-          break;
-        case '--port':
-          o.port = int();
-          break;
-        case '--api-key':
-          o.apiKey = value();
-          break;
-        case '--allowed-local-media-path':
-          o.media = value();
-          break;
-        case '--max-queue':
-          o.maxQueue = int();
-          break;
-        case '--served-model-name':
-          o.name = value();
-          break;
-        case '--backend':
-          o.backend = value() as BackendName;
-          break;
-        case '--help':
-        case '-h':
-          process.stdout.write(SERVE_USAGE + '\n');
-          return 0;
-        default:
-          throw new Error(`unknown option ${flag}`);
-      }
+    o = parseOptions(argv, SERVE_OPTIONS).values;
+    if (o.help) {
+      process.stdout.write(SERVE_USAGE + '\n');
+      return 0;
     }
     if (!o.model) throw new Error('--model DIR is required');
   } catch (e) {
@@ -70,11 +44,11 @@ export async function serveCommand(argv: string[]): Promise<number> {
   const model = PVCModel.load(o.model, { backend: o.backend });
   const server = await ChatServer.start({
     model,
-    modelName: o.name ?? path.basename(path.resolve(o.model)),
+    modelName: o.servedModelName ?? path.basename(path.resolve(o.model)),
     host: o.host,
     port: o.port,
     apiKey: o.apiKey ?? process.env.PVC_API_KEY,
-    allowedLocalMediaPath: o.media,
+    allowedLocalMediaPath: o.allowedLocalMediaPath,
     limits: o.maxQueue === undefined ? {} : { maxQueue: o.maxQueue },
     log: (line) => process.stderr.write(`${new Date().toISOString()} ${line}\n`),
   });
