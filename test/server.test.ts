@@ -663,3 +663,32 @@ describe('one road from request to tokens', () => {
     }
   });
 });
+
+describe('limits from the core and from the server', () => {
+  const ask = (extra: Record<string, unknown>) =>
+    client.chat.completions.create({
+      model: 'tiny',
+      max_tokens: 2,
+      messages: [{ role: 'user', content: 'Hi' }],
+      ...extra,
+    } as unknown as OpenAI.Chat.Completions.ChatCompletionCreateParamsNonStreaming);
+
+  test("a bad generation option is a 400 naming it, from the model's own check (InputError)", async () => {
+    expect(await failure(ask({ stop: 'x'.repeat(300) }))).toMatchObject({ status: 400, param: 'stop' });
+    expect(await failure(ask({ stop: new Array(17).fill('a') }))).toMatchObject({ status: 400, param: 'stop' });
+    expect(await failure(ask({ stop: ['a', 3] }))).toMatchObject({ status: 400, param: 'stop' });
+  });
+
+  test('--max-model-len: /v1/models reports it and a longer request is refused naming it', async () => {
+    const small = await ChatServer.start({ model, modelName: 'tiny', port: 0, maxModelLen: 40 });
+    try {
+      const c = new OpenAI({ baseURL: `${small.url}/v1`, apiKey: 'none', maxRetries: 0 });
+      expect((await c.models.list()).data[0]).toMatchObject({ id: 'tiny', max_model_len: 40 });
+      const f = await failure(c.chat.completions.create({ model: 'tiny', max_tokens: 2, messages: [{ role: 'user', content: 'Hello, who are you?' }] }));
+      expect(f).toMatchObject({ status: 400, code: 'context_length_exceeded', param: 'messages' });
+      expect(f.message).toMatch(/exceed the server's limit of 40 tokens \(--max-model-len\)/);
+    } finally {
+      await small.close();
+    }
+  });
+});

@@ -1,5 +1,5 @@
 // pvc serve --model DIR [--host 127.0.0.1] [--port 8000] [--api-key KEY] [--allowed-local-media-path DIR]
-//           [--max-queue N] [--served-model-name NAME] [--backend B]
+//           [--max-queue N] [--max-model-len N] [--served-model-name NAME] [--backend B]
 // Listens at once (503 while the model loads), runs until SIGINT / SIGTERM.
 import * as path from 'path';
 import { BACKEND_NAMES } from '../backend';
@@ -9,11 +9,13 @@ import { DEFAULT_LIMITS } from './limits';
 import { ChatServer } from './server';
 
 export const SERVE_USAGE = `usage: pvc serve --model DIR [--host 127.0.0.1] [--port 8000] [--api-key KEY] [--allowed-local-media-path DIR]
-                 [--max-queue N] [--served-model-name NAME] [--backend B]
+                 [--max-queue N] [--max-model-len N] [--served-model-name NAME] [--backend B]
   An OpenAI-compatible server: GET /v1/models, POST /v1/chat/completions (stream or not), GET /health.
   --api-key KEY                    require "Authorization: Bearer KEY" (also read from PVC_API_KEY)
   --allowed-local-media-path DIR   requests may name files (paths, file:// URLs) under DIR; none otherwise
   --max-queue N                    requests waiting behind the running one before 429 (default ${DEFAULT_LIMITS.maxQueue})
+  --max-model-len N                prompt plus max_tokens a request may ask for (default max_position_embeddings
+                                   x the rope_scaling factor, vLLM's rule; the model itself refuses no length)
   --served-model-name NAME         the name clients pass as "model" (default: the model directory's name)`;
 
 const SERVE_OPTIONS = {
@@ -23,6 +25,7 @@ const SERVE_OPTIONS = {
   apiKey: value(text),
   allowedLocalMediaPath: value(text),
   maxQueue: value(number({ integer: true, min: 0 })),
+  maxModelLen: value(number({ integer: true, min: 1 })),
   servedModelName: value(text),
   backend: value(oneOf(BACKEND_NAMES)),
   help: flag('h'),
@@ -50,6 +53,7 @@ export async function serveCommand(argv: string[]): Promise<number> {
     apiKey: o.apiKey ?? process.env.PVC_API_KEY,
     allowedLocalMediaPath: o.allowedLocalMediaPath,
     limits: o.maxQueue === undefined ? {} : { maxQueue: o.maxQueue },
+    maxModelLen: o.maxModelLen,
     log: (line) => process.stderr.write(`${new Date().toISOString()} ${line}\n`),
   });
   process.stderr.write(`pvc serve: listening on ${server.url} (model '${server.modelName}' loading from ${o.model})\n`);
