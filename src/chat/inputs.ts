@@ -57,12 +57,7 @@ export async function loadChatInputs(files: MediaFiles, options: MediaOptions): 
   if (files.video !== undefined && images.length > 0) throw new InputError('video', 'give either images or one video, not both');
   let media: LoadedMedia | null = null;
   if (files.video !== undefined) {
-    const video = await loadVideo(files.video, { numSegments: options.numFrames, inputSize: options.inputSize, maxNum: 1 });
-    if (video.frameCount === 1) {
-      video.pixelValues.dispose();
-      throw new InputError('video', `${files.video} has a single frame: a still image; pass it as an image`);
-    }
-    media = { video };
+    media = { video: await loadVideo(files.video, { numSegments: options.numFrames, inputSize: options.inputSize, maxNum: 1 }) };
   } else if (images.length > 0) {
     const loaded: LoadedImage[] = [];
     try {

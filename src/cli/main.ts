@@ -8,14 +8,11 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { BACKEND_NAMES } from '../backend';
 import { GenerationOptions } from '../chat/chat';
-import { withImagePlaceholders } from '../chat/prompt';
+import { loadChatInputs } from '../chat/inputs';
 import { imageAttentionMap, renderHeatmap } from '../inspect/heatmap';
 import { formatSummaries, logitLens, summarize } from '../inspect/lens';
 import { writeSafetensors } from '../io/safetensors';
-import { DataFlag } from '../model/samples';
 import { PVCModel } from '../pvc_model';
-import { loadImage } from '../preprocess/image';
-import { loadVideo } from '../preprocess/video';
 import { decodeAnswer } from '../tokenizer';
 import { flag, list, number, oneOf, optionName, orNone, parseOptions, text, value, Values } from './args';
 import { doctorCommand } from './doctor';
@@ -102,32 +99,19 @@ async function chat(args: ChatArgs): Promise<void> {
   const t0 = Date.now();
   const model = await PVCModel.load(args.model, { backend: args.backend });
   const loadSeconds = (Date.now() - t0) / 1000;
-  const inputSize = model.config.image_size;
   let pixelValues: tf.Tensor4D | null = null;
-  let numPatchesList: number[] | undefined;
-  let question = args.question;
-  let dataFlag: DataFlag | undefined;
   try {
-    if (args.video) {
-      const video = await loadVideo(args.video, { numSegments: args.frames, inputSize, maxNum: 1 });
-      if (video.frameCount === 1) {
-        video.pixelValues.dispose();
-        throw new Error(`${args.video} has a single frame: a still image; pass it with --image`);
-      }
-      pixelValues = video.pixelValues;
-      numPatchesList = video.numPatchesList;
-      question = withImagePlaceholders(question, numPatchesList.length, 'video');
-      dataFlag = 3;
-    } else if (args.images.length > 0) {
-      const maxNum = args.maxTiles ?? model.config.max_dynamic_patch;
-      const images = [];
-      for (const file of args.images) images.push(await loadImage(file, { inputSize, maxNum, maxPixels: args.maxPixels }));
-      pixelValues = tf.concat(images.map((i) => i.pixelValues)) as tf.Tensor4D;
-      images.forEach((i) => i.pixelValues.dispose());
-      numPatchesList = images.map((i) => i.numPatches);
-      question = withImagePlaceholders(question, images.length, 'images');
-      dataFlag = images.length > 1 ? 2 : 1;
-    }
+    const files = args.video ? { video: args.video } : { images: args.images };
+    const { media, inputs } = await loadChatInputs(files, {
+      inputSize: model.config.image_size,
+      maxNum: args.maxTiles ?? model.config.max_dynamic_patch,
+      maxPixels: args.maxPixels,
+      numFrames: args.frames,
+    });
+    const { numPatchesList, dataFlag } = inputs;
+    pixelValues = inputs.pixelValues;
+    if (media?.video?.frameCount === 1) throw new Error(`${args.video} has a single frame: a still image; pass it with --image`);
+    const question = inputs.withPlaceholders(args.question);
     const generation: GenerationOptions = { maxNewTokens: args.maxNewTokens, doSample: args.sample };
     for (const key of ['temperature', 'topP', 'topK', 'seed', 'numBeams', 'lengthPenalty', 'earlyStopping'] as const)
       if (args[key] !== undefined) generation[key] = args[key] as never;
@@ -212,23 +196,23 @@ async function inspect(args: InspectArgs): Promise<void> {
     for (const t of ['llm.layers.*.attn.probs', 'llm.layers.*.out']) taps.add(t);
     if (model.tapNames().some((n) => n.endsWith('.temporal.probs'))) taps.add('vision.layers.*.temporal.probs');
   }
-  const inputSize = model.config.image_size;
-  const image = args.image ? await loadImage(args.image, { inputSize, maxNum: model.config.max_dynamic_patch, maxPixels: args.maxPixels }) : null;
-  const video = args.video ? await loadVideo(args.video, { numSegments: args.frames, inputSize, maxNum: 1 }) : null;
+  const files = args.video ? { video: args.video } : { images: args.image ? [args.image] : [] };
+  const { media, inputs } = await loadChatInputs(files, {
+    inputSize: model.config.image_size,
+    maxNum: model.config.max_dynamic_patch,
+    maxPixels: args.maxPixels,
+    numFrames: args.frames,
+  });
   try {
     const generate =
       args.heatmap || args.html ? { maxNewTokens: Math.max(args.maxNewTokens, 1) } : args.maxNewTokens > 0 ? { maxNewTokens: args.maxNewTokens } : undefined;
-    const result = await model.inspect({
-      pixelValues: image?.pixelValues ?? video?.pixelValues ?? null,
-      taps: [...taps],
-      generate,
-      question: video ? withImagePlaceholders(args.question, video.numPatchesList.length, 'video') : args.question,
-      dataFlag: image ? 1 : video ? 3 : undefined,
-      numPatchesList: video?.numPatchesList,
-    });
+    const { pixelValues, numPatchesList, dataFlag } = inputs;
+    const result = await model.inspect({ pixelValues, taps: [...taps], generate, question: inputs.withPlaceholders(args.question), dataFlag, numPatchesList });
+    const image = media?.images?.[0];
     try {
       if (args.html) {
-        const html = await result.toHTML(image ? { images: [{ source: args.image!, ...image }] } : video ? { video } : {});
+        const reportInputs = image ? { images: [{ source: args.image!, ...image }] } : media?.video ? { video: media.video } : {};
+        const html = await result.toHTML(reportInputs);
         fs.writeFileSync(args.html, html);
         process.stdout.write(`report: ${args.html} (${Buffer.byteLength(html)} bytes)\n`);
       }
@@ -271,8 +255,7 @@ async function inspect(args: InspectArgs): Promise<void> {
       result.dispose();
     }
   } finally {
-    image?.pixelValues.dispose();
-    video?.pixelValues.dispose();
+    inputs.pixelValues?.dispose();
     model.dispose();
   }
 }
