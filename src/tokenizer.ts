@@ -18,6 +18,16 @@ export interface EncodeOptions {
   addSpecialTokens?: boolean;
 }
 
+/**
+ * A piece of text to encode: `markup` pieces are read with special tokens parsed (the text of
+ * <|im_end|> is that token), the others as plain text (the text of <|im_end|> is the characters
+ * "<", "|", "im", ...), as vLLM and OpenAI tokenize message text.
+ */
+export interface TextPiece {
+  text: string;
+  markup: boolean;
+}
+
 export interface DecodeOptions {
   skipSpecialTokens?: boolean;
 }
@@ -83,9 +93,13 @@ export class PVCTokenizer {
   readonly eosTokenId: number;
   readonly padTokenId: number;
 
+  /** The same tokenizer with no added tokens: every string is text (made on first use). */
+  private plainTokenizer: Tokenizer | null = null;
+
   private constructor(
     private readonly tokenizer: Tokenizer,
-    config: Record<string, unknown>,
+    private readonly json: Record<string, unknown>,
+    private readonly config: Record<string, unknown>,
     source: string,
   ) {
     // The added tokens flagged special (the library keeps that list private).
@@ -111,15 +125,38 @@ export class PVCTokenizer {
     const read = (name: string) => readJsonFile<Record<string, unknown>>(path.join(dir, name), `is ${dir} a model converted by pvc-convert?`);
     const json = read('tokenizer.json');
     const config = read('tokenizer_config.json');
-    return new PVCTokenizer(new Tokenizer(json, config), config, dir);
+    return new PVCTokenizer(new Tokenizer(json, config), json, config, dir);
   }
 
   get vocabSize(): number {
     return (this.tokenizer.model as unknown as { vocab: unknown[] }).vocab.length;
   }
 
-  encode(text: string, options: EncodeOptions = {}): number[] {
-    return this.tokenizer.encode(text, { add_special_tokens: options.addSpecialTokens ?? true }).ids;
+  /**
+   * A string's ids, special-token text parsed into special tokens (upstream's tokenizer(prompt)); or
+   * pieces' ids: each markup piece parsed so, each text piece as plain text (see TextPiece). With
+   * text pieces free of special-token strings both give the same ids for the same string: the library
+   * too splits a string at its special tokens and tokenizes the text between them on its own.
+   */
+  encode(text: string | readonly TextPiece[], options: EncodeOptions = {}): number[] {
+    const addSpecialTokens = options.addSpecialTokens ?? true;
+    if (typeof text === 'string') return this.tokenizer.encode(text, { add_special_tokens: addSpecialTokens }).ids;
+    // The post-processor's tokens around an empty text (<s>), then each run of pieces of one kind.
+    const ids = addSpecialTokens ? this.tokenizer.encode('', { add_special_tokens: true }).ids : [];
+    for (let i = 0; i < text.length;) {
+      let j = i;
+      let run = '';
+      while (j < text.length && text[j].markup === text[i].markup) run += text[j++].text;
+      const tokenizer = text[i].markup ? this.tokenizer : this.plain();
+      if (run !== '') ids.push(...tokenizer.encode(run, { add_special_tokens: false }).ids);
+      i = j;
+    }
+    return ids;
+  }
+
+  private plain(): Tokenizer {
+    this.plainTokenizer ??= new Tokenizer({ ...this.json, added_tokens: [] }, this.config);
+    return this.plainTokenizer;
   }
 
   tokenToId(token: string): number | undefined {

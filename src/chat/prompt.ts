@@ -6,7 +6,7 @@ import { InputError } from '../errors';
 import { DataFlag, Sample, samplesOf } from '../model/samples';
 import { VisionLanguageModel } from '../model/vlm';
 import { PVCTokenizer } from '../tokenizer';
-import { buildPrompt, expandImagePlaceholders, History, IMAGE_PLACEHOLDER } from './template';
+import { buildPrompt, buildPromptPieces, expandImagePieces, expandImagePlaceholders, History, IMAGE_PLACEHOLDER, joinPieces } from './template';
 
 /**
  * The question with one placeholder line per image or frame in front, as upstream's quick start writes
@@ -31,6 +31,14 @@ export interface PromptOptions {
   splitSizes?: number[];
   /** Replaces the template's system message (the model config's system_message). */
   systemMessage?: string;
+  /**
+   * Tokenize the system message, history and question as plain text: special-token strings in them
+   * (`<|im_end|>`, `<|im_start|>`, `<img>`, ...) stay characters, so no text can forge a turn; only the
+   * template places special tokens (its markup and the images' <img><IMG_CONTEXT>...</img>, which
+   * <image> placeholders still become). vLLM's and OpenAI's rule; `pvc serve` always sets it. Default
+   * false: the whole prompt string is tokenized, special-token text parsed, as upstream's chat() does.
+   */
+  plainText?: boolean;
 }
 
 export interface PreparedPrompt {
@@ -60,12 +68,13 @@ export function preparePrompt(
   if (total !== tiles) throw new InputError('numPatchesList', `numPatchesList [${numPatchesList}] sums to ${total}, but pixelValues has ${tiles} tiles`);
   const samples = samplesOf(numPatchesList, options.dataFlag, options.splitSizes);
   const tokensPerTile = samples.flatMap((s) => s.tilesPerImage.map(() => model.tokensPerTile(s.dataFlag)));
-  const prompt = expandImagePlaceholders(
-    buildPrompt(options.systemMessage ?? model.config.system_message, history ?? [], question),
+  const pieces = expandImagePieces(
+    buildPromptPieces(options.systemMessage ?? model.config.system_message, history ?? [], question),
     numPatchesList,
     tokensPerTile,
   );
-  return { prompt, question, inputIds: tokenizer.encode(prompt), samples };
+  const prompt = joinPieces(pieces);
+  return { prompt, question, inputIds: tokenizer.encode(options.plainText ? pieces : prompt), samples };
 }
 
 /** Upstream's batch_chat prompts: one question per row, each with its own image (numPatchesList[i] tiles) or none. */

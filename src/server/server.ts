@@ -199,7 +199,8 @@ export class ChatServer {
       // The placeholders are the request's own (one set per user turn, see request.ts).
       inputs = chatInputs(video ? { video } : { images });
       const { pixelValues, numPatchesList, dataFlag } = inputs;
-      const promptOptions = { history: request.history, systemMessage: request.systemMessage, numPatchesList, dataFlag };
+      // Message text is text: only the template places special tokens (a client cannot forge a turn).
+      const promptOptions = { history: request.history, systemMessage: request.systemMessage, numPatchesList, dataFlag, plainText: true };
       const turn = model.prepareChat(pixelValues, request.question, { ...promptOptions, generation });
       const promptTokens = turn.inputIds.length;
       if (promptTokens + request.maxTokens > this.maxModelLen(model)) {
