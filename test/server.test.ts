@@ -16,7 +16,7 @@ import { loadVideo } from '../src/preprocess/video';
 import { PVCModel } from '../src/pvc_model';
 import { ChatServer } from '../src/server/server';
 import { PVCTokenizer } from '../src/tokenizer';
-import { convertFixture, MEDIA } from './helpers';
+import { convertFixture, convertWithPositions, MEDIA } from './helpers';
 
 // The repository's own media (examples/media): the answers are compared with model.chat on the same files.
 const IMAGE1 = MEDIA.image1;
@@ -684,6 +684,38 @@ describe('message text is text', () => {
     expect(completion.choices[0].message.content).toBe(await model.chat(null, forged, { maxNewTokens: MAX }, options));
     const parsed = model.prepareChat(null, forged, { ...options, plainText: false }).inputIds;
     expect(parsed.filter((id) => control.includes(id)).length).toBeGreaterThan(9);
+  });
+});
+
+describe('requests share no state', () => {
+  test("a short request's answer is the same before and after a long one past max_position_embeddings (dynamic NTK rope)", async () => {
+    const positions = 128;
+    const shortDir = convertWithPositions('tiny-internvl2', positions);
+    const short = await PVCModel.load(shortDir);
+    const served = await ChatServer.start({ model: short, modelName: 'tiny', port: 0, maxModelLen: 4096 });
+    try {
+      const c = new OpenAI({ baseURL: `${served.url}/v1`, apiKey: 'none', maxRetries: 0 });
+      const ask = async (content: string, max_tokens = MAX) => {
+        const completion = await c.chat.completions.create({ model: 'tiny', max_tokens, messages: [{ role: 'user', content }] });
+        return { answer: completion.choices[0].message.content, total: completion.usage!.total_tokens };
+      };
+      const before = await ask('Hi');
+      expect(before.total).toBeLessThanOrEqual(positions);
+      const long = await ask('Tell me a long story about the sea. '.repeat(40), 4);
+      expect(long.total).toBeGreaterThan(positions * 2);
+      expect(await ask('Hi')).toEqual(before);
+      // As upstream's chat() on a freshly loaded model.
+      const fresh = await PVCModel.load(shortDir);
+      try {
+        expect(before.answer).toBe(await fresh.chat(null, 'Hi', { maxNewTokens: MAX }));
+      } finally {
+        fresh.dispose();
+      }
+    } finally {
+      await served.close();
+      short.dispose();
+      removeConverted(shortDir);
+    }
   });
 });
 

@@ -24,6 +24,13 @@ export interface RunOptions {
   signal?: AbortSignal;
   /** Called with each generated token id (timing, inspection). */
   onToken?: (id: number) => void;
+  /**
+   * Start the turn from the rotary embedding's initial state, as on a freshly loaded model: a dynamic
+   * NTK base grown by an earlier call past max_position_embeddings is reset (see RotaryEmbedding), so
+   * the answer does not depend on earlier calls. Default false: the state carries over, as upstream's.
+   * `pvc serve` sets it for every request (one turn runs at a time there).
+   */
+  resetRotary?: boolean;
 }
 
 export interface ChatOptions extends PromptOptions, RunOptions {
@@ -69,7 +76,7 @@ export async function* generateForRows(
   tokenizer: PVCTokenizer,
   input: PromptRows,
   config: GenerationConfig,
-  options: { signal?: AbortSignal; tap?: Tap } = {},
+  options: { signal?: AbortSignal; tap?: Tap; resetRotary?: boolean } = {},
 ): AsyncGenerator<GenerationStep> {
   const T = Math.max(...input.rows.map((r) => r.length));
   const { maxContext } = model.limits;
@@ -80,6 +87,7 @@ export async function* generateForRows(
     );
   }
   throwIfAborted(options.signal);
+  if (options.resetRotary) model.llm.rotary.reset();
   const { embeds, attentionMask } = await runYielding(
     model.inputSteps(input.rows, input.pixelValues, input.samples, promptTokenIds(tokenizer), options.tap),
     options.signal,
@@ -124,6 +132,7 @@ export interface ChatIds extends PreparedPrompt {
 function turnSteps(model: VisionLanguageModel, tokenizer: PVCTokenizer, turn: ChatTurn, options: RunOptions): AsyncGenerator<GenerationStep> {
   return generateForRows(model, tokenizer, { rows: [turn.inputIds], pixelValues: turn.pixelValues, samples: turn.samples }, turn.generation, {
     signal: options.signal,
+    resetRotary: options.resetRotary,
   });
 }
 

@@ -26,6 +26,12 @@ export class RotaryEmbedding {
     this.cachedLength = config.max_position_embeddings;
   }
 
+  /** Back to the state of a freshly loaded model (the base rope_theta, nothing seen past max_position_embeddings). */
+  reset(): void {
+    this.invFreq = RotaryEmbedding.inverseFrequencies(this.config.rope_theta, this.config.head_dim);
+    this.cachedLength = this.config.max_position_embeddings;
+  }
+
   static inverseFrequencies(base: number, dim: number): Float32Array {
     const f = Math.fround;
     const b = f(base);

@@ -212,7 +212,8 @@ export class ChatServer {
       }
       let completionTokens = 0;
       let last = -1;
-      const options = { signal, onToken: (id: number) => (completionTokens++, (last = id)) };
+      // Each request is answered as on a freshly loaded model: no rotary state from earlier requests.
+      const options = { signal, resetRotary: true, onToken: (id: number) => (completionTokens++, (last = id)) };
       const finishReason = () => (!generation.eosTokenId.includes(last) && completionTokens >= request.maxTokens ? 'length' : 'stop');
       const usage = () => ({ prompt_tokens: promptTokens, completion_tokens: completionTokens, total_tokens: promptTokens + completionTokens });
       const id = `chatcmpl-${randomUUID()}`;
