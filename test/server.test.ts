@@ -445,6 +445,37 @@ describe('errors in OpenAI shape, with their status', () => {
     expect((await client.models.list()).data).toHaveLength(1);
   });
 
+  test('400, never 500: deep nesting, a million messages, huge values; messages stay short', async () => {
+    const post = async (body: string) => {
+      const res = await fetch(`${server.url}/v1/chat/completions`, { method: 'POST', headers: { authorization: `Bearer ${KEY}` }, body });
+      return { status: res.status, error: ((await res.json()) as { error: { message: string; param: string | null; code: string | null } }).error };
+    };
+    const deep = (n: number) => '['.repeat(n) + ']'.repeat(n);
+    const hi = '"messages": [{"role": "user", "content": "Hi"}]';
+    for (const n of [5000, 100_000]) {
+      expect(await post(`{"model": "tiny", "max_tokens": ${deep(n)}, ${hi}}`)).toMatchObject({ status: 400, error: { code: 'invalid_json' } });
+      expect(await post(`{"model": "tiny", "stop": ${deep(n)}, ${hi}}`)).toMatchObject({ status: 400, error: { code: 'invalid_json' } });
+    }
+    // Brackets inside strings are text, not nesting.
+    expect((await post(`{"model": "tiny", "max_tokens": 1, "messages": [{"role": "user", "content": "${'['.repeat(100)}\\\"{"}]}`)).status).toBe(200);
+    const started = Date.now();
+    const many = await post(`{"model": "tiny", "messages": [${new Array(1_000_001).fill('{}').join(',')}]}`);
+    expect(many).toMatchObject({ status: 400, error: { param: 'messages' } });
+    expect(many.error.message).toMatch(/1000001 messages, more than the 1024 accepted/);
+    expect(Date.now() - started).toBeLessThan(5000);
+    const huge = 'x'.repeat(1 << 20);
+    for (const body of [
+      { model: 'tiny', temperature: huge, messages: [{ role: 'user', content: 'Hi' }] },
+      { model: 'tiny', [huge]: 1, messages: [{ role: 'user', content: 'Hi' }] },
+      { model: 'tiny', messages: [{ role: huge, content: 'Hi' }] },
+      { model: 'tiny', messages: [{ role: 'user', content: [{ type: huge }] }] },
+    ]) {
+      const f = await post(JSON.stringify(body));
+      expect(f.status).toBe(400);
+      expect(f.error.message.length + (f.error.param?.length ?? 0)).toBeLessThan(600);
+    }
+  });
+
   test('401: a missing or wrong API key', async () => {
     for (const apiKey of ['wrong', `${KEY}x`, 'x']) {
       const other = new OpenAI({ baseURL: `${server.url}/v1`, apiKey, maxRetries: 0 });

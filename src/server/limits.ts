@@ -11,6 +11,10 @@ export interface ServerLimits {
   maxFramePixels: number;
   /** Most characters of text in one request (all messages): bounds the tokenizer's work before the context check. */
   maxTextChars: number;
+  /** Most messages in one request. */
+  maxMessages: number;
+  /** Most nesting of arrays and objects in a request body (checked before it is parsed). */
+  maxJsonDepth: number;
   /** Most images or videos in one request. */
   maxMediaParts: number;
   /** Most tiles per image (a part's max_num; the model's max_dynamic_patch is the default). */
@@ -33,6 +37,8 @@ export const DEFAULT_LIMITS: ServerLimits = {
   maxImagePixels: 6000 * 6000,
   maxFramePixels: 3840 * 2160,
   maxTextChars: 256 * 1024,
+  maxMessages: 1024,
+  maxJsonDepth: 32,
   maxMediaParts: 16,
   maxTilesPerImage: 40,
   maxFrames: 128,

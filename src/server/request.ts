@@ -48,18 +48,29 @@ const RESERVED = [IMAGE_PLACEHOLDER, IMG_START_TOKEN, IMG_END_TOKEN, IMG_CONTEXT
 
 type Json = Record<string, unknown>;
 
+/** A client's value, bounded, for an error message. */
+export function show(v: unknown): string {
+  if (typeof v === 'string') return JSON.stringify(v.length > 40 ? `${v.slice(0, 40)}...` : v);
+  if (Array.isArray(v)) return 'an array';
+  if (typeof v === 'object' && v !== null) return 'an object';
+  return String(v);
+}
+
+/** A client's key, bounded, as a field name. */
+const key = (k: string) => (k.length > 64 ? `${k.slice(0, 64)}...` : k);
+
 const isObject = (v: unknown): v is Json => typeof v === 'object' && v !== null && !Array.isArray(v);
 
 function checkKeys(obj: Json, allowed: string[], where: string): void {
-  for (const key of Object.keys(obj)) {
-    if (!allowed.includes(key)) throw badRequest(where ? `${where}.${key}` : key, `unknown field (accepted here: ${allowed.join(', ')})`, 'unknown_field');
+  for (const k of Object.keys(obj)) {
+    if (!allowed.includes(k)) throw badRequest(where ? `${where}.${key(k)}` : key(k), `unknown field (accepted here: ${allowed.join(', ')})`, 'unknown_field');
   }
 }
 
-function number(body: Json, key: string, check: (v: number) => boolean, expected: string): number | undefined {
-  const v = body[key];
+function number(body: Json, name: string, check: (v: number) => boolean, expected: string): number | undefined {
+  const v = body[name];
   if (v === undefined || v === null) return undefined;
-  if (typeof v !== 'number' || !Number.isFinite(v) || !check(v)) throw badRequest(key, `${JSON.stringify(v)} is not ${expected}`);
+  if (typeof v !== 'number' || !Number.isFinite(v) || !check(v)) throw badRequest(name, `${show(v)} is not ${expected}`);
   return v;
 }
 
@@ -99,7 +110,7 @@ async function content(
       continue;
     }
     if (part.type !== 'image_url' && part.type !== 'video_url')
-      throw badRequest(`${p}.type`, `${JSON.stringify(part.type)} is not a supported part type (text, image_url, video_url)`);
+      throw badRequest(`${p}.type`, `${show(part.type)} is not a supported part type (text, image_url, video_url)`);
     if (role !== 'user') throw badRequest(p, `${role} messages carry text only`);
     const kind: MediaKind = part.type === 'image_url' ? 'image' : 'video';
     checkKeys(part, ['type', part.type], p);
@@ -114,13 +125,13 @@ async function content(
     if (kind === 'image') {
       const maxNum = inner.max_num ?? maxDynamicPatch;
       if (!Number.isInteger(maxNum) || (maxNum as number) < 1 || (maxNum as number) > limits.maxTilesPerImage) {
-        throw badRequest(`${q}.max_num`, `${JSON.stringify(maxNum)} is not an integer from 1 to ${limits.maxTilesPerImage}`);
+        throw badRequest(`${q}.max_num`, `${show(maxNum)} is not an integer from 1 to ${limits.maxTilesPerImage}`);
       }
       source.maxNum = maxNum as number;
     } else {
       const frames = inner.num_frames ?? limits.defaultFrames;
       if (!Number.isInteger(frames) || (frames as number) < 1 || (frames as number) > limits.maxFrames) {
-        throw badRequest(`${q}.num_frames`, `${JSON.stringify(frames)} is not an integer from 1 to ${limits.maxFrames}`);
+        throw badRequest(`${q}.num_frames`, `${show(frames)} is not an integer from 1 to ${limits.maxFrames}`);
       }
       source.numFrames = frames as number;
     }
@@ -142,10 +153,9 @@ async function content(
  */
 export async function parseChatRequest(body: unknown, root: string | null, limits: ServerLimits, maxDynamicPatch: number): Promise<ChatRequest> {
   if (!isObject(body)) throw badRequest(null, 'the request body must be a JSON object');
-  for (const key of Object.keys(body))
-    if (!TOP_LEVEL.has(key)) throw badRequest(key, `unknown field (accepted: ${[...TOP_LEVEL].join(', ')})`, 'unknown_field');
+  for (const k of Object.keys(body)) if (!TOP_LEVEL.has(k)) throw badRequest(key(k), `unknown field (accepted: ${[...TOP_LEVEL].join(', ')})`, 'unknown_field');
   if (typeof body.model !== 'string') throw badRequest('model', 'expected the model name as a string');
-  if (body.n !== undefined && body.n !== null && body.n !== 1) throw badRequest('n', `${JSON.stringify(body.n)}: only n = 1 is supported`);
+  if (body.n !== undefined && body.n !== null && body.n !== 1) throw badRequest('n', `${show(body.n)}: only n = 1 is supported`);
   if (body.stream !== undefined && body.stream !== null && typeof body.stream !== 'boolean') throw badRequest('stream', 'expected true or false');
   const stream = body.stream === true;
   let includeUsage = false;
@@ -183,6 +193,7 @@ export async function parseChatRequest(body: unknown, root: string | null, limit
   if (body.stop !== undefined && body.stop !== null) generation.stop = body.stop;
 
   if (!Array.isArray(body.messages) || body.messages.length === 0) throw badRequest('messages', 'expected a non-empty array of messages');
+  if (body.messages.length > limits.maxMessages) throw badRequest('messages', `${body.messages.length} messages, more than the ${limits.maxMessages} accepted`);
   const media: MediaSource[] = [];
   const turns: Turn[] = [];
   let systemMessage: string | undefined;
@@ -196,7 +207,7 @@ export async function parseChatRequest(body: unknown, root: string | null, limit
       systemMessage = await content(message, param, role, media, root, limits, maxDynamicPatch);
       continue;
     }
-    if (role !== 'user' && role !== 'assistant') throw badRequest(`${param}.role`, `${JSON.stringify(role)} is not a supported role (system, user, assistant)`);
+    if (role !== 'user' && role !== 'assistant') throw badRequest(`${param}.role`, `${show(role)} is not a supported role (system, user, assistant)`);
     const expected = turns.length % 2 === 0 ? 'user' : 'assistant';
     if (role !== expected) throw badRequest(`${param}.role`, `expected a ${expected} message here (user and assistant messages alternate, starting with user)`);
     turns.push({ role, text: await content(message, param, role, media, root, limits, maxDynamicPatch) });

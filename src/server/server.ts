@@ -68,7 +68,10 @@ export class ChatServer {
     this.server = http.createServer((req, res) => void this.handle(req, res));
     Promise.resolve(options.model).then(
       (model) => (this.model = model),
-      (e: Error) => (this.loadError = e),
+      (e: Error) => {
+        this.loadError = e;
+        options.log?.(`error: the model failed to load: ${e?.stack ?? e}`);
+      },
     );
   }
 
@@ -147,9 +150,12 @@ export class ChatServer {
       });
     }
     const raw = await readBody(req, this.limits.maxBodyBytes);
+    const text = raw.toString('utf8');
+    if (jsonDepth(text) > this.limits.maxJsonDepth)
+      throw badRequest(null, `the body nests arrays and objects more than ${this.limits.maxJsonDepth} deep`, 'invalid_json');
     let body: unknown;
     try {
-      body = JSON.parse(raw.toString('utf8'));
+      body = JSON.parse(text);
     } catch (e) {
       throw badRequest(null, `the body is not valid JSON (${(e as Error).message})`, 'invalid_json');
     }
@@ -177,7 +183,7 @@ export class ChatServer {
 
   private ready(): PVCModel {
     if (this.closing) throw new ApiError(503, 'the server is shutting down', null, 'shutting_down');
-    if (this.loadError) throw new ApiError(503, `the model failed to load: ${this.loadError.message}`, null, 'model_load_failed');
+    if (this.loadError) throw new ApiError(503, 'the model failed to load (the server log says why)', null, 'model_load_failed');
     if (!this.model) throw new ApiError(503, 'the model is still loading; retry shortly', null, 'model_loading');
     return this.model;
   }
@@ -263,7 +269,7 @@ export class ChatServer {
           ? badRequest(e.param, e.message, 'invalid_request')
           : e instanceof AbortError
             ? new ApiError(503, 'the request was aborted (server shutting down)', null, 'aborted')
-            : new ApiError(500, `internal error: ${(e as Error)?.message ?? e}`, null, 'internal_error');
+            : new ApiError(500, 'internal error (the server log has its details)', null, 'internal_error');
     if (error.status >= 500 && !(e instanceof ApiError) && !(e instanceof AbortError)) this.options.log?.(`error: ${(e as Error)?.stack ?? e}`);
     if (res.headersSent) {
       // Mid-stream: the error as a last event (OpenAI's clients raise it), then the end.
@@ -274,6 +280,24 @@ export class ChatServer {
     if (error.status === 413) res.setHeader('connection', 'close');
     sendJson(res, error.status, error.body());
   }
+}
+
+/** How deep arrays and objects nest in a JSON text (strings skipped), without parsing it. */
+export function jsonDepth(text: string): number {
+  let depth = 0;
+  let most = 0;
+  let inString = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (inString) {
+      if (c === 0x5c)
+        i++; // backslash: skip the escaped character
+      else if (c === 0x22) inString = false;
+    } else if (c === 0x22) inString = true;
+    else if (c === 0x5b || c === 0x7b) most = Math.max(most, ++depth);
+    else if (c === 0x5d || c === 0x7d) depth--;
+  }
+  return most;
 }
 
 function digest(key: string): Buffer {
