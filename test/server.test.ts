@@ -393,7 +393,7 @@ describe('errors in OpenAI shape, with their status', () => {
       { ...user('Hi'), stream_options: { include_usage: true } },
       { ...user('Hi'), stream: true, stream_options: { include_usage: 'x' } },
       { ...user('Hi'), stop: 5 },
-      { ...user('Hi'), stop: ['a', 'b', 'c', 'd', 'e'] },
+      { ...user('Hi'), stop: new Array(17).fill('a') }, // more than generation/stop.ts's 16
       { ...user('Hi'), seed: 1.5 },
       { ...user('Hi'), top_p: 0 },
       { ...user('Hi'), temperature: 'hot' },
