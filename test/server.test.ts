@@ -5,6 +5,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { spawn, spawnSync } from 'child_process';
 import * as fs from 'fs';
+import * as net from 'net';
 import OpenAI from 'openai';
 import * as os from 'os';
 import * as path from 'path';
@@ -360,6 +361,64 @@ describe('errors in OpenAI shape, with their status', () => {
       expect({ url, status: f.status, param: f.param }).toEqual({ url, status: 400, param: 'messages[0].content[0].image_url.url' });
     }
     expect(await failure(ask({}, image('not-an-image.jpg')))).toMatchObject({ status: 400, code: 'invalid_image' });
+  });
+
+  test('local media: a FIFO and a socket are refused without hanging; a missing file and one outside the root get the same answer', async () => {
+    const image = (url: string) => [{ role: 'user', content: [imagePart(url)] }];
+    expect(spawnSync('mkfifo', [path.join(mediaRoot, 'fifo.jpg'), path.join(mediaRoot, 'fifo.mp4')]).status).toBe(0);
+    const socketServer = net.createServer();
+    await new Promise<void>((r) => socketServer.listen(path.join(mediaRoot, 'socket.jpg'), r));
+    try {
+      for (const [name, messages] of [
+        ['fifo.jpg', image('fifo.jpg')],
+        ['fifo.mp4', [{ role: 'user', content: [videoPart('fifo.mp4', 2)] }]],
+        ['socket.jpg', image('socket.jpg')],
+      ] as const) {
+        const started = Date.now();
+        const f = await failure(ask({}, messages, AbortSignal.timeout(5000)));
+        expect({ name, status: f.status, param: f.param }).toEqual({
+          name,
+          status: 400,
+          param: `messages[0].content[0].${name.endsWith('mp4') ? 'video' : 'image'}_url.url`,
+        });
+        expect(Date.now() - started).toBeLessThan(2000);
+      }
+    } finally {
+      await new Promise((r) => socketServer.close(r));
+    }
+    // The same message and code for a missing file in the root and files outside it that exist.
+    const answers = new Set<string>();
+    for (const url of [
+      'missing.jpg',
+      'sub/missing.jpg',
+      `../${path.basename(mediaRoot)}-secret.jpg`,
+      '/etc/passwd',
+      'outside-link.jpg',
+      '/nonexistent/x.jpg',
+    ]) {
+      const f = await failure(ask({}, image(url)));
+      answers.add(JSON.stringify([f.status, f.code, f.param, f.message]));
+    }
+    expect([...answers]).toHaveLength(1);
+  });
+
+  test('local media: a video checked and queued is read through its descriptor, not re-opened by name (a swap for a symlink out reads nothing outside)', async () => {
+    const swap = path.join(mediaRoot, 'swap.mp4');
+    const outside = `${mediaRoot}-outside.mp4`;
+    fs.copyFileSync(VIDEO, swap);
+    fs.writeFileSync(outside, Buffer.concat([Buffer.from([0, 0, 0, 24]), Buffer.from('ftypmp42 not the video')]));
+    const release = await server.queue.acquire(new AbortController().signal);
+    try {
+      const waiting = ask({ max_tokens: 1 }, [{ role: 'user', content: [videoPart('swap.mp4', 2), textPart('Hi')] }]);
+      await until(() => server.queue.depth.waiting === 1);
+      fs.rmSync(swap);
+      fs.symlinkSync(outside, swap);
+      release();
+      expect((await waiting).choices[0].message.role).toBe('assistant');
+    } finally {
+      release();
+      fs.rmSync(outside, { force: true });
+    }
   });
 
   test('400, never 500: malformed values in every field (and the server keeps answering)', async () => {

@@ -58,6 +58,24 @@ function binary(name: 'ffmpeg' | 'ffprobe'): string {
   }
 }
 
+/**
+ * A video by path, or by a descriptor already open on it (its `name` stands for it in messages).
+ * ffprobe and ffmpeg get a descriptor as their fd 3 and read /proc/self/fd/3: the file that was opened
+ * (and checked) is the one read, whatever its path names meanwhile; that needs Linux's /proc.
+ */
+export type VideoFile = string | { fd: number; name: string };
+
+/** Whether descriptors can be handed to ffmpeg (see VideoFile). */
+export const canReadDescriptors = process.platform === 'linux' && fs.existsSync('/proc/self/fd');
+
+/** The input argument and stdio of an ffmpeg / ffprobe run reading `file`, and its name for messages. */
+function ffInput(file: VideoFile): { input: string; stdio: ('ignore' | 'pipe' | number)[]; name: string; clean: (text: string) => string } {
+  if (typeof file === 'string') return { input: file, stdio: ['ignore', 'pipe', 'pipe'], name: file, clean: (t) => t };
+  if (!canReadDescriptors) throw new Error(`${file.name}: reading a video by descriptor needs /proc/self/fd (Linux)`);
+  const input = '/proc/self/fd/3';
+  return { input, stdio: ['ignore', 'pipe', 'pipe', file.fd], name: file.name, clean: (t) => t.replaceAll(input, file.name) };
+}
+
 /** Python's round() on floats: half to even. */
 export function roundHalfEven(x: number): number {
   const r = Math.round(x);
@@ -74,9 +92,10 @@ export function getIndex(bound: [number, number] | undefined, fps: number, maxFr
 }
 
 /** Frame count and average fps of the first video stream, as decord reports them. */
-export function probeVideo(file: string): VideoInfo {
-  if (!fs.existsSync(file)) throw new Error(`${file}: no such video file`);
-  if (fs.statSync(file).size === 0) throw new Error(`${file}: the file is empty (0 bytes)`);
+export function probeVideo(file: VideoFile): VideoInfo {
+  const { input, stdio, name, clean } = ffInput(file);
+  if (typeof file === 'string' && !fs.existsSync(file)) throw new Error(`${name}: no such video file`);
+  if ((typeof file === 'string' ? fs.statSync(file) : fs.fstatSync(file.fd)).size === 0) throw new Error(`${name}: the file is empty (0 bytes)`);
   const run = spawnSync(
     binary('ffprobe'),
     [
@@ -89,29 +108,30 @@ export function probeVideo(file: string): VideoInfo {
       'stream=width,height,avg_frame_rate,nb_frames,nb_read_packets',
       '-of',
       'json',
-      file,
+      input,
     ],
-    { encoding: 'utf8' },
+    { encoding: 'utf8', stdio },
   );
-  if (run.status !== 0) throw new Error(`${file}: cannot read the video (${(run.stderr || '').trim().split('\n')[0] || `ffprobe exit ${run.status}`})`);
+  if (run.status !== 0) throw new Error(`${name}: cannot read the video (${clean((run.stderr || '').trim().split('\n')[0]) || `ffprobe exit ${run.status}`})`);
   const streams = (JSON.parse(run.stdout) as { streams?: Record<string, string | number>[] }).streams ?? [];
-  if (streams.length === 0) throw new Error(`${file}: no video stream`);
+  if (streams.length === 0) throw new Error(`${name}: no video stream`);
   const s = streams[0];
   const [num, den] = String(s.avg_frame_rate).split('/').map(Number);
   const frameCount = Number(s.nb_read_packets ?? s.nb_frames);
-  if (!(den > 0 && num > 0) || !(frameCount > 0)) throw new Error(`${file}: the video stream reports no frames or no frame rate`);
+  if (!(den > 0 && num > 0) || !(frameCount > 0)) throw new Error(`${name}: the video stream reports no frames or no frame rate`);
   return { width: Number(s.width), height: Number(s.height), frameCount, fps: num / den };
 }
 
 /** Decodes the frames with the given (ascending, distinct) indices to RGB. */
-export async function decodeFrames(file: string, info: VideoInfo, indices: number[]): Promise<RGBImage[]> {
+export async function decodeFrames(file: VideoFile, info: VideoInfo, indices: number[]): Promise<RGBImage[]> {
+  const { input, stdio, name, clean } = ffInput(file);
   const select = indices.map((i) => `eq(n\\,${i})`).join('+');
   const args = [
     '-v',
     'error',
     '-noautorotate',
     '-i',
-    file,
+    input,
     '-map',
     '0:v:0',
     '-vf',
@@ -128,21 +148,21 @@ export async function decodeFrames(file: string, info: VideoInfo, indices: numbe
   const chunks: Buffer[] = [];
   let stderr = '';
   await new Promise<void>((resolve, reject) => {
-    const proc = spawn(binary('ffmpeg'), args);
-    proc.stdout.on('data', (c: Buffer) => chunks.push(c));
-    proc.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+    const proc = spawn(binary('ffmpeg'), args, { stdio });
+    proc.stdout!.on('data', (c: Buffer) => chunks.push(c));
+    proc.stderr!.on('data', (c: Buffer) => (stderr += c.toString()));
     proc.on('error', reject);
-    proc.on('close', (code) => (code === 0 ? resolve() : reject(new Error(`${file}: ffmpeg failed (exit ${code}): ${stderr.trim().split('\n')[0]}`))));
+    proc.on('close', (code) => (code === 0 ? resolve() : reject(new Error(`${name}: ffmpeg failed (exit ${code}): ${clean(stderr.trim().split('\n')[0])}`))));
   });
   const all = Buffer.concat(chunks);
   if (all.length !== frameBytes * indices.length) {
-    throw new Error(`${file}: expected ${indices.length} frames of ${info.width}x${info.height} from ffmpeg, got ${all.length / frameBytes}`);
+    throw new Error(`${name}: expected ${indices.length} frames of ${info.width}x${info.height} from ffmpeg, got ${all.length / frameBytes}`);
   }
   return indices.map((_, k) => ({ width: info.width, height: info.height, data: new Uint8Array(all.buffer, all.byteOffset + k * frameBytes, frameBytes) }));
 }
 
 /** Loads a video into model input, as upstream's load_video. */
-export async function loadVideo(file: string, options: VideoOptions = {}): Promise<LoadedVideo> {
+export async function loadVideo(file: VideoFile, options: VideoOptions = {}): Promise<LoadedVideo> {
   const numSegments = options.numSegments ?? 32;
   const maxNum = options.maxNum ?? 1;
   const inputSize = options.inputSize ?? 448;
@@ -156,7 +176,7 @@ export async function loadVideo(file: string, options: VideoOptions = {}): Promi
   const unique = [...new Set(frameIndices)].sort((a, b) => a - b);
   if (unique.length < frameIndices.length) {
     (options.warn ?? ((m: string) => process.stderr.write(m + '\n')))(
-      `${file}: ${numSegments} segments over ${unique.length} distinct frames: some frames are repeated (as upstream's get_index does)`,
+      `${typeof file === 'string' ? file : file.name}: ${numSegments} segments over ${unique.length} distinct frames: some frames are repeated (as upstream's get_index does)`,
     );
   }
   const decoded = await decodeFrames(file, info, unique);

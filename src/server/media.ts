@@ -10,19 +10,20 @@ import * as path from 'path';
 import { fileURLToPath } from 'url';
 import { headerSize, ImageFormat, sniffFormat } from '../preprocess/formats';
 import { LoadedImage, loadImage } from '../preprocess/image';
-import { LoadedVideo, loadVideo, probeVideo } from '../preprocess/video';
+import { canReadDescriptors, LoadedVideo, loadVideo, probeVideo, VideoFile } from '../preprocess/video';
 import { badRequest } from './errors';
 import { ServerLimits } from './limits';
 
 export type MediaKind = 'image' | 'video';
 
-/** A media part after validation: its bytes (data URL, image file) or its file (video file under the root). */
+/** A media part after validation: its bytes (data URL, image file) or its open file (video file under the root). */
 export interface MediaSource {
   kind: MediaKind;
   /** The request field it came from, for errors: messages[1].content[0].image_url. */
   param: string;
   bytes?: Buffer;
-  file?: string;
+  /** A video file under the root, opened and checked once: it is read through this descriptor only (closeMedia closes it). */
+  file?: fs.promises.FileHandle;
   /** Images: most tiles. Videos: frames sampled. */
   maxNum?: number;
   numFrames?: number;
@@ -73,8 +74,14 @@ function decodeDataUrl(url: string, kind: MediaKind, param: string, limits: Serv
   return bytes;
 }
 
-/** A file path or file:// URL resolved (symlinks and .. included) to a regular file inside `root`. */
-async function resolveLocal(url: string, kind: MediaKind, param: string, root: string | null, limits: ServerLimits): Promise<{ file: string; bytes: Buffer }> {
+/**
+ * A file path or file:// URL resolved (symlinks and .. included) to a regular file inside `root`, opened
+ * once: the descriptor is checked (where it points, what it is) and is then the only way the file is
+ * read, so a path swapped for a symlink out of the root after the check reads nothing outside. Opened
+ * with O_NONBLOCK, so a FIFO cannot block the open; only regular files pass. A missing file and a file
+ * outside the root get the same answer: the server tells nothing about files outside the root.
+ */
+async function openLocal(url: string, kind: MediaKind, param: string, root: string | null, limits: ServerLimits): Promise<fs.promises.FileHandle> {
   if (root === null)
     throw badRequest(param, 'local files are not accepted (the server was started without --allowed-local-media-path)', 'local_media_not_allowed');
   let p: string;
@@ -83,25 +90,67 @@ async function resolveLocal(url: string, kind: MediaKind, param: string, root: s
   } catch (e) {
     throw badRequest(param, `bad file URL (${(e as Error).message})`, `invalid_${kind}`);
   }
+  const unavailable = () => badRequest(param, 'no such file under the allowed media path', 'local_media_not_found');
+  const inRoot = (real: string) => real === root || real.startsWith(root + path.sep);
   let real: string;
   try {
     real = await fs.promises.realpath(p);
   } catch {
-    throw badRequest(param, `no such file in the allowed media path: ${url}`, `invalid_${kind}`);
+    throw unavailable();
   }
-  if (real !== root && !real.startsWith(root + path.sep)) throw badRequest(param, `${url} is outside the allowed media path`, 'local_media_not_allowed');
-  const handle = await fs.promises.open(real, 'r');
+  if (!inRoot(real)) throw unavailable();
+  let handle: fs.promises.FileHandle;
   try {
+    handle = await fs.promises.open(real, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK | fs.constants.O_NOFOLLOW);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    // Gone or made a symlink since realpath: as missing. A socket cannot be opened (ENXIO).
+    if (code === 'ENOENT' || code === 'ELOOP' || code === 'ENOTDIR') throw unavailable();
+    throw badRequest(param, code === 'ENXIO' ? 'not a regular file' : 'the file cannot be opened', `invalid_${kind}`);
+  }
+  try {
+    // What was opened, whatever the path's directories name now (Linux).
+    if (canReadDescriptors && !inRoot(await fs.promises.readlink(`/proc/self/fd/${handle.fd}`))) throw unavailable();
     const stat = await handle.stat();
-    if (!stat.isFile()) throw badRequest(param, `${url} is not a regular file`, `invalid_${kind}`);
+    if (!stat.isFile()) throw badRequest(param, 'not a regular file', `invalid_${kind}`);
     if (stat.size > limits.maxMediaBytes) throw badRequest(param, `the ${kind} is larger than ${limits.maxMediaBytes} bytes`, 'media_too_large');
-    // An image is read whole (through the handle that was checked); of a video only its signature.
+    return handle;
+  } catch (e) {
+    await handle.close();
+    throw e;
+  }
+}
+
+/** A local file's bytes (an image: whole) or its open handle (a video: its signature checked). */
+async function resolveLocal(
+  url: string,
+  kind: MediaKind,
+  param: string,
+  root: string | null,
+  limits: ServerLimits,
+): Promise<{ bytes?: Buffer; file?: fs.promises.FileHandle }> {
+  const handle = await openLocal(url, kind, param, root, limits);
+  try {
     const bytes = kind === 'image' ? await handle.readFile() : (await handle.read(Buffer.alloc(16), 0, 16, 0)).buffer;
     if (bytes.length > limits.maxMediaBytes) throw badRequest(param, `the ${kind} is larger than ${limits.maxMediaBytes} bytes`, 'media_too_large');
     checkSignature(bytes, kind, param);
-    return { file: real, bytes };
-  } finally {
+    if (kind === 'image') {
+      await handle.close();
+      return { bytes };
+    }
+    return { file: handle };
+  } catch (e) {
     await handle.close();
+    throw e;
+  }
+}
+
+/** Closes the files of media sources (videos under the root); each once. */
+export async function closeMedia(media: readonly MediaSource[]): Promise<void> {
+  for (const m of media) {
+    const file = m.file;
+    m.file = undefined;
+    await file?.close().catch(() => {});
   }
 }
 
@@ -116,7 +165,7 @@ export async function resolveMedia(
   param: string,
   root: string | null,
   limits: ServerLimits,
-): Promise<{ bytes?: Buffer; file?: string }> {
+): Promise<{ bytes?: Buffer; file?: fs.promises.FileHandle }> {
   if (/^data:/i.test(url)) return { bytes: decodeDataUrl(url, kind, param, limits) };
   if (/^https?:/i.test(url))
     throw badRequest(
@@ -126,8 +175,7 @@ export async function resolveMedia(
     );
   if (/^[a-z][a-z0-9+.-]*:/i.test(url) && !/^file:/i.test(url))
     throw badRequest(param, `URL scheme '${url.split(':')[0]}' is not accepted (data: or file:)`, `invalid_${kind}`);
-  const local = await resolveLocal(url, kind, param, root, limits);
-  return kind === 'image' ? { bytes: local.bytes } : { file: local.file };
+  return resolveLocal(url, kind, param, root, limits);
 }
 
 /** An image's bytes into model input, its pixel count checked from the header first (a hard limit, not Pillow's warning). */
@@ -148,15 +196,20 @@ export async function decodeImagePart(bytes: Buffer, options: { inputSize: numbe
   }
 }
 
-/** A video into model input: data URL bytes go through a private temporary file (ffmpeg reads files), removed after. */
+/**
+ * A video into model input. A file under the root is read through its open descriptor (see VideoFile);
+ * data URL bytes, and a file where descriptors cannot be handed to ffmpeg, go through a private
+ * temporary file (ffmpeg reads files), removed after.
+ */
 export async function decodeVideoPart(source: MediaSource, options: { inputSize: number; numFrames: number; maxFramePixels: number }): Promise<LoadedVideo> {
   let tmp: string | null = null;
-  let file = source.file;
+  let file: VideoFile | undefined = source.file && canReadDescriptors ? { fd: source.file.fd, name: '<video>' } : undefined;
   try {
     if (file === undefined) {
+      const bytes = source.bytes ?? (await source.file!.readFile());
       tmp = await fs.promises.mkdtemp(path.join(os.tmpdir(), 'pvc-serve-'));
       file = path.join(tmp, 'video');
-      await fs.promises.writeFile(file, source.bytes!, { mode: 0o600, flag: 'wx' });
+      await fs.promises.writeFile(file, bytes, { mode: 0o600, flag: 'wx' });
     }
     let size: { width: number; height: number };
     try {

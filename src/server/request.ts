@@ -12,7 +12,7 @@ import { IMAGE_PLACEHOLDER, IMG_CONTEXT_TOKEN, IMG_END_TOKEN, IMG_START_TOKEN } 
 import { History } from '../chat/template';
 import { badRequest } from './errors';
 import { ServerLimits } from './limits';
-import { MediaKind, MediaSource, resolveMedia } from './media';
+import { closeMedia, MediaKind, MediaSource, resolveMedia } from './media';
 
 export interface ChatRequest {
   model: string;
@@ -122,6 +122,7 @@ async function content(
     if (typeof inner.url !== 'string' || inner.url === '') throw badRequest(`${q}.url`, 'expected a non-empty string');
     if (media.length >= limits.maxMediaParts) throw badRequest(q, `more than ${limits.maxMediaParts} images or videos in one request`);
     const source: MediaSource = { kind, param: q, ...(await resolveMedia(inner.url, kind, `${q}.url`, root, limits)) };
+    media.push(source); // at once: its file is closed (closeMedia) whatever comes next
     if (kind === 'image') {
       const maxNum = inner.max_num ?? maxDynamicPatch;
       if (!Number.isInteger(maxNum) || (maxNum as number) < 1 || (maxNum as number) > limits.maxTilesPerImage) {
@@ -135,7 +136,6 @@ async function content(
       }
       source.numFrames = frames as number;
     }
-    media.push(source);
     kinds.push(kind);
   }
   const question = texts.join('\n');
@@ -149,9 +149,20 @@ async function content(
 
 /**
  * Validates a parsed JSON body and resolves its media sources (bytes read, paths checked; nothing
- * decoded yet). `root`: realpath of --allowed-local-media-path or null.
+ * decoded yet; video files open: closeMedia closes them, as it does here when the request is refused).
+ * `root`: realpath of --allowed-local-media-path or null.
  */
 export async function parseChatRequest(body: unknown, root: string | null, limits: ServerLimits, maxDynamicPatch: number): Promise<ChatRequest> {
+  const media: MediaSource[] = [];
+  try {
+    return await parse(body, root, limits, maxDynamicPatch, media);
+  } catch (e) {
+    await closeMedia(media);
+    throw e;
+  }
+}
+
+async function parse(body: unknown, root: string | null, limits: ServerLimits, maxDynamicPatch: number, media: MediaSource[]): Promise<ChatRequest> {
   if (!isObject(body)) throw badRequest(null, 'the request body must be a JSON object');
   for (const k of Object.keys(body)) if (!TOP_LEVEL.has(k)) throw badRequest(key(k), `unknown field (accepted: ${[...TOP_LEVEL].join(', ')})`, 'unknown_field');
   if (typeof body.model !== 'string') throw badRequest('model', 'expected the model name as a string');
@@ -194,7 +205,6 @@ export async function parseChatRequest(body: unknown, root: string | null, limit
 
   if (!Array.isArray(body.messages) || body.messages.length === 0) throw badRequest('messages', 'expected a non-empty array of messages');
   if (body.messages.length > limits.maxMessages) throw badRequest('messages', `${body.messages.length} messages, more than the ${limits.maxMessages} accepted`);
-  const media: MediaSource[] = [];
   const turns: Turn[] = [];
   let systemMessage: string | undefined;
   for (const [i, message] of body.messages.entries()) {

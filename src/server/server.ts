@@ -18,7 +18,7 @@ import { LoadedVideo } from '../preprocess/video';
 import { PVCModel } from '../pvc_model';
 import { ApiError, badRequest } from './errors';
 import { DEFAULT_LIMITS, ServerLimits } from './limits';
-import { decodeImagePart, decodeVideoPart } from './media';
+import { closeMedia, decodeImagePart, decodeVideoPart } from './media';
 import { GenerationQueue } from './queue';
 import { ChatRequest, parseChatRequest } from './request';
 
@@ -163,9 +163,13 @@ export class ChatServer {
     if (typeof name === 'string' && name !== this.modelName)
       throw new ApiError(404, `the model '${name}' does not exist (this server serves '${this.modelName}')`, 'model', 'model_not_found');
     const request = await parseChatRequest(body, this.mediaRoot, this.limits, model.config.max_dynamic_patch);
-    // Resolved once, here: a bad option is a 400 before the request waits or decodes anything.
-    const generation = model.generationConfig(request.generation);
-    await this.complete(model, request, generation, res, signal);
+    try {
+      // Resolved once, here: a bad option is a 400 before the request waits or decodes anything.
+      const generation = model.generationConfig(request.generation);
+      await this.complete(model, request, generation, res, signal);
+    } finally {
+      await closeMedia(request.media);
+    }
   }
 
   private authorize(req: http.IncomingMessage): void {
