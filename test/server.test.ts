@@ -562,6 +562,72 @@ describe('errors in OpenAI shape, with their status', () => {
     expect((await waiting).choices[0].message.role).toBe('assistant');
   });
 
+  test('429 and 503 (loading) say when to retry (Retry-After)', async () => {
+    const release = await server.queue.acquire(new AbortController().signal);
+    try {
+      const waiting = ask({});
+      await until(() => server.queue.depth.waiting === 1);
+      const body = JSON.stringify({ model: 'tiny', max_tokens: 1, messages: [{ role: 'user', content: 'Hi' }] });
+      const res = await fetch(`${server.url}/v1/chat/completions`, { method: 'POST', headers: { authorization: `Bearer ${KEY}` }, body });
+      expect(res.status).toBe(429);
+      expect(res.headers.get('retry-after')).toBe('1');
+      release();
+      await waiting;
+    } finally {
+      release();
+    }
+    const loading = await ChatServer.start({ model: new Promise<PVCModel>(() => {}), modelName: 'tiny', port: 0 });
+    try {
+      const res = await fetch(`${loading.url}/v1/models`);
+      expect(res.status).toBe(503);
+      expect(res.headers.get('retry-after')).toBe('1');
+    } finally {
+      await loading.close();
+    }
+  });
+
+  test('a slow client is cut off: partial headers, a paused body, a trickling body (408, connection closed)', async () => {
+    const limits = { headersTimeoutMs: 300, requestTimeoutMs: 800, bodyIdleTimeoutMs: 300 };
+    const slow = await ChatServer.start({ model, modelName: 'tiny', port: 0, limits });
+    /** Writes `head`, then `trickle` one byte each 100 ms; resolves when the server closes the connection. */
+    const send = (head: string, trickle = '') =>
+      new Promise<{ ms: number; response: string }>((resolve, reject) => {
+        const started = Date.now();
+        const socket = net.connect(slow.address.port, '127.0.0.1', () => socket.write(head));
+        let response = '';
+        let k = 0;
+        const timer = setInterval(() => k < trickle.length && socket.write(trickle[k++]), 100);
+        const fail = setTimeout(() => (socket.destroy(), reject(new Error(`still open after 5 s: ${response}`))), 5000);
+        socket.on('data', (d) => (response += d.toString()));
+        socket.on('error', () => {});
+        socket.on('close', () => {
+          clearInterval(timer);
+          clearTimeout(fail);
+          resolve({ ms: Date.now() - started, response });
+        });
+      });
+    const headers = `POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n`;
+    try {
+      const partialHeaders = await send(headers);
+      expect(partialHeaders.response).toMatch(/^HTTP\/1\.1 408/);
+      expect(partialHeaders.ms).toBeLessThan(2000);
+      const pausedBody = await send(`${headers}Content-Length: 100\r\n\r\n{"model": "tiny",`);
+      expect(pausedBody.response).toMatch(/^HTTP\/1\.1 408/);
+      expect(pausedBody.ms).toBeLessThan(2000);
+      const trickling = await send(`${headers}Content-Length: 100\r\n\r\n`, ' '.repeat(100));
+      expect(trickling.response).toMatch(/^HTTP\/1\.1 408/);
+      expect(trickling.ms).toBeLessThan(3000);
+      // A request sent in time is answered as ever.
+      const ok = await fetch(`${slow.url}/v1/chat/completions`, {
+        method: 'POST',
+        body: JSON.stringify({ model: 'tiny', max_tokens: 1, messages: [{ role: 'user', content: 'Hi' }] }),
+      });
+      expect(ok.status).toBe(200);
+    } finally {
+      await slow.close();
+    }
+  });
+
   test('a waiting request whose client leaves is taken out of the queue', async () => {
     const release = await server.queue.acquire(new AbortController().signal);
     const controller = new AbortController();

@@ -29,6 +29,16 @@ export interface ServerLimits {
   defaultMaxTokens: number;
   /** Requests waiting for the model behind the running one (429 above). */
   maxQueue: number;
+  /** Milliseconds a client has to send a request's headers (Node's server.headersTimeout; 408 and the connection closed after). */
+  headersTimeoutMs: number;
+  /** Milliseconds a client has to send a whole request, headers and body (Node's server.requestTimeout). */
+  requestTimeoutMs: number;
+  /** Milliseconds a body may pause between two of its chunks before the request is cut off (408). */
+  bodyIdleTimeoutMs: number;
+  /** Milliseconds an idle keep-alive connection stays open between requests (Node's server.keepAliveTimeout). */
+  keepAliveTimeoutMs: number;
+  /** Seconds a 429 (and a 503 while the model loads) tells the client to wait (Retry-After). */
+  retryAfterSeconds: number;
 }
 
 export const DEFAULT_LIMITS: ServerLimits = {
@@ -46,4 +56,9 @@ export const DEFAULT_LIMITS: ServerLimits = {
   maxTokens: 8192,
   defaultMaxTokens: 512,
   maxQueue: 16,
+  headersTimeoutMs: 30_000,
+  requestTimeoutMs: 300_000,
+  bodyIdleTimeoutMs: 30_000,
+  keepAliveTimeoutMs: 5_000,
+  retryAfterSeconds: 1,
 };

@@ -65,7 +65,17 @@ export class ChatServer {
     if (this.mediaRoot !== null && !fs.statSync(this.mediaRoot).isDirectory())
       throw new Error(`--allowed-local-media-path ${options.allowedLocalMediaPath}: not a directory`);
     this.keyDigest = options.apiKey === undefined ? null : digest(options.apiKey);
-    this.server = http.createServer((req, res) => void this.handle(req, res));
+    const { headersTimeoutMs, requestTimeoutMs, keepAliveTimeoutMs } = this.limits;
+    this.server = http.createServer(
+      {
+        headersTimeout: headersTimeoutMs,
+        requestTimeout: requestTimeoutMs,
+        keepAliveTimeout: keepAliveTimeoutMs,
+        // How often Node checks the first two (its default, 30 s, would let a short limit run long).
+        connectionsCheckingInterval: Math.max(10, Math.min(1000, headersTimeoutMs / 4, requestTimeoutMs / 4)),
+      },
+      (req, res) => void this.handle(req, res),
+    );
     Promise.resolve(options.model).then(
       (model) => (this.model = model),
       (e: Error) => {
@@ -149,7 +159,7 @@ export class ChatServer {
         data: [{ id: this.modelName, object: 'model', created: 0, owned_by: 'pvc-tfjs', max_model_len: this.maxModelLen(model) }],
       });
     }
-    const raw = await readBody(req, this.limits.maxBodyBytes);
+    const raw = await readBody(req, this.limits.maxBodyBytes, this.limits.bodyIdleTimeoutMs);
     const text = raw.toString('utf8');
     if (jsonDepth(text) > this.limits.maxJsonDepth)
       throw badRequest(null, `the body nests arrays and objects more than ${this.limits.maxJsonDepth} deep`, 'invalid_json');
@@ -281,7 +291,8 @@ export class ChatServer {
       res.end('data: [DONE]\n\n');
       return;
     }
-    if (error.status === 413) res.setHeader('connection', 'close');
+    if (error.status === 413 || error.status === 408) res.setHeader('connection', 'close');
+    if (error.status === 429 || error.code === 'model_loading') res.setHeader('retry-after', String(this.limits.retryAfterSeconds));
     sendJson(res, error.status, error.body());
   }
 }
@@ -318,8 +329,11 @@ function sendEvent(res: http.ServerResponse, body: unknown): void {
   res.write(`data: ${JSON.stringify(body)}\n\n`);
 }
 
-/** The body, at most `limit` bytes (413 beyond, the rest read and dropped). */
-function readBody(req: http.IncomingMessage, limit: number): Promise<Buffer> {
+/**
+ * The body, at most `limit` bytes (413 beyond, the rest read and dropped); a pause of more than
+ * `idleMs` between chunks is a 408 (the whole request is bounded by the server's requestTimeout).
+ */
+function readBody(req: http.IncomingMessage, limit: number, idleMs: number): Promise<Buffer> {
   const tooLarge = () => new ApiError(413, `the request body is larger than ${limit} bytes`, null, 'request_too_large');
   if (Number(req.headers['content-length'] ?? 0) > limit) {
     req.resume();
@@ -338,7 +352,11 @@ function readBody(req: http.IncomingMessage, limit: number): Promise<Buffer> {
         chunks.push(chunk);
       }
     });
-    req.on('end', () => resolve(Buffer.concat(chunks)));
+    req.setTimeout(idleMs, () => reject(new ApiError(408, `the request body paused for more than ${idleMs} ms`, null, 'request_timeout')));
+    req.on('end', () => {
+      req.setTimeout(0); // the body is in: generation may take its time
+      resolve(Buffer.concat(chunks));
+    });
     req.on('error', reject);
     // A client gone before the end of its body: nothing to answer (the response's 'close' aborts the rest).
     req.on('close', () => !req.complete && reject(new AbortError(new Error('the client disconnected while sending'))));
