@@ -262,6 +262,12 @@ describe('answers equal model.chat', () => {
     expect(completion.choices[0].finish_reason).toBe('stop');
   });
 
+  test("GET /v1/models/{id} is the model (the client's models.retrieve()); another id is a 404", async () => {
+    expect(await client.models.retrieve('tiny')).toMatchObject({ id: 'tiny', object: 'model', owned_by: 'pvc-tfjs', max_model_len: 4096 });
+    expect(await failure(client.models.retrieve('gpt-4o'))).toMatchObject({ status: 404, code: 'model_not_found' });
+    expect((await fetch(`${server.url}/v1/models/tiny`)).status).toBe(401);
+  });
+
   test('GET /v1/models lists the model', async () => {
     const models = await client.models.list();
     expect(models.data.map((m) => m.id)).toEqual(['tiny']);
@@ -290,10 +296,58 @@ describe('errors in OpenAI shape, with their status', () => {
   });
 
   test('400: unknown fields, at any depth, are named', async () => {
-    expect(await failure(ask({ frequency_penalty: 0.5 }))).toMatchObject({ status: 400, param: 'frequency_penalty', code: 'unknown_field' });
-    expect(await failure(ask({}, [{ role: 'user', content: 'Hi', name: 'bob' }]))).toMatchObject({ status: 400, param: 'messages[0].name' });
+    expect(await failure(ask({ logit_bias: { 1: 5 } }))).toMatchObject({ status: 400, param: 'logit_bias', code: 'unknown_field' });
+    expect(await failure(ask({}, [{ role: 'user', content: 'Hi', audio: {} }]))).toMatchObject({ status: 400, param: 'messages[0].audio' });
     const part = { type: 'image_url', image_url: { url: dataUrl(IMAGE1, 'image/jpeg'), zoom: 2 } };
     expect(await failure(ask({}, [{ role: 'user', content: [part] }]))).toMatchObject({ status: 400, param: 'messages[0].content[0].image_url.zoom' });
+  });
+
+  test("OpenAI's fields that ask nothing more are accepted; the others are 400s naming them", async () => {
+    const accepted = {
+      user: 'u-1',
+      metadata: { app: 'test' },
+      store: false,
+      logprobs: false,
+      parallel_tool_calls: true,
+      service_tier: 'auto',
+      presence_penalty: 0,
+      frequency_penalty: 0,
+      response_format: { type: 'text' },
+    };
+    const reference = await ask({});
+    const answer = await ask(accepted, [{ role: 'user', content: 'Hi', name: 'bob' }]);
+    expect(answer.choices[0].message.content).toBe(reference.choices[0].message.content);
+    for (const [extra, param] of [
+      [{ logprobs: true }, 'logprobs'],
+      [{ frequency_penalty: 0.5 }, 'frequency_penalty'],
+      [{ presence_penalty: -1 }, 'presence_penalty'],
+      [{ response_format: { type: 'json_object' } }, 'response_format.type'],
+      [{ service_tier: 'flex' }, 'service_tier'],
+    ] as const) {
+      expect(await failure(ask(extra))).toMatchObject({ status: 400, param, code: 'unsupported_value' });
+    }
+    for (const [extra, param] of [
+      [{ user: 5 }, 'user'],
+      [{ store: 'yes' }, 'store'],
+      [{ metadata: { a: 5 } }, 'metadata.a'],
+      [{ metadata: 'x' }, 'metadata'],
+      [{ response_format: { type: 'text', schema: {} } }, 'response_format.schema'],
+      [{ presence_penalty: '0' }, 'presence_penalty'],
+      [{ top_logprobs: 2 }, 'top_logprobs'],
+    ] as const) {
+      expect(await failure(ask(extra))).toMatchObject({ status: 400, param });
+    }
+    expect(await failure(ask({}, [{ role: 'user', content: 'Hi', name: 5 }]))).toMatchObject({ status: 400, param: 'messages[0].name' });
+  });
+
+  test('a base64 data URL with line breaks and spaces is read as without them', async () => {
+    const b64 = fs.readFileSync(IMAGE1).toString('base64');
+    const wrapped = b64.replace(/.{76}/g, '$&\r\n').replace(/.{1000}/g, '$& ');
+    const content = (url: string): Part[] => [imagePart(url), textPart('Hi')];
+    const plain = await ask({}, [{ role: 'user', content: content(`data:image/jpeg;base64,${b64}`) }]);
+    const lines = await ask({}, [{ role: 'user', content: content(`data:image/jpeg;base64,${wrapped}`) }]);
+    expect(lines.choices[0].message.content).toBe(plain.choices[0].message.content);
+    expect(lines.usage).toEqual(plain.usage);
   });
 
   test('400: n other than 1, out-of-range options, a conversation not ending with the user', async () => {

@@ -62,7 +62,8 @@ function decodeDataUrl(url: string, kind: MediaKind, param: string, limits: Serv
   }
   if (!params.map((p) => p.trim().toLowerCase()).includes('base64'))
     throw badRequest(param, 'only base64 data URLs are accepted (data:TYPE;base64,...)', `invalid_${kind}`);
-  const data = url.slice(comma + 1);
+  // Line breaks and other whitespace (MIME's 76-character lines) are not data.
+  const data = url.slice(comma + 1).replace(/\s+/g, '');
   // Checked on the text's length before decoding anything: 4 characters are 3 bytes.
   if (Math.floor((data.length * 3) / 4) > limits.maxMediaBytes + 2)
     throw badRequest(param, `the ${kind} is larger than ${limits.maxMediaBytes} bytes`, 'media_too_large');

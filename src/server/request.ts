@@ -41,7 +41,50 @@ const TOP_LEVEL = new Set([
   'stream_options',
   'top_k',
   'repetition_penalty',
+  // OpenAI's, accepted where they ask nothing this server does not do (checkOpenAIFields).
+  'user',
+  'metadata',
+  'store',
+  'logprobs',
+  'parallel_tool_calls',
+  'service_tier',
+  'presence_penalty',
+  'frequency_penalty',
+  'response_format',
 ]);
+
+/**
+ * OpenAI fields that change nothing here, checked for their type; those that would ask for what the
+ * server does not do (log probabilities, penalties other than 0, a JSON response format) are refused
+ * naming the field. Nothing is stored whatever `store` says.
+ */
+function checkOpenAIFields(body: Json): void {
+  const given = (k: string) => body[k] !== undefined && body[k] !== null;
+  if (given('user') && typeof body.user !== 'string') throw badRequest('user', 'expected a string');
+  for (const k of ['store', 'parallel_tool_calls', 'logprobs']) if (given(k) && typeof body[k] !== 'boolean') throw badRequest(k, 'expected true or false');
+  if (body.logprobs === true) throw badRequest('logprobs', 'log probabilities are not supported (logprobs: false only)', 'unsupported_value');
+  if (given('service_tier') && !['auto', 'default'].includes(body.service_tier as string))
+    throw badRequest('service_tier', `${show(body.service_tier)} is not supported (auto, default)`, 'unsupported_value');
+  if (given('metadata')) {
+    const m = body.metadata;
+    if (!isObject(m) || Object.keys(m).length > 16) throw badRequest('metadata', 'expected an object of at most 16 string values');
+    for (const [k, v] of Object.entries(m)) {
+      if (k.length > 64 || typeof v !== 'string' || v.length > 512)
+        throw badRequest(`metadata.${key(k)}`, 'expected a key of at most 64 characters with a string value of at most 512');
+    }
+  }
+  for (const k of ['presence_penalty', 'frequency_penalty']) {
+    if (!given(k)) continue;
+    if (typeof body[k] !== 'number') throw badRequest(k, 'expected a number');
+    if (body[k] !== 0) throw badRequest(k, `${show(body[k])}: only 0 is supported (repetition_penalty is)`, 'unsupported_value');
+  }
+  if (given('response_format')) {
+    const f = body.response_format;
+    if (!isObject(f)) throw badRequest('response_format', 'expected an object');
+    checkKeys(f, ['type'], 'response_format');
+    if (f.type !== 'text') throw badRequest('response_format.type', `${show(f.type)} is not supported (text only)`, 'unsupported_value');
+  }
+}
 
 // Text that would be read as the template's image markup is not the client's to write.
 const RESERVED = [IMAGE_PLACEHOLDER, IMG_START_TOKEN, IMG_END_TOKEN, IMG_CONTEXT_TOKEN];
@@ -166,6 +209,7 @@ async function parse(body: unknown, root: string | null, limits: ServerLimits, m
   if (!isObject(body)) throw badRequest(null, 'the request body must be a JSON object');
   for (const k of Object.keys(body)) if (!TOP_LEVEL.has(k)) throw badRequest(key(k), `unknown field (accepted: ${[...TOP_LEVEL].join(', ')})`, 'unknown_field');
   if (typeof body.model !== 'string') throw badRequest('model', 'expected the model name as a string');
+  checkOpenAIFields(body);
   if (body.n !== undefined && body.n !== null && body.n !== 1) throw badRequest('n', `${show(body.n)}: only n = 1 is supported`);
   if (body.stream !== undefined && body.stream !== null && typeof body.stream !== 'boolean') throw badRequest('stream', 'expected true or false');
   const stream = body.stream === true;
@@ -210,7 +254,9 @@ async function parse(body: unknown, root: string | null, limits: ServerLimits, m
   for (const [i, message] of body.messages.entries()) {
     const param = `messages[${i}]`;
     if (!isObject(message)) throw badRequest(param, 'expected a message object');
-    checkKeys(message, ['role', 'content'], param);
+    // name (OpenAI's participant name) is accepted and, as vLLM's templates do, left out of the prompt.
+    checkKeys(message, ['role', 'content', 'name'], param);
+    if (message.name !== undefined && typeof message.name !== 'string') throw badRequest(`${param}.name`, 'expected a string');
     const role = message.role;
     if (role === 'system' || role === 'developer') {
       if (i !== 0) throw badRequest(`${param}.role`, 'a system message may only come first');

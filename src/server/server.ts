@@ -139,9 +139,13 @@ export class ChatServer {
   }
 
   private async route(req: http.IncomingMessage, res: http.ServerResponse, signal: AbortSignal): Promise<void> {
-    const path = new URL(req.url ?? '/', 'http://localhost').pathname.replace(/\/+$/, '');
-    const routes: Record<string, string> = { '/health': 'GET', '/v1/models': 'GET', '/v1/chat/completions': 'POST' };
-    if (routes[path] === undefined) throw new ApiError(404, `no route ${path} (routes: ${Object.keys(routes).join(', ')})`, null, 'not_found');
+    const pathname = new URL(req.url ?? '/', 'http://localhost').pathname.replace(/\/+$/, '');
+    // /v1/models/{id}: one model (the openai clients' models.retrieve()).
+    const modelId = /^\/v1\/models\/(.+)$/.exec(pathname)?.[1];
+    const path = modelId === undefined ? pathname : '/v1/models/{id}';
+    const routes: Record<string, string> = { '/health': 'GET', '/v1/models': 'GET', '/v1/models/{id}': 'GET', '/v1/chat/completions': 'POST' };
+    if (routes[path] === undefined)
+      throw new ApiError(404, `no route ${pathname.slice(0, 100)} (routes: ${Object.keys(routes).join(', ')})`, null, 'not_found');
     if (req.method !== routes[path]) {
       res.setHeader('allow', routes[path]);
       throw new ApiError(405, `${path} takes ${routes[path]}, not ${req.method}`, null, 'method_not_allowed');
@@ -153,11 +157,18 @@ export class ChatServer {
     }
     this.authorize(req);
     const model = this.ready();
-    if (path === '/v1/models') {
-      return sendJson(res, 200, {
-        object: 'list',
-        data: [{ id: this.modelName, object: 'model', created: 0, owned_by: 'pvc-tfjs', max_model_len: this.maxModelLen(model) }],
-      });
+    const card = { id: this.modelName, object: 'model', created: 0, owned_by: 'pvc-tfjs', max_model_len: this.maxModelLen(model) };
+    if (path === '/v1/models') return sendJson(res, 200, { object: 'list', data: [card] });
+    if (modelId !== undefined) {
+      let id: string;
+      try {
+        id = decodeURIComponent(modelId);
+      } catch {
+        id = modelId;
+      }
+      if (id !== this.modelName)
+        throw new ApiError(404, `the model '${id.slice(0, 100)}' does not exist (this server serves '${this.modelName}')`, 'model', 'model_not_found');
+      return sendJson(res, 200, card);
     }
     const raw = await readBody(req, this.limits.maxBodyBytes, this.limits.bodyIdleTimeoutMs);
     const text = raw.toString('utf8');
@@ -171,7 +182,7 @@ export class ChatServer {
     }
     const name = (body as { model?: unknown } | null)?.model;
     if (typeof name === 'string' && name !== this.modelName)
-      throw new ApiError(404, `the model '${name}' does not exist (this server serves '${this.modelName}')`, 'model', 'model_not_found');
+      throw new ApiError(404, `the model '${name.slice(0, 100)}' does not exist (this server serves '${this.modelName}')`, 'model', 'model_not_found');
     const request = await parseChatRequest(body, this.mediaRoot, this.limits, model.config.max_dynamic_patch);
     try {
       // Resolved once, here: a bad option is a 400 before the request waits or decodes anything.
