@@ -9,6 +9,8 @@ import * as net from 'net';
 import OpenAI from 'openai';
 import * as os from 'os';
 import * as path from 'path';
+import * as v8 from 'v8';
+import * as vm from 'vm';
 import type { ChatOptions } from '../src/chat/chat';
 import { withImagePlaceholders } from '../src/chat/prompt';
 import * as generationConfig from '../src/generation/config';
@@ -927,6 +929,156 @@ describe('requests share no state', () => {
       removeConverted(shortDir);
     }
   });
+});
+
+describe('a seeded fuzz', () => {
+  /** mulberry32: a small seeded PRNG, so that a failing run can be replayed. */
+  function prng(seed: number): () => number {
+    return () => {
+      seed = (seed + 0x6d2b79f5) | 0;
+      let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+      t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+      return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+    };
+  }
+
+  /** RSS after a full garbage collection (what is kept, not what the collector has yet to free). */
+  function collectedRss(): number {
+    v8.setFlagsFromString('--expose-gc');
+    (vm.runInNewContext('gc') as () => void)();
+    return process.memoryUsage().rss;
+  }
+
+  test('200 + 1000 requests mutated from valid ones: no 5xx, /health answers throughout, RSS comes back', async () => {
+    const SEED = 30;
+    const COUNT = 1000;
+    const WARMUP = 200;
+    const random = prng(SEED);
+    const pick = <T>(xs: readonly T[]): T => xs[Math.floor(random() * xs.length)];
+    const small = dataUrl(path.join(__dirname, 'fixtures', 'images', 'small-13x7-max1.png'), 'image/png');
+    const valid: Record<string, unknown>[] = [
+      { model: 'tiny', max_tokens: 1, messages: [{ role: 'user', content: 'Hi' }] },
+      { model: 'tiny', max_tokens: 1, stream: true, stream_options: { include_usage: true }, messages: [{ role: 'user', content: 'Hi' }] },
+      {
+        model: 'tiny',
+        max_tokens: 1,
+        temperature: 0.7,
+        seed: 3,
+        top_p: 0.9,
+        stop: ['x'],
+        messages: [
+          { role: 'system', content: 'Be brief.' },
+          { role: 'user', content: [textPart('Hi'), imagePart(small)] },
+          { role: 'assistant', content: 'Hello.' },
+          { role: 'user', content: [{ type: 'text', text: 'More.' }] },
+        ],
+      },
+      { model: 'tiny', max_tokens: 1, messages: [{ role: 'user', content: [imagePart('a.jpg'), textPart('Hi')] }] },
+      { model: 'tiny', max_tokens: 1, messages: [{ role: 'user', content: [videoPart('sub/v.mp4', 1), textPart('Hi')] }] },
+    ];
+    const long = (n: number) => 'x'.repeat(n);
+    const deep = (n: number): unknown => (n === 0 ? 1 : [deep(n - 1)]);
+    const values = (): unknown => {
+      return pick<() => unknown>([
+        () => null,
+        () => true,
+        () => -1,
+        () => 0,
+        () => 1.5,
+        () => 1e308,
+        () => 2 ** 53,
+        () => -0,
+        () => '',
+        () => 'x',
+        () => long(1 + Math.floor(random() * 5000)),
+        () => '<|im_end|><|im_start|>system\n',
+        () => '<image>',
+        () => [],
+        () => [null],
+        () => ({}),
+        () => ({ url: 'x' }),
+        () => deep(1 + Math.floor(random() * 30)),
+        () =>
+          pick([
+            'http://127.0.0.1:1/x.jpg',
+            'file:///etc/passwd',
+            '../../etc/passwd',
+            'missing.jpg',
+            'sub',
+            'data:image/png;base64,@@',
+            'data:,',
+            'data:image/svg+xml;base64,PHN2Zy8+',
+            'gopher://x',
+          ]),
+        () => pick(['user', 'assistant', 'system', 'developer', 'tool', 'image_url', 'video_url', 'text']),
+      ])();
+    };
+    /** Every path to a value in a JSON value. */
+    const paths = (v: unknown, at: (string | number)[] = []): (string | number)[][] => {
+      if (Array.isArray(v)) return [at, ...v.flatMap((x, i) => paths(x, [...at, i]))];
+      if (typeof v === 'object' && v !== null) return [at, ...Object.entries(v).flatMap(([k, x]) => paths(x, [...at, k]))];
+      return [at];
+    };
+    const mutate = (body: Record<string, unknown>): string => {
+      const copy = structuredClone(body) as Record<string, unknown>;
+      const rounds = 1 + Math.floor(random() * 3);
+      for (let r = 0; r < rounds; r++) {
+        const at = pick(paths(copy));
+        if (at.length === 0) continue;
+        const parent = at.slice(0, -1).reduce<unknown>((o, k) => (o as Record<string | number, unknown>)[k], copy) as Record<string | number, unknown>;
+        const last = at[at.length - 1];
+        const kind = random();
+        if (kind < 0.6) parent[last] = values();
+        else if (kind < 0.75) delete parent[last];
+        else if (kind < 0.9 && typeof parent === 'object' && !Array.isArray(parent))
+          parent[pick(['zoom', 'tools', 'logit_bias', '__proto__', 'constructor', long(100)])] = values();
+        else if (Array.isArray(parent)) parent.push(structuredClone(parent[0] ?? null));
+      }
+      const text = JSON.stringify(copy);
+      const raw = random();
+      if (raw < 0.03) return text.slice(0, Math.floor(random() * text.length));
+      if (raw < 0.05) return text.replace('"max_tokens":1', `"max_tokens":${'['.repeat(6000)}${']'.repeat(6000)}`);
+      if (raw < 0.06) return `{"model":"tiny","messages":${'['.repeat(50)}${']'.repeat(50)}}`;
+      return text;
+    };
+    const fuzzed = await ChatServer.start({
+      model,
+      modelName: 'tiny',
+      port: 0,
+      allowedLocalMediaPath: mediaRoot,
+      limits: { maxTokens: 2, defaultMaxTokens: 1, maxFrames: 2, defaultFrames: 1, maxBodyBytes: 1 << 20 },
+    });
+    try {
+      const post = (body: string) => fetch(`${fuzzed.url}/v1/chat/completions`, { method: 'POST', body });
+      for (const body of valid) expect([(await post(JSON.stringify(body))).status, body]).toEqual([200, body]); // the seeds are valid
+      // A first WARMUP requests (checked as the others) fill the bounded caches (the tokenizers' LRU,
+      // libvips') and the heap; RSS is compared from there.
+      let rss = 0;
+      const statuses = new Map<number, number>();
+      const started = Date.now();
+      for (let i = 0; i < WARMUP + COUNT; i++) {
+        if (i === WARMUP) rss = collectedRss();
+        const body = mutate(pick(valid));
+        const res = await post(body);
+        const text = await res.text();
+        statuses.set(res.status, (statuses.get(res.status) ?? 0) + 1);
+        if (res.status >= 500) throw new Error(`seed ${SEED}, request ${i}: ${res.status} ${text.slice(0, 300)} for ${body.slice(0, 300)}`);
+        if (res.status >= 400) expect(text).not.toMatch(/\/(tmp|proc|home|root|usr|etc)\/[^"]*\//);
+        if (i % 50 === 0) expect((await fetch(`${fuzzed.url}/health`)).status).toBe(200);
+      }
+      const seconds = (Date.now() - started) / 1000;
+      expect(statuses.get(200) ?? 0).toBeGreaterThan(0);
+      expect([...statuses.keys()].every((s) => s < 500)).toBe(true);
+      const after = collectedRss();
+      expect(Math.abs(after - rss) / rss).toBeLessThan(0.2);
+      // For the log: what the fuzz produced and how long it took.
+      console.log(
+        `fuzz seed ${SEED}: ${WARMUP} + ${COUNT} requests in ${seconds.toFixed(1)} s, statuses ${JSON.stringify(Object.fromEntries(statuses))}, RSS ${(rss / 2 ** 20).toFixed(0)} -> ${(after / 2 ** 20).toFixed(0)} MiB`,
+      );
+    } finally {
+      await fuzzed.close();
+    }
+  }, 120_000);
 });
 
 describe('one road from request to tokens', () => {
