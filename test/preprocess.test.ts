@@ -110,8 +110,8 @@ test('preprocessing a 12-tile image leaks no tensors', async () => {
 describe('video', () => {
   const video = path.join(ASSETS, ref.video.file);
 
-  sharedTest('frame count and fps as decord sees them', () => {
-    const info = probeVideo(video);
+  sharedTest('frame count and fps as decord sees them', async () => {
+    const info = await probeVideo(video);
     expect(info.frameCount).toBe(ref.video.frames);
     expect(info.fps).toBeCloseTo(ref.video.fps, 9);
   });
@@ -128,7 +128,7 @@ describe('video', () => {
     const dir = path.join(REF_DIR, ref.video.frames_dir);
     const names = fs.readdirSync(dir).sort();
     const indices = names.map((n) => Number(/frame-(\d+)\.png/.exec(n)![1]));
-    const frames = await decodeFrames(video, probeVideo(video), indices);
+    const frames = await decodeFrames(video, await probeVideo(video), indices);
     for (let k = 0; k < names.length; k++) {
       const { data } = await sharp(path.join(dir, names[k])).raw().toBuffer({ resolveWithObject: true });
       let sum = 0;
@@ -137,8 +137,8 @@ describe('video', () => {
     }
   });
 
-  test("the repository's clip: the frame count and fps examples/media/make-media.ts wrote", () => {
-    expect(probeVideo(MEDIA.video)).toEqual({ width: 320, height: 240, frameCount: 180, fps: 30 });
+  test("the repository's clip: the frame count and fps examples/media/make-media.ts wrote", async () => {
+    expect(await probeVideo(MEDIA.video)).toEqual({ width: 320, height: 240, frameCount: 180, fps: 30 });
   });
 
   test('loadVideo: one tile per frame, and repeated frames said once', async () => {

@@ -9,6 +9,7 @@ import * as tf from '@tensorflow/tfjs';
 import { spawn, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import { initBackend } from '../backend';
+import { AbortError } from '../event_loop';
 import { dynamicPreprocess, tilesToTensor } from './image';
 import { RGBImage } from './resample';
 
@@ -22,6 +23,8 @@ export interface VideoOptions {
   inputSize?: number;
   /** Where "numSegments exceeds the frame count" goes; default stderr. */
   warn?: (message: string) => void;
+  /** Aborting kills the running ffprobe / ffmpeg (SIGKILL) and rejects with an AbortError. */
+  signal?: AbortSignal;
 }
 
 export interface LoadedVideo {
@@ -41,7 +44,15 @@ export interface VideoInfo {
   fps: number;
 }
 
+const binaries = new Map<string, string>();
+
+/** The ffmpeg / ffprobe to run (looked up once). */
 function binary(name: 'ffmpeg' | 'ffprobe'): string {
+  if (!binaries.has(name)) binaries.set(name, findBinary(name));
+  return binaries.get(name)!;
+}
+
+function findBinary(name: 'ffmpeg' | 'ffprobe'): string {
   const onPath = spawnSync(name, ['-version'], { stdio: 'ignore' });
   if (onPath.status === 0) return name;
   try {
@@ -91,29 +102,43 @@ export function getIndex(bound: [number, number] | undefined, fps: number, maxFr
   return Array.from({ length: numSegments }, (_, k) => Math.trunc(startIdx + seg / 2 + roundHalfEven(seg * k)));
 }
 
+/** Runs a binary to its end, in the background; aborting `signal` kills it (SIGKILL) and rejects with an AbortError. */
+function run(
+  command: string,
+  args: string[],
+  stdio: ('ignore' | 'pipe' | number)[],
+  signal?: AbortSignal,
+): Promise<{ code: number | null; stdout: Buffer; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(new AbortError(signal.reason));
+    const proc = spawn(command, args, { stdio });
+    const chunks: Buffer[] = [];
+    let stderr = '';
+    const kill = () => proc.kill('SIGKILL');
+    signal?.addEventListener('abort', kill, { once: true });
+    proc.stdout!.on('data', (c: Buffer) => chunks.push(c));
+    proc.stderr!.on('data', (c: Buffer) => (stderr += c.toString()));
+    proc.on('error', (e) => {
+      signal?.removeEventListener('abort', kill);
+      reject(e);
+    });
+    proc.on('close', (code) => {
+      signal?.removeEventListener('abort', kill);
+      if (signal?.aborted) reject(new AbortError(signal.reason));
+      else resolve({ code, stdout: Buffer.concat(chunks), stderr });
+    });
+  });
+}
+
 /** Frame count and average fps of the first video stream, as decord reports them. */
-export function probeVideo(file: VideoFile): VideoInfo {
+export async function probeVideo(file: VideoFile, signal?: AbortSignal): Promise<VideoInfo> {
   const { input, stdio, name, clean } = ffInput(file);
   if (typeof file === 'string' && !fs.existsSync(file)) throw new Error(`${name}: no such video file`);
   if ((typeof file === 'string' ? fs.statSync(file) : fs.fstatSync(file.fd)).size === 0) throw new Error(`${name}: the file is empty (0 bytes)`);
-  const run = spawnSync(
-    binary('ffprobe'),
-    [
-      '-v',
-      'error',
-      '-select_streams',
-      'v:0',
-      '-count_packets',
-      '-show_entries',
-      'stream=width,height,avg_frame_rate,nb_frames,nb_read_packets',
-      '-of',
-      'json',
-      input,
-    ],
-    { encoding: 'utf8', stdio },
-  );
-  if (run.status !== 0) throw new Error(`${name}: cannot read the video (${clean((run.stderr || '').trim().split('\n')[0]) || `ffprobe exit ${run.status}`})`);
-  const streams = (JSON.parse(run.stdout) as { streams?: Record<string, string | number>[] }).streams ?? [];
+  const args = ['-v', 'error', '-select_streams', 'v:0', '-count_packets', '-show_entries', 'stream=width,height,avg_frame_rate,nb_frames,nb_read_packets'];
+  const { code, stdout, stderr } = await run(binary('ffprobe'), [...args, '-of', 'json', input], stdio, signal);
+  if (code !== 0) throw new Error(`${name}: cannot read the video (${clean(stderr.trim().split('\n')[0]) || `ffprobe exit ${code}`})`);
+  const streams = (JSON.parse(stdout.toString('utf8')) as { streams?: Record<string, string | number>[] }).streams ?? [];
   if (streams.length === 0) throw new Error(`${name}: no video stream`);
   const s = streams[0];
   const [num, den] = String(s.avg_frame_rate).split('/').map(Number);
@@ -123,7 +148,7 @@ export function probeVideo(file: VideoFile): VideoInfo {
 }
 
 /** Decodes the frames with the given (ascending, distinct) indices to RGB. */
-export async function decodeFrames(file: VideoFile, info: VideoInfo, indices: number[]): Promise<RGBImage[]> {
+export async function decodeFrames(file: VideoFile, info: VideoInfo, indices: number[], signal?: AbortSignal): Promise<RGBImage[]> {
   const { input, stdio, name, clean } = ffInput(file);
   const select = indices.map((i) => `eq(n\\,${i})`).join('+');
   const args = [
@@ -145,16 +170,8 @@ export async function decodeFrames(file: VideoFile, info: VideoInfo, indices: nu
     'pipe:1',
   ];
   const frameBytes = info.width * info.height * 3;
-  const chunks: Buffer[] = [];
-  let stderr = '';
-  await new Promise<void>((resolve, reject) => {
-    const proc = spawn(binary('ffmpeg'), args, { stdio });
-    proc.stdout!.on('data', (c: Buffer) => chunks.push(c));
-    proc.stderr!.on('data', (c: Buffer) => (stderr += c.toString()));
-    proc.on('error', reject);
-    proc.on('close', (code) => (code === 0 ? resolve() : reject(new Error(`${name}: ffmpeg failed (exit ${code}): ${clean(stderr.trim().split('\n')[0])}`))));
-  });
-  const all = Buffer.concat(chunks);
+  const { code, stdout: all, stderr } = await run(binary('ffmpeg'), args, stdio, signal);
+  if (code !== 0) throw new Error(`${name}: ffmpeg failed (exit ${code}): ${clean(stderr.trim().split('\n')[0])}`);
   if (all.length !== frameBytes * indices.length) {
     throw new Error(`${name}: expected ${indices.length} frames of ${info.width}x${info.height} from ffmpeg, got ${all.length / frameBytes}`);
   }
@@ -170,7 +187,7 @@ export async function loadVideo(file: VideoFile, options: VideoOptions = {}): Pr
   if (options.bound !== undefined && !(options.bound.length === 2 && options.bound[0] <= options.bound[1])) {
     throw new Error(`bound ${JSON.stringify(options.bound)}: expected [start, end] in seconds with start <= end`);
   }
-  const info = probeVideo(file);
+  const info = await probeVideo(file, options.signal);
   await initBackend(); // the tensor goes to the chosen backend (a no-op once one is active)
   const frameIndices = getIndex(options.bound, info.fps, info.frameCount - 1, numSegments);
   const unique = [...new Set(frameIndices)].sort((a, b) => a - b);
@@ -179,7 +196,7 @@ export async function loadVideo(file: VideoFile, options: VideoOptions = {}): Pr
       `${typeof file === 'string' ? file : file.name}: ${numSegments} segments over ${unique.length} distinct frames: some frames are repeated (as upstream's get_index does)`,
     );
   }
-  const decoded = await decodeFrames(file, info, unique);
+  const decoded = await decodeFrames(file, info, unique, options.signal);
   const byIndex = new Map(unique.map((i, k) => [i, decoded[k]]));
   const tiles: RGBImage[] = [];
   const numPatchesList: number[] = [];

@@ -8,6 +8,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { fileURLToPath } from 'url';
+import { AbortError } from '../event_loop';
 import { headerSize, ImageFormat, sniffFormat } from '../preprocess/formats';
 import { LoadedImage, loadImage } from '../preprocess/image';
 import { canReadDescriptors, LoadedVideo, loadVideo, probeVideo, VideoFile } from '../preprocess/video';
@@ -202,7 +203,11 @@ export async function decodeImagePart(bytes: Buffer, options: { inputSize: numbe
  * data URL bytes, and a file where descriptors cannot be handed to ffmpeg, go through a private
  * temporary file (ffmpeg reads files), removed after.
  */
-export async function decodeVideoPart(source: MediaSource, options: { inputSize: number; numFrames: number; maxFramePixels: number }): Promise<LoadedVideo> {
+export async function decodeVideoPart(
+  source: MediaSource,
+  options: { inputSize: number; numFrames: number; maxFramePixels: number },
+  signal?: AbortSignal,
+): Promise<LoadedVideo> {
   let tmp: string | null = null;
   let file: VideoFile | undefined = source.file && canReadDescriptors ? { fd: source.file.fd, name: '<video>' } : undefined;
   try {
@@ -214,8 +219,9 @@ export async function decodeVideoPart(source: MediaSource, options: { inputSize:
     }
     let size: { width: number; height: number };
     try {
-      size = probeVideo(file);
+      size = await probeVideo(file, signal);
     } catch (e) {
+      if (e instanceof AbortError) throw e;
       throw badRequest(source.param, `the video cannot be read (${firstLine(e)})`, 'invalid_video');
     }
     if (size.width * size.height > options.maxFramePixels) {
@@ -226,8 +232,9 @@ export async function decodeVideoPart(source: MediaSource, options: { inputSize:
       );
     }
     try {
-      return await loadVideo(file, { numSegments: options.numFrames, maxNum: 1, inputSize: options.inputSize, warn: () => {} });
+      return await loadVideo(file, { numSegments: options.numFrames, maxNum: 1, inputSize: options.inputSize, warn: () => {}, signal });
     } catch (e) {
+      if (e instanceof AbortError) throw e;
       throw badRequest(source.param, `the video cannot be decoded (${firstLine(e)})`, 'invalid_video');
     }
   } finally {

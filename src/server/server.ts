@@ -224,7 +224,7 @@ export class ChatServer {
         throwIfAborted(signal);
         const inputSize = model.config.image_size;
         if (m.kind === 'image') images.push(await decodeImagePart(m.bytes!, { inputSize, maxNum: m.maxNum!, maxPixels: this.limits.maxImagePixels }, m.param));
-        else video = await decodeVideoPart(m, { inputSize, numFrames: m.numFrames!, maxFramePixels: this.limits.maxFramePixels });
+        else video = await decodeVideoPart(m, { inputSize, numFrames: m.numFrames!, maxFramePixels: this.limits.maxFramePixels }, signal);
       }
       throwIfAborted(signal);
       // The placeholders are the request's own (one set per user turn, see request.ts).
