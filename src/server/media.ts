@@ -123,15 +123,13 @@ async function openLocal(url: string, kind: MediaKind, param: string, root: stri
   }
 }
 
-/** A local file's bytes (an image: whole) or its open handle (a video: its signature checked). */
-async function resolveLocal(
-  url: string,
+/** A local file's bytes (an image: whole; the file closed) or its open handle (a video: its signature checked). */
+async function readLocal(
+  handle: fs.promises.FileHandle,
   kind: MediaKind,
   param: string,
-  root: string | null,
   limits: ServerLimits,
 ): Promise<{ bytes?: Buffer; file?: fs.promises.FileHandle }> {
-  const handle = await openLocal(url, kind, param, root, limits);
   try {
     const bytes = kind === 'image' ? await handle.readFile() : (await handle.read(Buffer.alloc(16), 0, 16, 0)).buffer;
     if (bytes.length > limits.maxMediaBytes) throw badRequest(param, `the ${kind} is larger than ${limits.maxMediaBytes} bytes`, 'media_too_large');
@@ -158,7 +156,7 @@ export async function closeMedia(media: readonly MediaSource[]): Promise<void> {
 
 /**
  * Where a part's bytes come from: a data URL, or a file under `root` (an image is read whole, a video
- * stays a path). http(s) and other schemes are refused: the server never reaches the network.
+ * stays open: see openLocal). http(s) and other schemes are refused: the server never reaches the network.
  * `root` is the realpath of --allowed-local-media-path, or null when local files are not accepted.
  */
 export async function resolveMedia(
@@ -177,7 +175,7 @@ export async function resolveMedia(
     );
   if (/^[a-z][a-z0-9+.-]*:/i.test(url) && !/^file:/i.test(url))
     throw badRequest(param, `URL scheme '${url.split(':')[0]}' is not accepted (data: or file:)`, `invalid_${kind}`);
-  return resolveLocal(url, kind, param, root, limits);
+  return readLocal(await openLocal(url, kind, param, root, limits), kind, param, limits);
 }
 
 /** An image's bytes into model input, its pixel count checked from the header first (a hard limit, not Pillow's warning). */
