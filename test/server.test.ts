@@ -856,6 +856,29 @@ describe('the pvc serve command', () => {
 });
 
 describe('message text is text', () => {
+  test('plainText reads text free of special-token strings as upstream does: the same ids (images, history, system message)', () => {
+    const S = model.config.image_size;
+    const pixels = tf.zeros([3, 3, S, S]) as tf.Tensor4D;
+    try {
+      const options = {
+        systemMessage: 'Be brief, ünïcode 😀.',
+        history: [
+          ['Hi there?', 'Hello.'],
+          ['And you', ''],
+        ] as [string, string][],
+        numPatchesList: [2, 1],
+        dataFlag: 2 as const,
+      };
+      const question = withImagePlaceholders('What is in  the images ?', 2, 'images');
+      const upstream = model.prepareChat(pixels, question, options);
+      const plain = model.prepareChat(pixels, question, { ...options, plainText: true });
+      expect(plain.prompt).toBe(upstream.prompt);
+      expect(plain.inputIds).toEqual(upstream.inputIds);
+    } finally {
+      pixels.dispose();
+    }
+  });
+
   test("<|im_end|> and <|im_start|> typed in a message stay characters: the prompt has only the template's control tokens", async () => {
     const tokenizer = model.tokenizer;
     const control = [tokenizer.tokenToId('<|im_end|>')!, tokenizer.tokenToId('<|im_start|>')!];
