@@ -68,7 +68,7 @@ export class ChatServer {
     const { headersTimeoutMs, requestTimeoutMs, keepAliveTimeoutMs } = this.limits;
     this.server = http.createServer(
       {
-        headersTimeout: headersTimeoutMs,
+        headersTimeout: Math.min(headersTimeoutMs, requestTimeoutMs), // Node refuses a longer one
         requestTimeout: requestTimeoutMs,
         keepAliveTimeout: keepAliveTimeoutMs,
         // How often Node checks the first two (its default, 30 s, would let a short limit run long).
