@@ -419,7 +419,7 @@ describe('errors in OpenAI shape, with their status', () => {
     expect(await failure(ask({}, image('not-an-image.jpg')))).toMatchObject({ status: 400, code: 'invalid_image' });
   });
 
-  test('local media: a FIFO and a socket are refused without hanging; a missing file and one outside the root get the same answer', async () => {
+  test('local media: a FIFO, a socket and a device are refused without hanging; a missing file and one outside the root get the same answer', async () => {
     const image = (url: string) => [{ role: 'user', content: [imagePart(url)] }];
     expect(spawnSync('mkfifo', [path.join(mediaRoot, 'fifo.jpg'), path.join(mediaRoot, 'fifo.mp4')]).status).toBe(0);
     const socketServer = net.createServer();
@@ -429,6 +429,8 @@ describe('errors in OpenAI shape, with their status', () => {
         ['fifo.jpg', image('fifo.jpg')],
         ['fifo.mp4', [{ role: 'user', content: [videoPart('fifo.mp4', 2)] }]],
         ['socket.jpg', image('socket.jpg')],
+        // A character device (/dev/zero's numbers) where mknod is allowed (root): it would read forever.
+        ...(spawnSync('mknod', [path.join(mediaRoot, 'zero.jpg'), 'c', '1', '5']).status === 0 ? [['zero.jpg', image('zero.jpg')] as const] : []),
       ] as const) {
         const started = Date.now();
         const f = await failure(ask({}, messages, AbortSignal.timeout(5000)));
