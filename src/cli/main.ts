@@ -16,7 +16,7 @@ import { PVCModel } from '../pvc_model';
 import { decodeAnswer } from '../tokenizer';
 import { flag, list, number, oneOf, optionName, orNone, parseOptions, text, value, Values } from './args';
 import { doctorCommand } from './doctor';
-import { serveCommand } from '../server/command';
+import { serveCommand } from './serve';
 
 const USAGE = `usage: pvc chat --model DIR [--image FILE ...] [--video FILE [--frames N]] [options] "question"
        pvc inspect --model DIR [--image FILE | --video FILE [--frames N]] [--taps PATTERN ...] [--out DIR]

@@ -243,9 +243,12 @@ async function parse(body: unknown, root: string | null, limits: ServerLimits, m
     if (topK !== undefined) generation.topK = topK;
   }
   if (repetitionPenalty !== undefined) generation.repetitionPenalty = repetitionPenalty;
-  // Checked with the other generation options when the server resolves them (at most 16 strings, each
-  // 1 to 256 characters: generation/stop.ts); a bad one is a 400 naming `stop`.
-  if (body.stop !== undefined && body.stop !== null) generation.stop = body.stop;
+  // OpenAI's API takes up to 4 stop strings; each is checked with the other generation options when the
+  // server resolves them (a string of 1 to 256 characters: generation/stop.ts), a 400 naming `stop`.
+  if (body.stop !== undefined && body.stop !== null) {
+    if (Array.isArray(body.stop) && body.stop.length > 4) throw badRequest('stop', `${body.stop.length} stop strings: OpenAI's API takes up to 4`);
+    generation.stop = body.stop;
+  }
 
   if (!Array.isArray(body.messages) || body.messages.length === 0) throw badRequest('messages', 'expected a non-empty array of messages');
   if (body.messages.length > limits.maxMessages) throw badRequest('messages', `${body.messages.length} messages, more than the ${limits.maxMessages} accepted`);

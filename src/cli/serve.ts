@@ -3,10 +3,10 @@
 // Listens at once (503 while the model loads), runs until SIGINT / SIGTERM.
 import * as path from 'path';
 import { BACKEND_NAMES } from '../backend';
-import { flag, number, oneOf, parseOptions, text, value, Values } from '../cli/args';
+import { flag, number, oneOf, parseOptions, text, value, Values } from './args';
 import { PVCModel } from '../pvc_model';
-import { DEFAULT_LIMITS } from './limits';
-import { ChatServer } from './server';
+import { DEFAULT_LIMITS } from '../server/limits';
+import { ChatServer } from '../server/server';
 
 export const SERVE_USAGE = `usage: pvc serve --model DIR [--host 127.0.0.1] [--port 8000] [--api-key KEY] [--allowed-local-media-path DIR]
                  [--max-queue N] [--max-model-len N] [--served-model-name NAME] [--backend B]
