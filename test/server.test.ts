@@ -249,8 +249,7 @@ describe('answers equal model.chat', () => {
     expect(completion.usage?.completion_tokens).toBe(ids.outputIds.length);
   });
 
-  // Needs the generation option `stop` of issue 19 (stop strings): the server passes the request's stop
-  // through as it; on a branch without that option, generation refuses it and this test fails until the merge.
+  // The server passes the request's stop strings through to the model's generation option `stop`.
   test('stop strings end the answer before the first one, finish_reason stop', async () => {
     const full = await reference(null, 'Tell me a story.');
     const stop = full.answer.slice(6, 9);
