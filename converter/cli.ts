@@ -1,22 +1,23 @@
-// pvc-convert <hf-dir> <out-dir> [--dtype float32|float16] [--shard-size BYTES] [--overwrite]
+// pvc-convert <hf-dir> <out-dir> [--dtype float32|float16|bfloat16] [--shard-size BYTES] [--overwrite]
 // pvc-convert <hf-dir> --audit
 import * as fs from 'fs';
 import { SafetensorsCheckpoint } from '../src/io/safetensors';
 import { flag, number, oneOf, Parsed, parseOptions, value, Values } from '../src/cli/args';
 import { auditCheckpoint, auditProblems, convertCheckpoint, formatAudit, formatBytes, Progress, StorageDType } from './convert';
 
-const USAGE = `usage: pvc-convert <hf-dir> <out-dir> [--dtype float32|float16] [--shard-size BYTES] [--overwrite]
+const USAGE = `usage: pvc-convert <hf-dir> <out-dir> [--dtype float32|float16|bfloat16] [--shard-size BYTES] [--overwrite]
        pvc-convert <hf-dir> --audit
 
 Converts a HuggingFace InternVL2 / PVC-InternVL2 checkpoint directory into pvc-tfjs's weight format.
-  --dtype        storage dtype of the converted tensors (default float32; float16 halves the size and
-                 is widened to float32 at load)
+  --dtype        storage dtype of the converted tensors (default float32; float16 and bfloat16 halve
+                 the size; bfloat16 keeps a bf16 checkpoint's values bit for bit and is what
+                 PVCModel.load(dir, { weights: 'bfloat16' }) holds without rounding)
   --shard-size   maximum bytes per output shard (default just under 2 GiB)
   --overwrite    replace <out-dir> if it exists
   --audit        print the tensor inventory (known / unknown / missing, bytes by dtype) and write nothing`;
 
 const CONVERT_OPTIONS = {
-  dtype: value(oneOf<StorageDType>(['float32', 'float16']), 'float32'),
+  dtype: value(oneOf<StorageDType>(['float32', 'float16', 'bfloat16']), 'float32'),
   shardSize: value(number({ integer: true, min: 1 })),
   overwrite: flag(),
   audit: flag(),

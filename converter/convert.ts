@@ -1,20 +1,22 @@
 // HuggingFace InternVL2 / PVC checkpoint directory -> a converted model directory:
 //   config.json (normalized), manifest.json, model-XXXXX-of-YYYYY.safetensors shards (project names,
-//   float32 or float16 storage), tokenizer.json, tokenizer_config.json.
+//   float32, float16 or bfloat16 storage), tokenizer.json, tokenizer_config.json.
 // Tensor by tensor, so memory stays bounded by the largest tensor. Output is written into a
 // temporary directory beside the target and renamed into place at the very end.
 import { createHash } from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
 import { FORMAT_NAME, FORMAT_VERSION, ModelConfig } from '../src/config';
-import { DType, f32ToF16, FLOAT_DTYPES, numElements, SafetensorsCheckpoint, SafetensorsWriter } from '../src/io/safetensors';
+import { DType, DTYPE_SIZE, f32ToBf16, f32ToF16, FLOAT_DTYPES, numElements, SafetensorsCheckpoint, SafetensorsWriter } from '../src/io/safetensors';
 import { Manifest, ManifestEntry, MANIFEST_FILE, readManifest } from '../src/io/weights';
 import { normalizeHFConfig } from './hf_config';
 import { applyTransform, detectPVCLayers, TensorRule, tensorRules } from './names';
 import { convertTokenizer } from './tokenizer';
 import { readJsonFile } from '../src/json';
 
-export type StorageDType = 'float32' | 'float16';
+export type StorageDType = 'float32' | 'float16' | 'bfloat16';
+
+const STORAGE: Record<StorageDType, DType> = { float32: 'F32', float16: 'F16', bfloat16: 'BF16' };
 
 /** Shards stay below this by default: Node cannot read a file of 2 GiB or more in one call. */
 export const DEFAULT_SHARD_SIZE = 2 ** 31 - 2 ** 26; // 1.94 GiB
@@ -177,7 +179,7 @@ function writeJson(file: string, value: unknown): void {
  */
 export function convertCheckpoint(hfDir: string, outDir: string, options: ConvertOptions = {}): { manifest: Manifest; config: ModelConfig } {
   const dtype = options.dtype ?? 'float32';
-  if (dtype !== 'float32' && dtype !== 'float16') throw new Error(`--dtype ${dtype}: expected float32 or float16`);
+  if (!(dtype in STORAGE)) throw new Error(`--dtype ${dtype}: expected ${Object.keys(STORAGE).join(', ')}`);
   const shardSize = options.shardSize ?? DEFAULT_SHARD_SIZE;
   if (!Number.isSafeInteger(shardSize) || shardSize <= 0) throw new Error(`shard size ${shardSize}: expected a positive number of bytes`);
   if (fs.existsSync(outDir) && !options.overwrite) {
@@ -197,8 +199,8 @@ export function convertCheckpoint(hfDir: string, outDir: string, options: Conver
 
     fs.rmSync(tmpDir, { recursive: true, force: true });
     fs.mkdirSync(tmpDir, { recursive: true });
-    const storage: DType = dtype === 'float16' ? 'F16' : 'F32';
-    const { outputs, shardCount } = planShards(rules, dtype === 'float16' ? 2 : 4, shardSize);
+    const storage = STORAGE[dtype];
+    const { outputs, shardCount } = planShards(rules, DTYPE_SIZE[storage], shardSize);
     const shards = Array.from({ length: shardCount }, (_, i) => shardName(i, shardCount));
     const byName = new Map(outputs.map((o) => [o.name, o]));
     const tensors: Record<string, ManifestEntry> = {};
@@ -219,7 +221,8 @@ export function convertCheckpoint(hfDir: string, outDir: string, options: Conver
             const specs = outputs.filter((o) => o.shard === writerShard).map((o) => ({ name: o.name, dtype: storage, shape: o.shape }));
             writer = new SafetensorsWriter(path.join(tmpDir, shards[writerShard]), specs, { format: FORMAT_NAME });
           }
-          const data = storage === 'F16' ? f32ToF16(values[k]) : values[k];
+          // bf16 sources widened to float32 come back bit for bit (rounding a widened bf16 is exact).
+          const data = storage === 'F16' ? f32ToF16(values[k]) : storage === 'BF16' ? f32ToBf16(values[k]) : values[k];
           const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
           writer!.write(out.name, bytes);
           tensors[out.name] = {
@@ -279,7 +282,7 @@ export function verifyManifest(dir: string): string[] {
         fd = fs.openSync(path.join(dir, t.file), 'r');
         files.set(t.file, fd);
       }
-      const bytes = Buffer.alloc(numElements(t.shape) * (t.dtype === 'F16' ? 2 : 4));
+      const bytes = Buffer.alloc(numElements(t.shape) * DTYPE_SIZE[t.dtype]);
       const n = fs.readSync(fd, bytes, 0, bytes.length, t.offset);
       const digest = createHash('sha256').update(bytes.subarray(0, n)).digest('hex');
       if (n !== bytes.length || digest !== t.sha256) problems.push(`${t.file}: tensor ${name}: checksum mismatch`);

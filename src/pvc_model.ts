@@ -2,7 +2,7 @@
 // chat(), batch_chat(), a streaming chat (src/chat/) and layer inspection (src/inspect/). Each method
 // is the function of that folder applied to this model and its own tokenizer (or options.tokenizer).
 import type * as tf from '@tensorflow/tfjs';
-import { initBackend } from './backend';
+import { BackendName, initBackend } from './backend';
 import {
   answerOf,
   chatGenerationConfig,
@@ -23,7 +23,7 @@ import { loadConfig, ModelConfig } from './config';
 import { GenerationConfig } from './generation/config';
 import { Inspection, inspect, InspectRequest, TapArray } from './inspect/inspect';
 import { renderInspectionHTML, ReportInputs, ReportOptions } from './inspect/report';
-import { Weights } from './io/weights';
+import { readManifest, WEIGHT_PRECISIONS, WeightPrecision, Weights } from './io/weights';
 import { kernelsFor } from './model/kernels';
 import { LoadOptions, VisionLanguageModel } from './model/vlm';
 import { PVCTokenizer } from './tokenizer';
@@ -50,11 +50,17 @@ export class PVCModel extends VisionLanguageModel implements ChatModel {
 
   /** Loads a model converted by pvc-convert, with the kernels of the backend in use. */
   static async load(dir: string, options: LoadOptions = {}): Promise<PVCModel> {
+    const precision = options.weights ?? 'float32';
+    const matmul = options.matmul ?? 'exact';
+    if (!WEIGHT_PRECISIONS.includes(precision)) throw new Error(`weights '${precision}': expected one of ${WEIGHT_PRECISIONS.join(', ')}`);
+    if (matmul !== 'exact' && matmul !== 'fast') throw new Error(`matmul '${matmul}': expected exact or fast`);
+    if (matmul === 'fast' && precision !== 'bfloat16') throw new Error(`matmul 'fast' multiplies bfloat16 weights: it needs weights 'bfloat16' (weights are '${precision}')`);
     const backend = await initBackend({ backend: options.backend });
     const config = loadConfig(dir);
-    const weights = Weights.load(dir, { onProgress: options.onProgress });
+    checkFits(dir, backend.name, precision);
+    const weights = Weights.load(dir, { precision, onProgress: options.onProgress });
     try {
-      const model = new PVCModel(dir, config, weights, kernelsFor(backend.name));
+      const model = new PVCModel(dir, config, weights, kernelsFor(backend.name, matmul));
       Object.assign(model.limits, options.limits);
       return model;
     } catch (e) {
@@ -155,6 +161,27 @@ export class PVCModel extends VisionLanguageModel implements ChatModel {
     return Object.assign(result, {
       toHTML: (inputs?: ReportInputs, options?: ReportOptions) => renderInspectionHTML(this, tokenizer, result, inputs, options),
     });
+  }
+}
+
+/** wasm's heap is 4 GiB and XNNPACK keeps a packed copy of each weight: past this, a model cannot load there. */
+const WASM_WEIGHT_BYTES = 1.8 * 2 ** 30;
+
+/** Refuses, before reading any weight, a model the backend cannot hold, naming what would work. */
+function checkFits(dir: string, backend: BackendName, precision: WeightPrecision): void {
+  if (precision !== 'float32' && backend !== 'tensorflow') {
+    throw new Error(
+      `weights '${precision}' are held as libtensorflow tensors: they need the tensorflow backend (@tensorflow/tfjs-node or tfjs-node-gpu), ` +
+        `not ${backend}; on ${backend} load with weights 'float32'`,
+    );
+  }
+  if (backend !== 'wasm') return;
+  const bytes = Object.values(readManifest(dir).tensors).reduce((a, t) => a + t.shape.reduce((x, d) => x * d, 1) * 4, 0);
+  if (bytes > WASM_WEIGHT_BYTES) {
+    throw new Error(
+      `${dir}: ${(bytes / 2 ** 30).toFixed(1)} GiB of float32 weights cannot load on wasm (a 4 GiB heap that also holds XNNPACK's packed copy of each weight); ` +
+        `use the tensorflow backend, with weights 'bfloat16' (${(bytes / 2 ** 31).toFixed(1)} GiB) or 'int8' where memory is short`,
+    );
   }
 }
 

@@ -296,7 +296,7 @@ describe('the weight store', () => {
     const w = Weights.fromTensors('mem', new Map([['l.weight', tf.tensor2d([1, 2, 3, 4, 5, 6], [2, 3])]]));
     const t = w.storeTransposed('l.weight');
     expect(t.shape).toEqual([3, 2]);
-    expect(Array.from(t.dataSync())).toEqual([1, 4, 2, 5, 3, 6]);
+    expect(Array.from((t as tf.Tensor2D).dataSync())).toEqual([1, 4, 2, 5, 3, 6]);
     expect(w.storeTransposed('l.weight')).toBe(t);
     expect(tf.memory().numTensors).toBe(before + 1);
     expect(w.byteLength).toBe(24);

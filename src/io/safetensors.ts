@@ -68,6 +68,18 @@ export function f16ToF32(src: Uint16Array): Float32Array {
   return out;
 }
 
+/** float32 -> bfloat16 bits, round to nearest even (as torch's .to(torch.bfloat16)), NaN kept quiet. */
+export function f32ToBf16(src: Float32Array): Uint16Array {
+  const bits = new Uint32Array(src.buffer, src.byteOffset, src.length);
+  const out = new Uint16Array(src.length);
+  for (let i = 0; i < src.length; i++) {
+    const x = bits[i];
+    if ((x & 0x7fffffff) > 0x7f800000) out[i] = (x >>> 16) | 0x40;
+    else out[i] = (x + 0x7fff + ((x >>> 16) & 1)) >>> 16;
+  }
+  return out;
+}
+
 /** float32 -> float16 bits, round to nearest even, overflow to infinity, NaN kept. */
 export function f32ToF16(src: Float32Array): Uint16Array {
   const bits = new Uint32Array(src.buffer, src.byteOffset, src.length);

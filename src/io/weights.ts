@@ -1,11 +1,25 @@
-// A converted model directory (pvc-convert's output) -> named float32 tensors.
+// A converted model directory (pvc-convert's output) -> named tensors, float32 or held below it.
 // manifest.json lists every tensor with its shard, absolute offset, dtype, shape and sha256; the
 // shards are ordinary safetensors files. Opening checks the manifest against the shard headers.
+//
+// Precision (`LoadOptions.precision`, chosen once at load): 'float32' holds every tensor as a float32
+// tfjs tensor (4 bytes per value). 'bfloat16' holds every 2-D weight as bfloat16 (2 bytes: the
+// checkpoint's own values when it is stored in bf16, float32 values rounded to nearest even otherwise),
+// 'int8' every 2-D weight but the token embedding as int8 with a float32 scale per output column
+// (1 byte; the embedding stays bfloat16). Vectors (norms, biases, scales) are float32 in every mode.
+// Held weights are libtensorflow tensors (src/nn/native.ts): the tensorflow backend only.
 import * as path from 'path';
 import { FORMAT_NAME, FORMAT_VERSION } from '../config';
 import * as tf from '@tensorflow/tfjs';
-import { DType, SafetensorsCheckpoint } from './safetensors';
+import { DType, f32ToBf16, SafetensorsCheckpoint } from './safetensors';
 import { readJsonFile } from '../json';
+import { NativeTensor } from '../nn/native';
+
+export type WeightPrecision = 'float32' | 'bfloat16' | 'int8';
+export const WEIGHT_PRECISIONS: readonly WeightPrecision[] = ['float32', 'bfloat16', 'int8'];
+
+/** The tensor that stays bfloat16 under 'int8' (its rows are looked up, not multiplied). */
+const TOKEN_EMBEDDING = 'llm.embed.weight';
 
 export const MANIFEST_FILE = 'manifest.json';
 
@@ -20,7 +34,7 @@ export interface ManifestEntry {
 export interface Manifest {
   format: typeof FORMAT_NAME;
   format_version: number;
-  storage_dtype: 'float32' | 'float16';
+  storage_dtype: 'float32' | 'float16' | 'bfloat16';
   source: { model_type: string; files: { name: string; bytes: number }[] };
   shards: string[];
   tensors: Record<string, ManifestEntry>;
@@ -55,13 +69,85 @@ export function openWeights(dir: string): { manifest: Manifest; weights: Safeten
 }
 
 export interface LoadOptions {
+  /** How 2-D weights are held (see the file comment); default 'float32'. */
+  precision?: WeightPrecision;
   /** Called after each tensor with the bytes read so far and the total. */
   onProgress?: (bytesDone: number, bytesTotal: number) => void;
 }
 
 /**
- * The model's tensors, by project name, as float32 tf tensors. Loaded once (each tensor read with
- * one positioned read, each shard opened once); owned here and freed by `dispose()`.
+ * A 2-D weight held below float32: bfloat16 values, or int8 values times a float32 scale per output
+ * column (`scale`, over axis `scaleAxis` of `data`: 1 as converted [in, out], 0 once transposed).
+ */
+export class HeldMatrix {
+  constructor(
+    readonly data: NativeTensor,
+    readonly scale: tf.Tensor1D | null,
+    readonly scaleAxis: 0 | 1,
+  ) {}
+
+  get shape(): [number, number] {
+    return this.data.shape as [number, number];
+  }
+
+  get byteLength(): number {
+    return this.data.byteLength + (this.scale ? this.scale.size * 4 : 0);
+  }
+
+  /** The float32 values (the caller owns the tensor). */
+  toFloat32(): tf.Tensor2D {
+    if (this.scale === null) return this.data.toFloat32() as tf.Tensor2D;
+    const scale = this.scale;
+    return tf.tidy(() => tf.mul(this.data.toFloat32(), this.scaleAxis === 1 ? scale : scale.reshape([-1, 1])));
+  }
+
+  /** Rows `ids` (int32, any shape) as float32: [...ids.shape, columns] (call inside tf.tidy). */
+  gatherRows(ids: tf.Tensor): tf.Tensor {
+    const rows = this.data.gatherRows(ids);
+    if (this.scale === null) return rows;
+    return tf.mul(rows, this.scaleAxis === 1 ? this.scale : tf.expandDims(tf.gather(this.scale, ids), -1));
+  }
+
+  /** The transpose, as a new HeldMatrix; this one is freed. */
+  transposeAndFree(): HeldMatrix {
+    const t = new HeldMatrix(this.data.transpose(), this.scale, this.scaleAxis === 1 ? 0 : 1);
+    this.data.dispose();
+    return t;
+  }
+
+  dispose(): void {
+    this.data.dispose();
+    this.scale?.dispose();
+  }
+}
+
+/** Symmetric int8 per output column of an [in, out] matrix: q = round(w / s), s = max |w| / 127. */
+export function quantizeInt8(values: Float32Array, rows: number, cols: number): { q: Int8Array; scale: Float32Array } {
+  const scale = new Float32Array(cols);
+  for (let r = 0; r < rows; r++) {
+    const o = r * cols;
+    for (let c = 0; c < cols; c++) {
+      const a = Math.abs(values[o + c]);
+      if (a > scale[c]) scale[c] = a;
+    }
+  }
+  const inv = new Float32Array(cols);
+  for (let c = 0; c < cols; c++) {
+    scale[c] /= 127;
+    inv[c] = scale[c] > 0 ? 1 / scale[c] : 0;
+  }
+  const q = new Int8Array(rows * cols);
+  for (let r = 0; r < rows; r++) {
+    const o = r * cols;
+    for (let c = 0; c < cols; c++) q[o + c] = Math.max(-127, Math.min(127, Math.round(values[o + c] * inv[c])));
+  }
+  return { q, scale };
+}
+
+/**
+ * The model's tensors, by project name: float32 tf tensors, and under 'bfloat16' / 'int8' the 2-D
+ * weights as HeldMatrix. Loaded once (each tensor read with one positioned read, each shard opened
+ * once); owned here and freed by `dispose()`.
  */
 export class Weights {
   /** Names held as their transpose (see `storeTransposed`). */
@@ -69,19 +155,34 @@ export class Weights {
 
   private constructor(
     readonly dir: string,
-    private readonly tensors: Map<string, tf.Tensor>,
+    private readonly tensors: Map<string, tf.Tensor | HeldMatrix>,
+    readonly precision: WeightPrecision = 'float32',
   ) {}
 
   static load(dir: string, options: LoadOptions = {}): Weights {
+    const precision = options.precision ?? 'float32';
+    if (!WEIGHT_PRECISIONS.includes(precision)) throw new Error(`weights precision '${precision}': expected one of ${WEIGHT_PRECISIONS.join(', ')}`);
     const { weights } = openWeights(dir);
-    const tensors = new Map<string, tf.Tensor>();
+    const tensors = new Map<string, tf.Tensor | HeldMatrix>();
     try {
       const names = weights.names;
       const total = names.reduce((a, n) => a + weights.info(n).byteLength, 0);
       let done = 0;
       for (const name of names) {
         const info = weights.info(name);
-        tensors.set(name, tf.tensor(weights.readFloat32(name), info.shape, 'float32'));
+        const what = `${dir}: tensor '${name}'`;
+        if (precision === 'float32' || info.shape.length !== 2 || !name.endsWith('.weight')) {
+          tensors.set(name, tf.tensor(weights.readFloat32(name), info.shape, 'float32'));
+        } else if (precision === 'bfloat16' || name === TOKEN_EMBEDDING) {
+          const bits = info.dtype === 'BF16' ? weights.readBytes(name) : f32ToBf16(weights.readFloat32(name));
+          const bytes = new Uint8Array(bits.buffer, bits.byteOffset, bits.byteLength);
+          tensors.set(name, new HeldMatrix(NativeTensor.fromBytes(bytes, 'bfloat16', info.shape, what), null, 1));
+        } else {
+          const [rows, cols] = info.shape;
+          const { q, scale } = quantizeInt8(weights.readFloat32(name), rows, cols);
+          const data = NativeTensor.fromBytes(new Uint8Array(q.buffer), 'int8', info.shape, what);
+          tensors.set(name, new HeldMatrix(data, tf.tensor1d(scale), 1));
+        }
         done += info.byteLength;
         options.onProgress?.(done, total);
       }
@@ -91,7 +192,7 @@ export class Weights {
     } finally {
       weights.close();
     }
-    return new Weights(dir, tensors);
+    return new Weights(dir, tensors, precision);
   }
 
   /** Wraps tensors that are already in memory (tests, tools). Ownership passes to the store. */
@@ -107,14 +208,36 @@ export class Weights {
     return [...this.tensors.keys()];
   }
 
-  /** The tensor `name`; with `rank`, its rank is checked too. Missing names are errors naming the model. */
-  get(name: string, rank?: number): tf.Tensor {
+  private held(name: string): tf.Tensor | HeldMatrix {
     const t = this.tensors.get(name);
     if (t === undefined) throw new Error(`${this.dir}: the converted model has no tensor '${name}'`);
     if (this.heldTransposed.has(name))
       throw new Error(`${this.dir}: tensor '${name}' is held transposed (storeTransposed); a second reader of it would get the wrong layout`);
+    return t;
+  }
+
+  /**
+   * The tensor `name` as float32; with `rank`, its rank is checked too. Missing names are errors naming
+   * the model. A weight held below float32 is widened here once, and held as float32 from then on
+   * (meant for the few small matrices not read through `matrix`, such as the patch embedding).
+   */
+  get(name: string, rank?: number): tf.Tensor {
+    let t = this.held(name);
+    if (t instanceof HeldMatrix) {
+      const values = t.toFloat32();
+      t.dispose();
+      this.tensors.set(name, values);
+      t = values;
+    }
     if (rank !== undefined && t.rank !== rank) throw new Error(`${this.dir}: tensor '${name}' has shape [${t.shape}], expected rank ${rank}`);
     return t;
+  }
+
+  /** The 2-D weight `name` as it is held: a float32 tensor, or a HeldMatrix under 'bfloat16' / 'int8'. */
+  matrix(name: string): tf.Tensor2D | HeldMatrix {
+    const t = this.held(name);
+    if (t instanceof HeldMatrix) return t;
+    return this.get(name, 2) as tf.Tensor2D;
   }
 
   /**
@@ -122,20 +245,20 @@ export class Weights {
    * memory is not doubled). Called once per weight while a model is built, by a Linear whose kernels
    * want the [out, in] layout; from then on `get(name)` refuses the name.
    */
-  storeTransposed(name: string): tf.Tensor2D {
+  storeTransposed(name: string): tf.Tensor2D | HeldMatrix {
     if (!this.heldTransposed.has(name)) {
-      const t = this.get(name, 2);
-      this.tensors.set(name, tf.keep(tf.transpose(t)));
-      t.dispose();
+      const t = this.matrix(name);
+      this.tensors.set(name, t instanceof HeldMatrix ? t.transposeAndFree() : tf.keep(tf.transpose(t)));
+      if (!(t instanceof HeldMatrix)) t.dispose();
       this.heldTransposed.add(name);
     }
-    return this.tensors.get(name) as tf.Tensor2D;
+    return this.tensors.get(name) as tf.Tensor2D | HeldMatrix;
   }
 
-  /** Bytes held (float32). */
+  /** Bytes held (4 per float32 value, 2 per bfloat16, 1 per int8 plus its scales). */
   get byteLength(): number {
     let bytes = 0;
-    this.tensors.forEach((t) => (bytes += t.size * 4));
+    this.tensors.forEach((t) => (bytes += t instanceof HeldMatrix ? t.byteLength : t.size * 4));
     return bytes;
   }
 

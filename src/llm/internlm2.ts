@@ -10,7 +10,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { LLMConfig } from '../config';
 import { runSync, Steps } from '../event_loop';
-import { Weights } from '../io/weights';
+import { HeldMatrix, Weights } from '../io/weights';
 import { mergeHeads, splitHeads } from '../nn/attention';
 import { Kernels, Linear, RMSNorm, silu, Tap } from '../nn/layers';
 import { cachedAttention, createAttentionMask, positionsFromMask } from './base';
@@ -115,7 +115,8 @@ export interface PrefillOptions {
 }
 
 export class InternLM2 {
-  readonly embed: tf.Tensor2D;
+  /** [vocab, D], float32 or held as bfloat16 (src/io/weights.ts). */
+  readonly embed: tf.Tensor2D | HeldMatrix;
   readonly layers: DecoderLayer[];
   readonly norm: RMSNorm;
   readonly output: Linear;
@@ -126,7 +127,7 @@ export class InternLM2 {
     readonly config: LLMConfig,
     kernels: Kernels,
   ) {
-    this.embed = w.get('llm.embed.weight', 2) as tf.Tensor2D;
+    this.embed = w.matrix('llm.embed.weight');
     this.layers = Array.from({ length: config.num_hidden_layers }, (_, i) => new DecoderLayer(w, `llm.layers.${i}`, i, config, kernels));
     this.norm = new RMSNorm(w, 'llm.norm', config.rms_norm_eps);
     this.output = new Linear(w, 'llm.output', false, kernels);
@@ -148,7 +149,10 @@ export class InternLM2 {
       const bad = row.find((id) => !Number.isInteger(id) || id < 0 || id >= V);
       if (bad !== undefined) throw new Error(`token id ${bad} is outside the vocabulary (0..${V - 1})`);
     }
-    return tf.tidy(() => tf.gather(this.embed, tf.tensor2d(ids, [ids.length, ids[0].length], 'int32')) as unknown as tf.Tensor3D);
+    return tf.tidy(() => {
+      const rows = tf.tensor2d(ids, [ids.length, ids[0].length], 'int32');
+      return (this.embed instanceof HeldMatrix ? this.embed.gatherRows(rows) : tf.gather(this.embed, rows)) as tf.Tensor3D;
+    });
   }
 
   /**

@@ -12,10 +12,15 @@
 import { BackendName, tensorflowUsesOneDNN } from '../backend';
 import { Kernels, PORTABLE_KERNELS } from '../nn/layers';
 
-export function kernelsFor(backend: BackendName): Kernels {
+//
+// bf16 products (weights 'bfloat16', matmul 'fast'), [1 or 512, 4096] x [4096, 14336] on 2 cores:
+// oneDNN's bf16 BatchMatMulV2 4.8 / 55 ms against its float32 10.4 / 207 ms; widening the bf16 weight
+// to float32 first (matmul 'exact') 25 / 220 ms. Eigen's bf16 product is ~10x slower than its float32
+// one, so 'fast' pays only with oneDNN (the CLI's --matmul fast turns oneDNN on).
+export function kernelsFor(backend: BackendName, bf16MatMul: Kernels['bf16MatMul'] = 'exact'): Kernels {
   switch (backend) {
     case 'tensorflow':
-      return { linearLayout: tensorflowUsesOneDNN() ? 'out-in' : 'in-out', singleKernelMatMul: true, attentionPer2DGroup: false };
+      return { linearLayout: tensorflowUsesOneDNN() ? 'out-in' : 'in-out', singleKernelMatMul: true, attentionPer2DGroup: false, bf16MatMul };
     case 'wasm':
       return { ...PORTABLE_KERNELS, attentionPer2DGroup: true };
     default:

@@ -10,7 +10,7 @@ import * as tf from '@tensorflow/tfjs';
 import { BackendName } from '../backend';
 import { ModelConfig } from '../config';
 import { InputError } from '../errors';
-import { Weights } from '../io/weights';
+import { WeightPrecision, Weights } from '../io/weights';
 import { InternLM2 } from '../llm/internlm2';
 import { Kernels, Tap } from '../nn/layers';
 import { runSync, Steps } from '../event_loop';
@@ -40,6 +40,17 @@ export const DEFAULT_RUN_LIMITS: RunLimits = { framesPerPass: 8, prefillChunk: 5
 
 export interface LoadOptions {
   backend?: BackendName;
+  /**
+   * How the 2-D weights are held: 'float32' (default; every backend), 'bfloat16' (half the memory) or
+   * 'int8' (a quarter, per-column scales; error ~1e-2): the tensorflow backend. See src/io/weights.ts.
+   */
+  weights?: WeightPrecision;
+  /**
+   * With weights 'bfloat16': 'exact' (default) widens each weight to float32 just before its product,
+   * the numbers of a float32 model of the same values; 'fast' multiplies in bf16 (activations rounded
+   * as in PyTorch's bf16 run; fast with oneDNN, TF_ENABLE_ONEDNN_OPTS=1).
+   */
+  matmul?: 'exact' | 'fast';
   /** Progress of reading the weights (bytes). */
   onProgress?: (bytesDone: number, bytesTotal: number) => void;
   /** See RunLimits; defaults DEFAULT_RUN_LIMITS. */

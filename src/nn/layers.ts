@@ -6,7 +6,7 @@
 // (src/model/kernels.ts), and handed to the layers as a `Kernels` value: nothing here asks which
 // backend is active.
 import * as tf from '@tensorflow/tfjs';
-import { Weights } from '../io/weights';
+import { HeldMatrix, Weights } from '../io/weights';
 
 /** Receives intermediate values by name (see `model.inspect`); it must keep (clone) what it wants beyond the call. */
 export type Tap = (name: string, value: tf.Tensor) => void;
@@ -22,20 +22,29 @@ export interface Kernels {
   singleKernelMatMul: boolean;
   /** Attention as two 2-D matMuls per group against an explicitly transposed key block (wasm). */
   attentionPer2DGroup: boolean;
+  /**
+   * How a Linear whose weight is held as bfloat16 multiplies (src/io/weights.ts): 'exact' widens the
+   * weight to float32 and runs the float32 product (the same numbers as a float32 model of the same
+   * values); 'fast' runs libtensorflow's bf16 product (activations rounded to bf16, as PyTorch's bf16 run).
+   */
+  bf16MatMul: 'exact' | 'fast';
 }
 
 /** Plain tfjs ops everywhere: right on every backend, the choice for tests and tools that build layers directly. */
-export const PORTABLE_KERNELS: Kernels = { linearLayout: 'in-out', singleKernelMatMul: false, attentionPer2DGroup: false };
+export const PORTABLE_KERNELS: Kernels = { linearLayout: 'in-out', singleKernelMatMul: false, attentionPer2DGroup: false, bf16MatMul: 'exact' };
 
 /** a @ b (or a @ b^T) for rank-2 or rank-3 operands as the one kernel it is; tf.matMul adds reshape ops around it. */
 export function batchMatMul<T extends tf.Tensor>(a: T, b: tf.Tensor, transposeB = false): T {
   return tf.engine().runKernel('BatchMatMul', { a, b }, { transposeA: false, transposeB }) as T;
 }
 
-/** y = x @ W + b over the last axis, with W in the layout `kernels.linearLayout` says. */
+/**
+ * y = x @ W + b over the last axis, with W in the layout `kernels.linearLayout` says, held as the
+ * weights were loaded: float32, or a HeldMatrix (bfloat16 or int8, the tensorflow backend).
+ */
 export class Linear {
   /** [in, out], or [out, in] with the 'out-in' layout. */
-  readonly weight: tf.Tensor2D;
+  readonly weight: tf.Tensor2D | HeldMatrix;
   readonly bias: tf.Tensor1D | null;
   private readonly transposed: boolean;
 
@@ -47,7 +56,7 @@ export class Linear {
   ) {
     this.transposed = kernels.linearLayout === 'out-in';
     // Converted weights are [in, out]; the 'out-in' layout replaces the stored tensor by its transpose once, here.
-    this.weight = this.transposed ? w.storeTransposed(`${name}.weight`) : (w.get(`${name}.weight`, 2) as tf.Tensor2D);
+    this.weight = this.transposed ? w.storeTransposed(`${name}.weight`) : w.matrix(`${name}.weight`);
     this.bias = bias ? (w.get(`${name}.bias`, 1) as tf.Tensor1D) : null;
   }
 
@@ -65,13 +74,27 @@ export class Linear {
       // libtensorflow's BatchMatMulV2 takes [1, T, in] or [rows, in] against the 2-D weight as it is: for a
       // small layer in a decode step, the six reshape ops tf.fused.matMul adds cost as much as the matVec.
       const a = x.rank === 2 || (x.rank === 3 && x.shape[0] === 1) ? x : x.reshape([-1, this.inFeatures]);
-      let y: tf.Tensor = batchMatMul(a, this.weight, this.transposed);
+      let y = this.product(a);
       if (this.bias) y = tf.add(y, this.bias);
       return (a === x ? y : y.reshape([...lead, this.outFeatures])) as T;
     }
+    if (this.weight instanceof HeldMatrix) throw new Error('a weight held below float32 needs the tensorflow kernels (kernelsFor)');
     const x2d = x.reshape([-1, this.inFeatures]) as tf.Tensor2D;
     const y = tf.fused.matMul({ a: x2d, b: this.weight, bias: this.bias ?? undefined, transposeB: this.transposed });
     return y.reshape([...lead, this.outFeatures]) as T;
+  }
+
+  /** a @ W as one BatchMatMul, W widened just before (exact) or multiplied in bf16 (fast). */
+  private product(a: tf.Tensor): tf.Tensor {
+    const w = this.weight;
+    if (!(w instanceof HeldMatrix)) return batchMatMul(a, w, this.transposed);
+    if (w.data.dtype === 'bfloat16' && this.kernels.bf16MatMul === 'fast') return w.data.matMulBf16(a, this.transposed);
+    // The whole weight is widened, then the float32 kernel runs on exactly the shapes a float32 model
+    // runs: the same sums in the same order (splitting it by columns changes Eigen's blocking at decode).
+    const values = w.data.toFloat32();
+    const y = batchMatMul(a, values, this.transposed);
+    values.dispose();
+    return w.scale ? tf.mul(y, w.scale) : y;
   }
 }
 

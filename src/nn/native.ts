@@ -1,0 +1,198 @@
+// Tensors tfjs has no dtype for (bfloat16, int8), held as libtensorflow handles on the tensorflow
+// backend. tfjs-node's binding runs any libtensorflow op by name (`executeOp`) and passes any dtype
+// attribute, but its tensors can only be float32, int32, bool or string: a bf16 or int8 handle is a raw
+// id that tfjs cannot wrap, so `NativeTensor` owns it and frees it in `dispose()`. Every value that
+// leaves this file is an ordinary float32 tfjs tensor (tracked by tf.tidy like any other).
+//
+// The bytes are handed over as an int32 tensor and Bitcast (zero-copy) to the target dtype: the
+// binding shares the JS buffer with TensorFlow, so a weight is held once, at 2 or 1 bytes per value.
+import * as tf from '@tensorflow/tfjs';
+
+/** TF_DataType values the binding does not export (tensorflow/c/tf_datatype.h). */
+const TF_INT8 = 6;
+const TF_BFLOAT16 = 14;
+
+export type NativeDType = 'bfloat16' | 'int8';
+
+const DTYPE_CODE: Record<NativeDType, number> = { bfloat16: TF_BFLOAT16, int8: TF_INT8 };
+const DTYPE_BYTES: Record<NativeDType, number> = { bfloat16: 2, int8: 1 };
+
+interface OpAttr {
+  name: string;
+  type: number;
+  value: unknown;
+}
+interface TensorMetadata {
+  id: number;
+  shape: number[];
+  dtype: number;
+}
+interface Binding {
+  TF_FLOAT: number;
+  TF_INT32: number;
+  TF_ATTR_TYPE: number;
+  TF_ATTR_BOOL: number;
+  createTensor(shape: number[], dtype: number, values: Int32Array): number;
+  deleteTensor(id: number): void;
+  executeOp(name: string, attrs: OpAttr[], inputIds: number[], numOutputs: number): TensorMetadata[];
+}
+interface NodeBackend {
+  binding: Binding;
+  getInputTensorIds(tensors: tf.Tensor[]): number[];
+  createOutputTensor(metadata: TensorMetadata): tf.Tensor;
+}
+
+/** The tensorflow backend's binding, or an error naming what to use instead. */
+function nodeBackend(what: string): NodeBackend {
+  const backend = tf.backend() as unknown as Partial<NodeBackend>;
+  if (tf.getBackend() !== 'tensorflow' || backend.binding?.executeOp === undefined) {
+    throw new Error(
+      `${what} needs the tensorflow backend (@tensorflow/tfjs-node or tfjs-node-gpu; backend now: ${tf.getBackend()}); ` +
+        `wasm and cpu hold weights as float32 only: load with weights 'float32'`,
+    );
+  }
+  return backend as NodeBackend;
+}
+
+const typeAttr = (b: Binding, name: string, value: number): OpAttr => ({ name, type: b.TF_ATTR_TYPE, value });
+const boolAttr = (b: Binding, name: string, value: boolean): OpAttr => ({ name, type: b.TF_ATTR_BOOL, value });
+
+function run(be: NodeBackend, op: string, attrs: OpAttr[], inputs: number[]): TensorMetadata {
+  return be.binding.executeOp(op, attrs, inputs, 1)[0];
+}
+
+function castAttrs(b: Binding, from: number, to: number): OpAttr[] {
+  return [typeAttr(b, 'SrcT', from), typeAttr(b, 'DstT', to), boolAttr(b, 'Truncate', false)];
+}
+
+/** Runs `op` with an int32 shape-like argument made from `values` (freed after). */
+function withInt32<T>(be: NodeBackend, values: number[], f: (id: number) => T): T {
+  const t = tf.tensor1d(values, 'int32');
+  try {
+    return f(be.getInputTensorIds([t])[0]);
+  } finally {
+    t.dispose();
+  }
+}
+
+/** A bfloat16 or int8 libtensorflow tensor owned by this object (see the file comment). */
+export class NativeTensor {
+  private handle: number | null;
+
+  private constructor(
+    private readonly be: NodeBackend,
+    id: number,
+    readonly dtype: NativeDType,
+    readonly shape: number[],
+  ) {
+    this.handle = id;
+  }
+
+  /**
+   * `bytes` (little-endian values of `dtype`, row-major) as a tensor of `shape`. The buffer is shared
+   * with TensorFlow (not copied) when its length is a multiple of 4 bytes and its offset is aligned.
+   */
+  static fromBytes(bytes: Uint8Array, dtype: NativeDType, shape: number[], what = 'a weight'): NativeTensor {
+    const be = nodeBackend(`holding ${what} as ${dtype}`);
+    const b = be.binding;
+    const n = shape.reduce((a, d) => a * d, 1);
+    if (bytes.byteLength !== n * DTYPE_BYTES[dtype]) throw new Error(`${what}: ${bytes.byteLength} bytes for ${dtype} [${shape}]`);
+    const padded = bytes.byteLength % 4 === 0 && bytes.byteOffset % 4 === 0 ? bytes : copyPadded(bytes);
+    const words = new Int32Array(padded.buffer, padded.byteOffset, padded.byteLength / 4);
+    const packed = b.createTensor([words.length], b.TF_INT32, words);
+    // Bitcast int32 [m] -> dtype [m, 4 / size]: the same bytes, no copy.
+    const cast = run(be, 'Bitcast', [typeAttr(b, 'T', b.TF_INT32), typeAttr(b, 'type', DTYPE_CODE[dtype])], [packed]);
+    b.deleteTensor(packed);
+    let flat = cast.id;
+    if (padded !== bytes) {
+      flat = withInt32(be, [0], (begin) =>
+        withInt32(be, [n], (size) =>
+          withInt32(be, [-1], (minusOne) => {
+            const all = run(be, 'Reshape', [typeAttr(b, 'T', DTYPE_CODE[dtype]), typeAttr(b, 'Tshape', b.TF_INT32)], [cast.id, minusOne]);
+            const sliced = run(be, 'Slice', [typeAttr(b, 'T', DTYPE_CODE[dtype]), typeAttr(b, 'Index', b.TF_INT32)], [all.id, begin, size]);
+            b.deleteTensor(all.id);
+            return sliced.id;
+          }),
+        ),
+      );
+      b.deleteTensor(cast.id);
+    }
+    const shaped = withInt32(be, shape, (s) => run(be, 'Reshape', [typeAttr(b, 'T', DTYPE_CODE[dtype]), typeAttr(b, 'Tshape', b.TF_INT32)], [flat, s]));
+    b.deleteTensor(flat);
+    return new NativeTensor(be, shaped.id, dtype, shape);
+  }
+
+  private get id(): number {
+    if (this.handle === null) throw new Error(`a ${this.dtype} [${this.shape}] tensor was used after dispose()`);
+    return this.handle;
+  }
+
+  get byteLength(): number {
+    return this.shape.reduce((a, d) => a * d, 1) * DTYPE_BYTES[this.dtype];
+  }
+
+  /** The 2-D transpose as a new tensor (this one is left as it is). */
+  transpose(): NativeTensor {
+    const b = this.be.binding;
+    const out = withInt32(this.be, [1, 0], (perm) =>
+      run(this.be, 'Transpose', [typeAttr(b, 'T', DTYPE_CODE[this.dtype]), typeAttr(b, 'Tperm', b.TF_INT32)], [this.id, perm]),
+    );
+    return new NativeTensor(this.be, out.id, this.dtype, [this.shape[1], this.shape[0]]);
+  }
+
+  /** The values widened to float32, as a tfjs tensor the caller owns (exact for both dtypes). */
+  toFloat32(): tf.Tensor {
+    const b = this.be.binding;
+    return this.be.createOutputTensor(run(this.be, 'Cast', castAttrs(b, DTYPE_CODE[this.dtype], b.TF_FLOAT), [this.id]));
+  }
+
+  /** Rows `ids` (int32, any shape) of a 2-D tensor, widened to float32: [...ids.shape, columns]. */
+  gatherRows(ids: tf.Tensor): tf.Tensor {
+    const be = this.be;
+    const b = be.binding;
+    const code = DTYPE_CODE[this.dtype];
+    const axis = tf.scalar(0, 'int32');
+    try {
+      const [idsId, axisId] = be.getInputTensorIds([ids, axis]);
+      const g = run(be, 'GatherV2', [typeAttr(b, 'Tparams', code), typeAttr(b, 'Tindices', b.TF_INT32), typeAttr(b, 'Taxis', b.TF_INT32)], [this.id, idsId, axisId]);
+      const f = run(be, 'Cast', castAttrs(b, code, b.TF_FLOAT), [g.id]);
+      b.deleteTensor(g.id);
+      return be.createOutputTensor(f);
+    } finally {
+      axis.dispose();
+    }
+  }
+
+  /**
+   * x @ W (or x @ W^T) computed in bfloat16 by libtensorflow (oneDNN's bf16 kernels where enabled): x is
+   * rounded to bf16 (round to nearest even), products accumulate as the kernel does, the result is
+   * rounded to bf16 and widened back to float32, as PyTorch's bf16 F.linear. Only for bfloat16 tensors.
+   */
+  matMulBf16(x: tf.Tensor, transposeB: boolean): tf.Tensor {
+    if (this.dtype !== 'bfloat16') throw new Error(`matMulBf16 on a ${this.dtype} tensor`);
+    const be = this.be;
+    const b = be.binding;
+    const xb = run(be, 'Cast', castAttrs(b, b.TF_FLOAT, TF_BFLOAT16), be.getInputTensorIds([x]));
+    const y = run(
+      be,
+      'BatchMatMulV2',
+      [typeAttr(b, 'T', TF_BFLOAT16), boolAttr(b, 'adj_x', false), boolAttr(b, 'adj_y', transposeB)],
+      [xb.id, this.id],
+    );
+    b.deleteTensor(xb.id);
+    const f = run(be, 'Cast', castAttrs(b, TF_BFLOAT16, b.TF_FLOAT), [y.id]);
+    b.deleteTensor(y.id);
+    return be.createOutputTensor(f);
+  }
+
+  dispose(): void {
+    if (this.handle !== null) this.be.binding.deleteTensor(this.handle);
+    this.handle = null;
+  }
+}
+
+function copyPadded(bytes: Uint8Array): Uint8Array {
+  const out = new Uint8Array(Math.ceil(bytes.byteLength / 4) * 4);
+  out.set(bytes);
+  return out;
+}
