@@ -5,6 +5,7 @@
 // - bfloat16 'fast' (bf16 products) and int8 (per-column scales) change the numbers: their errors
 //   against float32 are printed (README, "Weights in memory") and held below bounds a broken path misses.
 import * as fs from 'fs';
+import * as os from 'os';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
 import { convertCheckpoint } from '../converter/convert';
@@ -82,7 +83,7 @@ onTensorflow('weights held in bfloat16 and int8 (tensorflow backend)', () => {
   beforeAll(async () => {
     await initBackend({ backend: 'tensorflow', log: null });
     for (const name of Object.keys(prompts)) {
-      const dir = path.join(fs.mkdtempSync(path.join(require('os').tmpdir(), 'pvc-bf16-')), name);
+      const dir = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'pvc-bf16-')), name);
       convertCheckpoint(checkpointDir(name), dir, { dtype: 'bfloat16' });
       dirs.set(name, dir);
     }
