@@ -54,7 +54,8 @@ export class PVCModel extends VisionLanguageModel implements ChatModel {
     const matmul = options.matmul ?? 'exact';
     if (!WEIGHT_PRECISIONS.includes(precision)) throw new Error(`weights '${precision}': expected one of ${WEIGHT_PRECISIONS.join(', ')}`);
     if (matmul !== 'exact' && matmul !== 'fast') throw new Error(`matmul '${matmul}': expected exact or fast`);
-    if (matmul === 'fast' && precision !== 'bfloat16') throw new Error(`matmul 'fast' multiplies bfloat16 weights: it needs weights 'bfloat16' (weights are '${precision}')`);
+    if (matmul === 'fast' && precision !== 'bfloat16')
+      throw new Error(`matmul 'fast' multiplies bfloat16 weights: it needs weights 'bfloat16' (weights are '${precision}')`);
     const backend = await initBackend({ backend: options.backend });
     const config = loadConfig(dir);
     checkFits(dir, backend.name, precision);

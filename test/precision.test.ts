@@ -95,7 +95,15 @@ onTensorflow('weights held in bfloat16 and int8 (tensorflow backend)', () => {
     try {
       const { tiles, question, frames } = prompts[name];
       const S = model.config.vision.image_size;
-      const pixelValues = tf.tidy(() => tf.sin(tf.range(0, tiles * 3 * S * S).reshape([tiles, 3, S, S]).mul(0.37)) as tf.Tensor4D);
+      const pixelValues = tf.tidy(
+        () =>
+          tf.sin(
+            tf
+              .range(0, tiles * 3 * S * S)
+              .reshape([tiles, 3, S, S])
+              .mul(0.37),
+          ) as tf.Tensor4D,
+      );
       const rec = tapRecorder();
       let promptLogits: Float32Array | null = null;
       const tap = (stage: string, value: tf.Tensor) => {
@@ -142,7 +150,9 @@ onTensorflow('weights held in bfloat16 and int8 (tensorflow backend)', () => {
           ['prompt logits', relativeMaxError(r.promptLogits, f32.promptLogits)],
         ] as const;
         const sameIds = r.ids.filter((id, i) => id === f32.ids[i]).length;
-        lines.push(`${mode}: ${errors.map(([s, e]) => `${s} ${e.toExponential(2)}`).join(', ')}; greedy ids equal ${sameIds}/${f32.ids.length}; ${(r.bytes / f32.bytes).toFixed(3)}x the bytes`);
+        lines.push(
+          `${mode}: ${errors.map(([s, e]) => `${s} ${e.toExponential(2)}`).join(', ')}; greedy ids equal ${sameIds}/${f32.ids.length}; ${(r.bytes / f32.bytes).toFixed(3)}x the bytes`,
+        );
         for (const [stage, e] of errors) expect({ mode, stage, ok: e < bound }).toEqual({ mode, stage, ok: true });
         expect(r.bytes).toBeLessThan(f32.bytes * (mode === 'int8' ? 0.4 : 0.56));
       }
@@ -155,15 +165,22 @@ onTensorflow('weights held in bfloat16 and int8 (tensorflow backend)', () => {
     await run('tiny-pvc', { weights: 'bfloat16' }); // warm-up: tfjs keeps a few scalars of its own
     const tensors = tf.memory().numTensors;
     const handles = binding.getNumOfTensors();
-    for (const options of [{ weights: 'bfloat16' }, { weights: 'bfloat16', matmul: 'fast' }, { weights: 'int8' }] as LoadOptions[]) await run('tiny-pvc', options);
+    for (const options of [{ weights: 'bfloat16' }, { weights: 'bfloat16', matmul: 'fast' }, { weights: 'int8' }] as LoadOptions[])
+      await run('tiny-pvc', options);
     expect({ tensors: tf.memory().numTensors, handles: binding.getNumOfTensors() }).toEqual({ tensors, handles });
   }, 120_000);
 
   test('refuses what cannot work, naming the alternative', async () => {
     const dir = dirs.get('tiny-internvl2')!;
-    await expect(PVCModel.load(dir, { backend: 'tensorflow', weights: 'float32', matmul: 'fast' })).rejects.toThrow(/matmul 'fast' .* needs weights 'bfloat16'/);
-    await expect(PVCModel.load(dir, { backend: 'tensorflow', weights: 'float16' as never })).rejects.toThrow(/weights 'float16': expected one of float32, bfloat16, int8/);
-    await expect(PVCModel.load(dir, { backend: 'cpu', weights: 'bfloat16' })).rejects.toThrow(/need the tensorflow backend .* not cpu; on cpu load with weights 'float32'/);
+    await expect(PVCModel.load(dir, { backend: 'tensorflow', weights: 'float32', matmul: 'fast' })).rejects.toThrow(
+      /matmul 'fast' .* needs weights 'bfloat16'/,
+    );
+    await expect(PVCModel.load(dir, { backend: 'tensorflow', weights: 'float16' as never })).rejects.toThrow(
+      /weights 'float16': expected one of float32, bfloat16, int8/,
+    );
+    await expect(PVCModel.load(dir, { backend: 'cpu', weights: 'bfloat16' })).rejects.toThrow(
+      /need the tensorflow backend .* not cpu; on cpu load with weights 'float32'/,
+    );
     await initBackend({ backend: 'tensorflow', log: null });
   });
 });

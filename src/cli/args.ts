@@ -4,6 +4,7 @@
 // as it is parsed; an unknown option, a value missing or out of range, or an option given twice that
 // takes one value is an error naming the option.
 import { parseArgs } from 'node:util';
+import { WEIGHT_PRECISIONS, WeightPrecision } from '../io/weights';
 
 /** Reads an option's text into its value; throws an Error whose message follows the option's name. */
 export type Read<T> = (text: string) => T;
@@ -148,4 +149,24 @@ export function parseOptions<S extends Spec>(argv: string[], spec: S, settings: 
   }
   if (!settings.positionals && positionals.length > 0) throw new Error(`unexpected argument '${positionals[0]}'`);
   return { values: values as Values<S>, positionals, given: given as Set<keyof S> };
+}
+
+/** --weights and --matmul, which pvc chat, pvc inspect and pvc serve share (PVCModel.load's weights, matmul). */
+export const WEIGHT_OPTIONS = {
+  weights: value(oneOf(WEIGHT_PRECISIONS)),
+  matmul: value(oneOf(['exact', 'fast'] as const)),
+};
+
+export const WEIGHT_USAGE = `  --weights W          float32 | bfloat16 | int8: how weights are held (default float32; bfloat16 and int8
+                       need the tensorflow backend; README, "Weights in memory")
+  --matmul M           exact | fast: with --weights bfloat16, widen each weight to float32 (exact, default)
+                       or multiply in bf16 (fast; turns on libtensorflow's oneDNN, TF_ENABLE_ONEDNN_OPTS=1)`;
+
+/**
+ * PVCModel.load's weights / matmul from the parsed flags. 'fast' turns on oneDNN (whose bf16 kernels
+ * make it fast) unless TF_ENABLE_ONEDNN_OPTS is set: libtensorflow reads it once, when it loads.
+ */
+export function weightLoadOptions(o: { weights?: WeightPrecision; matmul?: 'exact' | 'fast' }): { weights?: WeightPrecision; matmul?: 'exact' | 'fast' } {
+  if (o.matmul === 'fast') process.env.TF_ENABLE_ONEDNN_OPTS ??= '1';
+  return { weights: o.weights, matmul: o.matmul };
 }

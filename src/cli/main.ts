@@ -14,7 +14,7 @@ import { formatSummaries, logitLens, summarize } from '../inspect/lens';
 import { writeSafetensors } from '../io/safetensors';
 import { PVCModel } from '../pvc_model';
 import { decodeAnswer } from '../tokenizer';
-import { flag, list, number, oneOf, optionName, orNone, parseOptions, text, value, Values } from './args';
+import { flag, list, number, oneOf, optionName, orNone, parseOptions, text, value, Values, WEIGHT_OPTIONS, WEIGHT_USAGE, weightLoadOptions } from './args';
 import { doctorCommand } from './doctor';
 import { serveCommand } from './serve';
 
@@ -34,6 +34,7 @@ options:
   --length-penalty X  --early-stopping true|false|never
   --stop S             end the answer before S (repeatable)
   --backend B          tensorflow | wasm | cpu (default: the first that works)
+${WEIGHT_USAGE}
   --json               print one JSON object (answer, timings) instead of streaming text
 
 inspect writes DIR/taps.safetensors (prompt pass; generation step k as "step{k}.NAME"), DIR/summary.txt
@@ -53,6 +54,7 @@ const MODEL_OPTIONS = {
   video: value(text),
   maxPixels: value(orNone(POSITIVE)),
   backend: value(oneOf(BACKEND_NAMES)),
+  ...WEIGHT_OPTIONS,
 };
 
 const earlyStopping = (s: string) => {
@@ -97,7 +99,7 @@ function parseChatArgs(argv: string[]): ChatArgs {
 
 async function chat(args: ChatArgs): Promise<void> {
   const t0 = Date.now();
-  const model = await PVCModel.load(args.model, { backend: args.backend });
+  const model = await PVCModel.load(args.model, { backend: args.backend, ...weightLoadOptions(args) });
   const loadSeconds = (Date.now() - t0) / 1000;
   let pixelValues: tf.Tensor4D | null = null;
   try {
@@ -188,7 +190,7 @@ function parseInspectArgs(argv: string[]): InspectArgs {
 }
 
 async function inspect(args: InspectArgs): Promise<void> {
-  const model = await PVCModel.load(args.model, { backend: args.backend });
+  const model = await PVCModel.load(args.model, { backend: args.backend, ...weightLoadOptions(args) });
   const taps = new Set(args.taps);
   if (args.heatmap) taps.add('llm.layers.*.attn.probs');
   if (args.logitLens) taps.add('llm.layers.*.out');

@@ -1,22 +1,23 @@
 // pvc serve --model DIR [--host 127.0.0.1] [--port 8000] [--api-key KEY] [--allowed-local-media-path DIR]
-//           [--max-queue N] [--max-model-len N] [--served-model-name NAME] [--backend B]
+//           [--max-queue N] [--max-model-len N] [--served-model-name NAME] [--backend B] [--weights W] [--matmul M]
 // Listens at once (503 while the model loads), runs until SIGINT / SIGTERM.
 import * as path from 'path';
 import { BACKEND_NAMES } from '../backend';
-import { flag, number, oneOf, parseOptions, text, value, Values } from './args';
+import { flag, number, oneOf, parseOptions, text, value, Values, WEIGHT_OPTIONS, WEIGHT_USAGE, weightLoadOptions } from './args';
 import { PVCModel } from '../pvc_model';
 import { DEFAULT_LIMITS } from '../server/limits';
 import { ChatServer } from '../server/server';
 
 export const SERVE_USAGE = `usage: pvc serve --model DIR [--host 127.0.0.1] [--port 8000] [--api-key KEY] [--allowed-local-media-path DIR]
-                 [--max-queue N] [--max-model-len N] [--served-model-name NAME] [--backend B]
+                 [--max-queue N] [--max-model-len N] [--served-model-name NAME] [--backend B] [--weights W] [--matmul M]
   An OpenAI-compatible server: GET /v1/models, POST /v1/chat/completions (stream or not), GET /health.
   --api-key KEY                    require "Authorization: Bearer KEY" (also read from PVC_API_KEY)
   --allowed-local-media-path DIR   requests may name files (paths, file:// URLs) under DIR; none otherwise
   --max-queue N                    requests waiting behind the running one before 429 (default ${DEFAULT_LIMITS.maxQueue})
   --max-model-len N                prompt plus max_tokens a request may ask for (default max_position_embeddings
                                    x the rope_scaling factor, vLLM's rule; the model itself refuses no length)
-  --served-model-name NAME         the name clients pass as "model" (default: the model directory's name)`;
+  --served-model-name NAME         the name clients pass as "model" (default: the model directory's name)
+${WEIGHT_USAGE}`;
 
 const SERVE_OPTIONS = {
   model: value(text),
@@ -28,6 +29,7 @@ const SERVE_OPTIONS = {
   maxModelLen: value(number({ integer: true, min: 1 })),
   servedModelName: value(text),
   backend: value(oneOf(BACKEND_NAMES)),
+  ...WEIGHT_OPTIONS,
   help: flag('h'),
 };
 
@@ -44,7 +46,7 @@ export async function serveCommand(argv: string[]): Promise<number> {
     process.stderr.write(`pvc serve: ${(e as Error).message}\n${SERVE_USAGE}\n`);
     return 2;
   }
-  const model = PVCModel.load(o.model, { backend: o.backend });
+  const model = PVCModel.load(o.model, { backend: o.backend, ...weightLoadOptions(o) });
   const server = await ChatServer.start({
     model,
     modelName: o.servedModelName ?? path.basename(path.resolve(o.model)),

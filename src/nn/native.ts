@@ -154,7 +154,12 @@ export class NativeTensor {
     const axis = tf.scalar(0, 'int32');
     try {
       const [idsId, axisId] = be.getInputTensorIds([ids, axis]);
-      const g = run(be, 'GatherV2', [typeAttr(b, 'Tparams', code), typeAttr(b, 'Tindices', b.TF_INT32), typeAttr(b, 'Taxis', b.TF_INT32)], [this.id, idsId, axisId]);
+      const g = run(
+        be,
+        'GatherV2',
+        [typeAttr(b, 'Tparams', code), typeAttr(b, 'Tindices', b.TF_INT32), typeAttr(b, 'Taxis', b.TF_INT32)],
+        [this.id, idsId, axisId],
+      );
       const f = run(be, 'Cast', castAttrs(b, code, b.TF_FLOAT), [g.id]);
       b.deleteTensor(g.id);
       return be.createOutputTensor(f);
@@ -173,12 +178,7 @@ export class NativeTensor {
     const be = this.be;
     const b = be.binding;
     const xb = run(be, 'Cast', castAttrs(b, b.TF_FLOAT, TF_BFLOAT16), be.getInputTensorIds([x]));
-    const y = run(
-      be,
-      'BatchMatMulV2',
-      [typeAttr(b, 'T', TF_BFLOAT16), boolAttr(b, 'adj_x', false), boolAttr(b, 'adj_y', transposeB)],
-      [xb.id, this.id],
-    );
+    const y = run(be, 'BatchMatMulV2', [typeAttr(b, 'T', TF_BFLOAT16), boolAttr(b, 'adj_x', false), boolAttr(b, 'adj_y', transposeB)], [xb.id, this.id]);
     b.deleteTensor(xb.id);
     const f = run(be, 'Cast', castAttrs(b, TF_BFLOAT16, b.TF_FLOAT), [y.id]);
     b.deleteTensor(y.id);

@@ -3,6 +3,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { parentPort, workerData } from 'worker_threads';
 import { BackendName } from '../backend';
+import type { WeightPrecision } from '../io/weights';
 import type { InputError } from '../errors';
 import { AbortError } from '../event_loop';
 import { InspectRequest } from '../inspect/inspect';
@@ -18,10 +19,15 @@ const errorData = (e: unknown): ErrorData => ({
 });
 
 async function main(): Promise<void> {
-  const { dir, backend, limits } = workerData as HostData;
+  const { dir, backend, limits, weights, matmul } = workerData as HostData;
   let model: PVCModel;
   try {
-    model = await PVCModel.load(dir, { backend: backend as BackendName | undefined, limits });
+    model = await PVCModel.load(dir, {
+      backend: backend as BackendName | undefined,
+      limits,
+      weights: weights as WeightPrecision | undefined,
+      matmul: matmul as 'exact' | 'fast' | undefined,
+    });
     send({ kind: 'ready', config: model.config, backend: tf.getBackend() });
   } catch (e) {
     send({ kind: 'load-error', error: errorData(e) });

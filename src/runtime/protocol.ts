@@ -36,4 +36,6 @@ export interface HostData {
   dir: string;
   backend?: string;
   limits?: Record<string, number>;
+  weights?: string;
+  matmul?: string;
 }

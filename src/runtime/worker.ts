@@ -15,6 +15,7 @@ import type { ModelConfig } from '../config';
 import { InputError } from '../errors';
 import { AbortError } from '../event_loop';
 import type { Inspection, InspectRequest, TapArray } from '../inspect/inspect';
+import type { WeightPrecision } from '../io/weights';
 import type { RunLimits } from '../model/vlm';
 import type { ChatModel } from '../pvc_model';
 import { ErrorData, HostData, Method, Reply, Request, TensorData } from './protocol';
@@ -23,6 +24,9 @@ export interface WorkerLoadOptions {
   /** The backend inside the worker (see README: which backends run in a worker thread). */
   backend?: BackendName;
   limits?: Partial<RunLimits>;
+  /** As PVCModel.load's (matmul 'fast' wants TF_ENABLE_ONEDNN_OPTS=1 in the process environment before the first worker starts). */
+  weights?: WeightPrecision;
+  matmul?: 'exact' | 'fast';
 }
 
 interface Pending {
@@ -70,7 +74,13 @@ export class WorkerModel implements ChatModel {
 
   /** Starts a worker thread and loads the converted model `dir` in it. */
   static load(dir: string, options: WorkerLoadOptions = {}): Promise<WorkerModel> {
-    const worker = startWorker({ dir: path.resolve(dir), backend: options.backend, limits: options.limits as Record<string, number> | undefined });
+    const worker = startWorker({
+      dir: path.resolve(dir),
+      backend: options.backend,
+      limits: options.limits as Record<string, number> | undefined,
+      weights: options.weights,
+      matmul: options.matmul,
+    });
     return new Promise((resolve, reject) => {
       const fail = (e: Error) => {
         void worker.terminate();
