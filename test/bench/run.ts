@@ -10,7 +10,10 @@
 //   --backends a,b     only these tfjs backends (tensorflow, wasm, cpu); PyTorch always runs
 //   --measures a,b     only these measures (vision, llm, beams: ms per step of greedy and of 5 beams)
 //   --suites a,b       speed (the table above: per-layer and per-model speed), runtime (prefill memory and
-//                      time against length, a 96-frame video chat, event-loop delay); default both
+//                      time against length, a 96-frame video chat, event-loop delay); default both;
+//                      full-size (InternVL2-8B and PVC-InternVL2-8B at real size in each weight mode against
+//                      PyTorch bf16: about an hour, ~65 GB of disk in PVC_FULL_SIZE_CACHE; full-size-suite.ts)
+//   --full-size a,b    only the full-size runs whose "model:chat:mode" contains one of these
 import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
@@ -18,6 +21,7 @@ import * as path from 'path';
 import { convertCheckpoint } from '../../converter/convert';
 import { writeSafetensors } from '../../src/io/safetensors';
 import { BENCH_CONFIGS } from './configs';
+import { fullSizeSuite, fullSizeTable } from './full-size-suite';
 import { writeSyntheticCheckpoint } from './synthetic-checkpoint';
 
 const ROOT = path.join(__dirname, '..', '..');
@@ -81,6 +85,7 @@ async function main() {
   const models = suites.includes('speed') ? allModels.filter(([name]) => !onlyModels || onlyModels.includes(name)) : [];
   if (suites.includes('speed') && models.length === 0) throw new Error(`--models: none of ${onlyModels} is a benchmark model`);
   const runtime: Record<string, unknown>[] = [];
+  const fullSize: Record<string, unknown>[] = [];
   try {
     for (const [name, spec] of models) {
       const hfDir = spec.hf ? path.join(work, `${name}-hf`) : path.join(ROOT, 'test', 'fixtures', 'checkpoints', name);
@@ -164,6 +169,7 @@ async function main() {
       fs.rmSync(outDir, { recursive: true, force: true });
       if (spec.hf) fs.rmSync(hfDir, { recursive: true, force: true });
     }
+    if (suites.includes('full-size')) fullSize.push(...fullSizeSuite(tsx, python, upstream, listOption('--full-size')));
     if (suites.includes('runtime')) {
       const tfjsBackends = backends.filter((b) => !onlyBackends || onlyBackends.includes(b));
       runtime.push(...runtimeSuite(work, tsx, python, upstream, tfjsBackends));
@@ -173,8 +179,14 @@ async function main() {
   }
 
   const machine = { cpus: os.cpus().length, cpu: os.cpus()[0]?.model, memoryGB: +(os.totalmem() / 2 ** 30).toFixed(1), node: process.version };
-  fs.writeFileSync(path.join(ROOT, 'bench-results.json'), JSON.stringify({ date: new Date().toISOString(), machine, results, runtime }, null, 1) + '\n');
-  const md = (suites.includes('speed') ? table(results, machine) : '') + (runtime.length ? runtimeTable(runtime) : '');
+  fs.writeFileSync(
+    path.join(ROOT, 'bench-results.json'),
+    JSON.stringify({ date: new Date().toISOString(), machine, results, runtime, fullSize }, null, 1) + '\n',
+  );
+  const md =
+    (suites.includes('speed') ? table(results, machine) : '') +
+    (runtime.length ? runtimeTable(runtime) : '') +
+    (fullSize.length ? fullSizeTable(fullSize) : '');
   fs.writeFileSync(path.join(ROOT, 'bench-results.md'), md);
   process.stdout.write(md);
 }

@@ -1,18 +1,34 @@
 // Writes a synthetic HF InternVL2 checkpoint of real layer widths (InternViT-300M, InternLM2-7B
 // layers, vocab 92553) with a chosen number of LLM layers, for measuring pvc-convert's memory and
-// speed on multi-GB input. Values are random bf16 in about ±1. Nothing here is committed output.
+// speed on multi-GB input; with --pvc, PVC-InternVL2-8B's layout as our spec has it (model_type
+// pvc_internvl, downsample 0.25, image_repeat_time 4, AdaLN in every ViT layer, temporal attention in
+// the last PVC_TEMPORAL_LAYERS: a guess, ../shared/design/pvc.md). With --llm-layers 32 it is the full
+// 8B. Values are random bf16 (seeded) at 1/sqrt(fan_in). Nothing here is committed output.
 //
-//   npx tsx test/bench/synthetic-checkpoint.ts <out-dir> [--llm-layers N]   (N=3: about 3.6 GB)
+//   npx tsx test/bench/synthetic-checkpoint.ts <out-dir> [--llm-layers N] [--pvc]   (N=3: about 3.6 GB; 32 --pvc: ~16.5 GB)
 import * as fs from 'fs';
 import * as path from 'path';
-import { normalizeHFConfig } from '../../converter/hf_config';
+import { normalizeHFConfig, PVCLayers } from '../../converter/hf_config';
 import { tensorRules } from '../../converter/names';
 import { numElements, SafetensorsWriter } from '../../src/io/safetensors';
 import { checkpointDir } from '../helpers';
 
 const SHARD_BYTES = 1 << 30;
 
-export function syntheticConfig(llmLayers: number): Record<string, unknown> {
+/** ViT layers with PVC's temporal attention in the synthetic PVC checkpoint (the last ones, per the spec). */
+export const PVC_TEMPORAL_LAYERS = 4;
+
+export function syntheticConfig(llmLayers: number, pvc = false): Record<string, unknown> {
+  const pvcFields = pvc
+    ? {
+        model_type: 'pvc_internvl',
+        architectures: ['PVCInternVLChatModel'],
+        downsample_ratio: 0.25,
+        use_temporal: true,
+        image_repeat_time: 4,
+        video_repeat_time: 1,
+      }
+    : {};
   return {
     model_type: 'internvl_chat',
     template: 'internlm2-chat',
@@ -58,7 +74,16 @@ export function syntheticConfig(llmLayers: number): Record<string, unknown> {
       eos_token_id: 2,
       pad_token_id: 2,
     },
+    ...pvcFields,
   };
+}
+
+/** Which ViT layers carry PVC's tensors in the synthetic PVC checkpoint. */
+export function syntheticPVCLayers(hf: Record<string, unknown>): PVCLayers | undefined {
+  if (hf.model_type !== 'pvc_internvl') return undefined;
+  const n = (hf.vision_config as { num_hidden_layers: number }).num_hidden_layers;
+  const all = Array.from({ length: n }, (_, i) => i);
+  return { adaln_layers: all, temporal_layers: all.slice(n - PVC_TEMPORAL_LAYERS) };
 }
 
 /**
@@ -92,7 +117,7 @@ export function writeSyntheticCheckpoint(outDir: string, hf: Record<string, unkn
   for (const f of ['tokenizer.model', 'tokenizer_config.json', 'special_tokens_map.json', 'added_tokens.json']) {
     fs.copyFileSync(path.join(checkpointDir('tiny-internvl2'), f), path.join(outDir, f));
   }
-  const rules = tensorRules(normalizeHFConfig(hf, 'synthetic config'));
+  const rules = tensorRules(normalizeHFConfig(hf, 'synthetic config', syntheticPVCLayers(hf)));
   // Group into shards of about SHARD_BYTES, in rule order.
   const groups: { name: string; shape: number[] }[][] = [[]];
   let used = 0;
@@ -134,9 +159,9 @@ if (require.main === module) {
   const i = args.indexOf('--llm-layers');
   const layers = i >= 0 ? Number(args[i + 1]) : 3;
   if (!out || !Number.isInteger(layers) || layers < 1) {
-    process.stderr.write('usage: synthetic-checkpoint.ts <out-dir> [--llm-layers N]\n');
+    process.stderr.write('usage: synthetic-checkpoint.ts <out-dir> [--llm-layers N] [--pvc]\n');
     process.exit(2);
   }
-  const bytes = writeSyntheticCheckpoint(out, syntheticConfig(layers));
+  const bytes = writeSyntheticCheckpoint(out, syntheticConfig(layers, args.includes('--pvc')));
   process.stderr.write(`synthetic checkpoint: ${(bytes / 2 ** 30).toFixed(2)} GiB of bf16 tensors in ${out}\n`);
 }

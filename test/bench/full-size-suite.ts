@@ -1,0 +1,160 @@
+// The full-size suite of `npm run bench -- --suites full-size`: InternVL2-8B and PVC-InternVL2-8B at their
+// real size (synthetic random bf16 weights, test/bench/synthetic-checkpoint.ts), converted with
+// `pvc-convert --dtype bfloat16`, then one process per chat (full-size.ts) for each weight mode on the
+// tensorflow backend, and upstream PyTorch in bf16 on the InternVL2-8B checkpoint with the same pixels and
+// prompt ids (full_size_torch.py; upstream has no PVC modeling, so the PVC runs have no PyTorch row).
+// float32 does not fit this machine (8.08B x 4 bytes = 32 GB): its rows say so instead of running.
+//
+// The checkpoints (~16 GB each, and their conversions) are kept in PVC_FULL_SIZE_CACHE (default
+// ~/.cache/pvc-tfjs/full-size) and reused; nothing there is committed.
+import { spawnSync } from 'child_process';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { convertCheckpoint } from '../../converter/convert';
+import { syntheticConfig, writeSyntheticCheckpoint } from './synthetic-checkpoint';
+
+export interface FullSizeRun {
+  model: 'internvl2-8b' | 'pvc-8b';
+  chat: 'image' | 'video';
+  mode: 'bfloat16' | 'bfloat16-fast' | 'int8' | 'pytorch-bfloat16' | 'float32';
+}
+
+const MODES: Record<string, { weights: string; matmul: string; env: Record<string, string> }> = {
+  bfloat16: { weights: 'bfloat16', matmul: 'exact', env: { TF_ENABLE_ONEDNN_OPTS: '0' } },
+  'bfloat16-fast': { weights: 'bfloat16', matmul: 'fast', env: { TF_ENABLE_ONEDNN_OPTS: '1' } },
+  int8: { weights: 'int8', matmul: 'exact', env: { TF_ENABLE_ONEDNN_OPTS: '0' } },
+};
+
+export const FULL_SIZE_RUNS: FullSizeRun[] = [
+  ...(['bfloat16-fast', 'pytorch-bfloat16', 'bfloat16', 'int8', 'float32'] as const).map((mode) => ({
+    model: 'internvl2-8b' as const,
+    chat: 'image' as const,
+    mode,
+  })),
+  ...(['bfloat16-fast', 'bfloat16', 'int8'] as const).flatMap((mode) =>
+    (['image', 'video'] as const).map((chat) => ({ model: 'pvc-8b' as const, chat, mode })),
+  ),
+];
+
+function log(line: string): void {
+  process.stderr.write(`bench full-size: ${line}\n`);
+}
+
+function lastJson(r: ReturnType<typeof spawnSync>): Record<string, unknown> {
+  const line = String(r.stdout).trim().split('\n').pop() ?? '';
+  if (r.status !== 0 || !line.startsWith('{'))
+    return {
+      error: String(r.stderr || r.stdout || `exit ${r.status}`)
+        .trim()
+        .split('\n')
+        .slice(-3)
+        .join(' | '),
+    };
+  return JSON.parse(line) as Record<string, unknown>;
+}
+
+/** The converted model (and its HF checkpoint) for `model`, made once in the cache. */
+function prepared(cache: string, model: FullSizeRun['model']): { hf: string; converted: string; convertMs?: number } {
+  const hf = path.join(cache, `${model}-hf`);
+  const converted = path.join(cache, `${model}-bf16`);
+  if (!fs.existsSync(path.join(hf, 'model.safetensors.index.json'))) {
+    log(`writing the synthetic ${model} checkpoint to ${hf}`);
+    fs.rmSync(hf, { recursive: true, force: true });
+    writeSyntheticCheckpoint(hf, syntheticConfig(32, model === 'pvc-8b'));
+  }
+  if (fs.existsSync(path.join(converted, 'manifest.json'))) return { hf, converted };
+  log(`pvc-convert --dtype bfloat16 ${hf}`);
+  const t = Date.now();
+  let shown = -1;
+  convertCheckpoint(hf, converted, {
+    dtype: 'bfloat16',
+    overwrite: true,
+    onProgress: (p) => {
+      const pct = Math.floor((100 * p.bytesDone) / p.bytesTotal);
+      if (pct % 10 === 0 && pct !== shown) log(`convert ${pct}%`);
+      shown = pct;
+    },
+  });
+  return { hf, converted, convertMs: Date.now() - t };
+}
+
+export function fullSizeSuite(tsx: string, python: string, upstream: string | undefined, only?: string[]): Record<string, unknown>[] {
+  const cache = process.env.PVC_FULL_SIZE_CACHE ?? path.join(os.homedir(), '.cache', 'pvc-tfjs', 'full-size');
+  fs.mkdirSync(cache, { recursive: true });
+  const runs = FULL_SIZE_RUNS.filter((r) => !only || only.some((o) => `${r.model}:${r.chat}:${r.mode}`.includes(o)));
+  const out: Record<string, unknown>[] = [];
+  for (const model of [...new Set(runs.map((r) => r.model))]) {
+    const { hf, converted, convertMs } = prepared(cache, model);
+    if (convertMs !== undefined) out.push({ model, measure: 'convert', convertMs });
+    const inputs = path.join(cache, `${model}-image-inputs.safetensors`);
+    for (const run of runs.filter((r) => r.model === model)) {
+      const name = `${run.model} ${run.chat} ${run.mode}`;
+      log(name);
+      if (run.mode === 'float32') {
+        out.push({ ...run, skipped: `8.08B float32 weights need 32.3 GB; this machine has ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB` });
+        continue;
+      }
+      if (run.mode === 'pytorch-bfloat16') {
+        if (!upstream) {
+          out.push({ ...run, error: 'PVC_UPSTREAM is not set (test/reference/README.md)' });
+          continue;
+        }
+        if (!fs.existsSync(inputs)) {
+          // The tfjs side writes the pixels and prompt ids both sides read (its first run does it too).
+          const args = [path.join(__dirname, 'full-size.ts'), '--model', converted, '--chat', run.chat, '--write-inputs', inputs, '--inputs-only'];
+          spawnSync(tsx, args, { stdio: ['ignore', 'ignore', 'inherit'] });
+        }
+        const r = spawnSync(
+          python,
+          [path.join(__dirname, 'full_size_torch.py'), '--upstream', upstream, '--model', hf, '--inputs', inputs, '--dtype', 'bfloat16'],
+          {
+            encoding: 'utf8',
+            maxBuffer: 1 << 26,
+            stdio: ['ignore', 'pipe', 'inherit'],
+          },
+        );
+        out.push({ ...run, ...lastJson(r) });
+        continue;
+      }
+      const m = MODES[run.mode];
+      const args = [path.join(__dirname, 'full-size.ts'), '--model', converted, '--weights', m.weights, '--matmul', m.matmul, '--chat', run.chat];
+      if (run.model === 'internvl2-8b' && !fs.existsSync(inputs)) args.push('--write-inputs', inputs);
+      const r = spawnSync(tsx, args, { encoding: 'utf8', maxBuffer: 1 << 26, env: { ...process.env, ...m.env }, stdio: ['ignore', 'pipe', 'inherit'] });
+      out.push({ ...run, ...lastJson(r) });
+    }
+  }
+  return out;
+}
+
+export function fullSizeTable(rows: Record<string, unknown>[]): string {
+  const f = (v: unknown, digits = 1) => (typeof v === 'number' ? v.toFixed(digits) : '-');
+  const torch = rows.find((r) => r.mode === 'pytorch-bfloat16' && !r.error);
+  const vs = (r: Record<string, unknown>, key: string, higherIsBetter = false) => {
+    if (!torch || r === torch || r.model !== 'internvl2-8b' || typeof r[key] !== 'number' || typeof torch[key] !== 'number') return '';
+    const x = higherIsBetter ? (r[key] as number) / (torch[key] as number) : (torch[key] as number) / (r[key] as number);
+    return ` (${x.toFixed(2)}x)`;
+  };
+  const lines = [
+    '',
+    '## Full size',
+    '',
+    'InternVL2-8B and PVC-InternVL2-8B at their real size (random bf16 weights), one process per row; image: 12 tiles + thumbnail, video: 64 frames (data flag 3); 32 new tokens. (Nx): speed relative to PyTorch bf16 on the same prompt, above 1 is faster.',
+    '',
+    '| model | chat | mode | prompt tokens | load s | load MB/s | held GB | vision s | prefill s | decode tok/s | decode bound tok/s | faults/step | peak RSS GB |',
+    '|---|---|---|---|---|---|---|---|---|---|---|---|---|',
+  ];
+  for (const r of rows.filter((x) => x.measure !== 'convert')) {
+    if (r.error || r.skipped) {
+      lines.push(`| ${r.model} | ${r.chat} | ${r.mode} | ${r.skipped ? `not run: ${r.skipped}` : `error: ${String(r.error).slice(0, 160)}`} |||||||||`);
+      continue;
+    }
+    const s = (ms: unknown) => (typeof ms === 'number' ? ms / 1000 : undefined);
+    lines.push(
+      `| ${r.model} | ${r.chat} | ${r.mode} | ${r.promptTokens} | ${f(s(r.loadMs))} | ${f(r.loadMBs, 0)} | ${f(r.heldGB, 2)} | ${f(s(r.visionMs))}${vs(r, 'visionMs')} | ${f(s(r.prefillMs))}${vs(r, 'prefillMs')} | ${f(r.decodeTokensPerSecond, 2)}${vs(r, 'decodeTokensPerSecond', true)} | ${f(r.decodeBoundTokensPerSecond, 2)} | ${f(r.decodeFaultsPerStep, 0)} | ${f((r.peakRssMB as number) / 1024, 2)} |`,
+    );
+  }
+  for (const r of rows.filter((x) => x.measure === 'convert'))
+    lines.push('', `- pvc-convert --dtype bfloat16 of ${r.model}: ${f((r.convertMs as number) / 1000, 0)} s`);
+  return lines.join('\n') + '\n';
+}
