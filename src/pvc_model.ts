@@ -58,7 +58,7 @@ export class PVCModel extends VisionLanguageModel implements ChatModel {
       throw new Error(`matmul 'fast' multiplies bfloat16 weights: it needs weights 'bfloat16' (weights are '${precision}')`);
     const backend = await initBackend({ backend: options.backend });
     const config = loadConfig(dir);
-    checkFits(dir, backend.name, precision);
+    checkFits(dir, backend.name, precision, matmul);
     const weights = Weights.load(dir, { precision, onProgress: options.onProgress });
     try {
       const model = new PVCModel(dir, config, weights, kernelsFor(backend.name, matmul));
@@ -168,14 +168,15 @@ export class PVCModel extends VisionLanguageModel implements ChatModel {
 /** wasm's heap is 4 GiB and XNNPACK keeps a packed copy of each weight: past this, a model cannot load there. */
 const WASM_WEIGHT_BYTES = 1.8 * 2 ** 30;
 
-/** Refuses, before reading any weight, a model the backend cannot hold, naming what would work. */
-function checkFits(dir: string, backend: BackendName, precision: WeightPrecision): void {
-  if (precision !== 'float32' && backend !== 'tensorflow') {
+/** Refuses, before reading any weight, a model or mode the backend cannot hold, naming what would work. */
+function checkFits(dir: string, backend: BackendName, precision: WeightPrecision, matmul: 'exact' | 'fast'): void {
+  if (precision !== 'float32' && backend !== 'tensorflow' && backend !== 'webgpu') {
     throw new Error(
-      `weights '${precision}' are held as libtensorflow tensors: they need the tensorflow backend (@tensorflow/tfjs-node or tfjs-node-gpu), ` +
+      `weights '${precision}' need the tensorflow backend (@tensorflow/tfjs-node or tfjs-node-gpu) or webgpu, ` +
         `not ${backend}; on ${backend} load with weights 'float32'`,
     );
   }
+  if (matmul === 'fast' && backend !== 'tensorflow') throw new Error(`matmul 'fast' runs libtensorflow's bf16 kernels: it needs the tensorflow backend, not ${backend}`);
   if (backend !== 'wasm') return;
   const bytes = Object.values(readManifest(dir).tensors).reduce((a, t) => a + t.shape.reduce((x, d) => x * d, 1) * 4, 0);
   if (bytes > WASM_WEIGHT_BYTES) {

@@ -15,7 +15,16 @@ import { bf16ToF32, f32ToBf16 } from '../src/io/safetensors';
 import { openWeights, quantizeInt8, readManifest } from '../src/io/weights';
 import { LoadOptions } from '../src/model/vlm';
 import { PVCModel } from '../src/pvc_model';
-import { checkpointDir, convertFixture, relativeMaxError, tapRecorder, tensorflowInstalled } from './helpers';
+import {
+  checkpointDir,
+  convertFixture,
+  PARITY_BACKENDS,
+  PARITY_TOLERANCE,
+  readAndDispose,
+  relativeMaxError,
+  tapRecorder,
+  tensorflowInstalled,
+} from './helpers';
 
 const onTensorflow = tensorflowInstalled() ? describe : describe.skip;
 
@@ -72,60 +81,79 @@ interface Run {
   bytes: number;
 }
 
-onTensorflow('weights held in bfloat16 and int8 (tensorflow backend)', () => {
-  const dirs = new Map<string, string>();
-  const prompts: Record<string, { tiles: number; question: string; frames?: number }> = {
-    'tiny-internvl2': { tiles: 3, question: '<image>\nWhat is in the picture?' },
-    'tiny-pvc': { tiles: 4, question: 'Frame1: <image>\nFrame2: <image>\nFrame3: <image>\nFrame4: <image>\nWhat happens?', frames: 4 },
-    'scenes-pvc': { tiles: 1, question: '<image>\nWhat colour is the star?' },
-  };
+const prompts: Record<string, { tiles: number; question: string; frames?: number }> = {
+  'tiny-internvl2': { tiles: 3, question: '<image>\nWhat is in the picture?' },
+  'tiny-pvc': { tiles: 4, question: 'Frame1: <image>\nFrame2: <image>\nFrame3: <image>\nFrame4: <image>\nWhat happens?', frames: 4 },
+  'scenes-pvc': { tiles: 1, question: '<image>\nWhat colour is the star?' },
+};
 
-  beforeAll(async () => {
-    await initBackend({ backend: 'tensorflow', log: null });
-    for (const name of Object.keys(prompts)) {
-      const dir = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'pvc-bf16-')), name);
-      convertCheckpoint(checkpointDir(name), dir, { dtype: 'bfloat16' });
-      dirs.set(name, dir);
-    }
-  }, 120_000);
-  afterAll(() => dirs.forEach((d) => fs.rmSync(path.dirname(d), { recursive: true, force: true })));
-
-  async function run(name: string, options: LoadOptions): Promise<Run> {
-    const model = await PVCModel.load(dirs.get(name)!, { backend: 'tensorflow', ...options });
-    try {
-      const { tiles, question, frames } = prompts[name];
-      const S = model.config.vision.image_size;
-      const pixelValues = tf.tidy(
-        () =>
-          tf.sin(
-            tf
-              .range(0, tiles * 3 * S * S)
-              .reshape([tiles, 3, S, S])
-              .mul(0.37),
-          ) as tf.Tensor4D,
-      );
-      const rec = tapRecorder();
-      let promptLogits: Float32Array | null = null;
-      const tap = (stage: string, value: tf.Tensor) => {
-        if (stage === 'llm.logits' && promptLogits === null) promptLogits = value.dataSync() as Float32Array;
-        rec.tap(stage, value);
-      };
-      const video = frames ? { numPatchesList: Array(frames).fill(1), dataFlag: 3 as const } : {};
-      const turn = model.prepareChat(pixelValues, question, { generation: model.generationConfig({ max_new_tokens: 12 }), ...video });
-      const ids: number[] = [];
-      const input = { rows: [turn.inputIds], pixelValues, samples: turn.samples };
-      for await (const step of generateForRows(model, model.tokenizer, input, turn.generation, { tap })) ids.push(step.tokens[0]);
-      pixelValues.dispose();
-      return { ids, stages: await rec.values(), promptLogits: promptLogits!, bytes: model.weights.byteLength };
-    } finally {
-      model.dispose();
-    }
+/** bf16-valued copies of the fixtures (pvc-convert --dtype bfloat16), made once for the suites below. */
+const dirs = new Map<string, string>();
+function convertAll(): void {
+  if (dirs.size > 0) return;
+  for (const name of Object.keys(prompts)) {
+    const dir = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'pvc-bf16-')), name);
+    convertCheckpoint(checkpointDir(name), dir, { dtype: 'bfloat16' });
+    dirs.set(name, dir);
   }
+}
+afterAll(() => dirs.forEach((d) => fs.rmSync(path.dirname(d), { recursive: true, force: true })));
+
+/** A greedy chat of 12 tokens on seeded pixels, every stage recorded. */
+async function run(name: string, options: LoadOptions): Promise<Run> {
+  const model = await PVCModel.load(dirs.get(name)!, options);
+  try {
+    const { tiles, question, frames } = prompts[name];
+    const S = model.config.vision.image_size;
+    const pixelValues = tf.tidy(
+      () =>
+        tf.sin(
+          tf
+            .range(0, tiles * 3 * S * S)
+            .reshape([tiles, 3, S, S])
+            .mul(0.37),
+        ) as tf.Tensor4D,
+    );
+    const rec = tapRecorder();
+    let promptLogits: tf.Tensor | null = null;
+    const tap = (stage: string, value: tf.Tensor) => {
+      if (stage === 'llm.logits' && promptLogits === null) promptLogits = tf.keep(value.clone());
+      rec.tap(stage, value);
+    };
+    const video = frames ? { numPatchesList: Array(frames).fill(1), dataFlag: 3 as const } : {};
+    const turn = model.prepareChat(pixelValues, question, { generation: model.generationConfig({ max_new_tokens: 12 }), ...video });
+    const ids: number[] = [];
+    const input = { rows: [turn.inputIds], pixelValues, samples: turn.samples };
+    for await (const step of generateForRows(model, model.tokenizer, input, turn.generation, { tap })) ids.push(step.tokens[0]);
+    pixelValues.dispose();
+    return { ids, stages: await rec.values(), promptLogits: await readAndDispose(promptLogits!), bytes: model.weights.byteLength };
+  } finally {
+    model.dispose();
+  }
+}
+
+/** Relative max errors of the projector output and the prompt's logits against `f32`, and how many greedy ids agree. */
+function errorsAgainst(f32: Run, r: Run): { errors: [string, number][]; line: string } {
+  const errors: [string, number][] = [
+    ['projector.out', relativeMaxError(r.stages.get('projector.out')!, f32.stages.get('projector.out')!)],
+    ['prompt logits', relativeMaxError(r.promptLogits, f32.promptLogits)],
+  ];
+  const sameIds = r.ids.filter((id, i) => id === f32.ids[i]).length;
+  const line = `${errors.map(([s, e]) => `${s} ${e.toExponential(2)}`).join(', ')}; greedy ids equal ${sameIds}/${f32.ids.length}; ${(r.bytes / f32.bytes).toFixed(3)}x the bytes`;
+  return { errors, line };
+}
+
+onTensorflow('weights held in bfloat16 and int8 (tensorflow backend)', () => {
+  const backend = 'tensorflow';
+  beforeAll(async () => {
+    await initBackend({ backend, log: null });
+    convertAll();
+  }, 120_000);
 
   for (const name of Object.keys(prompts)) {
     test(`${name}: bfloat16 exact equals float32 bit for bit at every stage, and holds half the matrix bytes`, async () => {
-      const f32 = await run(name, { weights: 'float32' });
-      const bf = await run(name, { weights: 'bfloat16' });
+      const f32 = await run(name, { backend, weights: 'float32' });
+      const bf = await run(name, { backend, weights: 'bfloat16' });
       expect(bf.ids).toEqual(f32.ids);
       expect([...bf.stages.keys()]).toEqual([...f32.stages.keys()]);
       expect(f32.stages.size).toBeGreaterThan(5);
@@ -138,49 +166,70 @@ onTensorflow('weights held in bfloat16 and int8 (tensorflow backend)', () => {
     }, 120_000);
 
     test(`${name}: int8 and bfloat16 fast stay close to float32 (errors printed)`, async () => {
-      const f32 = await run(name, { weights: 'float32' });
+      const f32 = await run(name, { backend, weights: 'float32' });
       const lines: string[] = [];
       for (const [mode, options, bound] of [
         ['bfloat16 fast', { weights: 'bfloat16', matmul: 'fast' }, 0.05],
         ['int8', { weights: 'int8' }, 0.08],
       ] as [string, LoadOptions, number][]) {
-        const r = await run(name, options);
-        const errors = [
-          ['projector.out', relativeMaxError(r.stages.get('projector.out')!, f32.stages.get('projector.out')!)],
-          ['prompt logits', relativeMaxError(r.promptLogits, f32.promptLogits)],
-        ] as const;
-        const sameIds = r.ids.filter((id, i) => id === f32.ids[i]).length;
-        lines.push(
-          `${mode}: ${errors.map(([s, e]) => `${s} ${e.toExponential(2)}`).join(', ')}; greedy ids equal ${sameIds}/${f32.ids.length}; ${(r.bytes / f32.bytes).toFixed(3)}x the bytes`,
-        );
+        const r = await run(name, { backend, ...options });
+        const { errors, line } = errorsAgainst(f32, r);
+        lines.push(`${mode}: ${line}`);
         for (const [stage, e] of errors) expect({ mode, stage, ok: e < bound }).toEqual({ mode, stage, ok: true });
         expect(r.bytes).toBeLessThan(f32.bytes * (mode === 'int8' ? 0.4 : 0.56));
       }
-      process.stderr.write(`${name}, relative max error against float32: ${lines.join(' | ')}\n`);
+      process.stderr.write(
+        `${name} on tensorflow (oneDNN ${process.env.TF_ENABLE_ONEDNN_OPTS ?? '0'}), relative max error against float32: ${lines.join(' | ')}\n`,
+      );
     }, 120_000);
   }
 
   test('load and dispose leave no tfjs tensor and no libtensorflow handle behind', async () => {
     const binding = (tf.backend() as unknown as { binding: { getNumOfTensors(): number } }).binding;
-    await run('tiny-pvc', { weights: 'bfloat16' }); // warm-up: tfjs keeps a few scalars of its own
+    await run('tiny-pvc', { backend, weights: 'bfloat16' }); // warm-up: tfjs keeps a few scalars of its own
     const tensors = tf.memory().numTensors;
     const handles = binding.getNumOfTensors();
     for (const options of [{ weights: 'bfloat16' }, { weights: 'bfloat16', matmul: 'fast' }, { weights: 'int8' }] as LoadOptions[])
-      await run('tiny-pvc', options);
+      await run('tiny-pvc', { backend, ...options });
     expect({ tensors: tf.memory().numTensors, handles: binding.getNumOfTensors() }).toEqual({ tensors, handles });
   }, 120_000);
 
   test('refuses what cannot work, naming the alternative', async () => {
     const dir = dirs.get('tiny-internvl2')!;
-    await expect(PVCModel.load(dir, { backend: 'tensorflow', weights: 'float32', matmul: 'fast' })).rejects.toThrow(
-      /matmul 'fast' .* needs weights 'bfloat16'/,
-    );
-    await expect(PVCModel.load(dir, { backend: 'tensorflow', weights: 'float16' as never })).rejects.toThrow(
-      /weights 'float16': expected one of float32, bfloat16, int8/,
-    );
+    await expect(PVCModel.load(dir, { backend, weights: 'float32', matmul: 'fast' })).rejects.toThrow(/matmul 'fast' .* needs weights 'bfloat16'/);
+    await expect(PVCModel.load(dir, { backend, weights: 'float16' as never })).rejects.toThrow(/weights 'float16': expected one of float32, bfloat16, int8/);
     await expect(PVCModel.load(dir, { backend: 'cpu', weights: 'bfloat16' })).rejects.toThrow(
-      /need the tensorflow backend .* not cpu; on cpu load with weights 'float32'/,
+      /need the tensorflow backend .* or webgpu, not cpu; on cpu load with weights 'float32'/,
     );
-    await initBackend({ backend: 'tensorflow', log: null });
+    await initBackend({ backend, log: null });
   });
+});
+
+// webgpu (PVC_TEST_BACKENDS=webgpu, as .ci/run does on llvmpipe): the packed-weight WGSL programs
+// (src/nn/webgpu_packed.ts) against webgpu's own float32 kernels on the same bf16 values.
+(PARITY_BACKENDS.includes('webgpu') ? describe : describe.skip)('weights held packed on webgpu', () => {
+  const backend = 'webgpu';
+  beforeAll(async () => {
+    await initBackend({ backend, log: null });
+    convertAll();
+  }, 120_000);
+
+  for (const name of ['tiny-internvl2', 'tiny-pvc']) {
+    test(`${name}: bfloat16 within parity tolerance of float32 with the same ids; int8 close`, async () => {
+      const f32 = await run(name, { backend, weights: 'float32' });
+      const bf = await run(name, { backend, weights: 'bfloat16' });
+      const int8 = await run(name, { backend, weights: 'int8' });
+      const b = errorsAgainst(f32, bf);
+      const q = errorsAgainst(f32, int8);
+      process.stderr.write(`${name} on webgpu, relative max error against float32: bfloat16 ${b.line} | int8 ${q.line}\n`);
+      expect(bf.ids).toEqual(f32.ids);
+      for (const [stage, values] of f32.stages) {
+        const e = relativeMaxError(bf.stages.get(stage)!, values);
+        expect({ stage, ok: e <= PARITY_TOLERANCE }).toEqual({ stage, ok: true });
+      }
+      for (const [stage, e] of q.errors) expect({ stage, ok: e < 0.08 }).toEqual({ stage, ok: true });
+      expect(bf.bytes).toBeLessThan(f32.bytes * 0.56);
+      expect(int8.bytes).toBeLessThan(f32.bytes * 0.4);
+    }, 300_000);
+  }
 });

@@ -7,13 +7,15 @@
 // checkpoint's own values when it is stored in bf16, float32 values rounded to nearest even otherwise),
 // 'int8' every 2-D weight but the token embedding as int8 with a float32 scale per output column
 // (1 byte; the embedding stays bfloat16). Vectors (norms, biases, scales) are float32 in every mode.
-// Held weights are libtensorflow tensors (src/nn/native.ts): the tensorflow backend only.
+// Held weights are libtensorflow tensors on the tensorflow backend (src/nn/native.ts) and int32 words
+// read by WGSL programs on webgpu (src/nn/webgpu_packed.ts); wasm and cpu hold float32 only.
 import * as path from 'path';
 import { FORMAT_NAME, FORMAT_VERSION } from '../config';
 import * as tf from '@tensorflow/tfjs';
 import { DType, f32ToBf16, SafetensorsCheckpoint } from './safetensors';
 import { readJsonFile } from '../json';
-import { NativeTensor } from '../nn/native';
+import { NativeDType, NativeTensor } from '../nn/native';
+import { PackedTensor } from '../nn/webgpu_packed';
 
 export type WeightPrecision = 'float32' | 'bfloat16' | 'int8';
 export const WEIGHT_PRECISIONS: readonly WeightPrecision[] = ['float32', 'bfloat16', 'int8'];
@@ -81,7 +83,7 @@ export interface LoadOptions {
  */
 export class HeldMatrix {
   constructor(
-    readonly data: NativeTensor,
+    readonly data: NativeTensor | PackedTensor,
     readonly scale: tf.Tensor1D | null,
     readonly scaleAxis: 0 | 1,
   ) {}
@@ -119,6 +121,11 @@ export class HeldMatrix {
     this.data.dispose();
     this.scale?.dispose();
   }
+}
+
+/** Values held as the backend in use holds them: packed words on webgpu, libtensorflow tensors otherwise. */
+function holdBytes(bytes: Uint8Array, dtype: NativeDType, shape: number[], what: string): NativeTensor | PackedTensor {
+  return tf.getBackend() === 'webgpu' ? PackedTensor.fromBytes(bytes, dtype, shape, what) : NativeTensor.fromBytes(bytes, dtype, shape, what);
 }
 
 /** Symmetric int8 per output column of an [in, out] matrix: q = round(w / s), s = max |w| / 127. */
@@ -176,11 +183,11 @@ export class Weights {
         } else if (precision === 'bfloat16' || name === TOKEN_EMBEDDING) {
           const bits = info.dtype === 'BF16' ? weights.readBytes(name) : f32ToBf16(weights.readFloat32(name));
           const bytes = new Uint8Array(bits.buffer, bits.byteOffset, bits.byteLength);
-          tensors.set(name, new HeldMatrix(NativeTensor.fromBytes(bytes, 'bfloat16', info.shape, what), null, 1));
+          tensors.set(name, new HeldMatrix(holdBytes(bytes, 'bfloat16', info.shape, what), null, 1));
         } else {
           const [rows, cols] = info.shape;
           const { q, scale } = quantizeInt8(weights.readFloat32(name), rows, cols);
-          const data = NativeTensor.fromBytes(new Uint8Array(q.buffer), 'int8', info.shape, what);
+          const data = holdBytes(new Uint8Array(q.buffer), 'int8', info.shape, what);
           tensors.set(name, new HeldMatrix(data, tf.tensor1d(scale), 1));
         }
         done += info.byteLength;
@@ -255,11 +262,17 @@ export class Weights {
     return this.tensors.get(name) as tf.Tensor2D | HeldMatrix;
   }
 
-  /** Bytes held (4 per float32 value, 2 per bfloat16, 1 per int8 plus its scales). */
-  get byteLength(): number {
+  /** Bytes held (4 per float32 value, 2 per bfloat16, 1 per int8 plus its scales), of every tensor or of those `which` selects. */
+  byteLengthOf(which: (name: string) => boolean = () => true): number {
     let bytes = 0;
-    this.tensors.forEach((t) => (bytes += t instanceof HeldMatrix ? t.byteLength : t.size * 4));
+    this.tensors.forEach((t, name) => {
+      if (which(name)) bytes += t instanceof HeldMatrix ? t.byteLength : t.size * 4;
+    });
     return bytes;
+  }
+
+  get byteLength(): number {
+    return this.byteLengthOf();
   }
 
   dispose(): void {

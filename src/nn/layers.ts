@@ -7,6 +7,7 @@
 // backend is active.
 import * as tf from '@tensorflow/tfjs';
 import { HeldMatrix, Weights } from '../io/weights';
+import { PackedTensor } from './webgpu_packed';
 
 /** Receives intermediate values by name (see `model.inspect`); it must keep (clone) what it wants beyond the call. */
 export type Tap = (name: string, value: tf.Tensor) => void;
@@ -78,7 +79,11 @@ export class Linear {
       if (this.bias) y = tf.add(y, this.bias);
       return (a === x ? y : y.reshape([...lead, this.outFeatures])) as T;
     }
-    if (this.weight instanceof HeldMatrix) throw new Error('a weight held below float32 needs the tensorflow kernels (kernelsFor)');
+    if (this.weight instanceof HeldMatrix) {
+      let y = this.product(x);
+      if (this.bias) y = tf.add(y, this.bias);
+      return y as T;
+    }
     const x2d = x.reshape([-1, this.inFeatures]) as tf.Tensor2D;
     const y = tf.fused.matMul({ a: x2d, b: this.weight, bias: this.bias ?? undefined, transposeB: this.transposed });
     return y.reshape([...lead, this.outFeatures]) as T;
@@ -88,6 +93,11 @@ export class Linear {
   private product(a: tf.Tensor): tf.Tensor {
     const w = this.weight;
     if (!(w instanceof HeldMatrix)) return batchMatMul(a, w, this.transposed);
+    if (w.data instanceof PackedTensor) {
+      // webgpu: a WGSL program reads the packed words (src/nn/webgpu_packed.ts); layout 'in-out' there.
+      const y = w.data.matMul(a);
+      return w.scale ? tf.mul(y, w.scale) : y;
+    }
     if (w.data.dtype === 'bfloat16' && this.kernels.bf16MatMul === 'fast') return w.data.matMulBf16(a, this.transposed);
     // The whole weight is widened, then the float32 kernel runs on exactly the shapes a float32 model
     // runs: the same sums in the same order (splitting it by columns changes Eigen's blocking at decode).

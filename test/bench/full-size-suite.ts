@@ -6,7 +6,9 @@
 // float32 does not fit this machine (8.08B x 4 bytes = 32 GB): its rows say so instead of running.
 //
 // The checkpoints (~16 GB each, and their conversions) are kept in PVC_FULL_SIZE_CACHE (default
-// ~/.cache/pvc-tfjs/full-size) and reused; nothing there is committed.
+// ~/.cache/pvc-tfjs/full-size) and reused; nothing there is committed. Each finished row is appended to
+// results.jsonl there at once (a run of an hour survives an interruption); rows already there are kept
+// and not run again unless --full-size-fresh is given.
 import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
@@ -26,16 +28,20 @@ const MODES: Record<string, { weights: string; matmul: string; env: Record<strin
   int8: { weights: 'int8', matmul: 'exact', env: { TF_ENABLE_ONEDNN_OPTS: '0' } },
 };
 
+/** In the order they run: the comparison with PyTorch first, then the 64-frame video in each mode. */
 export const FULL_SIZE_RUNS: FullSizeRun[] = [
-  ...(['bfloat16-fast', 'pytorch-bfloat16', 'bfloat16', 'int8', 'float32'] as const).map((mode) => ({
-    model: 'internvl2-8b' as const,
-    chat: 'image' as const,
-    mode,
-  })),
-  ...(['bfloat16-fast', 'bfloat16', 'int8'] as const).flatMap((mode) =>
-    (['image', 'video'] as const).map((chat) => ({ model: 'pvc-8b' as const, chat, mode })),
-  ),
+  { model: 'internvl2-8b', chat: 'image', mode: 'bfloat16-fast' },
+  { model: 'internvl2-8b', chat: 'image', mode: 'pytorch-bfloat16' },
+  { model: 'internvl2-8b', chat: 'image', mode: 'float32' },
+  { model: 'pvc-8b', chat: 'video', mode: 'bfloat16-fast' },
+  { model: 'pvc-8b', chat: 'video', mode: 'int8' },
+  { model: 'internvl2-8b', chat: 'image', mode: 'int8' },
+  { model: 'internvl2-8b', chat: 'image', mode: 'bfloat16' },
+  { model: 'pvc-8b', chat: 'video', mode: 'bfloat16' },
+  { model: 'pvc-8b', chat: 'image', mode: 'bfloat16-fast' },
 ];
+
+const key = (r: { model?: unknown; chat?: unknown; mode?: unknown }) => `${r.model}:${r.chat}:${r.mode}`;
 
 function log(line: string): void {
   process.stderr.write(`bench full-size: ${line}\n`);
@@ -79,50 +85,66 @@ function prepared(cache: string, model: FullSizeRun['model']): { hf: string; con
   return { hf, converted, convertMs: Date.now() - t };
 }
 
-export function fullSizeSuite(tsx: string, python: string, upstream: string | undefined, only?: string[]): Record<string, unknown>[] {
+export function fullSizeSuite(tsx: string, python: string, upstream: string | undefined, only?: string[], fresh = false): Record<string, unknown>[] {
   const cache = process.env.PVC_FULL_SIZE_CACHE ?? path.join(os.homedir(), '.cache', 'pvc-tfjs', 'full-size');
   fs.mkdirSync(cache, { recursive: true });
-  const runs = FULL_SIZE_RUNS.filter((r) => !only || only.some((o) => `${r.model}:${r.chat}:${r.mode}`.includes(o)));
-  const out: Record<string, unknown>[] = [];
-  for (const model of [...new Set(runs.map((r) => r.model))]) {
-    const { hf, converted, convertMs } = prepared(cache, model);
-    if (convertMs !== undefined) out.push({ model, measure: 'convert', convertMs });
-    const inputs = path.join(cache, `${model}-image-inputs.safetensors`);
-    for (const run of runs.filter((r) => r.model === model)) {
-      const name = `${run.model} ${run.chat} ${run.mode}`;
-      log(name);
-      if (run.mode === 'float32') {
-        out.push({ ...run, skipped: `8.08B float32 weights need 32.3 GB; this machine has ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB` });
-        continue;
-      }
-      if (run.mode === 'pytorch-bfloat16') {
-        if (!upstream) {
-          out.push({ ...run, error: 'PVC_UPSTREAM is not set (test/reference/README.md)' });
-          continue;
-        }
-        if (!fs.existsSync(inputs)) {
-          // The tfjs side writes the pixels and prompt ids both sides read (its first run does it too).
-          const args = [path.join(__dirname, 'full-size.ts'), '--model', converted, '--chat', run.chat, '--write-inputs', inputs, '--inputs-only'];
-          spawnSync(tsx, args, { stdio: ['ignore', 'ignore', 'inherit'] });
-        }
-        const r = spawnSync(
-          python,
-          [path.join(__dirname, 'full_size_torch.py'), '--upstream', upstream, '--model', hf, '--inputs', inputs, '--dtype', 'bfloat16'],
-          {
-            encoding: 'utf8',
-            maxBuffer: 1 << 26,
-            stdio: ['ignore', 'pipe', 'inherit'],
-          },
-        );
-        out.push({ ...run, ...lastJson(r) });
-        continue;
-      }
-      const m = MODES[run.mode];
-      const args = [path.join(__dirname, 'full-size.ts'), '--model', converted, '--weights', m.weights, '--matmul', m.matmul, '--chat', run.chat];
-      if (run.model === 'internvl2-8b' && !fs.existsSync(inputs)) args.push('--write-inputs', inputs);
-      const r = spawnSync(tsx, args, { encoding: 'utf8', maxBuffer: 1 << 26, env: { ...process.env, ...m.env }, stdio: ['ignore', 'pipe', 'inherit'] });
-      out.push({ ...run, ...lastJson(r) });
+  const jsonl = path.join(cache, 'results.jsonl');
+  if (fresh) fs.rmSync(jsonl, { force: true });
+  const kept: Record<string, unknown>[] = fs.existsSync(jsonl)
+    ? fs
+        .readFileSync(jsonl, 'utf8')
+        .split('\n')
+        .filter((l) => l.startsWith('{'))
+        .map((l) => JSON.parse(l) as Record<string, unknown>)
+    : [];
+  const out: Record<string, unknown>[] = [...kept];
+  const record = (row: Record<string, unknown>) => {
+    out.push(row);
+    fs.appendFileSync(jsonl, JSON.stringify(row) + '\n');
+  };
+  const done = new Set(kept.filter((r) => !r.error).map(key));
+  const runs = FULL_SIZE_RUNS.filter((r) => (!only || only.some((o) => key(r).includes(o))) && !done.has(key(r)));
+  const models = new Map<string, ReturnType<typeof prepared>>();
+  for (const run of runs) {
+    if (!models.has(run.model)) {
+      models.set(run.model, prepared(cache, run.model));
+      const convertMs = models.get(run.model)!.convertMs;
+      if (convertMs !== undefined) record({ model: run.model, measure: 'convert', convertMs });
     }
+    const { hf, converted } = models.get(run.model)!;
+    const inputs = path.join(cache, `${run.model}-image-inputs.safetensors`);
+    log(key(run));
+    if (run.mode === 'float32') {
+      record({ ...run, skipped: `8.08B float32 weights need 32.3 GB; this machine has ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB` });
+      continue;
+    }
+    if (run.mode === 'pytorch-bfloat16') {
+      if (!upstream) {
+        record({ ...run, error: 'PVC_UPSTREAM is not set (test/reference/README.md)' });
+        continue;
+      }
+      if (!fs.existsSync(inputs)) {
+        // The tfjs side writes the pixels and prompt ids both sides read (its first run does it too).
+        const args = [path.join(__dirname, 'full-size.ts'), '--model', converted, '--chat', run.chat, '--write-inputs', inputs, '--inputs-only'];
+        spawnSync(tsx, args, { stdio: ['ignore', 'ignore', 'inherit'] });
+      }
+      const r = spawnSync(
+        python,
+        [path.join(__dirname, 'full_size_torch.py'), '--upstream', upstream, '--model', hf, '--inputs', inputs, '--dtype', 'bfloat16'],
+        {
+          encoding: 'utf8',
+          maxBuffer: 1 << 26,
+          stdio: ['ignore', 'pipe', 'inherit'],
+        },
+      );
+      record({ ...run, ...lastJson(r) });
+      continue;
+    }
+    const m = MODES[run.mode];
+    const args = [path.join(__dirname, 'full-size.ts'), '--model', converted, '--weights', m.weights, '--matmul', m.matmul, '--chat', run.chat];
+    if (run.model === 'internvl2-8b' && !fs.existsSync(inputs)) args.push('--write-inputs', inputs);
+    const r = spawnSync(tsx, args, { encoding: 'utf8', maxBuffer: 1 << 26, env: { ...process.env, ...m.env }, stdio: ['ignore', 'pipe', 'inherit'] });
+    record({ ...run, ...lastJson(r) });
   }
   return out;
 }

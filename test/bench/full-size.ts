@@ -82,6 +82,7 @@ async function main() {
     },
   });
   const loadMs = now() - t0;
+  const rssAfterLoad = process.memoryUsage().rss;
   const bytesRead = Object.values(
     JSON.parse(fs.readFileSync(`${o.model}/manifest.json`, 'utf8')).tensors as Record<string, { shape: number[]; dtype: string }>,
   ).reduce((a, t) => a + t.shape.reduce((x, d) => x * d, 1) * (t.dtype === 'F32' ? 4 : 2), 0);
@@ -152,6 +153,7 @@ async function main() {
     bandwidthGBs,
     decodeBoundTokensPerSecond: bandwidthGBs / (decodeBytes / 1e9),
     rssIdleMB: rssIdle / 2 ** 20,
+    rssAfterLoadMB: rssAfterLoad / 2 ** 20,
     peakRssMB: process.resourceUsage().maxRSS / 1024,
     ids,
   };

@@ -14,6 +14,7 @@
 //                      full-size (InternVL2-8B and PVC-InternVL2-8B at real size in each weight mode against
 //                      PyTorch bf16: about an hour, ~65 GB of disk in PVC_FULL_SIZE_CACHE; full-size-suite.ts)
 //   --full-size a,b    only the full-size runs whose "model:chat:mode" contains one of these
+//   --full-size-fresh  run every full-size row again (default: rows in the cache's results.jsonl are kept)
 import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
@@ -169,7 +170,8 @@ async function main() {
       fs.rmSync(outDir, { recursive: true, force: true });
       if (spec.hf) fs.rmSync(hfDir, { recursive: true, force: true });
     }
-    if (suites.includes('full-size')) fullSize.push(...fullSizeSuite(tsx, python, upstream, listOption('--full-size')));
+    if (suites.includes('full-size'))
+      fullSize.push(...fullSizeSuite(tsx, python, upstream, listOption('--full-size'), process.argv.includes('--full-size-fresh')));
     if (suites.includes('runtime')) {
       const tfjsBackends = backends.filter((b) => !onlyBackends || onlyBackends.includes(b));
       runtime.push(...runtimeSuite(work, tsx, python, upstream, tfjsBackends));
