@@ -77,23 +77,51 @@ export interface LoadOptions {
   onProgress?: (bytesDone: number, bytesTotal: number) => void;
 }
 
+/** A weight's bytes as read, handed to the backend on first use (so that a transpose is done before, in JS). */
+interface PendingBytes {
+  bytes: Uint8Array;
+  dtype: NativeDType;
+  shape: [number, number];
+  what: string;
+}
+
 /**
  * A 2-D weight held below float32: bfloat16 values, or int8 values times a float32 scale per output
- * column (`scale`, over axis `scaleAxis` of `data`: 1 as converted [in, out], 0 once transposed).
+ * column (`scale`, over axis `scaleAxis` of `data`: 1 as converted [in, out], 0 once transposed). The
+ * bytes go to the backend when `data` is first read: a weight the kernels want as [out, in] is
+ * transposed before that, in JS (a transpose by a libtensorflow op would free each [in, out] copy in
+ * the middle of the heap: +2.2 GB of RSS that glibc cannot return, measured on InternVL2-8B).
  */
 export class HeldMatrix {
+  private held: NativeTensor | PackedTensor | null;
+  private pending: PendingBytes | null;
+
   constructor(
-    readonly data: NativeTensor | PackedTensor,
+    source: PendingBytes | NativeTensor | PackedTensor,
     readonly scale: tf.Tensor1D | null,
     readonly scaleAxis: 0 | 1,
-  ) {}
+  ) {
+    const isPending = 'bytes' in source;
+    this.pending = isPending ? source : null;
+    this.held = isPending ? null : source;
+  }
+
+  get data(): NativeTensor | PackedTensor {
+    if (this.held === null) {
+      if (this.pending === null) throw new Error('a held weight was used after dispose()');
+      const p = this.pending;
+      this.held = holdBytes(p.bytes, p.dtype, p.shape, p.what);
+      this.pending = null;
+    }
+    return this.held;
+  }
 
   get shape(): [number, number] {
-    return this.data.shape as [number, number];
+    return (this.pending?.shape ?? this.data.shape) as [number, number];
   }
 
   get byteLength(): number {
-    return this.data.byteLength + (this.scale ? this.scale.size * 4 : 0);
+    return (this.pending ? this.pending.bytes.byteLength : this.data.byteLength) + (this.scale ? this.scale.size * 4 : 0);
   }
 
   /** The float32 values (the caller owns the tensor). */
@@ -110,17 +138,42 @@ export class HeldMatrix {
     return tf.mul(rows, this.scaleAxis === 1 ? this.scale : tf.expandDims(tf.gather(this.scale, ids), -1));
   }
 
-  /** The transpose, as a new HeldMatrix; this one is freed. */
+  /** The transpose, as a new HeldMatrix; this one is left empty. */
   transposeAndFree(): HeldMatrix {
-    const t = new HeldMatrix(this.data.transpose(), this.scale, this.scaleAxis === 1 ? 0 : 1);
+    const axis = this.scaleAxis === 1 ? 0 : 1;
+    if (this.pending !== null) {
+      const p = this.pending;
+      this.pending = null;
+      return new HeldMatrix({ ...p, bytes: transposeBytes(p.bytes, p.shape, p.dtype === 'int8' ? 1 : 2), shape: [p.shape[1], p.shape[0]] }, this.scale, axis);
+    }
+    const t = new HeldMatrix(this.data.transpose(), this.scale, axis);
     this.data.dispose();
+    this.held = null;
     return t;
   }
 
   dispose(): void {
-    this.data.dispose();
+    this.held?.dispose();
+    this.held = null;
+    this.pending = null;
     this.scale?.dispose();
   }
+}
+
+/** [rows, cols] -> [cols, rows] of 1- or 2-byte values, in blocks that stay in cache. */
+function transposeBytes(bytes: Uint8Array, [rows, cols]: [number, number], size: 1 | 2): Uint8Array {
+  const out = new Uint8Array(bytes.byteLength);
+  const src = size === 2 ? new Uint16Array(bytes.buffer, bytes.byteOffset, rows * cols) : bytes;
+  const dst = size === 2 ? new Uint16Array(out.buffer) : out;
+  const B = 64;
+  for (let r0 = 0; r0 < rows; r0 += B) {
+    const r1 = Math.min(rows, r0 + B);
+    for (let c0 = 0; c0 < cols; c0 += B) {
+      const c1 = Math.min(cols, c0 + B);
+      for (let r = r0; r < r1; r++) for (let c = c0; c < c1; c++) dst[c * rows + r] = src[r * cols + c];
+    }
+  }
+  return out;
 }
 
 /** Values held as the backend in use holds them: packed words on webgpu, libtensorflow tensors otherwise. */
@@ -183,12 +236,12 @@ export class Weights {
         } else if (precision === 'bfloat16' || name === TOKEN_EMBEDDING) {
           const bits = info.dtype === 'BF16' ? weights.readBytes(name) : f32ToBf16(weights.readFloat32(name));
           const bytes = new Uint8Array(bits.buffer, bits.byteOffset, bits.byteLength);
-          tensors.set(name, new HeldMatrix(holdBytes(bytes, 'bfloat16', info.shape, what), null, 1));
+          tensors.set(name, new HeldMatrix({ bytes, dtype: 'bfloat16', shape: info.shape as [number, number], what }, null, 1));
         } else {
           const [rows, cols] = info.shape;
           const { q, scale } = quantizeInt8(weights.readFloat32(name), rows, cols);
-          const data = holdBytes(new Uint8Array(q.buffer), 'int8', info.shape, what);
-          tensors.set(name, new HeldMatrix(data, tf.tensor1d(scale), 1));
+          const pending = { bytes: new Uint8Array(q.buffer), dtype: 'int8' as const, shape: [rows, cols] as [number, number], what };
+          tensors.set(name, new HeldMatrix(pending, tf.tensor1d(scale), 1));
         }
         done += info.byteLength;
         options.onProgress?.(done, total);
