@@ -59,9 +59,12 @@ export class PVCModel extends VisionLanguageModel implements ChatModel {
     const backend = await initBackend({ backend: options.backend });
     const config = loadConfig(dir);
     checkFits(dir, backend.name, precision, matmul);
-    const weights = Weights.load(dir, { precision, onProgress: options.onProgress });
+    const kernels = kernelsFor(backend.name, matmul);
+    // Held weights that Linear wants as [out, in] are transposed as they load (one copy, never two).
+    const transpose = kernels.linearLayout === 'out-in' ? readByLinear : undefined;
+    const weights = Weights.load(dir, { precision, transpose, onProgress: options.onProgress });
     try {
-      const model = new PVCModel(dir, config, weights, kernelsFor(backend.name, matmul));
+      const model = new PVCModel(dir, config, weights, kernels);
       Object.assign(model.limits, options.limits);
       return model;
     } catch (e) {
@@ -165,6 +168,11 @@ export class PVCModel extends VisionLanguageModel implements ChatModel {
   }
 }
 
+/** The 2-D weights read by a Linear layer: all but the token embedding (rows looked up) and the patch embedding (a plain matMul). */
+function readByLinear(name: string): boolean {
+  return name !== 'llm.embed.weight' && name !== 'vision.embeddings.patch.weight';
+}
+
 /** wasm's heap is 4 GiB and XNNPACK keeps a packed copy of each weight: past this, a model cannot load there. */
 const WASM_WEIGHT_BYTES = 1.8 * 2 ** 30;
 
@@ -176,7 +184,8 @@ function checkFits(dir: string, backend: BackendName, precision: WeightPrecision
         `not ${backend}; on ${backend} load with weights 'float32'`,
     );
   }
-  if (matmul === 'fast' && backend !== 'tensorflow') throw new Error(`matmul 'fast' runs libtensorflow's bf16 kernels: it needs the tensorflow backend, not ${backend}`);
+  if (matmul === 'fast' && backend !== 'tensorflow')
+    throw new Error(`matmul 'fast' runs libtensorflow's bf16 kernels: it needs the tensorflow backend, not ${backend}`);
   if (backend !== 'wasm') return;
   const bytes = Object.values(readManifest(dir).tensors).reduce((a, t) => a + t.shape.reduce((x, d) => x * d, 1) * 4, 0);
   if (bytes > WASM_WEIGHT_BYTES) {

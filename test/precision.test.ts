@@ -14,6 +14,7 @@ import { generateForRows } from '../src/chat/chat';
 import { bf16ToF32, f32ToBf16 } from '../src/io/safetensors';
 import { openWeights, quantizeInt8, readManifest } from '../src/io/weights';
 import { LoadOptions } from '../src/model/vlm';
+import { NativeTensor, stagingBuffer } from '../src/nn/native';
 import { PVCModel } from '../src/pvc_model';
 import {
   checkpointDir,
@@ -183,6 +184,23 @@ onTensorflow('weights held in bfloat16 and int8 (tensorflow backend)', () => {
       );
     }, 120_000);
   }
+
+  test('a weight made from the staging buffer keeps its values when the buffer is reused', () => {
+    const staged = stagingBuffer(8);
+    new Uint16Array(staged.buffer, staged.byteOffset, 4).set([0x3f80, 0x4000, 0x4040, 0x4080]); // 1, 2, 3, 4
+    const t = NativeTensor.fromStaging(staged, 'bfloat16', [2, 2]);
+    const tt = NativeTensor.fromStaging(staged, 'bfloat16', [2, 2], { transpose: true });
+    stagingBuffer(8).fill(0xff);
+    const [a, b] = [t.toFloat32(), tt.toFloat32()];
+    expect([Array.from(a.dataSync()), Array.from(b.dataSync()), tt.shape]).toEqual([
+      [1, 2, 3, 4],
+      [1, 3, 2, 4],
+      [2, 2],
+    ]);
+    tf.dispose([a, b]);
+    t.dispose();
+    tt.dispose();
+  });
 
   test('load and dispose leave no tfjs tensor and no libtensorflow handle behind', async () => {
     const binding = (tf.backend() as unknown as { binding: { getNumOfTensors(): number } }).binding;

@@ -6,7 +6,7 @@ import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { convertFixture } from './helpers';
+import { convertFixture, tensorflowInstalled } from './helpers';
 
 const ROOT = path.join(__dirname, '..');
 const MEDIA = path.join(ROOT, 'examples', 'media');
@@ -20,8 +20,9 @@ function codeBlockAfter(heading: string): string {
   return block[1];
 }
 
-test('the "Using it from code" example runs as written', () => {
-  const code = codeBlockAfter('## Using it from code');
+/** Runs README's first ts block after `heading` with tsx in a directory laid out as the README assumes. */
+function runBlock(heading: string): void {
+  const code = codeBlockAfter(heading);
   expect(code).toContain("from 'pvc-tfjs'");
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'pvc-readme-'));
   const cwd = path.join(tmp, 'app');
@@ -44,4 +45,8 @@ test('the "Using it from code" example runs as written', () => {
   fs.rmSync(path.dirname(converted), { recursive: true, force: true });
   expect({ status: run.status, stderr: run.stderr.split('\n').filter((l) => l && !l.startsWith('[pvc-tfjs] backend')) }).toEqual({ status: 0, stderr: [] });
   expect(run.stdout).toContain('README EXAMPLE OK');
-});
+}
+
+test('the "Using it from code" example runs as written', () => runBlock('## Using it from code'));
+
+(tensorflowInstalled() ? test : test.skip)('the "Weights in memory" example runs as written (tensorflow backend)', () => runBlock('### Weights in memory'));

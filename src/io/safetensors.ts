@@ -69,9 +69,8 @@ export function f16ToF32(src: Uint16Array): Float32Array {
 }
 
 /** float32 -> bfloat16 bits, round to nearest even (as torch's .to(torch.bfloat16)), NaN kept quiet. */
-export function f32ToBf16(src: Float32Array): Uint16Array {
+export function f32ToBf16(src: Float32Array, out: Uint16Array = new Uint16Array(src.length)): Uint16Array {
   const bits = new Uint32Array(src.buffer, src.byteOffset, src.length);
-  const out = new Uint16Array(src.length);
   for (let i = 0; i < src.length; i++) {
     const x = bits[i];
     if ((x & 0x7fffffff) > 0x7f800000) out[i] = (x >>> 16) | 0x40;
@@ -187,9 +186,14 @@ export class SafetensorsFile {
 
   /** The tensor's raw bytes, read with one positioned read of its span. */
   readBytes(name: string): Buffer {
+    return this.readInto(name, Buffer.allocUnsafe(this.info(name).byteLength));
+  }
+
+  /** The tensor's raw bytes read into `buf` (its first byteLength bytes); returns that part of it. */
+  readInto<T extends Uint8Array>(name: string, buf: T): T {
     const t = this.info(name);
     if (this.fd === null) throw new Error(`${this.file}: file is closed`);
-    const buf = Buffer.allocUnsafe(t.byteLength);
+    if (buf.byteLength < t.byteLength) throw new Error(`${this.file}: tensor '${name}': ${t.byteLength} bytes do not fit a ${buf.byteLength}-byte buffer`);
     let done = 0;
     while (done < t.byteLength) {
       // One read is capped below 2 GiB by the OS interface; large tensors take several.
@@ -197,7 +201,7 @@ export class SafetensorsFile {
       if (n === 0) throw new Error(`${this.file}: tensor '${name}': unexpected end of file after ${done} of ${t.byteLength} bytes`);
       done += n;
     }
-    return buf;
+    return (buf.byteLength === t.byteLength ? buf : buf.subarray(0, t.byteLength)) as T;
   }
 
   /** The tensor widened to float32 (F32, F16 or BF16 on disk). */
@@ -363,6 +367,10 @@ export class SafetensorsCheckpoint {
 
   readBytes(name: string): Buffer {
     return this.shards.get(this.shardOf(name))!.readBytes(name);
+  }
+
+  readInto<T extends Uint8Array>(name: string, buf: T): T {
+    return this.shards.get(this.shardOf(name))!.readInto(name, buf);
   }
 
   readFloat32(name: string): Float32Array {

@@ -14,7 +14,7 @@ import { FORMAT_NAME, FORMAT_VERSION } from '../config';
 import * as tf from '@tensorflow/tfjs';
 import { DType, f32ToBf16, SafetensorsCheckpoint } from './safetensors';
 import { readJsonFile } from '../json';
-import { NativeDType, NativeTensor } from '../nn/native';
+import { NativeDType, NativeTensor, releaseStagingBuffer, stagingBuffer } from '../nn/native';
 import { PackedTensor } from '../nn/webgpu_packed';
 
 export type WeightPrecision = 'float32' | 'bfloat16' | 'int8';
@@ -73,55 +73,32 @@ export function openWeights(dir: string): { manifest: Manifest; weights: Safeten
 export interface LoadOptions {
   /** How 2-D weights are held (see the file comment); default 'float32'. */
   precision?: WeightPrecision;
+  /**
+   * Under bfloat16 / int8: the weights to hold as their transpose [out, in] from the start (those
+   * Linear will ask for with storeTransposed), so no second copy is ever made.
+   */
+  transpose?: (name: string) => boolean;
   /** Called after each tensor with the bytes read so far and the total. */
   onProgress?: (bytesDone: number, bytesTotal: number) => void;
 }
 
-/** A weight's bytes as read, handed to the backend on first use (so that a transpose is done before, in JS). */
-interface PendingBytes {
-  bytes: Uint8Array;
-  dtype: NativeDType;
-  shape: [number, number];
-  what: string;
-}
-
 /**
  * A 2-D weight held below float32: bfloat16 values, or int8 values times a float32 scale per output
- * column (`scale`, over axis `scaleAxis` of `data`: 1 as converted [in, out], 0 once transposed). The
- * bytes go to the backend when `data` is first read: a weight the kernels want as [out, in] is
- * transposed before that, in JS (a transpose by a libtensorflow op would free each [in, out] copy in
- * the middle of the heap: +2.2 GB of RSS that glibc cannot return, measured on InternVL2-8B).
+ * column (`scale`, over axis `scaleAxis` of `data`: 1 as converted [in, out], 0 when held transposed).
  */
 export class HeldMatrix {
-  private held: NativeTensor | PackedTensor | null;
-  private pending: PendingBytes | null;
-
   constructor(
-    source: PendingBytes | NativeTensor | PackedTensor,
+    readonly data: NativeTensor | PackedTensor,
     readonly scale: tf.Tensor1D | null,
     readonly scaleAxis: 0 | 1,
-  ) {
-    const isPending = 'bytes' in source;
-    this.pending = isPending ? source : null;
-    this.held = isPending ? null : source;
-  }
-
-  get data(): NativeTensor | PackedTensor {
-    if (this.held === null) {
-      if (this.pending === null) throw new Error('a held weight was used after dispose()');
-      const p = this.pending;
-      this.held = holdBytes(p.bytes, p.dtype, p.shape, p.what);
-      this.pending = null;
-    }
-    return this.held;
-  }
+  ) {}
 
   get shape(): [number, number] {
-    return (this.pending?.shape ?? this.data.shape) as [number, number];
+    return this.data.shape as [number, number];
   }
 
   get byteLength(): number {
-    return (this.pending ? this.pending.bytes.byteLength : this.data.byteLength) + (this.scale ? this.scale.size * 4 : 0);
+    return this.data.byteLength + (this.scale ? this.scale.size * 4 : 0);
   }
 
   /** The float32 values (the caller owns the tensor). */
@@ -138,47 +115,29 @@ export class HeldMatrix {
     return tf.mul(rows, this.scaleAxis === 1 ? this.scale : tf.expandDims(tf.gather(this.scale, ids), -1));
   }
 
-  /** The transpose, as a new HeldMatrix; this one is left empty. */
+  /** The transpose, as a new HeldMatrix; this one is freed. */
   transposeAndFree(): HeldMatrix {
-    const axis = this.scaleAxis === 1 ? 0 : 1;
-    if (this.pending !== null) {
-      const p = this.pending;
-      this.pending = null;
-      return new HeldMatrix({ ...p, bytes: transposeBytes(p.bytes, p.shape, p.dtype === 'int8' ? 1 : 2), shape: [p.shape[1], p.shape[0]] }, this.scale, axis);
-    }
-    const t = new HeldMatrix(this.data.transpose(), this.scale, axis);
+    const t = new HeldMatrix(this.data.transpose(), this.scale, this.scaleAxis === 1 ? 0 : 1);
     this.data.dispose();
-    this.held = null;
     return t;
   }
 
   dispose(): void {
-    this.held?.dispose();
-    this.held = null;
-    this.pending = null;
+    this.data.dispose();
     this.scale?.dispose();
   }
 }
 
-/** [rows, cols] -> [cols, rows] of 1- or 2-byte values, in blocks that stay in cache. */
-function transposeBytes(bytes: Uint8Array, [rows, cols]: [number, number], size: 1 | 2): Uint8Array {
-  const out = new Uint8Array(bytes.byteLength);
-  const src = size === 2 ? new Uint16Array(bytes.buffer, bytes.byteOffset, rows * cols) : bytes;
-  const dst = size === 2 ? new Uint16Array(out.buffer) : out;
-  const B = 64;
-  for (let r0 = 0; r0 < rows; r0 += B) {
-    const r1 = Math.min(rows, r0 + B);
-    for (let c0 = 0; c0 < cols; c0 += B) {
-      const c1 = Math.min(cols, c0 + B);
-      for (let r = r0; r < r1; r++) for (let c = c0; c < c1; c++) dst[c * rows + r] = src[r * cols + c];
-    }
-  }
-  return out;
+/** A buffer for a weight's bytes: the reused staging buffer on tensorflow (src/nn/native.ts), a fresh one on webgpu. */
+function bufferFor(byteLength: number): Uint8Array {
+  return tf.getBackend() === 'webgpu' ? new Uint8Array(byteLength) : stagingBuffer(byteLength);
 }
 
-/** Values held as the backend in use holds them: packed words on webgpu, libtensorflow tensors otherwise. */
-function holdBytes(bytes: Uint8Array, dtype: NativeDType, shape: number[], what: string): NativeTensor | PackedTensor {
-  return tf.getBackend() === 'webgpu' ? PackedTensor.fromBytes(bytes, dtype, shape, what) : NativeTensor.fromBytes(bytes, dtype, shape, what);
+/** Values in a bufferFor() buffer, held as the backend holds them: packed words on webgpu, a libtensorflow tensor otherwise. */
+function hold(values: Uint8Array, dtype: NativeDType, shape: [number, number], transpose: boolean, what: string): NativeTensor | PackedTensor {
+  if (tf.getBackend() !== 'webgpu') return NativeTensor.fromStaging(values, dtype, shape, { transpose, what });
+  if (transpose) throw new Error(`${what}: webgpu multiplies weights as converted ([in, out]); none is held transposed`);
+  return PackedTensor.fromBytes(values, dtype, shape, what);
 }
 
 /** Symmetric int8 per output column of an [in, out] matrix: q = round(w / s), s = max |w| / 127. */
@@ -210,13 +169,12 @@ export function quantizeInt8(values: Float32Array, rows: number, cols: number): 
  * once); owned here and freed by `dispose()`.
  */
 export class Weights {
-  /** Names held as their transpose (see `storeTransposed`). */
-  private readonly heldTransposed = new Set<string>();
-
   private constructor(
     readonly dir: string,
     private readonly tensors: Map<string, tf.Tensor | HeldMatrix>,
     readonly precision: WeightPrecision = 'float32',
+    /** Names held as their transpose (see `storeTransposed`; under bfloat16 / int8, from load on). */
+    private readonly heldTransposed = new Set<string>(),
   ) {}
 
   static load(dir: string, options: LoadOptions = {}): Weights {
@@ -224,6 +182,7 @@ export class Weights {
     if (!WEIGHT_PRECISIONS.includes(precision)) throw new Error(`weights precision '${precision}': expected one of ${WEIGHT_PRECISIONS.join(', ')}`);
     const { weights } = openWeights(dir);
     const tensors = new Map<string, tf.Tensor | HeldMatrix>();
+    const heldTransposed = new Set<string>();
     try {
       const names = weights.names;
       const total = names.reduce((a, n) => a + weights.info(n).byteLength, 0);
@@ -233,15 +192,24 @@ export class Weights {
         const what = `${dir}: tensor '${name}'`;
         if (precision === 'float32' || info.shape.length !== 2 || !name.endsWith('.weight')) {
           tensors.set(name, tf.tensor(weights.readFloat32(name), info.shape, 'float32'));
-        } else if (precision === 'bfloat16' || name === TOKEN_EMBEDDING) {
-          const bits = info.dtype === 'BF16' ? weights.readBytes(name) : f32ToBf16(weights.readFloat32(name));
-          const bytes = new Uint8Array(bits.buffer, bits.byteOffset, bits.byteLength);
-          tensors.set(name, new HeldMatrix({ bytes, dtype: 'bfloat16', shape: info.shape as [number, number], what }, null, 1));
         } else {
-          const [rows, cols] = info.shape;
-          const { q, scale } = quantizeInt8(weights.readFloat32(name), rows, cols);
-          const pending = { bytes: new Uint8Array(q.buffer), dtype: 'int8' as const, shape: [rows, cols] as [number, number], what };
-          tensors.set(name, new HeldMatrix(pending, tf.tensor1d(scale), 1));
+          const shape = info.shape as [number, number];
+          const transpose = options.transpose?.(name) ?? false;
+          const n = shape[0] * shape[1];
+          let held: HeldMatrix;
+          if (precision === 'bfloat16' || name === TOKEN_EMBEDDING) {
+            const buf = bufferFor(n * 2);
+            if (info.dtype === 'BF16') weights.readInto(name, buf);
+            else f32ToBf16(weights.readFloat32(name), new Uint16Array(buf.buffer, buf.byteOffset, n));
+            held = new HeldMatrix(hold(buf, 'bfloat16', shape, transpose, what), null, transpose ? 0 : 1);
+          } else {
+            const { q, scale } = quantizeInt8(weights.readFloat32(name), shape[0], shape[1]);
+            const buf = bufferFor(n);
+            buf.set(new Uint8Array(q.buffer));
+            held = new HeldMatrix(hold(buf, 'int8', shape, transpose, what), tf.tensor1d(scale), transpose ? 0 : 1);
+          }
+          tensors.set(name, held);
+          if (transpose) heldTransposed.add(name);
         }
         done += info.byteLength;
         options.onProgress?.(done, total);
@@ -251,8 +219,9 @@ export class Weights {
       throw e;
     } finally {
       weights.close();
+      if (precision !== 'float32') releaseStagingBuffer();
     }
-    return new Weights(dir, tensors, precision);
+    return new Weights(dir, tensors, precision, heldTransposed);
   }
 
   /** Wraps tensors that are already in memory (tests, tools). Ownership passes to the store. */

@@ -4,8 +4,12 @@
 // id that tfjs cannot wrap, so `NativeTensor` owns it and frees it in `dispose()`. Every value that
 // leaves this file is an ordinary float32 tfjs tensor (tracked by tf.tidy like any other).
 //
-// The bytes are handed over as an int32 tensor and Bitcast (zero-copy) to the target dtype: the
-// binding shares the JS buffer with TensorFlow, so a weight is held once, at 2 or 1 bytes per value.
+// Loading: the bytes are read into one staging buffer (`stagingBuffer`), reused for every weight and
+// placed on a 64-byte boundary, where libtensorflow shares a JS buffer instead of copying it; the int32
+// tensor over it is Bitcast (zero-copy) to the target dtype, then copied (or transposed) once into
+// libtensorflow's own memory. So a weight is held once, at 2 or 1 bytes per value, and loading leaves
+// no garbage behind: neither JS buffers waiting for a GC (which a long run of native work never
+// triggers: 16 GB of them killed an 8B load) nor freed copies between live ones in the C heap.
 import * as tf from '@tensorflow/tfjs';
 
 /** TF_DataType values the binding does not export (tensorflow/c/tf_datatype.h). */
@@ -75,6 +79,44 @@ function withInt32<T>(be: NodeBackend, values: number[], f: (id: number) => T): 
   }
 }
 
+/** TF_NewTensor copies data that is not aligned to this (EIGEN_MAX_ALIGN_BYTES with AVX-512). */
+const TF_ALIGNMENT = 64;
+
+let staging: { buffer: ArrayBuffer; offset: number } | null = null;
+
+/** Whether libtensorflow shares (does not copy) a JS buffer starting at `bytes`: a write after handing it over shows. */
+function sharedByTensorflow(be: NodeBackend, bytes: Uint8Array): boolean {
+  const words = new Int32Array(bytes.buffer, bytes.byteOffset, 1);
+  words[0] = 0;
+  const id = be.binding.createTensor([1], be.binding.TF_INT32, words);
+  words[0] = 0x5a5a5a5a;
+  const seen = (be.binding as unknown as { tensorDataSync(id: number): Int32Array }).tensorDataSync(id)[0];
+  be.binding.deleteTensor(id);
+  return seen === 0x5a5a5a5a;
+}
+
+/**
+ * A buffer of at least `byteLength` bytes for the next `NativeTensor.fromStaging`, reused from call to
+ * call (grown when needed) and placed where libtensorflow shares it. Its contents are overwritten by
+ * the next call.
+ */
+export function stagingBuffer(byteLength: number): Uint8Array {
+  const be = nodeBackend('holding a weight below float32');
+  const size = Math.ceil(byteLength / 4) * 4;
+  if (staging === null || staging.buffer.byteLength - staging.offset < size) {
+    const buffer = new ArrayBuffer(Math.max(size, 1 << 20) + TF_ALIGNMENT);
+    // The JS allocator aligns to 16 bytes: one of four offsets is on a 64-byte boundary.
+    const offset = [0, 16, 32, 48].find((o) => sharedByTensorflow(be, new Uint8Array(buffer, o, 4))) ?? 0;
+    staging = { buffer, offset };
+  }
+  return new Uint8Array(staging.buffer, staging.offset, size);
+}
+
+/** Drops the staging buffer (after a load: it is as large as the largest weight). */
+export function releaseStagingBuffer(): void {
+  staging = null;
+}
+
 /** A bfloat16 or int8 libtensorflow tensor owned by this object (see the file comment). */
 export class NativeTensor {
   private handle: number | null;
@@ -89,37 +131,43 @@ export class NativeTensor {
   }
 
   /**
-   * `bytes` (little-endian values of `dtype`, row-major) as a tensor of `shape`. The buffer is shared
-   * with TensorFlow (not copied) when its length is a multiple of 4 bytes and its offset is aligned.
+   * The first n values of `dtype` in `staged` (from stagingBuffer; little-endian, row-major) as a tensor
+   * of `shape` (n values), or of its transpose with `transpose` (2-D only), in libtensorflow's memory.
    */
-  static fromBytes(bytes: Uint8Array, dtype: NativeDType, shape: number[], what = 'a weight'): NativeTensor {
+  static fromStaging(staged: Uint8Array, dtype: NativeDType, shape: number[], options: { transpose?: boolean; what?: string } = {}): NativeTensor {
+    const what = options.what ?? 'a weight';
     const be = nodeBackend(`holding ${what} as ${dtype}`);
     const b = be.binding;
+    const code = DTYPE_CODE[dtype];
     const n = shape.reduce((a, d) => a * d, 1);
-    if (bytes.byteLength !== n * DTYPE_BYTES[dtype]) throw new Error(`${what}: ${bytes.byteLength} bytes for ${dtype} [${shape}]`);
-    const padded = bytes.byteLength % 4 === 0 && bytes.byteOffset % 4 === 0 ? bytes : copyPadded(bytes);
-    const words = new Int32Array(padded.buffer, padded.byteOffset, padded.byteLength / 4);
-    const packed = b.createTensor([words.length], b.TF_INT32, words);
-    // Bitcast int32 [m] -> dtype [m, 4 / size]: the same bytes, no copy.
-    const cast = run(be, 'Bitcast', [typeAttr(b, 'T', b.TF_INT32), typeAttr(b, 'type', DTYPE_CODE[dtype])], [packed]);
-    b.deleteTensor(packed);
-    let flat = cast.id;
-    if (padded !== bytes) {
-      flat = withInt32(be, [0], (begin) =>
-        withInt32(be, [n], (size) =>
-          withInt32(be, [-1], (minusOne) => {
-            const all = run(be, 'Reshape', [typeAttr(b, 'T', DTYPE_CODE[dtype]), typeAttr(b, 'Tshape', b.TF_INT32)], [cast.id, minusOne]);
-            const sliced = run(be, 'Slice', [typeAttr(b, 'T', DTYPE_CODE[dtype]), typeAttr(b, 'Index', b.TF_INT32)], [all.id, begin, size]);
-            b.deleteTensor(all.id);
-            return sliced.id;
-          }),
-        ),
-      );
-      b.deleteTensor(cast.id);
+    if (staged.byteLength < n * DTYPE_BYTES[dtype] || staged.byteLength % 4 !== 0 || staged.byteOffset % 4 !== 0) {
+      throw new Error(`${what}: a ${staged.byteLength}-byte staging view for ${dtype} [${shape}]`);
     }
-    const shaped = withInt32(be, shape, (s) => run(be, 'Reshape', [typeAttr(b, 'T', DTYPE_CODE[dtype]), typeAttr(b, 'Tshape', b.TF_INT32)], [flat, s]));
-    b.deleteTensor(flat);
-    return new NativeTensor(be, shaped.id, dtype, shape);
+    if (options.transpose && shape.length !== 2) throw new Error(`${what}: only a 2-D tensor is transposed, not [${shape}]`);
+    const words = new Int32Array(staged.buffer, staged.byteOffset, staged.byteLength / 4);
+    const ids: number[] = [];
+    const step = (meta: TensorMetadata) => (ids.push(meta.id), meta.id);
+    try {
+      const packed = b.createTensor([words.length], b.TF_INT32, words);
+      ids.push(packed);
+      // Bitcast int32 [m] -> dtype [m, 4 / size]: the same bytes, no copy; then the n values, shaped.
+      const cast = step(run(be, 'Bitcast', [typeAttr(b, 'T', b.TF_INT32), typeAttr(b, 'type', code)], [packed]));
+      const flat = withInt32(be, [-1], (minusOne) => step(run(be, 'Reshape', [typeAttr(b, 'T', code), typeAttr(b, 'Tshape', b.TF_INT32)], [cast, minusOne])));
+      const exact =
+        words.length * 4 === n * DTYPE_BYTES[dtype]
+          ? flat
+          : withInt32(be, [0], (begin) =>
+              withInt32(be, [n], (size) => step(run(be, 'Slice', [typeAttr(b, 'T', code), typeAttr(b, 'Index', b.TF_INT32)], [flat, begin, size]))),
+            );
+      const shaped = withInt32(be, shape, (s) => step(run(be, 'Reshape', [typeAttr(b, 'T', code), typeAttr(b, 'Tshape', b.TF_INT32)], [exact, s])));
+      // The one copy into libtensorflow's memory, after which the staging buffer is free again.
+      const out = options.transpose
+        ? withInt32(be, [1, 0], (perm) => run(be, 'Transpose', [typeAttr(b, 'T', code), typeAttr(b, 'Tperm', b.TF_INT32)], [shaped, perm]))
+        : copyOf(be, shaped, code);
+      return new NativeTensor(be, out.id, dtype, options.transpose ? [shape[1], shape[0]] : shape);
+    } finally {
+      ids.forEach((id) => b.deleteTensor(id));
+    }
   }
 
   private get id(): number {
@@ -191,8 +239,7 @@ export class NativeTensor {
   }
 }
 
-function copyPadded(bytes: Uint8Array): Uint8Array {
-  const out = new Uint8Array(Math.ceil(bytes.byteLength / 4) * 4);
-  out.set(bytes);
-  return out;
+/** A copy of `id` in a buffer of its own (libtensorflow's DeepCopy). */
+function copyOf(be: NodeBackend, id: number, code: number): TensorMetadata {
+  return run(be, 'DeepCopy', [typeAttr(be.binding, 'T', code)], [id]);
 }
