@@ -6,7 +6,10 @@ import * as path from 'path';
 import { visionLayersRun } from '../src/config';
 import { InputError } from '../src/errors';
 import { AbortError, runSync } from '../src/event_loop';
+import { defaultFramesPerPass } from '../src/model/vlm';
 import { PVCModel } from '../src/pvc_model';
+import { normalizeHFConfig } from '../converter/hf_config';
+import { syntheticConfig, syntheticPVCLayers } from './bench/synthetic-checkpoint';
 import { ChatRecord, convertFixture, convertWithPositions, expectParity, loadReference, PARITY_BACKENDS, ReferenceDoc, referenceTensor4d } from './helpers';
 
 const removeConverted = (dir: string) => fs.rmSync(path.dirname(dir), { recursive: true, force: true });
@@ -201,4 +204,11 @@ describe('tiny-pvc in small vision passes', () => {
     model.dispose();
     removeConverted(dir);
   });
+});
+
+test('frames per vision pass by default: 8 for small towers, 3 for InternViT-300M at 448 px (67 MB of scores a frame)', () => {
+  const hf = syntheticConfig(1, true);
+  expect(defaultFramesPerPass(normalizeHFConfig(hf, 'synthetic', syntheticPVCLayers(hf)))).toBe(3);
+  const tiny = JSON.parse(fs.readFileSync(path.join(__dirname, 'fixtures', 'checkpoints', 'tiny-pvc', 'config.json'), 'utf8'));
+  expect(defaultFramesPerPass(normalizeHFConfig(tiny, 'tiny-pvc', { adaln_layers: [], temporal_layers: [] }))).toBe(8);
 });

@@ -35,8 +35,23 @@ export interface RunLimits {
   maxContext?: number;
 }
 
-/** 8 frames of a 448 px InternViT-300M hold ~0.5 GB of attention scores; 512 prompt positions of InternLM2-7B ~1 GB at 8k context. */
+/** At most 8 frames per pass; 512 prompt positions of InternLM2-7B hold ~0.5 GB of scores at 8k context. */
 export const DEFAULT_RUN_LIMITS: RunLimits = { framesPerPass: 8, prefillChunk: 512 };
+
+/** A vision pass holds at most this many bytes of one attention score tensor (scores, probabilities and softmax temporaries are several). */
+const VISION_SCORE_BYTES = 256 * 2 ** 20;
+
+/**
+ * Frames per vision pass by default: 8, or fewer where 8 frames' attention scores would pass
+ * VISION_SCORE_BYTES (InternViT-300M at 448 px: 16 heads x 1025^2 x 4 bytes = 67 MB a frame, so 3; a
+ * 64-frame video at 8 per pass was OOM-killed on a 24 GiB machine with the 8B weights in bf16).
+ */
+export function defaultFramesPerPass(config: ModelConfig): number {
+  const v = config.vision;
+  const tokens = (v.image_size / v.patch_size) ** 2 + 1;
+  const perFrame = v.num_attention_heads * tokens * tokens * 4;
+  return Math.max(1, Math.min(DEFAULT_RUN_LIMITS.framesPerPass, Math.floor(VISION_SCORE_BYTES / perFrame)));
+}
 
 export interface LoadOptions {
   backend?: BackendName;
@@ -53,7 +68,7 @@ export interface LoadOptions {
   matmul?: 'exact' | 'fast';
   /** Progress of reading the weights (bytes). */
   onProgress?: (bytesDone: number, bytesTotal: number) => void;
-  /** See RunLimits; defaults DEFAULT_RUN_LIMITS. */
+  /** See RunLimits; defaults DEFAULT_RUN_LIMITS, with framesPerPass from defaultFramesPerPass. */
   limits?: Partial<RunLimits>;
 }
 
@@ -137,7 +152,7 @@ export class VisionLanguageModel {
   readonly projector: Projector;
   readonly llm: InternLM2;
   /** Per-pass sizes (memory bounds); may be changed between calls. */
-  limits: RunLimits = { ...DEFAULT_RUN_LIMITS };
+  limits: RunLimits;
 
   constructor(
     readonly dir: string,
@@ -145,6 +160,7 @@ export class VisionLanguageModel {
     readonly weights: Weights,
     readonly kernels: Kernels,
   ) {
+    this.limits = { ...DEFAULT_RUN_LIMITS, framesPerPass: defaultFramesPerPass(config) };
     this.vision = new InternVisionModel(weights, config, kernels);
     this.projector = new Projector(weights, config, kernels);
     this.llm = new InternLM2(weights, config.llm, kernels);

@@ -110,9 +110,11 @@ async function main() {
   const tVision = now();
   const { embeds, attentionMask } = await runYielding(model.inputSteps([turn.inputIds], pixelValues, turn.samples, promptTokenIds(model.tokenizer)));
   const visionMs = now() - tVision;
+  const peakAfterVisionMB = process.resourceUsage().maxRSS / 1024;
   log(`vision ${(visionMs / 1000).toFixed(1)} s`);
   const steps: number[] = [];
   const stepFaults: number[] = [];
+  let peakAfterPrefillMB = 0;
   const ids: number[] = [];
   const tPrefill = now();
   let f = faults();
@@ -124,7 +126,10 @@ async function main() {
     stepFaults.push(faults() - f);
     f = faults();
     ids.push(step.tokens[0]);
-    if (steps.length === 1) log(`prefill ${((steps[0] - tPrefill) / 1000).toFixed(1)} s`);
+    if (steps.length === 1) {
+      log(`prefill ${((steps[0] - tPrefill) / 1000).toFixed(1)} s`);
+      peakAfterPrefillMB = process.resourceUsage().maxRSS / 1024;
+    }
   }
   embeds.dispose();
   pixelValues.dispose();
@@ -154,6 +159,8 @@ async function main() {
     decodeBoundTokensPerSecond: bandwidthGBs / (decodeBytes / 1e9),
     rssIdleMB: rssIdle / 2 ** 20,
     rssAfterLoadMB: rssAfterLoad / 2 ** 20,
+    peakAfterVisionMB,
+    peakAfterPrefillMB,
     peakRssMB: process.resourceUsage().maxRSS / 1024,
     ids,
   };
