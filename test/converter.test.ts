@@ -408,7 +408,7 @@ describe('the pvc-convert command', () => {
     expect(cliMain([checkpointDir('tiny-internvl2'), path.join(tmp, 'out'), '--dtype', 'float16'])).toBe(0);
     expect(output.stderr()).toMatch(/wrote 73 tensors in 1 shard\(s\) from 1\.4 MiB in [\d.]+s/);
     expect(cliMain([checkpointDir('tiny-internvl2'), path.join(tmp, 'x'), '--dtype', 'int8'])).toBe(2);
-    expect(output.stderr()).toMatch(/pvc-convert: --dtype expects float32 or float16, not int8\nusage: pvc-convert/);
+    expect(output.stderr()).toMatch(/pvc-convert: --dtype expects float32, float16 or bfloat16, not int8\nusage: pvc-convert/);
     expect(cliMain([checkpointDir('tiny-internvl2'), path.join(tmp, 'x'), '--shard-size', '1e3.5'])).toBe(2);
     expect(output.stderr()).toMatch(/pvc-convert: --shard-size expects an integer >= 1, not 1e3\.5/);
     expect(cliMain([checkpointDir('tiny-internvl2'), path.join(tmp, 'x'), '--dtype', 'float16', '--dtype', 'float32'])).toBe(2);

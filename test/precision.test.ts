@@ -1,4 +1,4 @@
-// Weights held below float32 (src/io/weights.ts, src/nn/native.ts) on the tensorflow backend.
+// Weights held below float32 (src/io/weights.ts, src/io/native.ts) on the tensorflow backend.
 // - bfloat16 with matmul 'exact' must give exactly the numbers of float32 on the same values: each
 //   fixture is converted to bf16 storage (`pvc-convert --dtype bfloat16`), then loaded both ways, and
 //   every stage (vision features, each LLM layer, logits) and the greedy ids must be equal bit for bit.
@@ -14,7 +14,7 @@ import { generateForRows } from '../src/chat/chat';
 import { bf16ToF32, f32ToBf16 } from '../src/io/safetensors';
 import { openWeights, quantizeInt8, readManifest } from '../src/io/weights';
 import { LoadOptions } from '../src/model/vlm';
-import { NativeTensor, stagingBuffer } from '../src/nn/native';
+import { NativeTensor, stagingBuffer } from '../src/io/native';
 import { PVCModel } from '../src/pvc_model';
 import {
   checkpointDir,
@@ -224,7 +224,7 @@ onTensorflow('weights held in bfloat16 and int8 (tensorflow backend)', () => {
 });
 
 // webgpu (PVC_TEST_BACKENDS=webgpu, as .ci/run does on llvmpipe): the packed-weight WGSL programs
-// (src/nn/webgpu_packed.ts) against webgpu's own float32 kernels on the same bf16 values.
+// (src/io/webgpu_packed.ts) against webgpu's own float32 kernels on the same bf16 values.
 (PARITY_BACKENDS.includes('webgpu') ? describe : describe.skip)('weights held packed on webgpu', () => {
   const backend = 'webgpu';
   beforeAll(async () => {

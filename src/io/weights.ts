@@ -7,15 +7,15 @@
 // checkpoint's own values when it is stored in bf16, float32 values rounded to nearest even otherwise),
 // 'int8' every 2-D weight but the token embedding as int8 with a float32 scale per output column
 // (1 byte; the embedding stays bfloat16). Vectors (norms, biases, scales) are float32 in every mode.
-// Held weights are libtensorflow tensors on the tensorflow backend (src/nn/native.ts) and int32 words
-// read by WGSL programs on webgpu (src/nn/webgpu_packed.ts); wasm and cpu hold float32 only.
+// Held weights are libtensorflow tensors on the tensorflow backend (src/io/native.ts) and int32 words
+// read by WGSL programs on webgpu (src/io/webgpu_packed.ts); wasm and cpu hold float32 only.
 import * as path from 'path';
 import { FORMAT_NAME, FORMAT_VERSION } from '../config';
 import * as tf from '@tensorflow/tfjs';
 import { DType, f32ToBf16, SafetensorsCheckpoint } from './safetensors';
 import { readJsonFile } from '../json';
-import { NativeDType, NativeTensor, releaseStagingBuffer, stagingBuffer } from '../nn/native';
-import { PackedTensor } from '../nn/webgpu_packed';
+import { NativeDType, NativeTensor, releaseStagingBuffer, stagingBuffer } from './native';
+import { PackedTensor } from './webgpu_packed';
 
 export type WeightPrecision = 'float32' | 'bfloat16' | 'int8';
 export const WEIGHT_PRECISIONS: readonly WeightPrecision[] = ['float32', 'bfloat16', 'int8'];
@@ -128,7 +128,7 @@ export class HeldMatrix {
   }
 }
 
-/** A buffer for a weight's bytes: the reused staging buffer on tensorflow (src/nn/native.ts), a fresh one on webgpu. */
+/** A buffer for a weight's bytes: the reused staging buffer on tensorflow (src/io/native.ts), a fresh one on webgpu. */
 function bufferFor(byteLength: number): Uint8Array {
   return tf.getBackend() === 'webgpu' ? new Uint8Array(byteLength) : stagingBuffer(byteLength);
 }

@@ -7,7 +7,7 @@
 // backend is active.
 import * as tf from '@tensorflow/tfjs';
 import { HeldMatrix, Weights } from '../io/weights';
-import { PackedTensor } from './webgpu_packed';
+import { PackedTensor } from '../io/webgpu_packed';
 
 /** Receives intermediate values by name (see `model.inspect`); it must keep (clone) what it wants beyond the call. */
 export type Tap = (name: string, value: tf.Tensor) => void;
@@ -94,7 +94,7 @@ export class Linear {
     const w = this.weight;
     if (!(w instanceof HeldMatrix)) return batchMatMul(a, w, this.transposed);
     if (w.data instanceof PackedTensor) {
-      // webgpu: a WGSL program reads the packed words (src/nn/webgpu_packed.ts); layout 'in-out' there.
+      // webgpu: a WGSL program reads the packed words (src/io/webgpu_packed.ts); layout 'in-out' there.
       const y = w.data.matMul(a);
       return w.scale ? tf.mul(y, w.scale) : y;
     }
