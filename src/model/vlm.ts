@@ -57,7 +57,7 @@ export interface LoadOptions {
   backend?: BackendName;
   /**
    * How the 2-D weights are held: 'float32' (default; every backend), 'bfloat16' (half the memory) or
-   * 'int8' (a quarter, per-column scales; error ~1e-2): the tensorflow backend. See src/io/weights.ts.
+   * 'int8' (a quarter, per-column scales; error ~1e-2): the tensorflow and webgpu backends. See src/io/weights.ts.
    */
   weights?: WeightPrecision;
   /**

@@ -41,7 +41,7 @@ export function batchMatMul<T extends tf.Tensor>(a: T, b: tf.Tensor, transposeB 
 
 /**
  * y = x @ W + b over the last axis, with W in the layout `kernels.linearLayout` says, held as the
- * weights were loaded: float32, or a HeldMatrix (bfloat16 or int8, the tensorflow backend).
+ * weights were loaded: float32, or a HeldMatrix (bfloat16 or int8: tensorflow and webgpu).
  */
 export class Linear {
   /** [in, out], or [out, in] with the 'out-in' layout. */
