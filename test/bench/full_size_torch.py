@@ -15,6 +15,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'reference'))
 import make_fixtures as mf  # noqa: E402  (upstream set-up: sys.path, DropPath stand-in, .cuda())
+from torch_bench import step_clock  # noqa: E402
 
 
 def log(line):
@@ -32,7 +33,7 @@ def main():
     mf.setup_upstream(os.path.abspath(args.upstream))
     from internvl.model.internvl_chat import InternVLChatModel
     from safetensors.torch import load_file
-    from transformers import StoppingCriteria, StoppingCriteriaList
+    from transformers import StoppingCriteriaList
 
     dtype = getattr(torch, args.dtype)
     t0 = time.perf_counter()
@@ -46,20 +47,12 @@ def main():
     tokenizer_config = json.load(open(os.path.join(args.model, 'added_tokens.json')))
     model.img_context_token_id = tokenizer_config['<IMG_CONTEXT>']
 
-    class Clock(StoppingCriteria):
-        def __init__(self):
-            self.at = []
-
-        def __call__(self, input_ids, scores, **kwargs):
-            self.at.append(time.perf_counter())
-            return False
-
     with torch.no_grad():
         t = time.perf_counter()
         model.extract_feature(pixels)
         vision_ms = (time.perf_counter() - t) * 1000
         log(f'vision {vision_ms / 1000:.1f} s')
-        clock = Clock()
+        clock = step_clock()
         t = time.perf_counter()
         out = model.generate(pixel_values=pixels, input_ids=ids, attention_mask=torch.ones_like(ids),
                              max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False,

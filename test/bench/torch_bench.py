@@ -25,6 +25,21 @@ def best_ms(f, runs):
     return min(times)
 
 
+def step_clock():
+    """A stopping criterion that records when it is called (generate() calls it after each step's
+    choice, greedy and beam search alike) and never stops: `.at` holds the times."""
+    from transformers import StoppingCriteria
+
+    class Clock(StoppingCriteria):
+        def __init__(self):
+            self.at = []
+
+        def __call__(self, input_ids, scores, **kwargs):
+            self.at.append(time.perf_counter())
+            return False
+    return Clock()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--upstream', required=True)
@@ -84,23 +99,15 @@ def main():
             # As the tfjs worker: time per generated token of greedy and of 5 beams, generate()'s
             # bookkeeping included: from the first step's stopping-criteria call (made after each
             # step's choice, greedy and beam search alike) to the last, over the steps between.
-            from transformers import StoppingCriteria, StoppingCriteriaList
+            from transformers import StoppingCriteriaList
             lm = model.language_model
             embeds = inputs['embeds']
             mask = torch.ones(embeds.shape[:2], dtype=torch.long)
 
-            class Clock(StoppingCriteria):
-                def __init__(self):
-                    self.at = []
-
-                def __call__(self, input_ids, scores, **kwargs):
-                    self.at.append(time.perf_counter())
-                    return False
-
             def per_step(num_beams):
                 times = []
                 for run in range(args.runs + 1):  # run 0 is the warm-up
-                    clock = Clock()
+                    clock = step_clock()
                     lm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=args.beam_steps,
                                 min_new_tokens=args.beam_steps, num_beams=num_beams, do_sample=False, eos_token_id=2,
                                 pad_token_id=2, stopping_criteria=StoppingCriteriaList([clock]))
