@@ -1,7 +1,9 @@
 // Cooperative scheduling: long computations are written as generators that yield between their steps
 // (layers, chunks of frames or tokens, decode steps), so that one code path runs either at once
 // (`runSync`, for tools and tests) or giving Node's event loop a turn between steps (`runYielding`:
-// timers, I/O, HTTP and AbortSignal keep working while a model runs). A leaf module.
+// timers, I/O, HTTP and AbortSignal keep working while a model runs). Work that cannot be cut into
+// short steps goes to a worker thread (`startThread`). A leaf module.
+import { Worker } from 'worker_threads';
 
 /** Node's AbortError ("The operation was aborted", code ABORT_ERR), with the signal's reason as cause. */
 export class AbortError extends Error {
@@ -51,4 +53,13 @@ export async function runYielding<T>(steps: Steps<T>, signal?: AbortSignal): Pro
     steps.return(undefined as never);
     throw e;
   }
+}
+
+/**
+ * A worker thread running the module `entry` (a .js file, or a .ts source under tsx in development
+ * and tests), with `workerData`.
+ */
+export function startThread(entry: string, workerData?: unknown): Worker {
+  if (entry.endsWith('.ts')) return new Worker(`require('tsx/cjs'); require(${JSON.stringify(entry)});`, { eval: true, workerData });
+  return new Worker(entry, { workerData });
 }

@@ -9,7 +9,8 @@ import * as os from 'os';
 import * as path from 'path';
 import * as zlib from 'zlib';
 import { initBackend } from '../src/backend';
-import { decodeRGB, dynamicPreprocess, loadImage } from '../src/preprocess/image';
+import { decodeRGB, loadImage } from '../src/preprocess/image';
+import { dynamicPreprocess } from '../src/preprocess/tiles';
 import { checkPixelLimit, headerSize, PILLOW_MAX_IMAGE_PIXELS, sniffFormat } from '../src/preprocess/formats';
 import { FIXTURES } from './helpers';
 

@@ -1,15 +1,16 @@
 // pvc serve --model DIR [--host 127.0.0.1] [--port 8000] [--api-key KEY] [--allowed-local-media-path DIR]
-//           [--max-queue N] [--max-model-len N] [--served-model-name NAME] [--backend B] [--weights W] [--matmul M]
+//           [--max-queue N] [--max-model-len N] [--served-model-name NAME] [--*-timeout S] [--backend B] [--weights W] [--matmul M]
 // Listens at once (503 while the model loads), runs until SIGINT / SIGTERM.
 import * as path from 'path';
 import { BACKEND_NAMES } from '../backend';
 import { flag, number, oneOf, parseOptions, text, value, Values, WEIGHT_OPTIONS, WEIGHT_USAGE, weightLoadOptions } from './args';
 import { PVCModel } from '../pvc_model';
-import { DEFAULT_LIMITS } from '../server/limits';
+import { DEFAULT_LIMITS, ServerLimits } from '../server/limits';
 import { ChatServer } from '../server/server';
 
 export const SERVE_USAGE = `usage: pvc serve --model DIR [--host 127.0.0.1] [--port 8000] [--api-key KEY] [--allowed-local-media-path DIR]
-                 [--max-queue N] [--max-model-len N] [--served-model-name NAME] [--backend B] [--weights W] [--matmul M]
+                 [--max-queue N] [--max-model-len N] [--served-model-name NAME] [--headers-timeout S] [--request-timeout S]
+                 [--body-idle-timeout S] [--keep-alive-timeout S] [--backend B] [--weights W] [--matmul M]
   An OpenAI-compatible server: GET /v1/models, POST /v1/chat/completions (stream or not), GET /health.
   --api-key KEY                    require "Authorization: Bearer KEY" (also read from PVC_API_KEY)
   --allowed-local-media-path DIR   requests may name files (paths, file:// URLs) under DIR; none otherwise
@@ -17,7 +18,14 @@ export const SERVE_USAGE = `usage: pvc serve --model DIR [--host 127.0.0.1] [--p
   --max-model-len N                prompt plus max_tokens a request may ask for (default max_position_embeddings
                                    x the rope_scaling factor, vLLM's rule; the model itself refuses no length)
   --served-model-name NAME         the name clients pass as "model" (default: the model directory's name)
+  --headers-timeout S              seconds a client has to send a request's headers (default ${DEFAULT_LIMITS.headersTimeoutMs / 1000})
+  --request-timeout S              seconds a client has to send a whole request (default ${DEFAULT_LIMITS.requestTimeoutMs / 1000})
+  --body-idle-timeout S            seconds a request body may pause between chunks (default ${DEFAULT_LIMITS.bodyIdleTimeoutMs / 1000})
+  --keep-alive-timeout S           seconds an idle connection stays open between requests (default ${DEFAULT_LIMITS.keepAliveTimeoutMs / 1000})
+                                   (a client over a timeout gets 408 and its connection closed)
 ${WEIGHT_USAGE}`;
+
+const seconds = number({ above: 0, max: 86400 });
 
 const SERVE_OPTIONS = {
   model: value(text),
@@ -28,10 +36,26 @@ const SERVE_OPTIONS = {
   maxQueue: value(number({ integer: true, min: 0 })),
   maxModelLen: value(number({ integer: true, min: 1 })),
   servedModelName: value(text),
+  headersTimeout: value(seconds),
+  requestTimeout: value(seconds),
+  bodyIdleTimeout: value(seconds),
+  keepAliveTimeout: value(seconds),
   backend: value(oneOf(BACKEND_NAMES)),
   ...WEIGHT_OPTIONS,
   help: flag('h'),
 };
+
+/** The limits the flags set (the others keep DEFAULT_LIMITS). */
+function serverLimits(o: Values<typeof SERVE_OPTIONS>): Partial<ServerLimits> {
+  const limits: Partial<ServerLimits> = {};
+  if (o.maxQueue !== undefined) limits.maxQueue = o.maxQueue;
+  const ms = (s: number) => Math.round(s * 1000);
+  if (o.headersTimeout !== undefined) limits.headersTimeoutMs = ms(o.headersTimeout);
+  if (o.requestTimeout !== undefined) limits.requestTimeoutMs = ms(o.requestTimeout);
+  if (o.bodyIdleTimeout !== undefined) limits.bodyIdleTimeoutMs = ms(o.bodyIdleTimeout);
+  if (o.keepAliveTimeout !== undefined) limits.keepAliveTimeoutMs = ms(o.keepAliveTimeout);
+  return limits;
+}
 
 export async function serveCommand(argv: string[]): Promise<number> {
   let o: Values<typeof SERVE_OPTIONS>;
@@ -54,7 +78,7 @@ export async function serveCommand(argv: string[]): Promise<number> {
     port: o.port,
     apiKey: o.apiKey ?? process.env.PVC_API_KEY,
     allowedLocalMediaPath: o.allowedLocalMediaPath,
-    limits: o.maxQueue === undefined ? {} : { maxQueue: o.maxQueue },
+    limits: serverLimits(o),
     maxModelLen: o.maxModelLen,
     log: (line) => process.stderr.write(`${new Date().toISOString()} ${line}\n`),
   });

@@ -4,14 +4,15 @@
 //   [frames * tiles, 3, S, S].
 // Decoding uses ffmpeg/ffprobe: a system ffmpeg on PATH when present, else the binaries shipped in
 // the @ffmpeg-installer / @ffprobe-installer npm packages. Only the chosen frames are converted and
-// read back.
+// read back, one at a time, and each is tiled (in the tiling thread) before the next is read.
 import * as tf from '@tensorflow/tfjs';
 import { spawn, spawnSync } from 'child_process';
 import * as fs from 'fs';
+import { Readable } from 'stream';
 import { initBackend } from '../backend';
-import { AbortError } from '../event_loop';
-import { dynamicPreprocess, tilesToTensor } from './image';
+import { throwIfAborted } from '../event_loop';
 import { RGBImage } from './resample';
+import { TiledImage, tileImage } from './tiles';
 
 export interface VideoOptions {
   /** Frames sampled uniformly over the clip (or the bound). Default 32. */
@@ -25,6 +26,8 @@ export interface VideoOptions {
   warn?: (message: string) => void;
   /** Aborting kills the running ffprobe / ffmpeg (SIGKILL) and rejects with an AbortError. */
   signal?: AbortSignal;
+  /** Called once the video is probed and its frames chosen, before any is decoded: throw to refuse it. */
+  check?: (info: VideoInfo, frameIndices: number[]) => void;
 }
 
 export interface LoadedVideo {
@@ -102,32 +105,53 @@ export function getIndex(bound: [number, number] | undefined, fps: number, maxFr
   return Array.from({ length: numSegments }, (_, k) => Math.trunc(startIdx + seg / 2 + roundHalfEven(seg * k)));
 }
 
-/** Runs a binary to its end, in the background; aborting `signal` kills it (SIGKILL) and rejects with an AbortError. */
-function run(
+/** Most stderr kept from a run (a broken stream can print a line per frame). */
+const STDERR_CHARS = 64 * 1024;
+
+/**
+ * Runs a binary in the background, `consume` reading its stdout as it comes (the binary waits while
+ * `consume` does not read). Aborting `signal` kills it (SIGKILL) and rejects with an AbortError; an
+ * error thrown by `consume` kills it too and is rethrown.
+ */
+async function run<T>(
   command: string,
   args: string[],
   stdio: ('ignore' | 'pipe' | number)[],
-  signal?: AbortSignal,
-): Promise<{ code: number | null; stdout: Buffer; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    if (signal?.aborted) return reject(new AbortError(signal.reason));
-    const proc = spawn(command, args, { stdio });
-    const chunks: Buffer[] = [];
-    let stderr = '';
-    const kill = () => proc.kill('SIGKILL');
-    signal?.addEventListener('abort', kill, { once: true });
-    proc.stdout!.on('data', (c: Buffer) => chunks.push(c));
-    proc.stderr!.on('data', (c: Buffer) => (stderr += c.toString()));
-    proc.on('error', (e) => {
-      signal?.removeEventListener('abort', kill);
-      reject(e);
-    });
-    proc.on('close', (code) => {
-      signal?.removeEventListener('abort', kill);
-      if (signal?.aborted) reject(new AbortError(signal.reason));
-      else resolve({ code, stdout: Buffer.concat(chunks), stderr });
-    });
+  signal: AbortSignal | undefined,
+  consume: (stdout: Readable) => Promise<T>,
+): Promise<{ code: number | null; out: T; stderr: string }> {
+  throwIfAborted(signal);
+  const proc = spawn(command, args, { stdio });
+  const kill = () => proc.kill('SIGKILL');
+  signal?.addEventListener('abort', kill, { once: true });
+  let stderr = '';
+  proc.stderr!.on('data', (c: Buffer) => {
+    if (stderr.length < STDERR_CHARS) stderr += c.toString();
   });
+  const closed = new Promise<number | null>((resolve, reject) => {
+    proc.on('error', reject);
+    proc.on('close', resolve);
+  });
+  closed.catch(() => {}); // awaited below; an early spawn error is not unhandled
+  try {
+    const out = await consume(proc.stdout!);
+    const code = await closed;
+    throwIfAborted(signal);
+    return { code, out, stderr };
+  } catch (e) {
+    kill();
+    await closed.catch(() => {});
+    throwIfAborted(signal);
+    throw e;
+  } finally {
+    signal?.removeEventListener('abort', kill);
+  }
+}
+
+async function collect(stdout: Readable): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of stdout) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks);
 }
 
 /** Frame count and average fps of the first video stream, as decord reports them. */
@@ -136,7 +160,7 @@ export async function probeVideo(file: VideoFile, signal?: AbortSignal): Promise
   if (typeof file === 'string' && !fs.existsSync(file)) throw new Error(`${name}: no such video file`);
   if ((typeof file === 'string' ? fs.statSync(file) : fs.fstatSync(file.fd)).size === 0) throw new Error(`${name}: the file is empty (0 bytes)`);
   const args = ['-v', 'error', '-select_streams', 'v:0', '-count_packets', '-show_entries', 'stream=width,height,avg_frame_rate,nb_frames,nb_read_packets'];
-  const { code, stdout, stderr } = await run(binary('ffprobe'), [...args, '-of', 'json', input], stdio, signal);
+  const { code, out: stdout, stderr } = await run(binary('ffprobe'), [...args, '-of', 'json', input], stdio, signal, collect);
   if (code !== 0) throw new Error(`${name}: cannot read the video (${clean(stderr.trim().split('\n')[0]) || `ffprobe exit ${code}`})`);
   const streams = (JSON.parse(stdout.toString('utf8')) as { streams?: Record<string, string | number>[] }).streams ?? [];
   if (streams.length === 0) throw new Error(`${name}: no video stream`);
@@ -147,8 +171,18 @@ export async function probeVideo(file: VideoFile, signal?: AbortSignal): Promise
   return { width: Number(s.width), height: Number(s.height), frameCount, fps: num / den };
 }
 
-/** Decodes the frames with the given (ascending, distinct) indices to RGB. */
-export async function decodeFrames(file: VideoFile, info: VideoInfo, indices: number[], signal?: AbortSignal): Promise<RGBImage[]> {
+/**
+ * Decodes the frames with the given (ascending, distinct) indices to RGB, one at a time: `onFrame(k,
+ * frame)` gets the k-th, in a buffer that is reused for the next frame once the promise it returns
+ * resolves (copy what you keep). One frame is held at a time, whatever the count and size.
+ */
+export async function decodeFrames(
+  file: VideoFile,
+  info: VideoInfo,
+  indices: number[],
+  onFrame: (k: number, frame: RGBImage) => Promise<void> | void,
+  signal?: AbortSignal,
+): Promise<void> {
   const { input, stdio, name, clean } = ffInput(file);
   const select = indices.map((i) => `eq(n\\,${i})`).join('+');
   const args = [
@@ -170,12 +204,30 @@ export async function decodeFrames(file: VideoFile, info: VideoInfo, indices: nu
     'pipe:1',
   ];
   const frameBytes = info.width * info.height * 3;
-  const { code, stdout: all, stderr } = await run(binary('ffmpeg'), args, stdio, signal);
+  const frame: RGBImage = { width: info.width, height: info.height, data: new Uint8Array(frameBytes) };
+  const tooMany = () => new Error(`${name}: ffmpeg sent more than the ${indices.length} frames of ${info.width}x${info.height} asked for`);
+  const { code, out, stderr } = await run(binary('ffmpeg'), args, stdio, signal, async (stdout) => {
+    let k = 0;
+    let filled = 0;
+    for await (const chunk of stdout as AsyncIterable<Buffer>) {
+      for (let at = 0; at < chunk.length; ) {
+        if (k === indices.length) throw tooMany();
+        const n = Math.min(chunk.length - at, frameBytes - filled);
+        frame.data.set(chunk.subarray(at, at + n), filled);
+        at += n;
+        filled += n;
+        if (filled === frameBytes) {
+          await onFrame(k++, frame);
+          filled = 0;
+        }
+      }
+    }
+    return { frames: k, partial: filled };
+  });
   if (code !== 0) throw new Error(`${name}: ffmpeg failed (exit ${code}): ${clean(stderr.trim().split('\n')[0])}`);
-  if (all.length !== frameBytes * indices.length) {
-    throw new Error(`${name}: expected ${indices.length} frames of ${info.width}x${info.height} from ffmpeg, got ${all.length / frameBytes}`);
+  if (out.frames !== indices.length || out.partial !== 0) {
+    throw new Error(`${name}: expected ${indices.length} frames of ${info.width}x${info.height} from ffmpeg, got ${out.frames + out.partial / frameBytes}`);
   }
-  return indices.map((_, k) => ({ width: info.width, height: info.height, data: new Uint8Array(all.buffer, all.byteOffset + k * frameBytes, frameBytes) }));
 }
 
 /** Loads a video into model input, as upstream's load_video. */
@@ -188,22 +240,43 @@ export async function loadVideo(file: VideoFile, options: VideoOptions = {}): Pr
     throw new Error(`bound ${JSON.stringify(options.bound)}: expected [start, end] in seconds with start <= end`);
   }
   const info = await probeVideo(file, options.signal);
-  await initBackend(); // the tensor goes to the chosen backend (a no-op once one is active)
   const frameIndices = getIndex(options.bound, info.fps, info.frameCount - 1, numSegments);
+  options.check?.(info, frameIndices);
+  await initBackend(); // the tensor goes to the chosen backend (a no-op once one is active)
   const unique = [...new Set(frameIndices)].sort((a, b) => a - b);
   if (unique.length < frameIndices.length) {
     (options.warn ?? ((m: string) => process.stderr.write(m + '\n')))(
       `${typeof file === 'string' ? file : file.name}: ${numSegments} segments over ${unique.length} distinct frames: some frames are repeated (as upstream's get_index does)`,
     );
   }
-  const decoded = await decodeFrames(file, info, unique, options.signal);
-  const byIndex = new Map(unique.map((i, k) => [i, decoded[k]]));
-  const tiles: RGBImage[] = [];
-  const numPatchesList: number[] = [];
+  // Each frame is tiled in the tiling thread while ffmpeg decodes the next: at most one frame there
+  // and one being read, and only the tiles (at the model's size) kept.
+  const tiled = new Map<number, TiledImage>();
+  let tiling: Promise<void> = Promise.resolve();
+  const tileOptions = { minNum: 1, maxNum, imageSize: inputSize, useThumbnail: true };
+  await decodeFrames(
+    file,
+    info,
+    unique,
+    async (k, frame) => {
+      await tiling;
+      throwIfAborted(options.signal);
+      tiling = tileImage(frame, tileOptions).then((t) => void tiled.set(unique[k], t));
+      tiling.catch(() => {}); // awaited at the next frame or below
+    },
+    options.signal,
+  );
+  await tiling;
+  const numPatchesList = frameIndices.map((i) => tiled.get(i)!.numTiles);
+  const tileValues = 3 * inputSize * inputSize;
+  const pixels = new Float32Array(numPatchesList.reduce((a, b) => a + b, 0) * tileValues);
+  let at = 0;
   for (const i of frameIndices) {
-    const t = dynamicPreprocess(byIndex.get(i)!, { minNum: 1, maxNum, imageSize: inputSize, useThumbnail: true }).tiles;
-    tiles.push(...t);
-    numPatchesList.push(t.length);
+    const t = tiled.get(i)!;
+    pixels.set(t.pixels, at);
+    at += t.pixels.length;
   }
-  return { pixelValues: tilesToTensor(tiles), numPatchesList, frameIndices, fps: info.fps, frameCount: info.frameCount };
+  tiled.clear();
+  const pixelValues = tf.tensor4d(pixels, [at / tileValues, 3, inputSize, inputSize]);
+  return { pixelValues, numPatchesList, frameIndices, fps: info.fps, frameCount: info.frameCount };
 }

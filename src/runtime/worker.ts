@@ -7,13 +7,13 @@
 // worker uses its model directory's own tokenizer (a `tokenizer` option is refused); inspect returns arrays ({ shape, data }).
 import type * as tf from '@tensorflow/tfjs';
 import * as path from 'path';
-import { Worker } from 'worker_threads';
+import type { Worker } from 'worker_threads';
 import { BackendName, setTensorflowEnvironment } from '../backend';
 import type { BatchChatOptions, ChatIds, ChatOptions, GenerationOptions } from '../chat/chat';
 import type { History } from '../chat/template';
 import type { ModelConfig } from '../config';
 import { InputError } from '../errors';
-import { AbortError } from '../event_loop';
+import { AbortError, startThread } from '../event_loop';
 import type { Inspection, InspectRequest, TapArray } from '../inspect/inspect';
 import type { WeightPrecision } from '../io/weights';
 import type { RunLimits } from '../model/vlm';
@@ -48,11 +48,7 @@ function toError(e: ErrorData, signal?: AbortSignal): Error {
 /** The worker entry: the compiled host next to this file, or the TypeScript source through tsx. */
 function startWorker(data: HostData): Worker {
   setTensorflowEnvironment();
-  const host = path.join(__dirname, `host${path.extname(__filename)}`);
-  if (host.endsWith('.ts')) {
-    return new Worker(`require('tsx/cjs'); require(${JSON.stringify(host)});`, { eval: true, workerData: data });
-  }
-  return new Worker(host, { workerData: data });
+  return startThread(path.join(__dirname, `host${path.extname(__filename)}`), data);
 }
 
 export class WorkerModel implements ChatModel {

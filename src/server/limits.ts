@@ -3,12 +3,22 @@
 export interface ServerLimits {
   /** Most bytes of a request body (413 above). */
   maxBodyBytes: number;
+  /**
+   * Most bytes of request bodies held at once, summed over requests being received, waiting or running
+   * (429 above, before the rest of the body is read): many large bodies cannot take the memory.
+   */
+  maxBodyBytesHeld: number;
   /** Most decoded bytes of one image or video (a data URL's payload or a local file). */
   maxMediaBytes: number;
   /** Most pixels of an image (width x height, read from its header before decoding). */
   maxImagePixels: number;
   /** Most pixels of a video frame (width x height as ffprobe reports them). */
   maxFramePixels: number;
+  /**
+   * Most pixels decoded from one video: frames up to the last one sampled x the frame size (ffmpeg
+   * decodes every frame before the last it keeps). Checked from ffprobe's numbers before decoding.
+   */
+  maxDecodePixels: number;
   /** Most characters of text in one request (all messages): bounds the tokenizer's work before the context check. */
   maxTextChars: number;
   /** Most messages in one request. */
@@ -43,9 +53,11 @@ export interface ServerLimits {
 
 export const DEFAULT_LIMITS: ServerLimits = {
   maxBodyBytes: 64 * 1024 * 1024,
+  maxBodyBytesHeld: 256 * 1024 * 1024,
   maxMediaBytes: 32 * 1024 * 1024,
   maxImagePixels: 6000 * 6000,
   maxFramePixels: 3840 * 2160,
+  maxDecodePixels: 2 ** 34,
   maxTextChars: 256 * 1024,
   maxMessages: 1024,
   maxJsonDepth: 32,

@@ -11,8 +11,9 @@ import { fileURLToPath } from 'url';
 import { AbortError } from '../event_loop';
 import { headerSize, ImageFormat, sniffFormat } from '../preprocess/formats';
 import { LoadedImage, loadImage } from '../preprocess/image';
-import { canReadDescriptors, LoadedVideo, loadVideo, probeVideo, VideoFile } from '../preprocess/video';
-import { badRequest } from './errors';
+import { tileGrid } from '../preprocess/tiles';
+import { canReadDescriptors, LoadedVideo, loadVideo, VideoFile, VideoInfo } from '../preprocess/video';
+import { ApiError, badRequest } from './errors';
 import { ServerLimits } from './limits';
 
 export type MediaKind = 'image' | 'video';
@@ -178,6 +179,20 @@ export async function resolveMedia(
   return readLocal(await openLocal(url, kind, param, root, limits), kind, param, limits);
 }
 
+/**
+ * The tiles a part will be, known before decoding: an image's from the size in its header (0 when the
+ * header cannot be read: decoding will say why), a video's one per sampled frame.
+ */
+export function tilesOf(source: MediaSource, inputSize: number): number {
+  if (source.kind === 'video') return source.numFrames!;
+  try {
+    const { width, height } = headerSize(source.bytes!, sniffFormat(source.bytes!) as ImageFormat);
+    return tileGrid(width, height, { minNum: 1, maxNum: source.maxNum!, imageSize: inputSize, useThumbnail: true }).numTiles;
+  } catch {
+    return 0;
+  }
+}
+
 /** An image's bytes into model input, its pixel count checked from the header first (a hard limit, not Pillow's warning). */
 export async function decodeImagePart(bytes: Buffer, options: { inputSize: number; maxNum: number; maxPixels: number }, param: string): Promise<LoadedImage> {
   let size: { width: number; height: number };
@@ -203,7 +218,7 @@ export async function decodeImagePart(bytes: Buffer, options: { inputSize: numbe
  */
 export async function decodeVideoPart(
   source: MediaSource,
-  options: { inputSize: number; numFrames: number; maxFramePixels: number },
+  options: { inputSize: number; numFrames: number; maxFramePixels: number; maxDecodePixels: number },
   signal?: AbortSignal,
 ): Promise<LoadedVideo> {
   let tmp: string | null = null;
@@ -215,25 +230,30 @@ export async function decodeVideoPart(
       file = path.join(tmp, 'video');
       await fs.promises.writeFile(file, bytes, { mode: 0o600, flag: 'wx' });
     }
-    let size: { width: number; height: number };
+    // Refused from ffprobe's header numbers, before anything is decoded: the frame size, and the
+    // pixels ffmpeg must decode to reach the last sampled frame (it decodes every frame up to there).
+    const check = ({ width, height }: VideoInfo, frameIndices: number[]) => {
+      if (width * height > options.maxFramePixels) {
+        throw badRequest(
+          source.param,
+          `the video's frames have ${width}x${height} pixels, more than the ${options.maxFramePixels} accepted`,
+          'video_too_large',
+        );
+      }
+      const decoded = (Math.max(...frameIndices) + 1) * width * height;
+      if (decoded > options.maxDecodePixels) {
+        throw badRequest(
+          source.param,
+          `reaching the video's frame ${Math.max(...frameIndices)} means decoding ${decoded} pixels, more than the ${options.maxDecodePixels} accepted (fewer or smaller frames)`,
+          'video_too_large',
+        );
+      }
+    };
     try {
-      size = await probeVideo(file, signal);
+      return await loadVideo(file, { numSegments: options.numFrames, maxNum: 1, inputSize: options.inputSize, warn: () => {}, signal, check });
     } catch (e) {
-      if (e instanceof AbortError) throw e;
+      if (e instanceof AbortError || e instanceof ApiError) throw e;
       throw badRequest(source.param, `the video cannot be read (${firstLine(e)})`, 'invalid_video');
-    }
-    if (size.width * size.height > options.maxFramePixels) {
-      throw badRequest(
-        source.param,
-        `the video's frames have ${size.width}x${size.height} pixels, more than the ${options.maxFramePixels} accepted`,
-        'video_too_large',
-      );
-    }
-    try {
-      return await loadVideo(file, { numSegments: options.numFrames, maxNum: 1, inputSize: options.inputSize, warn: () => {}, signal });
-    } catch (e) {
-      if (e instanceof AbortError) throw e;
-      throw badRequest(source.param, `the video cannot be decoded (${firstLine(e)})`, 'invalid_video');
     }
   } finally {
     if (tmp !== null) await fs.promises.rm(tmp, { recursive: true, force: true });

@@ -18,7 +18,7 @@ import { LoadedVideo } from '../preprocess/video';
 import { PVCModel } from '../pvc_model';
 import { ApiError, badRequest } from './errors';
 import { DEFAULT_LIMITS, ServerLimits } from './limits';
-import { closeMedia, decodeImagePart, decodeVideoPart } from './media';
+import { closeMedia, decodeImagePart, decodeVideoPart, tilesOf } from './media';
 import { GenerationQueue } from './queue';
 import { ChatRequest, parseChatRequest } from './request';
 
@@ -56,6 +56,8 @@ export class ChatServer {
   private readonly active = new Set<AbortController>();
   private readonly server: http.Server;
   private closing = false;
+  /** Bytes of the bodies of requests not yet answered (limits.maxBodyBytesHeld). */
+  private bodyBytesHeld = 0;
 
   private constructor(private readonly options: ServeOptions) {
     this.modelName = options.modelName ?? 'pvc';
@@ -124,21 +126,32 @@ export class ChatServer {
     const started = Date.now();
     const controller = new AbortController();
     this.active.add(controller);
+    // Bytes of this request's body counted in bodyBytesHeld until the response ends.
+    let held = 0;
+    const hold = (n: number) => {
+      if (this.bodyBytesHeld + n > this.limits.maxBodyBytesHeld) {
+        throw new ApiError(429, `the server holds too many request bodies (${this.limits.maxBodyBytesHeld} bytes at most); retry shortly`, null, 'too_many_bodies');
+      }
+      this.bodyBytesHeld += n;
+      held += n;
+    };
     // 'close' before the response is finished: the client left (or the connection broke).
     res.on('close', () => {
+      this.bodyBytesHeld -= held;
+      held = 0;
       this.active.delete(controller);
       if (!res.writableFinished) controller.abort(new Error('the client disconnected'));
       this.options.log?.(`${req.method} ${req.url} ${res.writableFinished ? res.statusCode : 'disconnected'} ${Date.now() - started} ms`);
     });
     res.on('error', () => {}); // writes after a disconnect
     try {
-      await this.route(req, res, controller.signal);
+      await this.route(req, res, controller.signal, hold);
     } catch (e) {
       this.fail(res, e);
     }
   }
 
-  private async route(req: http.IncomingMessage, res: http.ServerResponse, signal: AbortSignal): Promise<void> {
+  private async route(req: http.IncomingMessage, res: http.ServerResponse, signal: AbortSignal, hold: (bytes: number) => void): Promise<void> {
     const pathname = new URL(req.url ?? '/', 'http://localhost').pathname.replace(/\/+$/, '');
     // /v1/models/{id}: one model (the openai clients' models.retrieve()).
     const modelId = /^\/v1\/models\/(.+)$/.exec(pathname)?.[1];
@@ -170,7 +183,7 @@ export class ChatServer {
         throw new ApiError(404, `the model '${id.slice(0, 100)}' does not exist (this server serves '${this.modelName}')`, 'model', 'model_not_found');
       return sendJson(res, 200, card);
     }
-    const raw = await readBody(req, this.limits.maxBodyBytes, this.limits.bodyIdleTimeoutMs);
+    const raw = await readBody(req, this.limits.maxBodyBytes, this.limits.bodyIdleTimeoutMs, hold);
     const text = raw.toString('utf8');
     if (jsonDepth(text) > this.limits.maxJsonDepth)
       throw badRequest(null, `the body nests arrays and objects more than ${this.limits.maxJsonDepth} deep`, 'invalid_json');
@@ -187,6 +200,7 @@ export class ChatServer {
     try {
       // Resolved once, here: a bad option is a 400 before the request waits or decodes anything.
       const generation = model.generationConfig(request.generation);
+      this.checkVisualTokens(model, request);
       await this.complete(model, request, generation, res, signal);
     } finally {
       await closeMedia(request.media);
@@ -200,6 +214,20 @@ export class ChatServer {
     // Digests of equal length, compared in constant time: neither the key nor its length leaks by timing.
     if (!timingSafeEqual(digest(token), this.keyDigest))
       throw new ApiError(401, 'invalid or missing API key (Authorization: Bearer KEY)', null, 'invalid_api_key');
+  }
+
+  /** The media's visual tokens alone (from headers and the request) against the context, before the request waits or decodes. */
+  private checkVisualTokens(model: PVCModel, request: ChatRequest): void {
+    const { media } = request;
+    const dataFlag = media.some((m) => m.kind === 'video') ? 3 : media.length > 1 ? 2 : 1;
+    const visual = media.reduce((n, m) => n + tilesOf(m, model.config.image_size), 0) * model.tokensPerTile(dataFlag);
+    if (visual + request.maxTokens > this.maxModelLen(model)) {
+      throw badRequest(
+        'messages',
+        `the media's ${visual} visual tokens plus max_tokens ${request.maxTokens} exceed the server's limit of ${this.maxModelLen(model)} tokens (--max-model-len)`,
+        'context_length_exceeded',
+      );
+    }
   }
 
   private maxModelLen(model: PVCModel): number {
@@ -224,7 +252,11 @@ export class ChatServer {
         throwIfAborted(signal);
         const inputSize = model.config.image_size;
         if (m.kind === 'image') images.push(await decodeImagePart(m.bytes!, { inputSize, maxNum: m.maxNum!, maxPixels: this.limits.maxImagePixels }, m.param));
-        else video = await decodeVideoPart(m, { inputSize, numFrames: m.numFrames!, maxFramePixels: this.limits.maxFramePixels }, signal);
+        else video = await decodeVideoPart(
+            m,
+            { inputSize, numFrames: m.numFrames!, maxFramePixels: this.limits.maxFramePixels, maxDecodePixels: this.limits.maxDecodePixels },
+            signal,
+          );
       }
       throwIfAborted(signal);
       // The placeholders are the request's own (one set per user turn, see request.ts).
@@ -344,23 +376,38 @@ function sendEvent(res: http.ServerResponse, body: unknown): void {
  * The body, at most `limit` bytes (413 beyond, the rest read and dropped); a pause of more than
  * `idleMs` between chunks is a 408 (the whole request is bounded by the server's requestTimeout).
  */
-function readBody(req: http.IncomingMessage, limit: number, idleMs: number): Promise<Buffer> {
+/**
+ * The body, at most `limit` bytes, each chunk first counted by `hold` (which throws to refuse it);
+ * a pause of more than `idleMs` between chunks is a 408.
+ */
+function readBody(req: http.IncomingMessage, limit: number, idleMs: number, hold: (bytes: number) => void): Promise<Buffer> {
   const tooLarge = () => new ApiError(413, `the request body is larger than ${limit} bytes`, null, 'request_too_large');
-  if (Number(req.headers['content-length'] ?? 0) > limit) {
-    req.resume();
-    return Promise.reject(tooLarge());
+  const refuse = (e: unknown) => {
+    req.resume(); // the rest is read and dropped
+    return Promise.reject(e);
+  };
+  const declared = Number(req.headers['content-length'] ?? 0);
+  if (declared > limit) return refuse(tooLarge());
+  try {
+    hold(declared); // a declared length is counted at once, before any of it is read
+  } catch (e) {
+    return refuse(e);
   }
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
+    let refused = false;
     req.on('data', (chunk: Buffer) => {
-      if (size > limit) return; // already refused; the rest is dropped
+      if (refused) return;
       size += chunk.length;
-      if (size > limit) {
-        chunks.length = 0;
-        reject(tooLarge());
-      } else {
+      try {
+        if (size > limit) throw tooLarge();
+        if (size > declared) hold(Math.min(chunk.length, size - declared));
         chunks.push(chunk);
+      } catch (e) {
+        refused = true;
+        chunks.length = 0;
+        reject(e);
       }
     });
     req.setTimeout(idleMs, () => reject(new ApiError(408, `the request body paused for more than ${idleMs} ms`, null, 'request_timeout')));
