@@ -9,7 +9,7 @@ import * as path from 'path';
 import sharp from 'sharp';
 import { initBackend } from '../src/backend';
 import { decodeRGB, loadImage } from '../src/preprocess/image';
-import { candidateGrids, dynamicPreprocess } from '../src/preprocess/tiles';
+import { candidateGrids, dynamicPreprocess, tile, tileImage } from '../src/preprocess/tiles';
 import { decodeFrames, getIndex, loadVideo, probeVideo, roundHalfEven } from '../src/preprocess/video';
 import { SafetensorsFile } from '../src/io/safetensors';
 import { FIXTURES, MEDIA, SHARED_ASSETS as ASSETS, SHARED_ASSETS_PRESENT, withSharedAssets } from './helpers';
@@ -152,6 +152,65 @@ describe('video', () => {
     expect(messages).toHaveLength(1);
     expect(messages[0]).toMatch(/12 segments over \d+ distinct frames: some frames are repeated/);
     v.pixelValues.dispose();
+  });
+});
+
+describe('media work off the event loop, in bounded buffers', () => {
+  const opts = { minNum: 1, maxNum: 6, imageSize: 448, useThumbnail: true };
+  const noise = (width: number, height: number) => {
+    const data = new Uint8Array(width * height * 3);
+    for (let i = 0, x = 12345; i < data.length; i++) data[i] = (x = (x * 1103515245 + 12345) >>> 0) >>> 24;
+    return { width, height, data };
+  };
+
+  test('tileImage gives what tile() gives, while the event loop keeps turning; a transferred buffer comes back', async () => {
+    const image = noise(1920, 1080);
+    const expected = tile(image, opts, true);
+    let turns = 0;
+    let done = false;
+    const spin = () => !done && (turns++, setImmediate(spin));
+    spin();
+    const got = await tileImage(image, opts, { returnTiles: true });
+    done = true;
+    expect(turns).toBeGreaterThan(1); // run in this thread, it would have let the loop turn once at most
+    expect(got.numTiles).toBe(expected.numTiles);
+    expect(got.grid).toEqual(expected.grid);
+    expect(Buffer.from(got.pixels.buffer).equals(Buffer.from(expected.pixels.buffer))).toBe(true);
+    expect(got.tiles!.map((t) => sha(t.data))).toEqual(expected.tiles!.map((t) => sha(t.data)));
+    // Moved there and back: no copy left behind.
+    const moved = { ...image, data: image.data.slice() };
+    const pending = tileImage(moved, opts, { transfer: true });
+    expect(moved.data.byteLength).toBe(0);
+    const back = await pending;
+    expect(Buffer.from(back.source!).equals(Buffer.from(image.data))).toBe(true);
+  });
+
+  test('decodeFrames hands over one frame at a time, in one reused buffer (a spare once it was transferred away)', async () => {
+    const info = await probeVideo(MEDIA.video);
+    const seen: Uint8Array[] = [];
+    const sums: string[] = [];
+    await decodeFrames(MEDIA.video, info, [0, 60, 120], async (k, frame) => {
+      seen.push(frame.data);
+      sums.push(sha(frame.data));
+      await new Promise((r) => setTimeout(r, 20)); // ffmpeg waits meanwhile
+    });
+    expect(new Set(seen).size).toBe(1);
+    expect(new Set(sums).size).toBe(3);
+    const spare = new Uint8Array(info.width * info.height * 3);
+    const buffers: Uint8Array[] = [];
+    await decodeFrames(
+      MEDIA.video,
+      info,
+      [0, 60, 120],
+      (k, frame) => {
+        buffers.push(frame.data);
+        if (k === 0) structuredClone(frame.data.buffer, { transfer: [frame.data.buffer as ArrayBuffer] });
+      },
+      undefined,
+      [spare],
+    );
+    expect(buffers[1]).toBe(spare);
+    expect(buffers[2]).toBe(spare);
   });
 });
 

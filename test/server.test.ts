@@ -833,10 +833,14 @@ describe('the pvc serve command', () => {
     expect(run.status).toBe(2);
     expect(run.stderr).toContain('unknown option --bogus');
     expect(run.stderr).toContain('usage: pvc serve');
+    const zero = spawnSync(process.execPath, [bin, 'serve', '--model', dir, '--request-timeout', '0'], { encoding: 'utf8', timeout: 60_000 });
+    expect(zero.status).toBe(2);
+    expect(zero.stderr).toContain('--request-timeout expects a number in (0, 86400], not 0');
   });
 
   test('listens on 127.0.0.1 (port 0: a free one), answers once loaded, exits 0 on SIGTERM', async () => {
-    const child = spawn(process.execPath, [bin, 'serve', '--model', dir, '--port', '0', '--api-key', KEY, '--backend', 'wasm'], {
+    const flags = ['--port', '0', '--api-key', KEY, '--backend', 'wasm', '--headers-timeout', '0.5'];
+    const child = spawn(process.execPath, [bin, 'serve', '--model', dir, ...flags], {
       stdio: ['ignore', 'ignore', 'pipe'],
     });
     let stderr = '';
@@ -848,6 +852,14 @@ describe('the pvc serve command', () => {
       const cli = new OpenAI({ baseURL: `${url}/v1`, apiKey: KEY, maxRetries: 0 });
       const completion = await cli.chat.completions.create({ model: path.basename(dir), max_tokens: 3, messages: [{ role: 'user', content: 'Hi' }] });
       expect(completion.usage?.completion_tokens).toBeGreaterThan(0);
+      // --headers-timeout 0.5: headers left unfinished get a 408 and the connection closed (the default waits 30 s).
+      const reply = await new Promise<string>((resolve) => {
+        const socket = net.connect(Number(new URL(url).port), '127.0.0.1', () => socket.write('GET /health HTTP/1.1\r\nHost: x\r\n'));
+        let text = '';
+        socket.on('data', (d) => (text += d.toString()));
+        socket.on('close', () => resolve(text));
+      });
+      expect(reply).toMatch(/^HTTP\/1\.1 408/);
     } finally {
       child.kill('SIGTERM');
     }
@@ -1180,6 +1192,98 @@ describe('limits from the core and from the server', () => {
     expect(await failure(ask({ stop: 'x'.repeat(300) }))).toMatchObject({ status: 400, param: 'stop' });
     expect(await failure(ask({ stop: new Array(17).fill('a') }))).toMatchObject({ status: 400, param: 'stop' });
     expect(await failure(ask({ stop: ['a', 3] }))).toMatchObject({ status: 400, param: 'stop' });
+  });
+
+  test('media that cannot fit are refused from their headers, before the request waits or decodes anything', async () => {
+    // A PNG whose header says 6000x6000 and that has no pixel data: decoding it would fail (invalid_image).
+    const header = Buffer.alloc(33);
+    Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0, 0, 0, 13, 0x49, 0x48, 0x44, 0x52]).copy(header);
+    header.writeUInt32BE(6000, 16);
+    header.writeUInt32BE(6000, 20);
+    header.set([8, 2, 0, 0, 0], 24);
+    const url = `data:image/png;base64,${header.toString('base64')}`;
+    const part = { type: 'image_url', image_url: { url, max_num: 40 } } as unknown as Part;
+    const release = await server.queue.acquire(new AbortController().signal); // the slot is held: a refusal cannot have waited for it
+    try {
+      const f = await failure(
+        client.chat.completions.create({ model: 'tiny', max_tokens: 2, messages: [{ role: 'user', content: [...new Array(8).fill(part), textPart('Hi')] }] }),
+      );
+      expect(f).toMatchObject({ status: 400, code: 'context_length_exceeded', param: 'messages' });
+      // A square's closest grid within 40 tiles is 6x6, plus the thumbnail: 37 tiles each.
+      const tokens = 8 * 37 * model.tokensPerTile(2);
+      expect(f.message).toContain(`the media's ${tokens} visual tokens plus max_tokens 2`);
+    } finally {
+      release();
+    }
+    // Within the context, the same bytes reach the decoder and fail there.
+    const small = { type: 'image_url', image_url: { url, max_num: 1 } } as unknown as Part;
+    expect(
+      await failure(client.chat.completions.create({ model: 'tiny', max_tokens: 2, messages: [{ role: 'user', content: [small, textPart('Hi')] }] })),
+    ).toMatchObject({
+      status: 400,
+      code: 'invalid_image',
+    });
+  });
+
+  test('a video is checked from ffprobe before decoding: frame size, and the pixels decoded to reach the last sampled frame', async () => {
+    // The repository's clip: 180 frames of 320x240.
+    const ask = (c: OpenAI, frames: number) =>
+      failure(
+        c.chat.completions.create({
+          model: 'tiny',
+          max_tokens: 1,
+          messages: [{ role: 'user', content: [videoPart(dataUrl(VIDEO, 'video/mp4'), frames), textPart('Hi')] }],
+        }),
+      );
+    const bySize = await ChatServer.start({ model, modelName: 'tiny', port: 0, limits: { maxFramePixels: 320 * 240 - 1 } });
+    const byDecode = await ChatServer.start({ model, modelName: 'tiny', port: 0, limits: { maxDecodePixels: 100 * 320 * 240 } });
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const spawned = jest.spyOn(require('child_process') as typeof import('child_process'), 'spawn');
+    try {
+      const size = await ask(new OpenAI({ baseURL: `${bySize.url}/v1`, apiKey: 'none', maxRetries: 0 }), 4);
+      expect(size).toMatchObject({ status: 400, code: 'video_too_large', param: 'messages[0].content[0].video_url' });
+      expect(size.message).toMatch(/320x240 pixels, more than the 76799 accepted/);
+      const decode = new OpenAI({ baseURL: `${byDecode.url}/v1`, apiKey: 'none', maxRetries: 0 });
+      const far = await ask(decode, 4); // get_index's last frame of 4 segments over frames 0..179: trunc(22.375 + 134) = 156
+      expect(far).toMatchObject({ status: 400, code: 'video_too_large' });
+      expect(far.message).toMatch(/frame 156 means decoding 12057600 pixels, more than the 7680000 accepted/);
+      // Neither ran ffmpeg: ffprobe alone, once per request.
+      expect(spawned.mock.calls.map((c) => path.basename(String(c[0])))).toEqual(['ffprobe', 'ffprobe']);
+    } finally {
+      spawned.mockRestore();
+      await bySize.close();
+      await byDecode.close();
+    }
+  });
+
+  test('429 beyond maxBodyBytesHeld (request bodies held at once), before the rest of the body is read; the bytes come back', async () => {
+    const held = await ChatServer.start({ model, modelName: 'tiny', port: 0, limits: { maxBodyBytesHeld: 100_000 } });
+    const socket = net.connect(held.address.port, '127.0.0.1');
+    try {
+      // A body of 80,000 bytes announced and left unsent: its bytes are held while it waits.
+      await new Promise<void>((resolve) => socket.once('connect', () => resolve()));
+      socket.write('POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 80000\r\n\r\n{');
+      const body = JSON.stringify({ model: 'tiny', max_tokens: 1, user: 'x'.repeat(30_000), messages: [{ role: 'user', content: 'Hi' }] });
+      let res: Response | null = null;
+      for (let k = 0; k < 100 && res?.status !== 429; k++) {
+        res = await fetch(`${held.url}/v1/chat/completions`, { method: 'POST', body });
+        if (res.status !== 429) await new Promise((r) => setTimeout(r, 20)); // until the server has read the first request's head
+      }
+      expect(res!.status).toBe(429);
+      expect(res!.headers.get('retry-after')).toBe('1');
+      expect(((await res!.json()) as { error: { code: string } }).error.code).toBe('too_many_bodies');
+      socket.destroy();
+      // Once the first request is gone, its bytes are free again.
+      let ok: Response | null = null;
+      for (let k = 0; k < 100 && ok?.status !== 200; k++) {
+        ok = await fetch(`${held.url}/v1/chat/completions`, { method: 'POST', body });
+        if (ok.status !== 200) await new Promise((r) => setTimeout(r, 20));
+      }
+      expect(ok!.status).toBe(200);
+    } finally {
+      socket.destroy();
+      await held.close();
+    }
   });
 
   test('--max-model-len: /v1/models reports it and a longer request is refused naming it', async () => {

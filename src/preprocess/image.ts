@@ -122,7 +122,7 @@ export async function loadImage(source: string | Buffer, options: ImageOptions =
   const { pixels, numTiles, grid, tiles } = await tileImage(
     image,
     { minNum: o.minNum, maxNum: o.maxNum, imageSize: o.inputSize, useThumbnail: o.useThumbnail },
-    options.returnTiles,
+    { returnTiles: options.returnTiles },
   );
   return {
     pixelValues: tf.tensor4d(pixels, [numTiles, 3, o.inputSize, o.inputSize]),

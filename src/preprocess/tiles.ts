@@ -141,6 +141,18 @@ export interface TiledImage {
   numTiles: number;
   grid: [number, number];
   tiles?: RGBImage[];
+  /** The image's own pixels, given back when they were transferred (TileCall.transfer). */
+  source?: Uint8Array;
+}
+
+export interface TileCall {
+  /** Also return the 8-bit tiles. */
+  returnTiles?: boolean;
+  /**
+   * Move the image's buffer to the tiling thread instead of copying it (the caller's view is empty
+   * until `source` brings it back): a video's frame buffers go back and forth, no copy and no garbage.
+   */
+  transfer?: boolean;
 }
 
 /** What the main thread and tile_worker.ts say to each other. */
@@ -148,12 +160,12 @@ export interface TileRequest {
   id: number;
   image: RGBImage;
   options: TileOptions;
-  returnTiles: boolean;
+  call: TileCall;
 }
-export type TileReply = { id: number; tiled: TiledImage } | { id: number; error: string };
+export type TileReply = { id: number; tiled: TiledImage } | { id: number; error: string; source?: Uint8Array };
 
 /** dynamicPreprocess then normalizeTiles (what the worker runs). */
-export function tile(image: RGBImage, options: TileOptions, returnTiles: boolean): TiledImage {
+export function tile(image: RGBImage, options: TileOptions, returnTiles = false): TiledImage {
   const { tiles, grid } = dynamicPreprocess(image, options);
   return { pixels: normalizeTiles(tiles), numTiles: tiles.length, grid, ...(returnTiles ? { tiles } : {}) };
 }
@@ -190,18 +202,19 @@ function startTiler(): Tiler {
 
 /**
  * `tile` in the tiling thread. The image's pixels are copied to it at the call (the caller may reuse
- * its buffer as soon as this returns); the tiles come back without a copy.
+ * its buffer as soon as this returns), or moved (`call.transfer`); the tiles come back without a copy.
  */
-export function tileImage(image: RGBImage, options: TileOptions, returnTiles = false): Promise<TiledImage> {
+export function tileImage(image: RGBImage, options: TileOptions, call: TileCall = {}): Promise<TiledImage> {
   tiler ??= startTiler();
   const t = tiler;
   const id = nextId++;
   // A view of a larger buffer would carry all of it: only the image's bytes are sent.
   const whole = image.data.byteOffset === 0 && image.data.byteLength === image.data.buffer.byteLength;
-  const request: TileRequest = { id, image: { width: image.width, height: image.height, data: whole ? image.data : image.data.slice() }, options, returnTiles };
+  const data = whole ? image.data : image.data.slice();
+  const request: TileRequest = { id, image: { width: image.width, height: image.height, data }, options, call };
   return new Promise((resolve, reject) => {
     t.pending.set(id, { resolve, reject });
     t.worker.ref();
-    t.worker.postMessage(request);
+    t.worker.postMessage(request, call.transfer ? [data.buffer as ArrayBuffer] : []);
   });
 }

@@ -174,7 +174,9 @@ export async function probeVideo(file: VideoFile, signal?: AbortSignal): Promise
 /**
  * Decodes the frames with the given (ascending, distinct) indices to RGB, one at a time: `onFrame(k,
  * frame)` gets the k-th, in a buffer that is reused for the next frame once the promise it returns
- * resolves (copy what you keep). One frame is held at a time, whatever the count and size.
+ * resolves (copy what you keep), unless onFrame transferred it away (then the next buffer is taken
+ * from `spare`, or allocated). Only the frames' buffers are held, whatever the count and size; the
+ * last one is left in `spare`.
  */
 export async function decodeFrames(
   file: VideoFile,
@@ -182,6 +184,7 @@ export async function decodeFrames(
   indices: number[],
   onFrame: (k: number, frame: RGBImage) => Promise<void> | void,
   signal?: AbortSignal,
+  spare: Uint8Array[] = [],
 ): Promise<void> {
   const { input, stdio, name, clean } = ffInput(file);
   const select = indices.map((i) => `eq(n\\,${i})`).join('+');
@@ -204,13 +207,13 @@ export async function decodeFrames(
     'pipe:1',
   ];
   const frameBytes = info.width * info.height * 3;
-  const frame: RGBImage = { width: info.width, height: info.height, data: new Uint8Array(frameBytes) };
+  const frame: RGBImage = { width: info.width, height: info.height, data: spare.pop() ?? new Uint8Array(frameBytes) };
   const tooMany = () => new Error(`${name}: ffmpeg sent more than the ${indices.length} frames of ${info.width}x${info.height} asked for`);
   const { code, out, stderr } = await run(binary('ffmpeg'), args, stdio, signal, async (stdout) => {
     let k = 0;
     let filled = 0;
     for await (const chunk of stdout as AsyncIterable<Buffer>) {
-      for (let at = 0; at < chunk.length; ) {
+      for (let at = 0; at < chunk.length;) {
         if (k === indices.length) throw tooMany();
         const n = Math.min(chunk.length - at, frameBytes - filled);
         frame.data.set(chunk.subarray(at, at + n), filled);
@@ -219,15 +222,39 @@ export async function decodeFrames(
         if (filled === frameBytes) {
           await onFrame(k++, frame);
           filled = 0;
+          if (frame.data.byteLength === 0) frame.data = spare.pop() ?? new Uint8Array(frameBytes); // transferred
         }
       }
     }
     return { frames: k, partial: filled };
   });
+  if (frame.data.byteLength === frameBytes) spare.push(frame.data); // for the caller's next video
   if (code !== 0) throw new Error(`${name}: ffmpeg failed (exit ${code}): ${clean(stderr.trim().split('\n')[0])}`);
   if (out.frames !== indices.length || out.partial !== 0) {
     throw new Error(`${name}: expected ${indices.length} frames of ${info.width}x${info.height} from ffmpeg, got ${out.frames + out.partial / frameBytes}`);
   }
+}
+
+/**
+ * Frame buffers kept from one video to the next (two of the last frame size: one being filled, one
+ * being tiled), dropped after a minute without video. A server decoding video after video reuses them
+ * instead of leaving two buffers per video (25 MB each at 4K) for the garbage collector to free
+ * whenever it runs.
+ */
+const framePool: Uint8Array[] = [];
+let framePoolTimer: NodeJS.Timeout | undefined;
+
+function takeFrameBuffers(frameBytes: number): Uint8Array[] {
+  clearTimeout(framePoolTimer);
+  const taken = framePool.filter((b) => b.byteLength === frameBytes);
+  framePool.length = 0;
+  return taken;
+}
+
+function keepFrameBuffers(buffers: Uint8Array[]): void {
+  framePool.push(...buffers.slice(0, 2));
+  framePool.splice(2);
+  framePoolTimer = setTimeout(() => (framePool.length = 0), 60_000).unref();
 }
 
 /** Loads a video into model input, as upstream's load_video. */
@@ -249,9 +276,10 @@ export async function loadVideo(file: VideoFile, options: VideoOptions = {}): Pr
       `${typeof file === 'string' ? file : file.name}: ${numSegments} segments over ${unique.length} distinct frames: some frames are repeated (as upstream's get_index does)`,
     );
   }
-  // Each frame is tiled in the tiling thread while ffmpeg decodes the next: at most one frame there
-  // and one being read, and only the tiles (at the model's size) kept.
+  // Each frame is tiled in the tiling thread while ffmpeg decodes the next: two frame buffers go back
+  // and forth (one there, one being filled), and only the tiles (at the model's size) are kept.
   const tiled = new Map<number, TiledImage>();
+  const spare = takeFrameBuffers(info.width * info.height * 3);
   let tiling: Promise<void> = Promise.resolve();
   const tileOptions = { minNum: 1, maxNum, imageSize: inputSize, useThumbnail: true };
   await decodeFrames(
@@ -261,12 +289,17 @@ export async function loadVideo(file: VideoFile, options: VideoOptions = {}): Pr
     async (k, frame) => {
       await tiling;
       throwIfAborted(options.signal);
-      tiling = tileImage(frame, tileOptions).then((t) => void tiled.set(unique[k], t));
+      tiling = tileImage(frame, tileOptions, { transfer: true }).then((t) => {
+        spare.push(t.source!);
+        tiled.set(unique[k], { ...t, source: undefined });
+      });
       tiling.catch(() => {}); // awaited at the next frame or below
     },
     options.signal,
+    spare,
   );
   await tiling;
+  keepFrameBuffers(spare);
   const numPatchesList = frameIndices.map((i) => tiled.get(i)!.numTiles);
   const tileValues = 3 * inputSize * inputSize;
   const pixels = new Float32Array(numPatchesList.reduce((a, b) => a + b, 0) * tileValues);

@@ -6,6 +6,8 @@
 // (clients x requests) and in time (--time-limit: clients stop sending after it).
 //
 //   npx tsx test/bench/serve-bench.ts [--clients 8] [--requests 12] [--max-queue 4] [--max-tokens 16] [--time-limit 120]
+//
+// With --abuse: hostile requests against a `pvc serve` process instead (serve-abuse.ts).
 import * as tf from '@tensorflow/tfjs';
 import * as fs from 'fs';
 import OpenAI from 'openai';
@@ -14,6 +16,7 @@ import * as path from 'path';
 import { PVCModel } from '../../src/pvc_model';
 import { ChatServer } from '../../src/server/server';
 import { convertFixture } from '../helpers';
+import { abuseBench } from './serve-abuse';
 
 const ROOT = path.join(__dirname, '..', '..');
 const IMAGE = path.join(ROOT, 'examples', 'media', 'image1.jpg'); // the repository's own 1000x747 example
@@ -36,6 +39,7 @@ interface Outcome {
 }
 
 async function main(): Promise<number> {
+  if (process.argv.includes('--abuse')) return abuseBench();
   const clients = option('clients', 8);
   const perClient = option('requests', 12);
   const maxQueue = option('max-queue', 4);
