@@ -60,6 +60,10 @@ export async function runYielding<T>(steps: Steps<T>, signal?: AbortSignal): Pro
  * and tests), with `workerData`.
  */
 export function startThread(entry: string, workerData?: unknown): Worker {
-  if (entry.endsWith('.ts')) return new Worker(`require('tsx/cjs'); require(${JSON.stringify(entry)});`, { eval: true, workerData });
+  if (entry.endsWith('.ts')) {
+    // tsx as this package finds it (a worker's eval resolves modules from the process's directory).
+    const tsx = require.resolve('tsx/cjs');
+    return new Worker(`require(${JSON.stringify(tsx)}); require(${JSON.stringify(entry)});`, { eval: true, workerData });
+  }
   return new Worker(entry, { workerData });
 }

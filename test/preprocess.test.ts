@@ -196,7 +196,9 @@ describe('media work off the event loop, in bounded buffers', () => {
     });
     expect(new Set(seen).size).toBe(1);
     expect(new Set(sums).size).toBe(3);
+    // A spare is used first; once it is transferred away, a new buffer serves the rest and is left in the spares.
     const spare = new Uint8Array(info.width * info.height * 3);
+    const spares = [spare];
     const buffers: Uint8Array[] = [];
     await decodeFrames(
       MEDIA.video,
@@ -207,10 +209,14 @@ describe('media work off the event loop, in bounded buffers', () => {
         if (k === 0) structuredClone(frame.data.buffer, { transfer: [frame.data.buffer as ArrayBuffer] });
       },
       undefined,
-      [spare],
+      spares,
     );
-    expect(buffers[1]).toBe(spare);
-    expect(buffers[2]).toBe(spare);
+    expect(buffers[0]).toBe(spare);
+    expect(spare.byteLength).toBe(0); // moved away
+    expect(buffers[1]).not.toBe(spare);
+    expect(buffers[2]).toBe(buffers[1]);
+    expect(spares).toHaveLength(1);
+    expect(spares[0]).toBe(buffers[1]);
   });
 });
 
