@@ -13,6 +13,8 @@ export type { BatchChatOptions, ChatIds, ChatOptions, ChatTurn, GenerationOption
 export { withImagePlaceholders } from './chat/prompt';
 export { chatInputs, loadChatInputs } from './chat/inputs';
 export type { ChatInputs, LoadedMedia, MediaFiles, MediaOptions } from './chat/inputs';
+export { LiveVideo } from './chat/live';
+export type { LiveAskOptions, LiveFrame, LiveVideoOptions } from './chat/live';
 export type { PreparedPrompt, PromptOptions } from './chat/prompt';
 export type { History } from './chat/template';
 export { loadImage } from './preprocess/image';

@@ -17,6 +17,7 @@ import {
   runTurn,
   streamTurn,
 } from './chat/chat';
+import { LiveVideo, LiveVideoOptions } from './chat/live';
 import { PromptOptions } from './chat/prompt';
 import { History } from './chat/template';
 import { loadConfig, ModelConfig } from './config';
@@ -96,6 +97,14 @@ export class PVCModel extends VisionLanguageModel implements ChatModel {
   ): ChatTurn {
     const tokenizer = options.tokenizer ?? this.tokenizer;
     return prepareChat(this, tokenizer, pixelValues, question, options.generation ?? this.generationConfig({}, tokenizer), options);
+  }
+
+  /**
+   * A live video session (PVC): frames added one at a time, questions answered about the frames so far
+   * at the cost of the question and its answer (see chat/live.ts). The caller disposes it.
+   */
+  liveVideo(options: LiveVideoOptions & { tokenizer?: PVCTokenizer } = {}): LiveVideo {
+    return new LiveVideo(this, options.tokenizer ?? this.tokenizer, options);
   }
 
   /** A prepared turn's answer (and its ids). */

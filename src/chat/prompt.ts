@@ -56,7 +56,8 @@ export interface PreparedPrompt {
 export function preparePrompt(
   model: VisionLanguageModel,
   tokenizer: PVCTokenizer,
-  pixelValues: tf.Tensor4D | null,
+  /** Only its tile count (shape[0]) is read. */
+  pixelValues: Pick<tf.Tensor4D, 'shape'> | null,
   question: string,
   options: PromptOptions = {},
 ): PreparedPrompt & { samples: Sample[] } {

@@ -40,6 +40,12 @@ export interface GenerationRunOptions {
   prefillChunk?: number;
   /** The text of generated ids, for stop strings (required when config.stop is not empty). */
   decode?: (ids: readonly number[]) => string;
+  /**
+   * Continue this cache (the prompt's earlier positions; `input` holds the ones after them) instead of
+   * a new one. It stays the caller's: the generated positions are appended to it and it is not freed.
+   * Greedy and sampling only.
+   */
+  cache?: KVCache;
 }
 
 function stopStrings(config: GenerationConfig, options: GenerationRunOptions): StopStrings | undefined {
@@ -62,6 +68,7 @@ export async function* generateSteps(
   options: GenerationRunOptions = {},
 ): AsyncGenerator<GenerationStep> {
   const stop = stopStrings(config, options);
+  if (config.numBeams > 1 && options.cache) throw new Error('beam search starts from its own cache (options.cache is for greedy and sampling)');
   if (config.numBeams > 1) {
     const out = await beamSearch(model, input, config, { signal: options.signal, tap: options.tap, stop, prefillChunk: options.prefillChunk });
     const width = out.sequences[0]?.length ?? 0;
@@ -78,7 +85,7 @@ export async function* generateSteps(
   const generated: number[][] = seen.map(() => []);
   const unfinished = new Array(B).fill(true);
   const rng = new SeededRandom(config.seed);
-  const cache: KVCache = model.newCache(B);
+  const cache: KVCache = options.cache ?? model.newCache(B);
   let logits: tf.Tensor | null = null;
   try {
     logits = await prefill(model, cache, input, options);
@@ -104,7 +111,7 @@ export async function* generateSteps(
     }
   } finally {
     logits?.dispose();
-    cache.dispose();
+    if (cache !== options.cache) cache.dispose();
   }
 }
 

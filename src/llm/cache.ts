@@ -121,6 +121,21 @@ export class KVCache {
     return { prompt: this.main[layer], beams: this.beams[layer]! };
   }
 
+  /**
+   * A cache of the same positions that shares their keys and values (tfjs clones share data): what is
+   * appended to either afterwards leaves the other as it was. For a session that answers from a fork
+   * of its prompt and keeps the prompt for later (chat/live.ts).
+   */
+  fork(): KVCache {
+    if (this.numBeams > 1) throw new Error('KVCache.fork: a cache shared by beams cannot be forked');
+    const copy = new KVCache(this.main.length, this.mask.length, this.tailLimit);
+    const share = (b: KVBlock | null): KVBlock | null => b && { keys: tf.keep(b.keys.clone()), values: tf.keep(b.values.clone()) };
+    this.main.forEach((b, l) => (copy.main[l] = share(b)));
+    this.tail.forEach((b, l) => (copy.tail[l] = share(b)));
+    copy.mask = this.mask.map((row) => [...row]);
+    return copy;
+  }
+
   dispose(): void {
     for (const b of [...this.main, ...this.tail, ...this.beams]) if (b) tf.dispose([b.keys, b.values]);
     this.main.fill(null);

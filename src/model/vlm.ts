@@ -317,7 +317,7 @@ export class VisionLanguageModel {
  * frames). `dispose()` frees the cache.
  */
 export class VideoEncoder {
-  private readonly cache = new FrameCache();
+  private cache = new FrameCache();
 
   constructor(private readonly model: VisionLanguageModel) {}
 
@@ -326,9 +326,41 @@ export class VideoEncoder {
   }
 
   encode(frames: tf.Tensor4D): tf.Tensor3D {
+    return runSync(this.encodeSteps(frames));
+  }
+
+  /** An encoder that has seen the same frames, sharing their cache (see FrameCache.fork): each goes on alone. */
+  fork(): VideoEncoder {
+    const copy = new VideoEncoder(this.model);
+    copy.cache.dispose();
+    copy.cache = this.cache.fork();
+    return copy;
+  }
+
+  /**
+   * `encode` as steps, pausing after each vision layer. Stopped before its end (an abort), it leaves
+   * the encoder as it was before the call: the frames are not seen.
+   */
+  *encodeSteps(frames: tf.Tensor4D): Steps<tf.Tensor3D> {
     this.model.checkPixelValues(frames);
     const repeats = this.model.config.pvc!.video_repeat_time;
-    return tf.tidy(() => this.model.encodeFrames(repeatFrames(frames, repeats), 1, this.cache));
+    const before = this.cache.fork();
+    const repeated = tf.tidy(() => repeatFrames(frames, repeats));
+    let done = false;
+    try {
+      const hidden = yield* this.model.vision.forwardSteps(repeated, { sequences: 1, cache: this.cache });
+      const tokens = tf.tidy(() => this.model.projector.forward(hidden));
+      hidden.dispose();
+      done = true;
+      return tokens;
+    } finally {
+      if (repeated !== frames) repeated.dispose();
+      if (done) before.dispose();
+      else {
+        this.cache.dispose();
+        this.cache = before;
+      }
+    }
   }
 
   dispose(): void {

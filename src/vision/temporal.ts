@@ -64,6 +64,15 @@ export class FrameCache {
   /** Frames per sequence already encoded (the next frame's time index). */
   frames = 0;
 
+  /** A cache of the same frames sharing their keys and values (see KVCache.fork). */
+  fork(): FrameCache {
+    const copy = new FrameCache();
+    this.keys.forEach((t, layer) => copy.keys.set(layer, tf.keep(t.clone())));
+    this.values.forEach((t, layer) => copy.values.set(layer, tf.keep(t.clone())));
+    copy.frames = this.frames;
+    return copy;
+  }
+
   dispose(): void {
     [...this.keys.values(), ...this.values.values()].forEach((t) => t.dispose());
     this.keys.clear();
