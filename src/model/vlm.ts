@@ -338,28 +338,21 @@ export class VideoEncoder {
   }
 
   /**
-   * `encode` as steps, pausing after each vision layer. Stopped before its end (an abort), it leaves
-   * the encoder as it was before the call: the frames are not seen.
+   * `encode` as steps, pausing after each vision layer. Stopped before its end (an abort), some
+   * temporal layers have cached the frames and others not: go on from a `fork()` taken before instead
+   * (as LiveVideo does).
    */
   *encodeSteps(frames: tf.Tensor4D): Steps<tf.Tensor3D> {
     this.model.checkPixelValues(frames);
     const repeats = this.model.config.pvc!.video_repeat_time;
-    const before = this.cache.fork();
     const repeated = tf.tidy(() => repeatFrames(frames, repeats));
-    let done = false;
     try {
       const hidden = yield* this.model.vision.forwardSteps(repeated, { sequences: 1, cache: this.cache });
       const tokens = tf.tidy(() => this.model.projector.forward(hidden));
       hidden.dispose();
-      done = true;
       return tokens;
     } finally {
       if (repeated !== frames) repeated.dispose();
-      if (done) before.dispose();
-      else {
-        this.cache.dispose();
-        this.cache = before;
-      }
     }
   }
 
