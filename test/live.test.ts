@@ -6,9 +6,10 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { withImagePlaceholders } from '../src/chat/prompt';
 import { AbortError } from '../src/event_loop';
-import { loadVideo } from '../src/preprocess/video';
+import { frameStream, StreamFrame } from '../src/preprocess/stream';
+import { decodeFrames, loadVideo, probeVideo } from '../src/preprocess/video';
 import { PVCModel } from '../src/pvc_model';
-import { convertFixture, MEDIA } from './helpers';
+import { convertFixture, loadReference, MEDIA, referenceTensor4d } from './helpers';
 
 const QUESTION = 'What happens in the video?';
 const MAX = 12;
@@ -111,7 +112,33 @@ describe.each(['tiny-pvc', 'scenes-pvc'])('%s', (fixture) => {
     expect(tf.memory().numTensors).toBe(before);
   });
 
-  test('limits and misuse are clear errors: maxFrames, asking before a frame, a second call at once, after dispose', async () => {
+  test('calls made at once run in order; stream() gives the answer ask() gives, in pieces', async () => {
+    const before = tf.memory().numTensors;
+    const live = model.liveVideo();
+    try {
+      await add(live, 0, 2);
+      const f = frame(2);
+      const [atTwo, , atThree] = await Promise.all([live.ask(QUESTION, generation()), live.addFrame(f), live.ask(QUESTION, generation())]);
+      f.dispose();
+      expect(atTwo.outputIds).toEqual((await chatOn(2)).outputIds);
+      expect(atThree.outputIds).toEqual((await chatOn(3)).outputIds);
+      let streamed = '';
+      for await (const piece of live.stream(QUESTION, generation())) streamed += piece;
+      expect(streamed).toBe(atThree.answer);
+      // A call waiting behind another leaves the line when aborted.
+      const waiting = new AbortController();
+      const running = live.ask(QUESTION, generation());
+      const queued = live.ask(QUESTION, generation(), { signal: waiting.signal });
+      waiting.abort();
+      await expect(queued).rejects.toBeInstanceOf(AbortError);
+      expect((await running).outputIds).toEqual(atThree.outputIds);
+    } finally {
+      live.dispose();
+    }
+    expect(tf.memory().numTensors).toBe(before);
+  });
+
+  test('limits and misuse are clear errors: maxFrames, the context, asking before a frame, after dispose', async () => {
     const live = model.liveVideo({ maxFrames: 2 });
     try {
       await expect(live.ask(QUESTION, generation())).rejects.toThrow(/no frame yet/);
@@ -119,13 +146,114 @@ describe.each(['tiny-pvc', 'scenes-pvc'])('%s', (fixture) => {
       await add(live, 0, 2);
       const f = frame(2);
       await expect(live.addFrame(f)).rejects.toThrow(/holds its maxFrames 2 frames/);
-      const running = live.ask(QUESTION, generation());
-      await expect(live.addFrame(f)).rejects.toThrow(/another addFrame or ask of this session is running/);
-      await running;
       f.dispose();
     } finally {
       live.dispose();
     }
     await expect(live.ask(QUESTION, generation())).rejects.toThrow(/disposed/);
+    // The context: a frame that would take the prompt past max_position_embeddings is refused, and the session goes on.
+    const llm = model.config.llm as { max_position_embeddings: number };
+    const saved = llm.max_position_embeddings;
+    const long = model.liveVideo();
+    try {
+      await add(long, 0, 2);
+      llm.max_position_embeddings = long.positions + 1;
+      const f = frame(2);
+      await expect(long.addFrame(f)).rejects.toThrow(/frame 3 would take the prompt to \d+ positions, past max_position_embeddings/);
+      f.dispose();
+      llm.max_position_embeddings = saved;
+      expect(long.frames).toBe(2);
+      expect((await long.ask(QUESTION, generation())).outputIds).toEqual((await chatOn(2)).outputIds);
+    } finally {
+      llm.max_position_embeddings = saved;
+      long.dispose();
+    }
+  });
+});
+
+describe('against the PVC spec implementation (upstream InternVL plus pvc.md, test/reference/pvc_spec.py)', () => {
+  test("tiny-pvc: the reference's 6-frame clip added frame by frame, then its question: the reference's prompt and greedy ids", async () => {
+    const dir = convertFixture('tiny-pvc');
+    const model = await PVCModel.load(dir, { backend: 'wasm' });
+    const { doc, tensors } = loadReference('tiny-pvc');
+    const c = (doc as unknown as { chat: { name: string; question: string; input_ids: number[]; output_ids: number[] }[] }).chat.find(
+      (x) => x.name === 'video',
+    )!;
+    const clip = referenceTensor4d(tensors, 'clip');
+    const live = model.liveVideo();
+    try {
+      for (let i = 0; i < clip.shape[0]; i++) {
+        const f = clip.slice([i, 0, 0, 0], [1, -1, -1, -1]) as tf.Tensor4D;
+        await live.addFrame(f);
+        f.dispose();
+      }
+      // The reference's question is the frames' placeholders, then the question itself.
+      const prefix = withImagePlaceholders('', clip.shape[0], 'video');
+      expect(c.question.startsWith(prefix)).toBe(true);
+      const got = await live.ask(c.question.slice(prefix.length), model.generationConfig({ max_new_tokens: 16, do_sample: false }));
+      expect(got.inputIds).toEqual(c.input_ids);
+      expect(got.outputIds).toEqual(c.output_ids.slice(1));
+    } finally {
+      live.dispose();
+      clip.dispose();
+      tensors.close();
+      model.dispose();
+      fs.rmSync(path.dirname(dir), { recursive: true, force: true });
+    }
+  });
+});
+
+// Frames from a live source: ffmpeg at a fixed rate; late frames dropped and counted from a live source.
+describe('frameStream', () => {
+  test('a file at its own rate: every frame, the bytes decodeFrames gives; at 2 fps, 2 frames a second', async () => {
+    const info = await probeVideo(MEDIA.video);
+    const want = new Map<number, Uint8Array>();
+    await decodeFrames(MEDIA.video, info, [0, 7, 179], (k, f) => void want.set([0, 7, 179][k], f.data.slice()));
+    const all: StreamFrame[] = [];
+    for await (const f of frameStream(MEDIA.video, { fps: info.fps })) all.push(f);
+    expect(all.length).toBe(info.frameCount);
+    expect(all.map((f) => f.index)).toEqual(all.map((_, i) => i));
+    for (const [i, data] of want) expect(Buffer.compare(all[i].image.data, data)).toBe(0);
+    const stream = frameStream(MEDIA.video, { fps: 2 });
+    const slow: StreamFrame[] = [];
+    for await (const f of stream) slow.push(f);
+    expect(slow.map((f) => f.time)).toEqual(Array.from({ length: 12 }, (_, i) => i / 2));
+    expect([stream.received, stream.dropped, stream.dropLate]).toEqual([12, 0, false]);
+  });
+
+  test('a reader slower than a live source gets the newest frame; the frames it missed are dropped and counted', async () => {
+    const stream = frameStream(MEDIA.video, { fps: 10, dropLate: true });
+    const got: StreamFrame[] = [];
+    for await (const f of stream) {
+      got.push(f);
+      // The first frame takes the reader until the source has sent all 60.
+      while (got.length === 1 && stream.received < 60) await new Promise((r) => setTimeout(r, 5));
+    }
+    expect(got.map((f) => f.index)).toEqual([0, 59]);
+    expect([stream.received, stream.dropped]).toEqual([60, 58]);
+  });
+
+  test('abort, an early stop and bad input', async () => {
+    const aborted = new AbortController();
+    const stream = frameStream(MEDIA.video, { fps: 30, signal: aborted.signal });
+    const read = (async () => {
+      for await (const f of stream) if (f.index === 3) aborted.abort();
+    })();
+    await expect(read).rejects.toBeInstanceOf(AbortError);
+    for await (const f of frameStream(MEDIA.video, { fps: 30 })) if (f.index === 2) break; // kills ffmpeg, no error
+    expect(() => frameStream(MEDIA.video, { fps: 0 })).toThrow(/fps 0: expected a number in \(0, 240\]/);
+    expect(() => frameStream('/nonexistent.mp4', { fps: 1 })).toThrow(/no such video file/);
+    const big = frameStream(MEDIA.video, { fps: 1, maxFramePixels: 320 * 240 - 1 });
+    await expect(
+      (async () => {
+        for await (const _ of big);
+      })(),
+    ).rejects.toThrow(/frames of 320x240 are over maxFramePixels 76799/);
+    const notVideo = frameStream(path.join(__dirname, '..', 'package.json'), { fps: 1 });
+    await expect(
+      (async () => {
+        for await (const _ of notVideo);
+      })(),
+    ).rejects.toThrow(/package\.json: ffmpeg failed \(exit \d+\)/);
   });
 });

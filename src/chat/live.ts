@@ -12,12 +12,14 @@
 // frame that would pass it is refused (as is one past maxFrames).
 import * as tf from '@tensorflow/tfjs';
 import { InputError } from '../errors';
-import { runYielding, throwIfAborted } from '../event_loop';
+import { AbortError, runYielding, throwIfAborted } from '../event_loop';
 import { GenerationConfig, generateSteps } from '../generation/generate';
 import { KVCache } from '../llm/cache';
 import { mergeEmbeddings, VideoEncoder, VisionLanguageModel } from '../model/vlm';
 import { loadImage } from '../preprocess/image';
-import { decodeAnswer, PVCTokenizer } from '../tokenizer';
+import { RGBImage } from '../preprocess/resample';
+import { tileImage } from '../preprocess/tiles';
+import { decodeAnswer, PVCTokenizer, StreamDecoder } from '../tokenizer';
 import { promptTokenIds } from './chat';
 import { preparePrompt, withImagePlaceholders } from './prompt';
 import { IMG_END_TOKEN, SEPARATOR } from './template';
@@ -36,8 +38,11 @@ export interface LiveAskOptions {
   onToken?: (id: number) => void;
 }
 
-/** A frame: its pixel values [1, 3, S, S] (the caller keeps them), or an image file or its bytes (one tile, as load_video's frames). */
-export type LiveFrame = tf.Tensor4D | string | Buffer;
+/**
+ * A frame: its pixel values [1, 3, S, S] (the caller keeps them); or a decoded RGB frame (a
+ * FrameStream's), an image file or its bytes, each made one tile as load_video makes its frames.
+ */
+export type LiveFrame = tf.Tensor4D | RGBImage | string | Buffer;
 
 export class LiveVideo {
   private encoder: VideoEncoder;
@@ -45,7 +50,10 @@ export class LiveVideo {
   /** The prompt ids in `kv`: up to the last frame's </img>. */
   private ids: number[] = [];
   private count = 0;
-  private busy = false;
+  /** Settles when the last call queued has finished: calls run one after another, in order. */
+  private last: Promise<void> = Promise.resolve();
+  /** Calls queued or running. */
+  private calls = 0;
   private disposed = false;
   private readonly imgEnd: number;
   readonly maxFrames: number;
@@ -77,16 +85,16 @@ export class LiveVideo {
   }
 
   /**
-   * Encodes the next frame and extends the caches by its tokens. Aborted (or failing) part way, the
-   * session is as it was: the frame is not added.
+   * Encodes the next frame and extends the caches by its tokens (after the calls already queued).
+   * Aborted (or failing) part way, the session is as it was: the frame is not added.
    */
   async addFrame(frame: LiveFrame, options: { signal?: AbortSignal } = {}): Promise<void> {
-    this.enter('addFrame');
+    const release = await this.enter('addFrame', options.signal);
     try {
       if (this.count >= this.maxFrames) throw new InputError('frame', `the session holds its maxFrames ${this.maxFrames} frames`);
+      const loaded = frame instanceof tf.Tensor ? null : await this.framePixels(frame);
+      const pixels = loaded ?? (frame as tf.Tensor4D);
       const S = this.model.config.image_size;
-      const loaded = frame instanceof tf.Tensor ? null : await loadImage(frame, { inputSize: S, maxNum: 1 });
-      const pixels = loaded?.pixelValues ?? (frame as tf.Tensor4D);
       try {
         if (pixels.shape.length !== 4 || pixels.shape[0] !== 1)
           throw new InputError('frame', `expected the pixel values of one frame [1, 3, ${S}, ${S}], got [${pixels.shape}]`);
@@ -128,32 +136,56 @@ export class LiveVideo {
         this.ids = prefix;
         this.count++;
       } finally {
-        loaded?.pixelValues.dispose();
+        loaded?.dispose();
       }
     } finally {
-      this.busy = false;
+      release();
     }
   }
 
   /**
-   * Answers `question` about the frames so far, from a fork of the session's cache (freed after): the
-   * answer chat() gives on those frames (data flag 3). Greedy or sampling; beam search is refused.
+   * Answers `question` about the frames so far (after the calls already queued), from a fork of the
+   * session's cache (freed after): the answer chat() gives on those frames (data flag 3). Greedy or
+   * sampling; beam search is refused.
    */
   async ask(
     question: string,
     generation: GenerationConfig,
     options: LiveAskOptions = {},
   ): Promise<{ answer: string; inputIds: number[]; outputIds: number[] }> {
-    this.enter('ask');
+    const outputIds: number[] = [];
+    let inputIds: number[] = [];
+    for await (const id of this.answerIds(question, generation, options, (ids) => (inputIds = ids))) outputIds.push(id);
+    return { answer: decodeAnswer(this.tokenizer, outputIds, SEPARATOR, generation.stop), inputIds, outputIds };
+  }
+
+  /** As ask(), the answer as text pieces while it is generated (as PVCModel.stream). */
+  async *stream(question: string, generation: GenerationConfig, options: LiveAskOptions = {}): AsyncGenerator<string> {
+    const decoder = new StreamDecoder(this.tokenizer, SEPARATOR, generation.stop);
+    for await (const id of this.answerIds(question, generation, options)) {
+      const piece = decoder.push(id);
+      if (piece) yield piece;
+    }
+    const rest = decoder.finish();
+    if (rest) yield rest;
+  }
+
+  private async *answerIds(
+    question: string,
+    generation: GenerationConfig,
+    options: LiveAskOptions,
+    onPrompt?: (inputIds: number[]) => void,
+  ): AsyncGenerator<number> {
+    const release = await this.enter('ask', options.signal);
     try {
       if (this.count === 0) throw new InputError('question', 'no frame yet: add one before asking');
       if (generation.numBeams > 1) throw new InputError('numBeams', 'a live session answers greedily or by sampling (numBeams 1)');
       const inputIds = this.promptIds(this.count, question);
       this.checkExtends(inputIds, `the prompt with the question`);
+      onPrompt?.(inputIds);
       const tail = inputIds.slice(this.ids.length);
       const kv = this.kv.fork();
       const embeds = this.model.llm.embedTokens([tail]);
-      const outputIds: number[] = [];
       try {
         throwIfAborted(options.signal);
         this.model.llm.rotary.reset();
@@ -165,32 +197,69 @@ export class LiveVideo {
           prefillChunk: this.model.limits.prefillChunk,
           decode,
         })) {
-          outputIds.push(step.tokens[0]);
           options.onToken?.(step.tokens[0]);
+          yield step.tokens[0];
         }
       } finally {
         embeds.dispose();
         kv.dispose();
       }
-      return { answer: decodeAnswer(this.tokenizer, outputIds, SEPARATOR, generation.stop), inputIds, outputIds };
     } finally {
-      this.busy = false;
+      release();
     }
   }
 
-  /** Frees the caches. */
+  /** Frees the caches (once the call running, if any, has finished; the calls waiting are refused). */
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;
-    this.encoder.dispose();
-    this.kv.dispose();
+    const free = () => {
+      this.encoder.dispose();
+      this.kv.dispose();
+    };
+    if (this.calls === 0) free();
+    else void this.last.then(free);
   }
 
-  /** One call at a time: each extends or forks the caches the last one left. */
-  private enter(what: string): void {
-    if (this.disposed) throw new Error(`LiveVideo.${what}: the session was disposed`);
-    if (this.busy) throw new Error(`LiveVideo.${what}: another addFrame or ask of this session is running (await it first)`);
-    this.busy = true;
+  /**
+   * Waits for the calls queued before (each extends or forks the caches the last one left); resolves
+   * to the function that lets the next one run. Aborted while waiting, the call leaves the queue.
+   */
+  private async enter(what: string, signal?: AbortSignal): Promise<() => void> {
+    const closed = () => new Error(`LiveVideo.${what}: the session was disposed`);
+    if (this.disposed) throw closed();
+    const before = this.last;
+    let done!: () => void;
+    this.last = new Promise<void>((resolve) => (done = resolve));
+    this.calls++;
+    const release = () => {
+      this.calls--;
+      done();
+    };
+    try {
+      throwIfAborted(signal);
+      await new Promise<void>((resolve, reject) => {
+        const onAbort = () => reject(new AbortError(signal!.reason));
+        signal?.addEventListener('abort', onAbort, { once: true });
+        void before.then(() => {
+          signal?.removeEventListener('abort', onAbort);
+          resolve();
+        });
+      });
+      if (this.disposed) throw closed();
+    } catch (e) {
+      void before.then(release); // this call's turn passes on when it comes
+      throw e;
+    }
+    return release;
+  }
+
+  /** A frame as one tile [1, 3, S, S] (dynamic_preprocess with max_num 1, as load_video). */
+  private async framePixels(frame: RGBImage | string | Buffer): Promise<tf.Tensor4D> {
+    const S = this.model.config.image_size;
+    if (typeof frame === 'string' || Buffer.isBuffer(frame)) return (await loadImage(frame, { inputSize: S, maxNum: 1 })).pixelValues;
+    const { pixels } = await tileImage(frame, { minNum: 1, maxNum: 1, imageSize: S, useThumbnail: true });
+    return tf.tensor4d(pixels, [1, 3, S, S]);
   }
 
   /** The ids chat() feeds the model for `frames` frames and `question`. */

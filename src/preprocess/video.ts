@@ -50,7 +50,7 @@ export interface VideoInfo {
 const binaries = new Map<string, string>();
 
 /** The ffmpeg / ffprobe to run (looked up once). */
-function binary(name: 'ffmpeg' | 'ffprobe'): string {
+export function binary(name: 'ffmpeg' | 'ffprobe'): string {
   if (!binaries.has(name)) binaries.set(name, findBinary(name));
   return binaries.get(name)!;
 }
@@ -83,7 +83,7 @@ export type VideoFile = string | { fd: number; name: string };
 export const canReadDescriptors = process.platform === 'linux' && fs.existsSync('/proc/self/fd');
 
 /** The input argument and stdio of an ffmpeg / ffprobe run reading `file`, and its name for messages. */
-function ffInput(file: VideoFile): { input: string; stdio: ('ignore' | 'pipe' | number)[]; name: string; clean: (text: string) => string } {
+export function ffInput(file: VideoFile): { input: string; stdio: ('ignore' | 'pipe' | number)[]; name: string; clean: (text: string) => string } {
   if (typeof file === 'string') return { input: file, stdio: ['ignore', 'pipe', 'pipe'], name: file, clean: (t) => t };
   if (!canReadDescriptors) throw new Error(`${file.name}: reading a video by descriptor needs /proc/self/fd (Linux)`);
   const input = '/proc/self/fd/3';
@@ -113,7 +113,7 @@ const STDERR_CHARS = 64 * 1024;
  * `consume` does not read). Aborting `signal` kills it (SIGKILL) and rejects with an AbortError; an
  * error thrown by `consume` kills it too and is rethrown.
  */
-async function run<T>(
+export async function run<T>(
   command: string,
   args: string[],
   stdio: ('ignore' | 'pipe' | number)[],
