@@ -7,7 +7,7 @@ import { PVCModel } from '../src/pvc_model';
 import { main } from '../src/cli/main';
 import { loadImage } from '../src/preprocess/image';
 import { SafetensorsFile } from '../src/io/safetensors';
-import { captureOutput, convertFixture, FIXTURES } from './helpers';
+import { captureOutput, convertFixture, FIXTURES, MEDIA } from './helpers';
 
 // A committed 1000x747 JPEG made by the preprocessing oracle (the shared example image's size).
 const IMAGE = path.join(FIXTURES, 'images', 'odd-1000x747-max6.jpg');
@@ -136,6 +136,10 @@ test('every command checks its options as it parses them: unknown, repeated and 
     [['chat', '--model', '--image', IMAGE, 'q'], /^pvc chat: --model needs a value$/m],
     [['chat', '--model', dir, '--image=', 'q'], /^pvc chat: --image needs a non-empty value$/m],
     [['doctor', '--json=yes'], /^pvc doctor: --json takes no value$/m],
+    [['watch', '--model', dir, '--ask', 'q'], /^pvc watch: give --video FILE\|URL or --stdin \(one of them\)$/m],
+    [['watch', '--model', dir, '--stdin'], /^pvc watch: --stdin takes the video from stdin: give the questions with --ask$/m],
+    [['watch', '--model', dir, '--video', MEDIA.video, '--every', '2'], /^pvc watch: --every applies to --ask$/m],
+    [['watch', '--model', dir, '--video', MEDIA.video, '--fps', '0'], /^pvc watch: --fps expects a number in \(0, 240\], not 0$/m],
   ];
   for (const [argv, message] of cases) {
     expect([argv, await main(argv)]).toEqual([argv, 2]);
@@ -160,4 +164,32 @@ test('flags that would be ignored are said so: sampling options without --sample
   expect(output.stderr()).toMatch(/--frames applies to --video/);
   expect(await main(['chat', '--model', dir, '--video', IMAGE, '--backend', 'wasm', 'q'])).toBe(1);
   expect(output.stderr()).toMatch(/odd-1000x747-max6\.jpg has a single frame: a still image; pass it with --image/);
+});
+
+test('pvc watch: frames at --fps added one by one, --ask answered every --every frames, a summary; --max-frames stops adding', async () => {
+  const pvc = convertFixture('tiny-pvc');
+  try {
+    const argv = ['watch', '--model', pvc, '--video', MEDIA.video, '--fps', '2', '--max-new-tokens', '3', '--backend', 'wasm', '--json'];
+    expect(await main([...argv, '--ask', 'What moves?', '--ask', 'Which colour?', '--every', '4'])).toBe(0);
+    const events = output
+      .stdout()
+      .trim()
+      .split('\n')
+      .filter((l) => l.startsWith('{'))
+      .map((l) => JSON.parse(l));
+    const answers = events.filter((e) => e.event === 'answer');
+    expect(answers.map((a) => [a.frames, a.question])).toEqual([
+      [4, 'What moves?'],
+      [8, 'Which colour?'],
+      [12, 'What moves?'],
+    ]);
+    expect(events.filter((e) => e.event === 'frame').map((e) => e.time)).toEqual(Array.from({ length: 12 }, (_, i) => i / 2));
+    // A file read at ffmpeg's pace: every frame (a live source, --realtime or a pipe, drops what the model misses).
+    expect(events.pop()).toMatchObject({ event: 'end', reason: 'the video ended', frames: 12, received: 12, dropped: 0 });
+    expect(await main([...argv, '--ask', 'What moves?', '--max-frames', '5'])).toBe(0);
+    const end = JSON.parse(output.stdout().trim().split('\n').pop()!);
+    expect(end).toMatchObject({ event: 'end', reason: 'the session holds its --max-frames 5', frames: 5 });
+  } finally {
+    fs.rmSync(path.dirname(pvc), { recursive: true, force: true });
+  }
 });

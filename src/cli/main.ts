@@ -17,12 +17,14 @@ import { decodeAnswer } from '../tokenizer';
 import { flag, list, number, oneOf, optionName, orNone, parseOptions, text, value, Values, WEIGHT_OPTIONS, WEIGHT_USAGE, weightLoadOptions } from './args';
 import { doctorCommand } from './doctor';
 import { serveCommand } from './serve';
+import { watchCommand } from './watch';
 
 const USAGE = `usage: pvc chat --model DIR [--image FILE ...] [--video FILE [--frames N]] [options] "question"
        pvc inspect --model DIR [--image FILE | --video FILE [--frames N]] [--taps PATTERN ...] [--out DIR]
                    [--heatmap] [--logit-lens] [--html FILE] [--max-new-tokens N] "question"
        pvc doctor [--backend B] [--json]   versions, backends, GPU, memory, and a self-check (exit 1 on failure)
        pvc serve --model DIR [--host H] [--port P] [--api-key K] ...   an OpenAI-compatible server (pvc serve --help)
+       pvc watch --model DIR (--video FILE | --stdin) [--fps F] [--ask "Q" --every N]   live video (pvc watch --help)
 
 options:
   --max-new-tokens N   most tokens to generate (default 512)
@@ -270,6 +272,7 @@ export async function main(argv = process.argv.slice(2)): Promise<number> {
   }
   if (command === 'doctor') return doctorCommand(rest);
   if (command === 'serve') return serveCommand(rest);
+  if (command === 'watch') return watchCommand(rest);
   const commands: Record<string, [(a: string[]) => unknown, (a: never) => Promise<void>]> = {
     chat: [parseChatArgs, chat],
     inspect: [parseInspectArgs, inspect],
