@@ -839,7 +839,7 @@ describe('the pvc serve command', () => {
   });
 
   test('listens on 127.0.0.1 (port 0: a free one), answers once loaded, exits 0 on SIGTERM', async () => {
-    const flags = ['--port', '0', '--api-key', KEY, '--backend', 'wasm', '--headers-timeout', '0.5'];
+    const flags = ['--port', '0', '--api-key', KEY, '--backend', 'wasm', '--headers-timeout', '0.5', '--max-live-sessions', '0'];
     const child = spawn(process.execPath, [bin, 'serve', '--model', dir, ...flags], {
       stdio: ['ignore', 'ignore', 'pipe'],
     });
@@ -852,6 +852,9 @@ describe('the pvc serve command', () => {
       const cli = new OpenAI({ baseURL: `${url}/v1`, apiKey: KEY, maxRetries: 0 });
       const completion = await cli.chat.completions.create({ model: path.basename(dir), max_tokens: 3, messages: [{ role: 'user', content: 'Hi' }] });
       expect(completion.usage?.completion_tokens).toBeGreaterThan(0);
+      // --max-live-sessions 0: no live session.
+      const session = await fetch(`${url}/v1/live/sessions`, { method: 'POST', headers: { authorization: `Bearer ${KEY}` } });
+      expect([session.status, ((await session.json()) as { error: { code: string } }).error.code]).toEqual([429, 'too_many_sessions']);
       // --headers-timeout 0.5: headers left unfinished get a 408 and the connection closed (the default waits 30 s).
       const reply = await new Promise<string>((resolve) => {
         const socket = net.connect(Number(new URL(url).port), '127.0.0.1', () => socket.write('GET /health HTTP/1.1\r\nHost: x\r\n'));

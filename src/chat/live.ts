@@ -22,11 +22,13 @@ import { tileImage } from '../preprocess/tiles';
 import { decodeAnswer, PVCTokenizer, StreamDecoder } from '../tokenizer';
 import { promptTokenIds } from './chat';
 import { preparePrompt, withImagePlaceholders } from './prompt';
-import { IMG_END_TOKEN, SEPARATOR } from './template';
+import { IMAGE_PLACEHOLDER, IMG_END_TOKEN, SEPARATOR } from './template';
 
 export interface LiveVideoOptions {
   /** Most frames the session takes (an InputError beyond). Default: as many as the context allows. */
   maxFrames?: number;
+  /** Most positions the frames' prompt may take (default, and at most, max_position_embeddings). */
+  maxPositions?: number;
   /** Replaces the template's system message. */
   systemMessage?: string;
   /** As PromptOptions.plainText: the question tokenized as plain text. */
@@ -57,6 +59,7 @@ export class LiveVideo {
   private disposed = false;
   private readonly imgEnd: number;
   readonly maxFrames: number;
+  readonly maxPositions: number;
 
   constructor(
     private readonly model: VisionLanguageModel,
@@ -67,6 +70,11 @@ export class LiveVideo {
     if (!(maxFrames === Infinity || (Number.isInteger(maxFrames) && maxFrames >= 1)))
       throw new InputError('maxFrames', `${maxFrames}: expected an integer >= 1`);
     this.maxFrames = maxFrames;
+    const limit = model.config.llm.max_position_embeddings;
+    const maxPositions = options.maxPositions ?? limit;
+    if (!(Number.isInteger(maxPositions) && maxPositions >= 1 && maxPositions <= limit))
+      throw new InputError('maxPositions', `${maxPositions}: expected an integer from 1 to max_position_embeddings ${limit}`);
+    this.maxPositions = maxPositions;
     const imgEnd = tokenizer.tokenToId(IMG_END_TOKEN);
     if (imgEnd === undefined) throw new Error(`the tokenizer has no ${IMG_END_TOKEN} token`);
     this.imgEnd = imgEnd;
@@ -99,11 +107,13 @@ export class LiveVideo {
         if (pixels.shape.length !== 4 || pixels.shape[0] !== 1)
           throw new InputError('frame', `expected the pixel values of one frame [1, 3, ${S}, ${S}], got [${pixels.shape}]`);
         const prefix = this.prefixIds(this.count + 1);
-        const maxPositions = this.model.config.llm.max_position_embeddings;
-        if (prefix.length > maxPositions) {
+        const limit = this.model.config.llm.max_position_embeddings;
+        if (prefix.length > Math.min(this.maxPositions, limit)) {
           throw new InputError(
             'frame',
-            `frame ${this.count + 1} would take the prompt to ${prefix.length} positions, past max_position_embeddings ${maxPositions} (live video is exact only within it)`,
+            prefix.length > limit
+              ? `frame ${this.count + 1} would take the prompt to ${prefix.length} positions, past max_position_embeddings ${limit} (live video is exact only within it)`
+              : `frame ${this.count + 1} would take the prompt to ${prefix.length} positions, past the session's maxPositions ${this.maxPositions}`,
           );
         }
         const newIds = prefix.slice(this.ids.length);
@@ -209,6 +219,11 @@ export class LiveVideo {
     }
   }
 
+  /** The prompt's ids ask(question) would read after the frames so far (the frames' own included). */
+  prompt(question: string): number[] {
+    return this.promptIds(this.count, question);
+  }
+
   /** Frees the caches (once the call running, if any, has finished; the calls waiting are refused). */
   dispose(): void {
     if (this.disposed) return;
@@ -264,6 +279,7 @@ export class LiveVideo {
 
   /** The ids chat() feeds the model for `frames` frames and `question`. */
   private promptIds(frames: number, question: string): number[] {
+    if (question.includes(IMAGE_PLACEHOLDER)) throw new InputError('question', `the session places its frames: a question cannot hold ${IMAGE_PLACEHOLDER}`);
     const S = this.model.config.image_size;
     return preparePrompt(this.model, this.tokenizer, { shape: [frames, 3, S, S] }, withImagePlaceholders(question, frames, 'video'), {
       numPatchesList: new Array<number>(frames).fill(1),

@@ -10,8 +10,10 @@ import { ChatServer } from '../server/server';
 
 export const SERVE_USAGE = `usage: pvc serve --model DIR [--host 127.0.0.1] [--port 8000] [--api-key KEY] [--allowed-local-media-path DIR]
                  [--max-queue N] [--max-model-len N] [--served-model-name NAME] [--headers-timeout S] [--request-timeout S]
-                 [--body-idle-timeout S] [--keep-alive-timeout S] [--backend B] [--weights W] [--matmul M]
-  An OpenAI-compatible server: GET /v1/models, POST /v1/chat/completions (stream or not), GET /health.
+                 [--body-idle-timeout S] [--keep-alive-timeout S] [--max-live-sessions N] [--live-max-frames N]
+                 [--live-session-timeout S] [--backend B] [--weights W] [--matmul M]
+  An OpenAI-compatible server: GET /v1/models, POST /v1/chat/completions (stream or not), GET /health;
+  live video sessions under /v1/live/sessions (README, "Live video").
   --api-key KEY                    require "Authorization: Bearer KEY" (also read from PVC_API_KEY)
   --allowed-local-media-path DIR   requests may name files (paths, file:// URLs) under DIR; none otherwise
   --max-queue N                    requests waiting behind the running one before 429 (default ${DEFAULT_LIMITS.maxQueue})
@@ -23,6 +25,9 @@ export const SERVE_USAGE = `usage: pvc serve --model DIR [--host 127.0.0.1] [--p
   --body-idle-timeout S            seconds a request body may pause between chunks (default ${DEFAULT_LIMITS.bodyIdleTimeoutMs / 1000})
   --keep-alive-timeout S           seconds an idle connection stays open between requests (default ${DEFAULT_LIMITS.keepAliveTimeoutMs / 1000})
                                    (a client over a timeout gets 408 and its connection closed)
+  --max-live-sessions N            live video sessions held at once (default ${DEFAULT_LIMITS.maxLiveSessions}; 0: none)
+  --live-max-frames N              most frames a live session takes (default ${DEFAULT_LIMITS.maxLiveFrames})
+  --live-session-timeout S         seconds a live session is kept without a request (default ${DEFAULT_LIMITS.liveSessionIdleMs / 1000})
 ${WEIGHT_USAGE}`;
 
 const seconds = number({ above: 0, max: 86400 });
@@ -40,6 +45,9 @@ const SERVE_OPTIONS = {
   requestTimeout: value(seconds),
   bodyIdleTimeout: value(seconds),
   keepAliveTimeout: value(seconds),
+  maxLiveSessions: value(number({ integer: true, min: 0 })),
+  liveMaxFrames: value(number({ integer: true, min: 1 })),
+  liveSessionTimeout: value(seconds),
   backend: value(oneOf(BACKEND_NAMES)),
   ...WEIGHT_OPTIONS,
   help: flag('h'),
@@ -54,6 +62,9 @@ function serverLimits(o: Values<typeof SERVE_OPTIONS>): Partial<ServerLimits> {
   if (o.requestTimeout !== undefined) limits.requestTimeoutMs = ms(o.requestTimeout);
   if (o.bodyIdleTimeout !== undefined) limits.bodyIdleTimeoutMs = ms(o.bodyIdleTimeout);
   if (o.keepAliveTimeout !== undefined) limits.keepAliveTimeoutMs = ms(o.keepAliveTimeout);
+  if (o.maxLiveSessions !== undefined) limits.maxLiveSessions = o.maxLiveSessions;
+  if (o.liveMaxFrames !== undefined) limits.maxLiveFrames = o.liveMaxFrames;
+  if (o.liveSessionTimeout !== undefined) limits.liveSessionIdleMs = ms(o.liveSessionTimeout);
   return limits;
 }
 

@@ -49,6 +49,15 @@ export interface ServerLimits {
   keepAliveTimeoutMs: number;
   /** Seconds a 429 (and a 503 while the model loads) tells the client to wait (Retry-After). */
   retryAfterSeconds: number;
+  /**
+   * Live video sessions held at once (429 above). Each holds the LLM's KV cache of its frames' prompt,
+   * up to --max-model-len positions (README, "Live video": what a position costs).
+   */
+  maxLiveSessions: number;
+  /** Most frames one live session takes (its max_frames; the context may stop it sooner). */
+  maxLiveFrames: number;
+  /** Milliseconds a live session is kept without a call before it is freed. */
+  liveSessionIdleMs: number;
 }
 
 export const DEFAULT_LIMITS: ServerLimits = {
@@ -73,4 +82,7 @@ export const DEFAULT_LIMITS: ServerLimits = {
   bodyIdleTimeoutMs: 30_000,
   keepAliveTimeoutMs: 5_000,
   retryAfterSeconds: 1,
+  maxLiveSessions: 4,
+  maxLiveFrames: 256,
+  liveSessionIdleMs: 300_000,
 };

@@ -46,7 +46,7 @@ function hasSignature(head: Buffer, kind: MediaKind): boolean {
   return ['ftyp', 'moov', 'mdat', 'wide', 'free'].includes(ascii(head, 4, 8)) || (head[0] === 0x1a && head[1] === 0x45 && head[2] === 0xdf && head[3] === 0xa3);
 }
 
-function checkSignature(head: Buffer, kind: MediaKind, param: string): void {
+export function checkSignature(head: Buffer, kind: MediaKind, param: string): void {
   if (!hasSignature(head, kind)) {
     const formats = kind === 'image' ? 'JPEG, PNG, GIF or WebP' : 'MP4, QuickTime, WebM or Matroska';
     throw badRequest(param, `the ${kind}'s bytes are not ${formats}`, `invalid_${kind}`);

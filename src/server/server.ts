@@ -19,6 +19,7 @@ import { PVCModel } from '../pvc_model';
 import { ApiError, badRequest } from './errors';
 import { DEFAULT_LIMITS, ServerLimits } from './limits';
 import { closeMedia, decodeImagePart, decodeVideoPart, tilesOf } from './media';
+import { checkFrameType, LiveSessions } from './live';
 import { GenerationQueue } from './queue';
 import { ChatRequest, parseChatRequest } from './request';
 
@@ -49,6 +50,7 @@ export class ChatServer {
   readonly modelName: string;
   readonly limits: ServerLimits;
   readonly queue: GenerationQueue;
+  readonly sessions: LiveSessions;
   private model: PVCModel | null = null;
   private loadError: Error | null = null;
   private readonly mediaRoot: string | null;
@@ -63,6 +65,7 @@ export class ChatServer {
     this.modelName = options.modelName ?? 'pvc';
     this.limits = { ...DEFAULT_LIMITS, ...options.limits };
     this.queue = new GenerationQueue(this.limits.maxQueue);
+    this.sessions = new LiveSessions(this.limits, this.queue, (model) => this.maxModelLen(model));
     this.mediaRoot = options.allowedLocalMediaPath === undefined ? null : fs.realpathSync(options.allowedLocalMediaPath);
     if (this.mediaRoot !== null && !fs.statSync(this.mediaRoot).isDirectory())
       throw new Error(`--allowed-local-media-path ${options.allowedLocalMediaPath}: not a directory`);
@@ -115,6 +118,7 @@ export class ChatServer {
     this.closing = true;
     this.queue.rejectWaiting(new ApiError(503, 'the server is shutting down', null, 'shutting_down'));
     for (const controller of this.active) controller.abort(new Error('the server is shutting down'));
+    this.sessions.close();
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
     this.server.closeIdleConnections();
     // Give aborted responses a moment to end, then drop what is left.
@@ -158,23 +162,35 @@ export class ChatServer {
 
   private async route(req: http.IncomingMessage, res: http.ServerResponse, signal: AbortSignal, hold: (bytes: number) => void): Promise<void> {
     const pathname = new URL(req.url ?? '/', 'http://localhost').pathname.replace(/\/+$/, '');
-    // /v1/models/{id}: one model (the openai clients' models.retrieve()).
+    // /v1/models/{id}: one model (the openai clients' models.retrieve()); /v1/live/sessions/{id}[/...]: a live session.
     const modelId = /^\/v1\/models\/(.+)$/.exec(pathname)?.[1];
-    const path = modelId === undefined ? pathname : '/v1/models/{id}';
-    const routes: Record<string, string> = { '/health': 'GET', '/v1/models': 'GET', '/v1/models/{id}': 'GET', '/v1/chat/completions': 'POST' };
+    const live = /^\/v1\/live\/sessions\/([^/]+)(\/frames|\/chat\/completions)?$/.exec(pathname);
+    const path = modelId !== undefined ? '/v1/models/{id}' : live ? `/v1/live/sessions/{id}${live[2] ?? ''}` : pathname;
+    const routes: Record<string, string[]> = {
+      '/health': ['GET'],
+      '/v1/models': ['GET'],
+      '/v1/models/{id}': ['GET'],
+      '/v1/chat/completions': ['POST'],
+      '/v1/live/sessions': ['POST'],
+      '/v1/live/sessions/{id}': ['GET', 'DELETE'],
+      '/v1/live/sessions/{id}/frames': ['POST'],
+      '/v1/live/sessions/{id}/chat/completions': ['POST'],
+    };
     if (routes[path] === undefined)
       throw new ApiError(404, `no route ${pathname.slice(0, 100)} (routes: ${Object.keys(routes).join(', ')})`, null, 'not_found');
-    if (req.method !== routes[path]) {
-      res.setHeader('allow', routes[path]);
-      throw new ApiError(405, `${path} takes ${routes[path]}, not ${req.method}`, null, 'method_not_allowed');
+    if (!routes[path].includes(req.method ?? '')) {
+      res.setHeader('allow', routes[path].join(', '));
+      throw new ApiError(405, `${path} takes ${routes[path].join(' or ')}, not ${req.method}`, null, 'method_not_allowed');
     }
     if (path === '/health') {
       // Unauthenticated, for load balancers: 200 once the model is loaded.
       const status = this.model ? 'ok' : this.loadError ? 'failed' : 'loading';
-      return sendJson(res, this.model ? 200 : 503, { status, queue: this.queue.depth });
+      return sendJson(res, this.model ? 200 : 503, { status, queue: this.queue.depth, live_sessions: this.sessions.count });
     }
     this.authorize(req);
     const model = this.ready();
+    if (live) return this.routeLive(model, req, res, live[1], live[2], signal, hold);
+    if (path === '/v1/live/sessions') return sendJson(res, 200, this.sessions.create(model, await this.readJson(req, hold)));
     const card = { id: this.modelName, object: 'model', created: 0, owned_by: 'pvc-tfjs', max_model_len: this.maxModelLen(model) };
     if (path === '/v1/models') return sendJson(res, 200, { object: 'list', data: [card] });
     if (modelId !== undefined) {
@@ -188,19 +204,7 @@ export class ChatServer {
         throw new ApiError(404, `the model '${id.slice(0, 100)}' does not exist (this server serves '${this.modelName}')`, 'model', 'model_not_found');
       return sendJson(res, 200, card);
     }
-    const raw = await readBody(req, this.limits.maxBodyBytes, this.limits.bodyIdleTimeoutMs, hold);
-    if (jsonDepth(raw) > this.limits.maxJsonDepth)
-      throw badRequest(null, `the body nests arrays and objects more than ${this.limits.maxJsonDepth} deep`, 'invalid_json');
-    const text = raw.toString('utf8');
-    let body: unknown;
-    try {
-      body = JSON.parse(text);
-    } catch (e) {
-      throw badRequest(null, `the body is not valid JSON (${(e as Error).message})`, 'invalid_json');
-    }
-    const name = (body as { model?: unknown } | null)?.model;
-    if (typeof name === 'string' && name !== this.modelName)
-      throw new ApiError(404, `the model '${name.slice(0, 100)}' does not exist (this server serves '${this.modelName}')`, 'model', 'model_not_found');
+    const body = await this.readJson(req, hold);
     const request = await parseChatRequest(body, this.mediaRoot, this.limits, model.config.max_dynamic_patch);
     try {
       // Resolved once, here: a bad option is a 400 before the request waits or decodes anything.
@@ -210,6 +214,76 @@ export class ChatServer {
     } finally {
       await closeMedia(request.media);
     }
+  }
+
+  /** The body as JSON (its depth checked before it is parsed); a `model` it names must be this server's. An empty body is undefined. */
+  private async readJson(req: http.IncomingMessage, hold: (bytes: number) => void): Promise<unknown> {
+    const raw = await readBody(req, this.limits.maxBodyBytes, this.limits.bodyIdleTimeoutMs, hold);
+    if (raw.length === 0) return undefined;
+    if (jsonDepth(raw) > this.limits.maxJsonDepth)
+      throw badRequest(null, `the body nests arrays and objects more than ${this.limits.maxJsonDepth} deep`, 'invalid_json');
+    let body: unknown;
+    try {
+      body = JSON.parse(raw.toString('utf8'));
+    } catch (e) {
+      throw badRequest(null, `the body is not valid JSON (${(e as Error).message})`, 'invalid_json');
+    }
+    const name = (body as { model?: unknown } | null)?.model;
+    if (typeof name === 'string' && name !== this.modelName)
+      throw new ApiError(404, `the model '${name.slice(0, 100)}' does not exist (this server serves '${this.modelName}')`, 'model', 'model_not_found');
+    return body;
+  }
+
+  /** A live session's routes (src/server/live.ts). */
+  private async routeLive(
+    model: PVCModel,
+    req: http.IncomingMessage,
+    res: http.ServerResponse,
+    id: string,
+    sub: string | undefined,
+    signal: AbortSignal,
+    hold: (bytes: number) => void,
+  ): Promise<void> {
+    if (sub === undefined) return sendJson(res, 200, req.method === 'DELETE' ? this.sessions.delete(id) : this.sessions.get(id));
+    if (sub === '/frames') {
+      this.sessions.get(id); // 404 before the body is read
+      checkFrameType(req);
+      const bytes = await readBody(req, this.limits.maxMediaBytes, this.limits.bodyIdleTimeoutMs, hold);
+      return sendJson(res, 200, await this.sessions.addFrame(model, id, bytes, signal));
+    }
+    // A question: a chat completion's body, one user message of text (the frames are the session's).
+    const body = await this.readJson(req, hold);
+    const request = await parseChatRequest(body ?? {}, null, this.limits, model.config.max_dynamic_patch);
+    if (request.media.length > 0 || request.history.length > 0 || request.systemMessage !== undefined) {
+      await closeMedia(request.media);
+      throw badRequest(
+        'messages',
+        "a live session's question is one user message of text (the frames are the session's; its system message is set when it is created)",
+      );
+    }
+    const generation = model.generationConfig(request.generation);
+    if (generation.numBeams > 1) throw badRequest('n', 'a live session answers greedily or by sampling');
+    await this.sessions.ask(id, signal, async (live) => {
+      const promptTokens = live.prompt(request.question).length;
+      if (promptTokens + request.maxTokens > this.maxModelLen(model)) {
+        throw badRequest(
+          'messages',
+          `the session's prompt of ${promptTokens} tokens plus max_tokens ${request.maxTokens} exceeds the server's limit of ${this.maxModelLen(model)} tokens (--max-model-len)`,
+          'context_length_exceeded',
+        );
+      }
+      await this.sendCompletion(
+        res,
+        request,
+        generation,
+        promptTokens,
+        {
+          answer: async (options) => (await live.ask(request.question, generation, options)).answer,
+          stream: (options) => live.stream(request.question, generation, options),
+        },
+        signal,
+      );
+    });
   }
 
   private authorize(req: http.IncomingMessage): void {
@@ -279,47 +353,75 @@ export class ChatServer {
           'context_length_exceeded',
         );
       }
-      let completionTokens = 0;
-      let last = -1;
-      // Each request is answered as on a freshly loaded model: no rotary state from earlier requests.
-      const options = { signal, resetRotary: true, onToken: (id: number) => (completionTokens++, (last = id)) };
-      const finishReason = () => (!generation.eosTokenId.includes(last) && completionTokens >= request.maxTokens ? 'length' : 'stop');
-      const usage = () => ({ prompt_tokens: promptTokens, completion_tokens: completionTokens, total_tokens: promptTokens + completionTokens });
-      const id = `chatcmpl-${randomUUID()}`;
-      const created = Math.floor(Date.now() / 1000);
-      if (!request.stream) {
-        const { answer } = await model.answer(turn, options);
-        return sendJson(res, 200, {
-          id,
-          object: 'chat.completion',
-          created,
-          model: this.modelName,
-          choices: [{ index: 0, message: { role: 'assistant', content: answer }, logprobs: null, finish_reason: finishReason() }],
-          usage: usage(),
-        });
-      }
-      const chunk = (delta: Record<string, string>, finish: string | null) => ({
-        id,
-        object: 'chat.completion.chunk',
-        created,
-        model: this.modelName,
-        choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }],
-        ...(request.includeUsage ? { usage: null } : {}),
-      });
-      const pieces = model.streamAnswer(turn, options);
-      // The first piece (or the end) before the headers: an error up to the first token is still a status code.
-      let next = await pieces.next();
-      res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', 'x-accel-buffering': 'no' });
-      sendEvent(res, chunk({ role: 'assistant', content: '' }, null));
-      for (; !next.done; next = await pieces.next()) sendEvent(res, chunk({ content: next.value }, null));
-      sendEvent(res, chunk({}, finishReason()));
-      if (request.includeUsage) sendEvent(res, { id, object: 'chat.completion.chunk', created, model: this.modelName, choices: [], usage: usage() });
-      res.end('data: [DONE]\n\n');
+      await this.sendCompletion(
+        res,
+        request,
+        generation,
+        promptTokens,
+        {
+          // Each request is answered as on a freshly loaded model: no rotary state from earlier requests.
+          answer: async (options) => (await model.answer(turn, { ...options, resetRotary: true })).answer,
+          stream: (options) => model.streamAnswer(turn, { ...options, resetRotary: true }),
+        },
+        signal,
+      );
     } finally {
       if (inputs) inputs.pixelValues?.dispose();
       else [...images, ...(video ? [video] : [])].forEach((m) => m.pixelValues.dispose());
       release();
     }
+  }
+
+  /**
+   * Answers a chat completion: `run.answer`'s text as one JSON object, or (request.stream) `run.stream`'s
+   * pieces as server-sent events, in OpenAI's shapes, with the usage.
+   */
+  async sendCompletion(
+    res: http.ServerResponse,
+    request: Pick<ChatRequest, 'stream' | 'includeUsage' | 'maxTokens'>,
+    generation: GenerationConfig,
+    promptTokens: number,
+    run: {
+      answer: (options: { signal: AbortSignal; onToken: (id: number) => void }) => Promise<string>;
+      stream: (options: { signal: AbortSignal; onToken: (id: number) => void }) => AsyncGenerator<string>;
+    },
+    signal: AbortSignal,
+  ): Promise<void> {
+    let completionTokens = 0;
+    let last = -1;
+    const options = { signal, onToken: (id: number) => (completionTokens++, (last = id)) };
+    const finishReason = () => (!generation.eosTokenId.includes(last) && completionTokens >= request.maxTokens ? 'length' : 'stop');
+    const usage = () => ({ prompt_tokens: promptTokens, completion_tokens: completionTokens, total_tokens: promptTokens + completionTokens });
+    const id = `chatcmpl-${randomUUID()}`;
+    const created = Math.floor(Date.now() / 1000);
+    if (!request.stream) {
+      const answer = await run.answer(options);
+      return sendJson(res, 200, {
+        id,
+        object: 'chat.completion',
+        created,
+        model: this.modelName,
+        choices: [{ index: 0, message: { role: 'assistant', content: answer }, logprobs: null, finish_reason: finishReason() }],
+        usage: usage(),
+      });
+    }
+    const chunk = (delta: Record<string, string>, finish: string | null) => ({
+      id,
+      object: 'chat.completion.chunk',
+      created,
+      model: this.modelName,
+      choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }],
+      ...(request.includeUsage ? { usage: null } : {}),
+    });
+    const pieces = run.stream(options);
+    // The first piece (or the end) before the headers: an error up to the first token is still a status code.
+    let next = await pieces.next();
+    res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', 'x-accel-buffering': 'no' });
+    sendEvent(res, chunk({ role: 'assistant', content: '' }, null));
+    for (; !next.done; next = await pieces.next()) sendEvent(res, chunk({ content: next.value }, null));
+    sendEvent(res, chunk({}, finishReason()));
+    if (request.includeUsage) sendEvent(res, { id, object: 'chat.completion.chunk', created, model: this.modelName, choices: [], usage: usage() });
+    res.end('data: [DONE]\n\n');
   }
 
   /** Answers with the error in OpenAI's shape; nothing to answer when the client has gone. */
