@@ -9,6 +9,7 @@ import { generate, resolveGenerationConfig } from '../src/generation/generate';
 import { SafetensorsFile } from '../src/io/safetensors';
 import { Weights } from '../src/io/weights';
 import { InternLM2 } from '../src/llm/internlm2';
+import { appendBlock, Block, disposeBlocks } from '../src/nn/attention';
 import { kernelsFor } from '../src/model/kernels';
 import { convertFixture, loadReference, PARITY_BACKENDS, PARITY_TOLERANCE, readAndDispose, ReferenceDoc, relativeMaxError, tapRecorder } from './helpers';
 
@@ -51,6 +52,45 @@ describe.each(PARITY_BACKENDS)('on %s', (backend) => {
     expect(tf.memory().numTensors).toBe(before);
     const names = [...Array.from({ length: config.llm.num_hidden_layers }, (_, i) => `llm.layers.${i}.out`), 'llm.norm', 'llm.logits'];
     for (const n of names) expect({ n, ok: relativeMaxError(captured.get(n)!, ref.readFloat32(n)) <= PARITY_TOLERANCE }).toEqual({ n, ok: true });
+  });
+
+  test("the prompt fed in chunks of 3 positions (a live video's frames) or 1 (decode steps) gives the oracle's logits; the cache keeps few blocks", async () => {
+    const before = tf.memory().numTensors;
+    const embeds = refTensor('llm.inputs_embeds') as tf.Tensor3D;
+    const want = ref.readFloat32('llm.logits');
+    const [, T] = embeds.shape;
+    const V = want.length / T;
+    for (const chunk of [3, 1]) {
+      const cache = llm.newCache(1, 4);
+      let last: Float32Array = new Float32Array();
+      for (let at = 0; at < T; at += chunk) {
+        const part = embeds.slice([0, at, 0], [1, Math.min(chunk, T - at), -1]);
+        const logits = llm.forward(part, cache);
+        last = (await readAndDispose(logits)).slice(-V);
+        part.dispose();
+      }
+      expect(relativeMaxError(last, want.slice(-V))).toBeLessThanOrEqual(PARITY_TOLERANCE);
+      // Merged like a binary counter: about log2 of the appends, not one block per chunk.
+      expect(cache.blockCount()).toBeLessThanOrEqual(Math.ceil(Math.log2(T / Math.min(chunk, 4))) + 1);
+      cache.dispose();
+    }
+    embeds.dispose();
+    expect(tf.memory().numTensors).toBe(before);
+  });
+
+  test('appendBlock: blocks merge like a binary counter up to maxLength, in order, disposing what they replace', () => {
+    const before = tf.memory().numTensors;
+    const blocks: Block[] = [];
+    for (let i = 0; i < 11; i++) appendBlock(blocks, { keys: tf.keep(tf.fill([1, 1, 2, 1], i)), values: tf.keep(tf.fill([1, 1, 2, 1], -i)) }, 2, 8);
+    expect(blocks.map((b) => b.keys.shape[2])).toEqual([8, 8, 4, 2]);
+    const joined = tf.concat(
+      blocks.map((b) => b.keys),
+      2,
+    );
+    expect(Array.from(joined.dataSync())).toEqual(Array.from({ length: 11 }, (_, i) => [i, i]).flat());
+    joined.dispose();
+    disposeBlocks(blocks);
+    expect(tf.memory().numTensors).toBe(before);
   });
 
   test("16 greedy tokens with the KV cache are the oracle's", async () => {

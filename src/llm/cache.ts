@@ -1,24 +1,35 @@
 // The KV cache of InternLM2: per layer, the rotated keys and the values of the positions seen so far,
 // and the attention mask over them; for beam search the prompt is shared by the beams of a row.
 import * as tf from '@tensorflow/tfjs';
+import { appendBlock, Block, disposeBlocks, joinBlocks } from '../nn/attention';
 
 /** One layer's cached keys and values, [B, kv_heads, T, head_dim] each (keys rotated). */
-export interface KVBlock {
-  keys: tf.Tensor4D;
-  values: tf.Tensor4D;
-}
+export type KVBlock = Block<tf.Tensor4D>;
+
+/**
+ * Most positions a main block grows to by merging. An append copies at most this many: 16 MiB of keys
+ * and values a layer for InternLM2-7B (8 KV heads x 128 x 4 bytes x 2 per position), 512 MiB over its
+ * 32 layers. A decode step reads about T / MAX_BLOCK + log2 blocks (5 or 6 at 9k positions).
+ */
+const MAX_BLOCK = 2048;
+
+/** Positions are axis 2 of a block. */
+const join = (blocks: KVBlock[]) => joinBlocks(blocks, 2);
 
 /**
  * Per-layer keys and values of the positions seen so far. tfjs cannot write into a tensor, so one
  * growing block would be copied whole at every decode step (InternLM2-7B layer on tensorflow, 2 cores,
- * 4096 positions: 3.3 ms of concat per step, 0.5 ms with the tail below, against ~43 ms of matVecs).
- * So a layer keeps a main block and a short tail: a single new position joins the tail; the
- * tail is folded into the main block when it reaches `tailLimit` positions, and so is everything when
- * several positions arrive at once (a prefill). A step copies at most `tailLimit` positions plus, on
- * average, T / tailLimit. Attention runs over both blocks.
+ * 4096 positions: 3.3 ms of concat per step, 0.5 ms with the tail below, against ~43 ms of matVecs),
+ * and at every prefill chunk or live frame (a live session at 9k positions of InternLM2-7B would copy
+ * 2.3 GB per frame). So a layer keeps a few main blocks and a short tail. A single new position joins
+ * the tail, which becomes a main block when it reaches `tailLimit` positions; several positions at
+ * once (a prefill chunk, a frame) become a main block with the tail. Main blocks merge like a binary
+ * counter (`appendBlock`) up to MAX_BLOCK positions: a position is copied a few times in all, not once
+ * per chunk, and an append copies at most MAX_BLOCK positions. Attention runs over every block.
  */
 export class KVCache {
-  private readonly main: (KVBlock | null)[];
+  /** Per layer, main blocks in position order (merged by appendBlock: none longer than the one before). */
+  private readonly main: KVBlock[][];
   private readonly tail: (KVBlock | null)[];
   /**
    * Beam search (after `shareWithBeams`): `main` holds the prompt of each batch row once, [B, ...], and
@@ -39,7 +50,7 @@ export class KVCache {
     batch: number,
     readonly tailLimit = 256,
   ) {
-    this.main = new Array(layers).fill(null);
+    this.main = Array.from({ length: layers }, () => []);
     this.tail = new Array(layers).fill(null);
     this.beams = new Array(layers).fill(null);
     this.mask = Array.from({ length: batch }, () => []);
@@ -54,19 +65,22 @@ export class KVCache {
     if (this.numBeams > 1) throw new Error('KVCache.append: a cache shared by beams takes appendBeams');
     const main = this.main[layer];
     const tail = this.tail[layer];
-    const join = (parts: tf.Tensor4D[]) => tf.keep(parts.length === 1 ? parts[0].clone() : tf.concat(parts, 2)) as tf.Tensor4D;
-    const old = [main, tail].filter((b): b is KVBlock => b !== null);
+    const parts = tail ? [tail, { keys: k, values: v }] : [{ keys: k, values: v }];
     const tailLength = tail ? tail.keys.shape[2] : 0;
-    if (main === null || k.shape[2] > 1 || tailLength + 1 >= this.tailLimit) {
-      this.main[layer] = { keys: join([...old.map((b) => b.keys), k]), values: join([...old.map((b) => b.values), v]) };
+    if (main.length === 0 || k.shape[2] > 1 || tailLength + 1 >= this.tailLimit) {
+      appendBlock(main, join(parts), 2, MAX_BLOCK);
       this.tail[layer] = null;
     } else {
-      this.tail[layer] = { keys: join(tail ? [tail.keys, k] : [k]), values: join(tail ? [tail.values, v] : [v]) };
-      if (tail) tf.dispose([tail.keys, tail.values]);
+      this.tail[layer] = join(parts);
     }
-    if (this.main[layer] !== main) old.forEach((b) => tf.dispose([b.keys, b.values]));
-    const blocks = [this.main[layer], this.tail[layer]].filter((b): b is KVBlock => b !== null);
+    if (tail) disposeBlocks([tail]);
+    const blocks = this.tail[layer] ? [...main, this.tail[layer]!] : main;
     return { keys: blocks.map((b) => b.keys), values: blocks.map((b) => b.values) };
+  }
+
+  /** Main blocks per layer (at most about log2 of the positions over the chunk size). */
+  blockCount(layer = 0): number {
+    return this.main[layer].length;
   }
 
   /**
@@ -76,15 +90,17 @@ export class KVCache {
   shareWithBeams(numBeams: number): void {
     if (this.numBeams !== 1) throw new Error('KVCache.shareWithBeams: the cache is already shared by beams');
     if (!Number.isSafeInteger(numBeams) || numBeams < 1) throw new Error(`numBeams ${numBeams}: expected an integer >= 1`);
+    // The prompt as one block per layer, once: the beams' attention reads it as one part.
     this.main.forEach((main, layer) => {
       const tail = this.tail[layer];
-      if (main === null || tail === null) return;
-      this.main[layer] = {
-        keys: tf.keep(tf.concat([main.keys, tail.keys], 2)) as tf.Tensor4D,
-        values: tf.keep(tf.concat([main.values, tail.values], 2)) as tf.Tensor4D,
-      };
+      const blocks = tail ? [...main, tail] : main;
+      if (blocks.length > 1) {
+        this.main[layer] = [join(blocks)];
+        disposeBlocks(blocks);
+      } else {
+        this.main[layer] = [...blocks];
+      }
       this.tail[layer] = null;
-      tf.dispose([main.keys, main.values, tail.keys, tail.values]);
     });
     this.numBeams = numBeams;
     this.mask = this.mask.flatMap((row) => Array.from({ length: numBeams }, () => [...row]));
@@ -118,7 +134,7 @@ export class KVCache {
         ? { keys: tf.keep(k.clone()), values: tf.keep(v.clone()) }
         : { keys: tf.keep(tf.concat([old.keys, k], 2)), values: tf.keep(tf.concat([old.values, v], 2)) };
     if (old) tf.dispose([old.keys, old.values]);
-    return { prompt: this.main[layer], beams: this.beams[layer]! };
+    return { prompt: this.main[layer][0] ?? null, beams: this.beams[layer]! };
   }
 
   /**
@@ -130,15 +146,15 @@ export class KVCache {
     if (this.numBeams > 1) throw new Error('KVCache.fork: a cache shared by beams cannot be forked');
     const copy = new KVCache(this.main.length, this.mask.length, this.tailLimit);
     const share = (b: KVBlock | null): KVBlock | null => b && { keys: tf.keep(b.keys.clone()), values: tf.keep(b.values.clone()) };
-    this.main.forEach((b, l) => (copy.main[l] = share(b)));
+    this.main.forEach((blocks, l) => (copy.main[l] = blocks.map((b) => share(b)!)));
     this.tail.forEach((b, l) => (copy.tail[l] = share(b)));
     copy.mask = this.mask.map((row) => [...row]);
     return copy;
   }
 
   dispose(): void {
-    for (const b of [...this.main, ...this.tail, ...this.beams]) if (b) tf.dispose([b.keys, b.values]);
-    this.main.fill(null);
+    disposeBlocks([...this.main.flat(), ...this.tail, ...this.beams].filter((b): b is KVBlock => b !== null));
+    this.main.forEach((blocks) => (blocks.length = 0));
     this.tail.fill(null);
     this.beams.fill(null);
   }

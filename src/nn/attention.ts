@@ -9,7 +9,7 @@ import { batchMatMul, Kernels } from './layers';
  * [Tk, d]. `mask` [Tq, Tk] or [Q, 1, Tq, Tk]-broadcastable per group is added to the scores viewed as
  * [Q, G, Tq, Tk]. Returns the output [Q, R, d] and the probabilities [Q, R, Tk].
  *
- * Keys and values may come as consecutive blocks along Tk (a KV cache's main block and its tail): the
+ * Keys and values may come as consecutive blocks along Tk (a cache's blocks, see `appendBlock`): the
  * scores of the blocks are joined before the softmax and the output is the sum of each block's share.
  *
  * With `kernels.attentionPer2DGroup` (wasm, where only a plain 2-D matMul without transposes is fast:
@@ -75,4 +75,39 @@ export function mergeHeads(x: tf.Tensor4D): tf.Tensor3D {
   const [B, H, T, hd] = x.shape;
   if (T === 1) return tf.reshape(x, [B, 1, H * hd]);
   return tf.reshape(tf.transpose(x, [0, 2, 1, 3]), [B, T, H * hd]) as tf.Tensor3D;
+}
+
+/** The keys and values of consecutive positions: one block of a cache. */
+export interface Block<T extends tf.Tensor = tf.Tensor> {
+  keys: T;
+  values: T;
+}
+
+/** The blocks joined along `axis` (positions) into one new kept block; the blocks given stay as they are. */
+export function joinBlocks<T extends tf.Tensor>(blocks: Block<T>[], axis: number): Block<T> {
+  const cat = (parts: T[]) => tf.keep(parts.length === 1 ? parts[0].clone() : tf.concat(parts, axis)) as T;
+  return { keys: cat(blocks.map((b) => b.keys)), values: cat(blocks.map((b) => b.values)) };
+}
+
+export function disposeBlocks(blocks: Block[]): void {
+  for (const b of blocks) tf.dispose([b.keys, b.values]);
+}
+
+/**
+ * Appends a kept block to a cache's blocks (in position order along `axis`), then merges them like a
+ * binary counter, up to `maxLength` positions a block: while the last block is at least as long as
+ * the one before and the two together fit, they are joined. One growing block would be copied whole
+ * at every append (every frame of a live video, every prefill chunk); this way an append copies at
+ * most `maxLength` positions, a position is copied about log2(maxLength / append) times in all, and
+ * there are about length / maxLength + log2(maxLength / append) blocks. Attention reads the blocks as
+ * they are (see `attention`).
+ */
+export function appendBlock<T extends tf.Tensor>(blocks: Block<T>[], block: Block<T>, axis: number, maxLength = Infinity): void {
+  blocks.push(block);
+  const length = (i: number) => blocks[i].keys.shape[axis] as number;
+  for (let n = blocks.length; n > 1 && length(n - 1) >= length(n - 2) && length(n - 1) + length(n - 2) <= maxLength; n = blocks.length) {
+    const pair = blocks.splice(-2);
+    blocks.push(joinBlocks(pair, axis));
+    disposeBlocks(pair);
+  }
 }

@@ -15,7 +15,7 @@
 // a `FrameCache` keeps each temporal layer's keys and values of the frames seen so far.
 import * as tf from '@tensorflow/tfjs';
 import { Weights } from '../io/weights';
-import { attention } from '../nn/attention';
+import { appendBlock, attention, Block, disposeBlocks } from '../nn/attention';
 import { Kernels, LayerNorm, Linear, silu, Tap } from '../nn/layers';
 
 /** Sinusoidal timestep features [n, dim], DiT order (cos first), in float32 arithmetic. */
@@ -57,26 +57,40 @@ export class TimeEmbedder {
   }
 }
 
-/** Keys and values of the frames seen so far, per temporal layer ([S, N, H, t, hd] each), and their count. */
+/**
+ * Keys and values of the frames seen so far, per temporal layer, and their count: blocks of
+ * consecutive frames ([S, N, H, t, hd] each, frames along axis 3) merged as `appendBlock` does (up to
+ * MAX_BLOCK frames), so a frame added to a long video copies at most MAX_BLOCK frames' keys, not all.
+ */
 export class FrameCache {
-  readonly keys = new Map<number, tf.Tensor>();
-  readonly values = new Map<number, tf.Tensor>();
+  /** Most frames a block grows to by merging: a frame added copies at most this many frames' keys and values. */
+  static readonly MAX_BLOCK = 16;
+  readonly blocks = new Map<number, Block[]>();
   /** Frames per sequence already encoded (the next frame's time index). */
   frames = 0;
+
+  /** A layer's blocks (empty before its first frame). */
+  layer(layer: number): Block[] {
+    if (!this.blocks.has(layer)) this.blocks.set(layer, []);
+    return this.blocks.get(layer)!;
+  }
 
   /** A cache of the same frames sharing their keys and values (see KVCache.fork). */
   fork(): FrameCache {
     const copy = new FrameCache();
-    this.keys.forEach((t, layer) => copy.keys.set(layer, tf.keep(t.clone())));
-    this.values.forEach((t, layer) => copy.values.set(layer, tf.keep(t.clone())));
+    this.blocks.forEach((blocks, layer) =>
+      copy.blocks.set(
+        layer,
+        blocks.map((b) => ({ keys: tf.keep(b.keys.clone()), values: tf.keep(b.values.clone()) })),
+      ),
+    );
     copy.frames = this.frames;
     return copy;
   }
 
   dispose(): void {
-    [...this.keys.values(), ...this.values.values()].forEach((t) => t.dispose());
-    this.keys.clear();
-    this.values.clear();
+    this.blocks.forEach((blocks) => disposeBlocks(blocks));
+    this.blocks.clear();
   }
 }
 
@@ -120,19 +134,15 @@ export class TemporalAttention {
     // -> [3, S, N, H, T, hd]
     const [q, k, v] = tf.unstack(qkv.transpose([3, 0, 2, 4, 1, 5]));
     const past = cache.frames;
-    const prevK = cache.keys.get(this.layer);
-    const prevV = cache.values.get(this.layer);
-    const keys = prevK ? tf.concat([prevK, k], 3) : k;
-    const values = prevV ? tf.concat([prevV, v], 3) : v;
-    cache.keys.set(this.layer, tf.keep(keys.clone()));
-    cache.values.set(this.layer, tf.keep(values.clone()));
-    prevK?.dispose();
-    prevV?.dispose();
+    const blocks = cache.layer(this.layer);
+    appendBlock(blocks, { keys: tf.keep(k.clone()), values: tf.keep(v.clone()) }, 3, FrameCache.MAX_BLOCK);
     const Tk = past + T;
     const mask = new Float32Array(T * Tk);
     for (let i = 0; i < T; i++) for (let j = 0; j < Tk; j++) mask[i * Tk + j] = j <= past + i ? 0 : -Infinity;
-    const groups = (t: tf.Tensor, len: number) => t.reshape([-1, len, hd]) as tf.Tensor3D;
-    const { out, probs } = attention(this.kernels, groups(q, T), groups(keys, Tk), groups(values, Tk), hd ** -0.5, 1, tf.tensor2d(mask, [T, Tk]));
+    const groups = (t: tf.Tensor) => t.reshape([-1, t.shape[3] as number, hd]) as tf.Tensor3D;
+    const keys = blocks.map((b) => groups(b.keys));
+    const values = blocks.map((b) => groups(b.values));
+    const { out, probs } = attention(this.kernels, groups(q), keys, values, hd ** -0.5, 1, tf.tensor2d(mask, [T, Tk]));
     if (tap) tap(`${this.prefix}.probs`, probs.reshape([S, N, H, T, Tk]));
     const merged = out.reshape([S, N, H, T, hd]).transpose([0, 3, 1, 2, 4]).reshape([ST, N, C]) as tf.Tensor3D;
     const result = tf.mul(this.proj.forward(merged), this.ls) as tf.Tensor3D;
