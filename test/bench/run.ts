@@ -8,7 +8,8 @@
 // Options (for a partial run while optimising; the default is everything):
 //   --models a,b       only these models (vit-300m-layer, internlm2-7b-layer, medium, tiny-internvl2)
 //   --backends a,b     only these tfjs backends (tensorflow, wasm, cpu); PyTorch always runs
-//   --measures a,b     only these measures (vision, llm, beams: ms per step of greedy and of 5 beams)
+//   --measures a,b     only these measures (vision, llm, beams: ms per step of greedy and of 5 beams;
+//                      runtime: prefill, video, live, loop)
 //   --suites a,b       speed (the table above: per-layer and per-model speed), runtime (prefill memory and
 //                      time against length, a 96-frame video chat, event-loop delay); default both;
 //                      full-size (InternVL2-8B and PVC-InternVL2-8B at real size in each weight mode against
@@ -174,7 +175,7 @@ async function main() {
       fullSize.push(...fullSizeSuite(tsx, python, upstream, listOption('--full-size'), process.argv.includes('--full-size-fresh')));
     if (suites.includes('runtime')) {
       const tfjsBackends = backends.filter((b) => !onlyBackends || onlyBackends.includes(b));
-      runtime.push(...runtimeSuite(work, tsx, python, upstream, tfjsBackends));
+      runtime.push(...runtimeSuite(work, tsx, python, upstream, tfjsBackends, onlyMeasures));
     }
   } finally {
     fs.rmSync(work, { recursive: true, force: true });
@@ -201,8 +202,16 @@ const PREFILL_LENGTHS = [1024, 2048, 4096, 8192];
  * 448 px on tensorflow; the main thread's event-loop delay during a chat on the tiny and the medium
  * model, in the main thread and in a worker.
  */
-function runtimeSuite(work: string, tsx: string, python: string, upstream: string | undefined, backends: string[]): Record<string, unknown>[] {
+function runtimeSuite(
+  work: string,
+  tsx: string,
+  python: string,
+  upstream: string | undefined,
+  backends: string[],
+  onlyMeasures?: string[],
+): Record<string, unknown>[] {
   const out: Record<string, unknown>[] = [];
+  const runs = (measure: string) => !onlyMeasures || onlyMeasures.includes(measure);
   const bench = path.join(__dirname, 'runtime-bench.ts');
   const hfDir = path.join(work, 'runtime-medium-hf');
   writeSyntheticCheckpoint(hfDir, {
@@ -214,7 +223,7 @@ function runtimeSuite(work: string, tsx: string, python: string, upstream: strin
   const tiny = path.join(work, 'runtime-tiny');
   convertCheckpoint(path.join(ROOT, 'test', 'fixtures', 'checkpoints', 'tiny-internvl2'), tiny);
   const D = JSON.parse(fs.readFileSync(path.join(medium, 'config.json'), 'utf8')).llm.hidden_size;
-  for (const tokens of PREFILL_LENGTHS) {
+  for (const tokens of runs('prefill') ? PREFILL_LENGTHS : []) {
     for (const backend of backends) {
       process.stderr.write(`bench runtime: prefill ${tokens} on ${backend}\n`);
       out.push({ model: 'medium', ...runJson(tsx, [bench, '--measure', 'prefill', '--model', medium, '--backend', backend, '--tokens', String(tokens)]) });
@@ -231,13 +240,21 @@ function runtimeSuite(work: string, tsx: string, python: string, upstream: strin
   }
   // wasm would take minutes per frame pass at this width: the video runs on tensorflow where it is built.
   for (const backend of backends.filter((b) => b === 'tensorflow')) {
-    process.stderr.write(`bench runtime: 96-frame video on ${backend}\n`);
-    out.push({ model: 'pvc-vit300m-width', ...runJson(tsx, [bench, '--measure', 'video', '--backend', backend, '--frames', '96', '--tokenizer', tiny]) });
+    if (runs('video')) {
+      process.stderr.write(`bench runtime: 96-frame video on ${backend}\n`);
+      out.push({ model: 'pvc-vit300m-width', ...runJson(tsx, [bench, '--measure', 'video', '--backend', backend, '--frames', '96', '--tokenizer', tiny]) });
+    }
+    if (runs('live')) {
+      process.stderr.write(`bench runtime: a 128-frame live session on ${backend}\n`);
+      out.push({ model: 'pvc-vit300m-width', ...runJson(tsx, [bench, '--measure', 'live', '--backend', backend, '--frames', '128', '--tokenizer', tiny]) });
+    }
   }
-  for (const [name, dir] of [
-    ['tiny-internvl2', tiny],
-    ['medium', medium],
-  ]) {
+  for (const [name, dir] of runs('loop')
+    ? [
+        ['tiny-internvl2', tiny],
+        ['medium', medium],
+      ]
+    : []) {
     for (const backend of backends) {
       for (const worker of [false, true]) {
         process.stderr.write(`bench runtime: event loop, ${name} on ${backend}${worker ? ' in a worker' : ''}\n`);
@@ -273,13 +290,14 @@ function runtimeTable(rows: Record<string, unknown>[]): string {
     '| backend | frames | prompt tokens | frames per pass | to first token ms | total ms | peak RSS MB |',
     '|---|---|---|---|---|---|---|',
   );
-  for (const r of rows.filter((x) => x.measure === 'video' || x.model === 'pvc-vit300m-width')) {
+  for (const r of rows.filter((x) => x.measure === 'video' || (x.model === 'pvc-vit300m-width' && x.error && x.measure !== 'live'))) {
     lines.push(
       r.error
         ? `| error: ${String(r.error).slice(0, 100)} ||||||| `
         : `| ${r.backend} | ${r.frames} | ${r.promptTokens} | ${r.framesPerPass} | ${f(r.promptMs)} | ${f(r.ms)} | ${f(r.peakRssMB)} |`,
     );
   }
+  lines.push('', ...liveTable(rows.filter((x) => x.measure === 'live')));
   lines.push(
     '',
     'Event-loop delay in the main thread during a chat (2 tiles, 32 new tokens, after a warm-up chat):',
@@ -295,6 +313,31 @@ function runtimeTable(rows: Record<string, unknown>[]): string {
     );
   }
   return lines.join('\n') + '\n';
+}
+
+/** A live session's costs (runtime-bench.ts --measure live): per added frame, a question against chat(), RSS. */
+export function liveTable(rows: Record<string, unknown>[]): string[] {
+  const f = (v: unknown, digits = 0) => (typeof v === 'number' ? v.toFixed(digits) : '-');
+  const lines = [
+    "A live session (model.liveVideo) on the same configuration: frames added one at a time (after a one-frame warm-up session), a question after half of them against chat() on those frames, 4 new tokens each. Frame times are the median of 5 frames around each point (and that frame's own); x: against frame 1's.",
+    '',
+    '| backend | frames | ms per frame at 1 | at 16 | at N/2 | at N | question after N/2: to first token ms | chat() on those frames: to first token ms | faster | RSS after N/2 MB (peak) | after N MB (peak) |',
+    '|---|---|---|---|---|---|---|---|---|---|---|',
+  ];
+  for (const r of rows) {
+    if (r.error) {
+      lines.push(`| error: ${String(r.error).slice(0, 100)} ||||||||||`);
+      continue;
+    }
+    const N = r.frames as number;
+    const med = r.frameMsMedian as Record<string, number>;
+    const one = r.frameMs as Record<string, number>;
+    const at = (k: number) => `${f(med[k])} (${f(one[k])}) ${(med[k] / med[1]).toFixed(2)}x`;
+    lines.push(
+      `| ${r.backend} | ${N} | ${f(med[1])} (${f(one[1])}) | ${at(16)} | ${at(N / 2)} | ${at(N)} | ${f(r.askFirstTokenMs)} | ${f(r.chatFirstTokenMs)} | ${((r.chatFirstTokenMs as number) / (r.askFirstTokenMs as number)).toFixed(0)}x | ${f(r[`rssAfter${N / 2}MB`])} (${f(r[`peakRssAfter${N / 2}MB`])}) | ${f(r[`rssAfter${N}MB`])} (${f(r[`peakRssAfter${N}MB`])}) |`,
+    );
+  }
+  return lines;
 }
 
 function table(results: Record<string, unknown>[], machine: Record<string, unknown>): string {

@@ -4,11 +4,15 @@
 //                                                           runs it (chunks of limits.prefillChunk), time and RSS
 //   --measure video --backend B --frames N --tokenizer DIR  a PVC chat over N frames at 448 px, ViT of InternViT-300M's
 //                                                           width (1 layer, AdaLN + temporal attention), random weights
+//   --measure live --backend B --frames N --tokenizer DIR   a live session (model.liveVideo) on the video config: time per
+//                                                           added frame, RSS after N/2 and N frames, a question after N/2
+//                                                           frames against chat() on the same frames (time to first token)
 //   --measure loop --model DIR --backend B [--worker]       event-loop delay p50/p99/max in the main thread during a chat
 import { monitorEventLoopDelay } from 'perf_hooks';
 import * as tf from '@tensorflow/tfjs';
 import { BackendName, initBackend } from '../../src/backend';
 import { chatGenerationConfig, prepareChat, runTurn } from '../../src/chat/chat';
+import { LiveVideo } from '../../src/chat/live';
 import { withImagePlaceholders } from '../../src/chat/prompt';
 import { validateConfig } from '../../src/config';
 import { runYielding } from '../../src/event_loop';
@@ -24,6 +28,7 @@ const arg = (name: string, fallback?: string) => {
   return i >= 0 ? process.argv[i + 1] : fallback;
 };
 const peakRssMB = () => process.resourceUsage().maxRSS / 1024;
+const rssMB = () => process.memoryUsage().rss / 2 ** 20;
 
 async function prefill(dir: string, backend: BackendName, tokens: number) {
   const model = await PVCModel.load(dir, { backend });
@@ -125,6 +130,82 @@ async function video(backend: BackendName, frames: number, tokenizerDir: string)
   };
 }
 
+/**
+ * A live session of N frames on the video config: each frame's addFrame timed (after a one-frame
+ * warm-up session: first-use costs out of the way), RSS (now and peak) after N/2 and N frames, a
+ * question after N/2 frames, then chat() on those N/2 frames, both timed to their first token.
+ */
+async function live(backend: BackendName, frames: number, tokenizerDir: string) {
+  const info = await initBackend({ backend });
+  const config = videoConfig(Math.ceil(frames * 1.25)); // room for each frame's "FrameN: " and tags
+  const model = new VisionLanguageModel('random weights', config, randomWeights(config), kernelsFor(info.name));
+  const tokenizer = PVCTokenizer.load(tokenizerDir);
+  const generation = chatGenerationConfig(tokenizer, { maxNewTokens: 4, minNewTokens: 4 });
+  const half = frames / 2;
+  const clips = [0, 1].map((k) => tf.randomUniform([half, 3, 448, 448], -1, 1, 'float32', 9 + k) as tf.Tensor4D);
+  const frame = (i: number) => clips[Math.floor(i / half)].slice([i % half, 0, 0, 0], [1, -1, -1, -1]) as tf.Tensor4D;
+  const warm = new LiveVideo(model, tokenizer);
+  const f0 = frame(0);
+  await warm.addFrame(f0);
+  await warm.ask('What happens?', generation);
+  warm.dispose();
+  f0.dispose();
+  const session = new LiveVideo(model, tokenizer);
+  const frameMs: number[] = [];
+  const at: Record<string, number> = {};
+  let askFirstTokenMs = 0;
+  let askPromptTokens = 0;
+  for (let i = 0; i < frames; i++) {
+    const f = frame(i);
+    const t = performance.now();
+    await session.addFrame(f);
+    frameMs.push(performance.now() - t);
+    f.dispose();
+    if (i + 1 === half || i + 1 === frames) {
+      at[`rssAfter${i + 1}MB`] = rssMB();
+      at[`peakRssAfter${i + 1}MB`] = peakRssMB();
+      at[`positionsAfter${i + 1}`] = session.positions;
+    }
+    if (i + 1 === half) {
+      const t0 = performance.now();
+      let first = 0;
+      const answer = await session.ask('What happens?', generation, { onToken: () => (first ||= performance.now()) });
+      askFirstTokenMs = first - t0;
+      askPromptTokens = answer.inputIds.length;
+    }
+  }
+  session.dispose();
+  // chat() on the same first N/2 frames: every frame encoded and the whole prompt read again.
+  const question = withImagePlaceholders('What happens?', half, 'video');
+  const t0 = performance.now();
+  let first = 0;
+  const turn = prepareChat(model, tokenizer, clips[0], question, generation, { dataFlag: 3, numPatchesList: new Array(half).fill(1) });
+  const chat = await runTurn(model, tokenizer, turn, { onToken: () => (first ||= performance.now()) });
+  const chatFirstTokenMs = first - t0;
+  tf.dispose(clips);
+  const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+  return {
+    measure: 'live',
+    backend: tf.getBackend(),
+    frames,
+    frameMs: { 1: frameMs[0], 16: frameMs[15], [half]: frameMs[half - 1], [frames]: frameMs[frames - 1] },
+    // Medians of 5 frames around each point (one frame's time on a shared machine varies by tens of percent).
+    frameMsMedian: {
+      1: median(frameMs.slice(0, 5)),
+      16: median(frameMs.slice(13, 18)),
+      [half]: median(frameMs.slice(half - 5, half)),
+      [frames]: median(frameMs.slice(frames - 5)),
+    },
+    askAfter: half,
+    askPromptTokens,
+    askFirstTokenMs,
+    chatPromptTokens: chat.inputIds.length,
+    chatFirstTokenMs,
+    ...at,
+    peakRssMB: peakRssMB(),
+  };
+}
+
 async function loop(dir: string, backend: BackendName, inWorker: boolean) {
   const model: ChatModel = inWorker ? await WorkerModel.load(dir, { backend }) : await PVCModel.load(dir, { backend });
   const S = model.config.image_size;
@@ -159,8 +240,9 @@ async function main() {
   let result: Record<string, unknown>;
   if (measure === 'prefill') result = await prefill(arg('--model')!, backend, Number(arg('--tokens', '1024')));
   else if (measure === 'video') result = await video(backend, Number(arg('--frames', '96')), arg('--tokenizer')!);
+  else if (measure === 'live') result = await live(backend, Number(arg('--frames', '128')), arg('--tokenizer')!);
   else if (measure === 'loop') result = await loop(arg('--model')!, backend, process.argv.includes('--worker'));
-  else throw new Error(`--measure prefill | video | loop, not ${measure}`);
+  else throw new Error(`--measure prefill | video | live | loop, not ${measure}`);
   process.stdout.write(JSON.stringify(result) + '\n');
   process.exit(0);
 }
