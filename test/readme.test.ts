@@ -1,7 +1,7 @@
-// README's "Using it from code" example runs as written: the code block is taken from README.md, its
-// package import pointed at this checkout, and run with tsx against the tiny model in a directory laid
-// out as the README assumes (weights/tiny-internvl2, examples/media: the repository's own media, so the
-// test needs nothing outside the checkout).
+// README's examples run as written: each code block is taken from README.md, its package import pointed
+// at this checkout, and run with tsx against a tiny model in a directory laid out as the README assumes
+// (weights/tiny-internvl2 or weights/tiny-pvc, examples/media: the repository's own media, so the test
+// needs nothing outside the checkout).
 import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
@@ -21,7 +21,7 @@ function codeBlockAfter(heading: string): string {
 }
 
 /** Runs README's first ts block after `heading` with tsx in a directory laid out as the README assumes. */
-function runBlock(heading: string): void {
+function runBlock(heading: string, fixture = 'tiny-internvl2'): void {
   const code = codeBlockAfter(heading);
   expect(code).toContain("from 'pvc-tfjs'");
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'pvc-readme-'));
@@ -29,8 +29,8 @@ function runBlock(heading: string): void {
   fs.mkdirSync(path.join(cwd, 'weights'), { recursive: true });
   fs.mkdirSync(path.join(cwd, 'examples'));
   fs.symlinkSync(MEDIA, path.join(cwd, 'examples', 'media'));
-  const converted = convertFixture('tiny-internvl2');
-  fs.renameSync(converted, path.join(cwd, 'weights', 'tiny-internvl2'));
+  const converted = convertFixture(fixture);
+  fs.renameSync(converted, path.join(cwd, 'weights', fixture));
   // The block's top-level awaits run inside an async function (tsx runs this file as CommonJS).
   const program = code.replace("from 'pvc-tfjs'", `from ${JSON.stringify(path.join(ROOT, 'src'))}`);
   const [imports, ...body] = program.split('\n\n');
@@ -50,3 +50,5 @@ function runBlock(heading: string): void {
 test('the "Using it from code" example runs as written', () => runBlock('## Using it from code'));
 
 (tensorflowInstalled() ? test : test.skip)('the "Weights in memory" example runs as written (tensorflow backend)', () => runBlock('### Weights in memory'));
+
+test('the "Live video" example runs as written', () => runBlock('## Live video', 'tiny-pvc'));
