@@ -53,7 +53,7 @@ async function call(
   const res = await fetch(`${server.url}${route}`, {
     method,
     headers: body === undefined ? {} : { 'content-type': Buffer.isBuffer(body) ? 'image/png' : type },
-    body: body === undefined ? undefined : Buffer.isBuffer(body) ? body : JSON.stringify(body),
+    body: body === undefined ? undefined : Buffer.isBuffer(body) ? new Uint8Array(body) : JSON.stringify(body),
     signal,
   });
   return { status: res.status, body: (await res.json()) as Json };
