@@ -2,6 +2,7 @@
 // copy that native code never sees, so the tests' tensorflow backend gets them here (tests run in band).
 process.env.TF_ENABLE_ONEDNN_OPTS ??= '0';
 process.env.TF_CPP_MIN_LOG_LEVEL ??= '2';
+process.env.TF_CPU_ALLOCATOR_USE_BFC ??= 'true';
 // Likewise for Dawn (src/webgpu.ts): its OpenGL ES adapter on Linux needs EGL's headless platform.
 if (process.platform === 'linux') process.env.EGL_PLATFORM ??= 'surfaceless';
 
