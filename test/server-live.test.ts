@@ -140,6 +140,22 @@ test('a client posting frames faster than the model: the frame waiting is replac
     release();
     expect((await fifth).body).toMatchObject({ added: true, frames: 1, dropped: 3 });
     expect(await state()).toMatchObject({ frames: 1, dropped: 3, frame_waiting: false });
+    // A frame that replaces the waiting one keeps its place in the queue: it is added before a request
+    // that queued after the first one (a stream of frames is not starved by other requests).
+    const busy = await server.queue.acquire(hold.signal);
+    const sixth = postFrame(id, FRAMES[5]);
+    await waitFor((s) => s.frame_waiting === true);
+    let framesWhenOtherRan: unknown;
+    const other = server.queue.acquire(hold.signal).then(async (done) => {
+      framesWhenOtherRan = (await state()).frames;
+      done();
+    });
+    const seventh = postFrame(id, FRAMES[6]);
+    expect((await sixth).body).toMatchObject({ added: false, dropped: 4 });
+    busy();
+    expect((await seventh).body).toMatchObject({ added: true, frames: 2, dropped: 4 });
+    await other;
+    expect(framesWhenOtherRan).toBe(2);
   } finally {
     release();
     await remove(id);
@@ -179,7 +195,8 @@ test('errors in OpenAI shape: sessions, frames, questions, limits', async () => 
 });
 
 test('the context: a frame past --max-model-len is a 400 naming it, and the session keeps its frames; an idle session is freed', async () => {
-  const small = await ChatServer.start({ model, port: 0, maxModelLen: 100, limits: { liveSessionIdleMs: 300 } });
+  // 164 positions, 64 of them kept for answers: frames up to 100.
+  const small = await ChatServer.start({ model, port: 0, maxModelLen: 164, limits: { liveSessionIdleMs: 300 } });
   try {
     const url = small.url;
     const id = ((await (await fetch(`${url}/v1/live/sessions`, { method: 'POST' })).json()) as Json).id;
@@ -195,10 +212,24 @@ test('the context: a frame past --max-model-len is a 400 naming it, and the sess
     for (let i = 0; i < 20 && last.status === 200; i++) last = await post();
     expect(last).toMatchObject({ status: 400, body: { error: { code: 'context_length_exceeded', param: 'body' } } });
     expect(last.body.error.message as string).toMatch(
-      /frame 4 would take the prompt to \d+ positions, past the session's maxPositions 100 \(--max-model-len\)/,
+      /frame 4 would take the prompt to \d+ positions, past the session's maxPositions 100 \(--max-model-len less 64 positions kept for answers\)/,
     );
     const state = (await (await fetch(`${url}/v1/live/sessions/${id}`)).json()) as Json;
-    expect(state.frames).toBe(3);
+    expect(state).toMatchObject({ frames: 3, max_positions: 100 });
+    // The full session still answers: without max_tokens the answer takes what the context leaves.
+    const ask = (extra: Json) =>
+      fetch(`${url}/v1/live/sessions/${id}/chat/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ model: small.modelName, messages: [{ role: 'user', content: QUESTION }], ...extra }),
+      });
+    const answered = (await (await ask({})).json()) as { usage: { prompt_tokens: number; completion_tokens: number } };
+    expect(answered.usage.prompt_tokens).toBeGreaterThan(state.positions as number);
+    expect(answered.usage.prompt_tokens + answered.usage.completion_tokens).toBeLessThanOrEqual(164);
+    const refused = await ask({ max_tokens: 100 });
+    expect(refused.status).toBe(400);
+    expect(((await refused.json()) as { error: Json }).error).toMatchObject({ code: 'context_length_exceeded' });
+    // Every request restarts the idle timer (this GET included); none for 600 ms frees it.
     await new Promise((r) => setTimeout(r, 600));
     expect((await fetch(`${url}/v1/live/sessions/${id}`)).status).toBe(404);
     expect(((await (await fetch(`${url}/health`)).json()) as Json).live_sessions).toBe(0);

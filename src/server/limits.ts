@@ -56,8 +56,13 @@ export interface ServerLimits {
   maxLiveSessions: number;
   /** Most frames one live session takes (its max_frames; the context may stop it sooner). */
   maxLiveFrames: number;
-  /** Milliseconds a live session is kept without a call before it is freed. */
+  /** Milliseconds a live session is kept without a request before it is freed. */
   liveSessionIdleMs: number;
+  /**
+   * Positions of --max-model-len a live session's frames leave free for a question and its answer: a
+   * frame that would leave fewer is refused (context_length_exceeded), so a full session still answers.
+   */
+  liveAnswerPositions: number;
 }
 
 export const DEFAULT_LIMITS: ServerLimits = {
@@ -85,4 +90,5 @@ export const DEFAULT_LIMITS: ServerLimits = {
   maxLiveSessions: 4,
   maxLiveFrames: 256,
   liveSessionIdleMs: 300_000,
+  liveAnswerPositions: 64,
 };

@@ -48,6 +48,8 @@ class Session {
   calls = 0;
   timer: NodeJS.Timeout | undefined;
   expiresAt = 0;
+  /** Aborted when the session is freed: the wait for the generation slot on its frames' behalf ends. */
+  readonly freed = new AbortController();
 
   constructor(
     readonly id: string,
@@ -90,7 +92,10 @@ export class LiveSessions {
     const system = fields.system;
     if (system !== undefined && (typeof system !== 'string' || system.length > this.limits.maxTextChars))
       throw badRequest('system', `expected a string of at most ${this.limits.maxTextChars} characters`);
-    const maxPositions = Math.min(this.maxModelLen(model), model.config.llm.max_position_embeddings);
+    // Frames stop short of the context by liveAnswerPositions: room for questions and their answers.
+    const maxPositions = Math.min(this.maxModelLen(model), model.config.llm.max_position_embeddings) - this.limits.liveAnswerPositions;
+    if (maxPositions < 1)
+      throw new ApiError(500, `--max-model-len leaves no room for frames after ${this.limits.liveAnswerPositions} positions for answers`, null, 'server_error');
     const live = model.liveVideo({ maxFrames: maxFrames as number, systemMessage: system as string | undefined, plainText: true, maxPositions });
     const session = new Session(`live-${randomUUID()}`, live);
     this.sessions.set(session.id, session);
@@ -171,32 +176,37 @@ export class LiveSessions {
     if (session.adding) return;
     session.adding = true;
     try {
-      for (let next = session.waiting; next !== null; next = session.waiting) {
+      while (session.waiting !== null) {
+        // The slot is waited for on the session's behalf, not the frame's: a newer frame that replaces
+        // the waiting one keeps its place in the queue.
         let release: () => void;
         try {
-          release = await this.queue.acquire(next.signal);
+          release = await this.queue.acquire(session.freed.signal);
         } catch (e) {
-          // The queue is full (429); an abort was handled by the frame's own listener.
-          if (session.waiting === next) {
+          // The queue is full (429), or the session was freed (its frame was answered then).
+          const waiting = session.waiting;
+          if (waiting !== null) {
             session.waiting = null;
             this.leave(session);
-            next.fail(e);
+            waiting.fail(e);
           }
           continue;
         }
         try {
-          if (session.waiting !== next) continue; // replaced, taken back or deleted while it waited for the slot
+          const next = session.waiting; // the newest frame posted
+          if (next === null) continue; // taken back while the slot was waited for
           session.waiting = null; // this frame is being added: a frame posted now waits for it
           try {
             const frame = await decodeImagePart(next.bytes, { inputSize: model.config.image_size, maxNum: 1, maxPixels: this.limits.maxImagePixels }, 'body');
             try {
+              if (this.sessions.get(session.id) !== session) this.find(session.id); // deleted while it was decoded: 404
               await session.live.addFrame(frame.pixelValues, { signal: next.signal });
             } finally {
               frame.pixelValues.dispose();
             }
             next.done(this.frameResult(session, true));
           } catch (e) {
-            next.fail(frameError(e));
+            next.fail(frameError(e, this.limits.liveAnswerPositions));
           } finally {
             this.leave(session);
           }
@@ -230,10 +240,12 @@ export class LiveSessions {
     };
   }
 
+  /** The session `id` (a 404 if there is none); any request for it restarts its idle timer. */
   private find(id: string): Session {
     const session = this.sessions.get(id);
     if (session === undefined)
       throw new ApiError(404, `no live session '${id.slice(0, 100)}' (it was deleted, timed out, or never existed)`, 'session', 'session_not_found');
+    if (session.calls === 0) this.idle(session);
     return session;
   }
 
@@ -256,6 +268,7 @@ export class LiveSessions {
   private free(session: Session): void {
     clearTimeout(session.timer);
     this.sessions.delete(session.id);
+    session.freed.abort();
     const waiting = session.waiting;
     session.waiting = null;
     waiting?.fail(new ApiError(404, `the live session '${session.id}' was deleted`, 'session', 'session_not_found'));
@@ -264,9 +277,10 @@ export class LiveSessions {
 }
 
 /** The session's own limits as the API's errors (400 with a code); other errors as they are. */
-function frameError(e: unknown): unknown {
+function frameError(e: unknown, answerPositions: number): unknown {
   if (!(e instanceof InputError)) return e;
-  if (/would take the prompt to/.test(e.message)) return badRequest('body', `${e.message} (--max-model-len)`, 'context_length_exceeded');
+  if (/would take the prompt to/.test(e.message))
+    return badRequest('body', `${e.message} (--max-model-len less ${answerPositions} positions kept for answers)`, 'context_length_exceeded');
   if (/holds its maxFrames/.test(e.message)) return badRequest('body', e.message.replace('maxFrames', 'max_frames'), 'max_frames_reached');
   return e;
 }

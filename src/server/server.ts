@@ -261,20 +261,25 @@ export class ChatServer {
         "a live session's question is one user message of text (the frames are the session's; its system message is set when it is created)",
       );
     }
-    const generation = model.generationConfig(request.generation);
-    if (generation.numBeams > 1) throw badRequest('n', 'a live session answers greedily or by sampling');
+    if (model.generationConfig(request.generation).numBeams > 1) throw badRequest('n', 'a live session answers greedily or by sampling');
+    const fields = body as Record<string, unknown> | undefined;
+    const maxTokensGiven = fields?.max_tokens !== undefined || fields?.max_completion_tokens !== undefined;
     await this.sessions.ask(id, signal, async (live) => {
       const promptTokens = live.prompt(request.question).length;
-      if (promptTokens + request.maxTokens > this.maxModelLen(model)) {
+      const limit = this.maxModelLen(model);
+      // Without max_tokens, the answer may take what the context leaves, up to the default (as vLLM).
+      const maxTokens = maxTokensGiven ? request.maxTokens : Math.min(request.maxTokens, limit - promptTokens);
+      if (maxTokens < 1 || promptTokens + maxTokens > limit) {
         throw badRequest(
           'messages',
-          `the session's prompt of ${promptTokens} tokens plus max_tokens ${request.maxTokens} exceeds the server's limit of ${this.maxModelLen(model)} tokens (--max-model-len)`,
+          `the session's prompt of ${promptTokens} tokens plus max_tokens ${maxTokens} exceeds the server's limit of ${limit} tokens (--max-model-len)`,
           'context_length_exceeded',
         );
       }
+      const generation = model.generationConfig({ ...request.generation, maxNewTokens: maxTokens });
       await this.sendCompletion(
         res,
-        request,
+        { ...request, maxTokens },
         generation,
         promptTokens,
         {
@@ -414,11 +419,15 @@ export class ChatServer {
       ...(request.includeUsage ? { usage: null } : {}),
     });
     const pieces = run.stream(options);
-    // The first piece (or the end) before the headers: an error up to the first token is still a status code.
-    let next = await pieces.next();
-    res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', 'x-accel-buffering': 'no' });
-    sendEvent(res, chunk({ role: 'assistant', content: '' }, null));
-    for (; !next.done; next = await pieces.next()) sendEvent(res, chunk({ content: next.value }, null));
+    try {
+      // The first piece (or the end) before the headers: an error up to the first token is still a status code.
+      let next = await pieces.next();
+      res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', 'x-accel-buffering': 'no' });
+      sendEvent(res, chunk({ role: 'assistant', content: '' }, null));
+      for (; !next.done; next = await pieces.next()) sendEvent(res, chunk({ content: next.value }, null));
+    } finally {
+      await pieces.return(undefined); // a throw between pieces still ends the generation (and frees its slot)
+    }
     sendEvent(res, chunk({}, finishReason()));
     if (request.includeUsage) sendEvent(res, { id, object: 'chat.completion.chunk', created, model: this.modelName, choices: [], usage: usage() });
     res.end('data: [DONE]\n\n');
