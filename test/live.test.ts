@@ -2,12 +2,14 @@
 // frames 1..t, ask() must give model.chat's greedy ids on those t frames (data flag 3, the same prompt),
 // asking must not change later answers, an abort must leave the session as it was, and nothing may leak.
 import * as tf from '@tensorflow/tfjs';
+import { spawnSync } from 'child_process';
 import * as fs from 'fs';
+import * as os from 'os';
 import * as path from 'path';
 import { withImagePlaceholders } from '../src/chat/prompt';
 import { AbortError } from '../src/event_loop';
 import { frameStream, StreamFrame } from '../src/preprocess/stream';
-import { decodeFrames, loadVideo, probeVideo } from '../src/preprocess/video';
+import { binary, decodeFrames, loadVideo, probeVideo } from '../src/preprocess/video';
 import { PVCModel } from '../src/pvc_model';
 import { convertFixture, loadReference, MEDIA, referenceTensor4d } from './helpers';
 
@@ -233,13 +235,38 @@ describe('frameStream', () => {
     expect([stream.received, stream.dropped]).toEqual([60, 58]);
   });
 
+  test('a 10-bit source: 8-bit frames, as decodeFrames gives them', async () => {
+    const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'pvc-10bit-')), 'clip.mkv');
+    try {
+      const made = spawnSync(binary('ffmpeg'), [
+        ...['-v', 'error', '-f', 'lavfi', '-i', 'testsrc=size=64x48:rate=5:duration=1'],
+        ...['-pix_fmt', 'yuv420p10le', '-c:v', 'ffv1', file],
+      ]);
+      expect(made.status).toBe(0);
+      const info = await probeVideo(file);
+      const want: Uint8Array[] = [];
+      await decodeFrames(file, info, [0, 4], (_, f) => void want.push(f.data.slice()));
+      const got: StreamFrame[] = [];
+      for await (const f of frameStream(file, { fps: 5 })) got.push(f);
+      expect(got.length).toBe(5);
+      expect([Buffer.compare(got[0].image.data, want[0]), Buffer.compare(got[4].image.data, want[1])]).toEqual([0, 0]);
+    } finally {
+      fs.rmSync(path.dirname(file), { recursive: true, force: true });
+    }
+  });
+
   test('abort, an early stop and bad input', async () => {
     const aborted = new AbortController();
     const stream = frameStream(MEDIA.video, { fps: 30, signal: aborted.signal });
+    const after: number[] = [];
     const read = (async () => {
-      for await (const f of stream) if (f.index === 3) aborted.abort();
+      for await (const f of stream) {
+        if (aborted.signal.aborted) after.push(f.index);
+        if (f.index === 3) aborted.abort();
+      }
     })();
     await expect(read).rejects.toBeInstanceOf(AbortError);
+    expect(after).toEqual([]); // no frame after the abort, not even one that was waiting
     for await (const f of frameStream(MEDIA.video, { fps: 30 })) if (f.index === 2) break; // kills ffmpeg, no error
     expect(() => frameStream(MEDIA.video, { fps: 0 })).toThrow(/fps 0: expected a number in \(0, 240\]/);
     expect(() => frameStream('/nonexistent.mp4', { fps: 1 })).toThrow(/no such video file/);

@@ -8,7 +8,7 @@
 // `realtime`), frames come whether or not the reader is ready: the stream keeps the newest undelivered
 // frame and drops the one it replaces, counting it (`dropped`).
 import * as fs from 'fs';
-import { AbortError } from '../event_loop';
+import { AbortError, throwIfAborted } from '../event_loop';
 import { RGBImage } from './resample';
 import { binary, ffInput, run, VideoFile } from './video';
 
@@ -43,7 +43,8 @@ const PPM_HEADER = /^P6\s+(\d+)\s+(\d+)\s+(\d+)\s/;
 
 /**
  * The frames of `source` at `options.fps`, as an async iterable (one reader). Each frame handed out
- * is the reader's own. Stopping early (break, return) or aborting kills ffmpeg.
+ * is the reader's own. Stopping early (break, return) or aborting kills ffmpeg. ffmpeg starts with the
+ * stream: one that is never iterated must be closed (close()).
  */
 export class FrameStream implements AsyncIterable<StreamFrame> {
   /** Frames dropped because the reader was busy when a newer one came. */
@@ -59,6 +60,7 @@ export class FrameStream implements AsyncIterable<StreamFrame> {
   private failure: unknown = null;
   private readonly stop = new AbortController();
   private readonly name: string;
+  private readonly signal: AbortSignal | undefined;
 
   constructor(source: VideoFile, options: FrameStreamOptions) {
     const { fps, realtime = false, follow = false, maxFramePixels = MAX_FRAME_PIXELS } = options;
@@ -71,6 +73,7 @@ export class FrameStream implements AsyncIterable<StreamFrame> {
     this.fps = fps;
     this.dropLate = options.dropLate ?? (realtime || !regularFile);
     this.name = name;
+    this.signal = options.signal;
     const signal = options.signal ? AbortSignal.any([options.signal, this.stop.signal]) : this.stop.signal;
     const args = [
       '-v',
@@ -88,6 +91,9 @@ export class FrameStream implements AsyncIterable<StreamFrame> {
       'image2pipe',
       '-c:v',
       'ppm',
+      // 8 bits per channel whatever the source (ffmpeg's ppm picks rgb48be for a 10-bit one).
+      '-pix_fmt',
+      'rgb24',
       'pipe:1',
     ];
     run(binary('ffmpeg'), args, stdio, signal, (stdout) => this.parse(stdout as AsyncIterable<Buffer>, maxFramePixels))
@@ -113,7 +119,9 @@ export class FrameStream implements AsyncIterable<StreamFrame> {
   async *[Symbol.asyncIterator](): AsyncGenerator<StreamFrame> {
     try {
       for (;;) {
+        throwIfAborted(this.signal);
         while (this.pending === null && !this.ended) await new Promise<void>((resolve) => (this.waiter = resolve));
+        throwIfAborted(this.signal); // the caller's abort: no frame after it, even one already waiting
         if (this.pending !== null) {
           const frame = this.pending;
           this.pending = null;
