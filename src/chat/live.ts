@@ -122,11 +122,15 @@ export class LiveVideo {
         const kv = this.kv.fork();
         try {
           const visual = await runYielding(encoder.encodeSteps(pixels), options.signal);
-          const embeds = tf.tidy(() => {
-            const text = this.model.llm.embedTokens([newIds]);
-            return mergeEmbeddings(text, [newIds], promptTokenIds(this.tokenizer).imgContext, visual.reshape([-1, visual.shape[2]]) as tf.Tensor2D);
-          });
-          visual.dispose();
+          let embeds: tf.Tensor3D;
+          try {
+            embeds = tf.tidy(() => {
+              const text = this.model.llm.embedTokens([newIds]);
+              return mergeEmbeddings(text, [newIds], promptTokenIds(this.tokenizer).imgContext, visual.reshape([-1, visual.shape[2]]) as tf.Tensor2D);
+            });
+          } finally {
+            visual.dispose();
+          }
           try {
             this.model.llm.rotary.reset(); // within max_position_embeddings: unscaled, as chat()'s pass over the whole prompt
             const logits = await runYielding(this.model.llm.prefillSteps(embeds, kv, { chunkSize: this.model.limits.prefillChunk }), options.signal);
@@ -195,8 +199,9 @@ export class LiveVideo {
       onPrompt?.(inputIds);
       const tail = inputIds.slice(this.ids.length);
       const kv = this.kv.fork();
-      const embeds = this.model.llm.embedTokens([tail]);
+      let embeds: tf.Tensor3D | undefined;
       try {
+        embeds = this.model.llm.embedTokens([tail]);
         throwIfAborted(options.signal);
         this.model.llm.rotary.reset();
         const decode = (ids: readonly number[]) => this.tokenizer.decode(ids, { skipSpecialTokens: true });
@@ -211,7 +216,7 @@ export class LiveVideo {
           yield step.tokens[0];
         }
       } finally {
-        embeds.dispose();
+        embeds?.dispose();
         kv.dispose();
       }
     } finally {
