@@ -7,6 +7,7 @@ import * as readline from 'readline';
 import { BACKEND_NAMES } from '../backend';
 import { LiveVideo } from '../chat/live';
 import { InputError } from '../errors';
+import { throwIfAborted } from '../event_loop';
 import { frameStream, FrameStream } from '../preprocess/stream';
 import { PVCModel } from '../pvc_model';
 import { flag, list, number, oneOf, parseOptions, text, value, Values, WEIGHT_OPTIONS, WEIGHT_USAGE, weightLoadOptions } from './args';
@@ -159,9 +160,12 @@ async function watch(model: PVCModel, args: WatchArgs, signal: AbortSignal): Pro
       await Promise.race([stdinClosed, new Promise((resolve) => signal.addEventListener('abort', resolve, { once: true }))]);
     }
     await Promise.all(questions);
+    throwIfAborted(signal); // Ctrl-C while waiting for questions: exit 130, as during the frames
   } finally {
     interactive?.close();
     stream.close();
+    // The questions still running end (aborted or answered) before the session and the model are freed.
+    await Promise.all(questions);
     live.dispose();
   }
 }
@@ -174,8 +178,9 @@ async function addFrames(
   signal: AbortSignal,
   onAdded: (time: number, ms: number) => Promise<void>,
 ): Promise<string> {
+  const full = () => `the session holds its --max-frames ${args.maxFrames}`;
   for await (const frame of stream) {
-    if (live.frames === live.maxFrames) return `the session holds its --max-frames ${args.maxFrames}`;
+    if (live.frames === live.maxFrames) return full();
     const t0 = performance.now();
     try {
       await live.addFrame(frame.image, { signal });
@@ -185,6 +190,7 @@ async function addFrames(
       throw e;
     }
     await onAdded(frame.time, performance.now() - t0);
+    if (live.frames === live.maxFrames) return full(); // now, not when a next frame comes (a live source may send none)
   }
   return 'the video ended';
 }
