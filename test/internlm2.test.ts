@@ -78,17 +78,22 @@ describe.each(PARITY_BACKENDS)('on %s', (backend) => {
     expect(tf.memory().numTensors).toBe(before);
   });
 
-  test('appendBlock: blocks merge like a binary counter up to maxLength, in order, disposing what they replace', () => {
+  test('appendBlock: blocks merge like a binary counter up to maxLength, in order, disposing what they replace', async () => {
     const before = tf.memory().numTensors;
     const blocks: Block[] = [];
     for (let i = 0; i < 11; i++) appendBlock(blocks, { keys: tf.keep(tf.fill([1, 1, 2, 1], i)), values: tf.keep(tf.fill([1, 1, 2, 1], -i)) }, 2, 8);
     expect(blocks.map((b) => b.keys.shape[2])).toEqual([8, 8, 4, 2]);
-    const joined = tf.concat(
+    const keys = tf.concat(
       blocks.map((b) => b.keys),
       2,
     );
-    expect(Array.from(joined.dataSync())).toEqual(Array.from({ length: 11 }, (_, i) => [i, i]).flat());
-    joined.dispose();
+    const values = tf.concat(
+      blocks.map((b) => b.values),
+      2,
+    );
+    expect(Array.from(await keys.data())).toEqual(Array.from({ length: 11 }, (_, i) => [i, i]).flat());
+    expect(Array.from(await values.data())).toEqual(Array.from({ length: 11 }, (_, i) => [-i, -i]).flat());
+    tf.dispose([keys, values]);
     disposeBlocks(blocks);
     expect(tf.memory().numTensors).toBe(before);
   });
