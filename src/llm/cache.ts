@@ -1,7 +1,7 @@
 // The KV cache of InternLM2: per layer, the rotated keys and the values of the positions seen so far,
 // and the attention mask over them; for beam search the prompt is shared by the beams of a row.
 import * as tf from '@tensorflow/tfjs';
-import { appendBlock, Block, disposeBlocks, joinBlocks } from '../nn/attention';
+import { appendBlock, Block, disposeBlocks, joinBlocks, shareBlock } from '../nn/attention';
 
 /** One layer's cached keys and values, [B, kv_heads, T, head_dim] each (keys rotated). */
 export type KVBlock = Block<tf.Tensor4D>;
@@ -145,9 +145,8 @@ export class KVCache {
   fork(): KVCache {
     if (this.numBeams > 1) throw new Error('KVCache.fork: a cache shared by beams cannot be forked');
     const copy = new KVCache(this.main.length, this.mask.length, this.tailLimit);
-    const share = (b: KVBlock | null): KVBlock | null => b && { keys: tf.keep(b.keys.clone()), values: tf.keep(b.values.clone()) };
-    this.main.forEach((blocks, l) => (copy.main[l] = blocks.map((b) => share(b)!)));
-    this.tail.forEach((b, l) => (copy.tail[l] = share(b)));
+    this.main.forEach((blocks, l) => (copy.main[l] = blocks.map((b) => shareBlock(b))));
+    this.tail.forEach((b, l) => (copy.tail[l] = b && shareBlock(b)));
     copy.mask = this.mask.map((row) => [...row]);
     return copy;
   }

@@ -85,8 +85,14 @@ export interface Block<T extends tf.Tensor = tf.Tensor> {
 
 /** The blocks joined along `axis` (positions) into one new kept block; the blocks given stay as they are. */
 export function joinBlocks<T extends tf.Tensor>(blocks: Block<T>[], axis: number): Block<T> {
-  const cat = (parts: T[]) => tf.keep(parts.length === 1 ? parts[0].clone() : tf.concat(parts, axis)) as T;
+  if (blocks.length === 1) return shareBlock(blocks[0]);
+  const cat = (parts: T[]) => tf.keep(tf.concat(parts, axis)) as T;
   return { keys: cat(blocks.map((b) => b.keys)), values: cat(blocks.map((b) => b.values)) };
+}
+
+/** A kept block sharing `block`'s data (tfjs clones share it: nothing is copied), for a cache's fork. */
+export function shareBlock<T extends tf.Tensor>(block: Block<T>): Block<T> {
+  return { keys: tf.keep(block.keys.clone()) as T, values: tf.keep(block.values.clone()) as T };
 }
 
 export function disposeBlocks(blocks: Block[]): void {

@@ -15,7 +15,7 @@
 // a `FrameCache` keeps each temporal layer's keys and values of the frames seen so far.
 import * as tf from '@tensorflow/tfjs';
 import { Weights } from '../io/weights';
-import { appendBlock, attention, Block, disposeBlocks } from '../nn/attention';
+import { appendBlock, attention, Block, disposeBlocks, shareBlock } from '../nn/attention';
 import { Kernels, LayerNorm, Linear, silu, Tap } from '../nn/layers';
 
 /** Sinusoidal timestep features [n, dim], DiT order (cos first), in float32 arithmetic. */
@@ -81,7 +81,7 @@ export class FrameCache {
     this.blocks.forEach((blocks, layer) =>
       copy.blocks.set(
         layer,
-        blocks.map((b) => ({ keys: tf.keep(b.keys.clone()), values: tf.keep(b.values.clone()) })),
+        blocks.map((b) => shareBlock(b)),
       ),
     );
     copy.frames = this.frames;
@@ -135,7 +135,7 @@ export class TemporalAttention {
     const [q, k, v] = tf.unstack(qkv.transpose([3, 0, 2, 4, 1, 5]));
     const past = cache.frames;
     const blocks = cache.layer(this.layer);
-    appendBlock(blocks, { keys: tf.keep(k.clone()), values: tf.keep(v.clone()) }, 3, FrameCache.MAX_BLOCK);
+    appendBlock(blocks, shareBlock({ keys: k, values: v }), 3, FrameCache.MAX_BLOCK);
     const Tk = past + T;
     const mask = new Float32Array(T * Tk);
     for (let i = 0; i < T; i++) for (let j = 0; j < Tk; j++) mask[i * Tk + j] = j <= past + i ? 0 : -Infinity;
