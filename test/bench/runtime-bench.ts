@@ -102,30 +102,39 @@ function videoConfig(frames: number) {
   );
 }
 
-async function video(backend: BackendName, frames: number, tokenizerDir: string) {
+/** The video config's model (random weights) on `backend`, with the tiny tokenizer and 4 new tokens an answer. */
+async function videoModel(backend: BackendName, frames: number, tokenizerDir: string) {
   const info = await initBackend({ backend });
   const config = videoConfig(frames);
   const model = new VisionLanguageModel('random weights', config, randomWeights(config), kernelsFor(info.name));
   const tokenizer = PVCTokenizer.load(tokenizerDir);
-  const pixels = tf.randomUniform([frames, 3, 448, 448], -1, 1, 'float32', 9) as tf.Tensor4D;
+  return { model, tokenizer, generation: chatGenerationConfig(tokenizer, { maxNewTokens: 4, minNewTokens: 4 }) };
+}
+
+/** chat() on a clip (one tile a frame, data flag 3): its prompt length, time to the first token and in all. */
+async function timedVideoChat({ model, tokenizer, generation }: Awaited<ReturnType<typeof videoModel>>, pixels: tf.Tensor4D) {
+  const frames = pixels.shape[0];
   const question = withImagePlaceholders('What happens?', frames, 'video');
   const t = performance.now();
   let firstToken = 0;
-  const turn = prepareChat(model, tokenizer, pixels, question, chatGenerationConfig(tokenizer, { maxNewTokens: 4, minNewTokens: 4 }), {
-    dataFlag: 3,
-    numPatchesList: new Array(frames).fill(1),
-  });
+  const turn = prepareChat(model, tokenizer, pixels, question, generation, { dataFlag: 3, numPatchesList: new Array(frames).fill(1) });
   const out = await runTurn(model, tokenizer, turn, { onToken: () => (firstToken ||= performance.now()) });
-  const ms = performance.now() - t;
+  return { promptTokens: out.inputIds.length, firstTokenMs: firstToken - t, ms: performance.now() - t };
+}
+
+async function video(backend: BackendName, frames: number, tokenizerDir: string) {
+  const vm = await videoModel(backend, frames, tokenizerDir);
+  const pixels = tf.randomUniform([frames, 3, 448, 448], -1, 1, 'float32', 9) as tf.Tensor4D;
+  const chat = await timedVideoChat(vm, pixels);
   pixels.dispose();
   return {
     measure: 'video',
     backend: tf.getBackend(),
     frames,
-    promptTokens: out.inputIds.length,
-    framesPerPass: model.limits.framesPerPass,
-    promptMs: firstToken - t,
-    ms,
+    promptTokens: chat.promptTokens,
+    framesPerPass: vm.model.limits.framesPerPass,
+    promptMs: chat.firstTokenMs,
+    ms: chat.ms,
     peakRssMB: peakRssMB(),
   };
 }
@@ -136,11 +145,8 @@ async function video(backend: BackendName, frames: number, tokenizerDir: string)
  * question after N/2 frames, then chat() on those N/2 frames, both timed to their first token.
  */
 async function live(backend: BackendName, frames: number, tokenizerDir: string) {
-  const info = await initBackend({ backend });
-  const config = videoConfig(Math.ceil(frames * 1.25)); // room for each frame's "FrameN: " and tags
-  const model = new VisionLanguageModel('random weights', config, randomWeights(config), kernelsFor(info.name));
-  const tokenizer = PVCTokenizer.load(tokenizerDir);
-  const generation = chatGenerationConfig(tokenizer, { maxNewTokens: 4, minNewTokens: 4 });
+  const vm = await videoModel(backend, Math.ceil(frames * 1.25), tokenizerDir); // room for each frame's "FrameN: " and tags
+  const { model, tokenizer, generation } = vm;
   const half = frames / 2;
   const clips = [0, 1].map((k) => tf.randomUniform([half, 3, 448, 448], -1, 1, 'float32', 9 + k) as tf.Tensor4D);
   const frame = (i: number) => clips[Math.floor(i / half)].slice([i % half, 0, 0, 0], [1, -1, -1, -1]) as tf.Tensor4D;
@@ -176,12 +182,7 @@ async function live(backend: BackendName, frames: number, tokenizerDir: string) 
   }
   session.dispose();
   // chat() on the same first N/2 frames: every frame encoded and the whole prompt read again.
-  const question = withImagePlaceholders('What happens?', half, 'video');
-  const t0 = performance.now();
-  let first = 0;
-  const turn = prepareChat(model, tokenizer, clips[0], question, generation, { dataFlag: 3, numPatchesList: new Array(half).fill(1) });
-  const chat = await runTurn(model, tokenizer, turn, { onToken: () => (first ||= performance.now()) });
-  const chatFirstTokenMs = first - t0;
+  const chat = await timedVideoChat(vm, clips[0]);
   tf.dispose(clips);
   const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
   return {
@@ -199,8 +200,8 @@ async function live(backend: BackendName, frames: number, tokenizerDir: string) 
     askAfter: half,
     askPromptTokens,
     askFirstTokenMs,
-    chatPromptTokens: chat.inputIds.length,
-    chatFirstTokenMs,
+    chatPromptTokens: chat.promptTokens,
+    chatFirstTokenMs: chat.firstTokenMs,
     ...at,
     peakRssMB: peakRssMB(),
   };
