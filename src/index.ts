@@ -28,6 +28,8 @@ export { initBackend } from './backend';
 export type { BackendInfo, BackendName } from './backend';
 export type { ModelConfig } from './config';
 export type { GenerationConfig } from './generation/config';
+export { ContinuousBatcher } from './generation/batch';
+export type { BatchedGenerationInput, BatchedRunOptions, BatcherOptions } from './generation/batch';
 export type { InspectRequest, Inspection, TapArray } from './inspect/inspect';
 export { formatSummaries, logitLens, summarize } from './inspect/lens';
 export { imageAttentionMap, renderHeatmap } from './inspect/heatmap';

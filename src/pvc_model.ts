@@ -21,6 +21,7 @@ import { LiveVideo, LiveVideoOptions } from './chat/live';
 import { PromptOptions } from './chat/prompt';
 import { History } from './chat/template';
 import { loadConfig, ModelConfig } from './config';
+import { ContinuousBatcher } from './generation/batch';
 import { GenerationConfig } from './generation/config';
 import { Inspection, inspect, InspectRequest, TapArray } from './inspect/inspect';
 import { renderInspectionHTML, ReportInputs, ReportOptions } from './inspect/report';
@@ -93,7 +94,7 @@ export class PVCModel extends VisionLanguageModel implements ChatModel {
   prepareChat(
     pixelValues: tf.Tensor4D | null,
     question: string,
-    options: PromptOptions & { generation?: GenerationConfig; tokenizer?: PVCTokenizer } = {},
+    options: PromptOptions & { generation?: GenerationConfig; tokenizer?: PVCTokenizer; visualTokens?: tf.Tensor2D } = {},
   ): ChatTurn {
     const tokenizer = options.tokenizer ?? this.tokenizer;
     return prepareChat(this, tokenizer, pixelValues, question, options.generation ?? this.generationConfig({}, tokenizer), options);
@@ -105,6 +106,14 @@ export class PVCModel extends VisionLanguageModel implements ChatModel {
    */
   liveVideo(options: LiveVideoOptions & { tokenizer?: PVCTokenizer } = {}): LiveVideo {
     return new LiveVideo(this, options.tokenizer ?? this.tokenizer, options);
+  }
+
+  /**
+   * A continuous batch for this model: turns run with `{ batcher }` in their options decode together
+   * (see RunOptions.batcher), prompts prefilled in chunks of limits.prefillChunk.
+   */
+  createBatcher(): ContinuousBatcher {
+    return new ContinuousBatcher(this.llm, { prefillChunk: this.limits.prefillChunk });
   }
 
   /** A prepared turn's answer (and its ids). */

@@ -8,6 +8,7 @@ import * as tf from '@tensorflow/tfjs';
 import { InputError } from '../errors';
 import { runYielding, throwIfAborted } from '../event_loop';
 import { GenerationConfig, GenerationRequest, resolveGenerationConfig } from '../generation/config';
+import { ContinuousBatcher } from '../generation/batch';
 import { generateSteps, GenerationStep } from '../generation/generate';
 import { Tap } from '../nn/layers';
 import { DataFlag, Sample } from '../model/samples';
@@ -28,9 +29,15 @@ export interface RunOptions {
    * Start the turn from the rotary embedding's initial state, as on a freshly loaded model: a dynamic
    * NTK base grown by an earlier call past max_position_embeddings is reset (see RotaryEmbedding), so
    * the answer does not depend on earlier calls. Default false: the state carries over, as upstream's.
-   * `pvc serve` sets it for every request (one turn runs at a time there).
+   * `pvc serve` sets it for every request.
    */
   resetRotary?: boolean;
+  /**
+   * Decode in this batch, together with the other turns given to it (continuous batching, see
+   * generation/batch.ts): the same tokens as alone, from the rotary embedding's initial state (as with
+   * resetRotary). Greedy and sampling; a beam search runs on its own.
+   */
+  batcher?: ContinuousBatcher;
 }
 
 export interface ChatOptions extends PromptOptions, RunOptions {
@@ -65,6 +72,8 @@ export interface PromptRows {
   rows: number[][];
   pixelValues: tf.Tensor4D | null;
   samples: Sample[];
+  /** The samples' visual tokens [tokens, D] computed already (see ChatTurn.visualTokens): no vision pass. */
+  visualTokens?: tf.Tensor2D;
 }
 
 /**
@@ -76,7 +85,7 @@ export async function* generateForRows(
   tokenizer: PVCTokenizer,
   input: PromptRows,
   config: GenerationConfig,
-  options: { signal?: AbortSignal; tap?: Tap; resetRotary?: boolean } = {},
+  options: { signal?: AbortSignal; tap?: Tap; resetRotary?: boolean; batcher?: ContinuousBatcher } = {},
 ): AsyncGenerator<GenerationStep> {
   const T = Math.max(...input.rows.map((r) => r.length));
   const { maxContext } = model.limits;
@@ -87,16 +96,19 @@ export async function* generateForRows(
     );
   }
   throwIfAborted(options.signal);
-  if (options.resetRotary) model.llm.rotary.reset();
+  const { batcher, ...run } = options;
+  const batched = batcher !== undefined && input.rows.length === 1 && config.numBeams === 1 && options.tap === undefined;
+  if (options.resetRotary && !batched) model.llm.rotary.reset();
   const { embeds, attentionMask } = await runYielding(
-    model.inputSteps(input.rows, input.pixelValues, input.samples, promptTokenIds(tokenizer), options.tap),
+    model.inputSteps(input.rows, input.pixelValues, input.samples, promptTokenIds(tokenizer), options.tap, input.visualTokens),
     options.signal,
   );
   try {
     // As upstream's generate() from embeddings, the ids the logits processors see start at <s>.
+    const seenIds = input.rows.map(() => [tokenizer.bosTokenId]);
     const decode = (ids: readonly number[]) => tokenizer.decode(ids, { skipSpecialTokens: true });
-    const run = { ...options, prefillChunk: model.limits.prefillChunk, decode };
-    yield* generateSteps(model.llm, { embeds, attentionMask, seenIds: input.rows.map(() => [tokenizer.bosTokenId]) }, config, run);
+    if (batched) yield* batcher.generate({ embeds, seenIds: seenIds[0] }, config, { signal: options.signal, decode });
+    else yield* generateSteps(model.llm, { embeds, attentionMask, seenIds }, config, { ...run, prefillChunk: model.limits.prefillChunk, decode });
   } finally {
     embeds.dispose();
   }
@@ -107,18 +119,32 @@ export interface ChatTurn extends PreparedPrompt {
   pixelValues: tf.Tensor4D | null;
   samples: Sample[];
   generation: GenerationConfig;
+  /**
+   * The visual tokens of `samples` [tokens, D] in prompt order, when the caller has them (the server's
+   * feature cache, src/server/features.ts): the turn runs no vision layer. The caller keeps them.
+   */
+  visualTokens?: tf.Tensor2D;
 }
 
-/** The turn chat() runs, with `generation` from chatGenerationConfig: bad placeholders or tiles are an InputError here, before any compute. */
+/**
+ * The turn chat() runs, with `generation` from chatGenerationConfig: bad placeholders or tiles are an
+ * InputError here, before any compute. With `visualTokens` (see ChatTurn) there are no pixel values:
+ * the tiles are numPatchesList's.
+ */
 export function prepareChat(
   model: VisionLanguageModel,
   tokenizer: PVCTokenizer,
   pixelValues: tf.Tensor4D | null,
   question: string,
   generation: GenerationConfig,
-  options: PromptOptions = {},
+  options: PromptOptions & { visualTokens?: tf.Tensor2D } = {},
 ): ChatTurn {
-  return { ...preparePrompt(model, tokenizer, pixelValues, question, options), pixelValues, generation };
+  const { visualTokens, ...promptOptions } = options;
+  if (visualTokens === undefined) return { ...preparePrompt(model, tokenizer, pixelValues, question, promptOptions), pixelValues, generation };
+  if (pixelValues !== null) throw new InputError('visualTokens', 'a turn takes pixel values or their visual tokens, not both');
+  const S = model.config.image_size;
+  const tiles = { shape: [(options.numPatchesList ?? []).reduce((a, b) => a + b, 0), 3, S, S] as [number, number, number, number] };
+  return { ...preparePrompt(model, tokenizer, tiles, question, promptOptions), pixelValues: null, generation, visualTokens };
 }
 
 export interface ChatIds extends PreparedPrompt {
@@ -130,9 +156,11 @@ export interface ChatIds extends PreparedPrompt {
 }
 
 function turnSteps(model: VisionLanguageModel, tokenizer: PVCTokenizer, turn: ChatTurn, options: RunOptions): AsyncGenerator<GenerationStep> {
-  return generateForRows(model, tokenizer, { rows: [turn.inputIds], pixelValues: turn.pixelValues, samples: turn.samples }, turn.generation, {
+  const { rows, pixelValues, samples, visualTokens } = { rows: [turn.inputIds], ...turn };
+  return generateForRows(model, tokenizer, { rows, pixelValues, samples, visualTokens }, turn.generation, {
     signal: options.signal,
     resetRotary: options.resetRotary,
+    batcher: options.batcher,
   });
 }
 

@@ -39,6 +39,11 @@ export interface PromptOptions {
    * false: the whole prompt string is tokenized, special-token text parsed, as upstream's chat() does.
    */
   plainText?: boolean;
+  /**
+   * The start of the answer: the prompt ends with it after the assistant's role, and the model goes on
+   * from there (an assistant prefill); the answer is what it adds. Tokenized as the rest of the prompt.
+   */
+  answerPrefix?: string;
 }
 
 export interface PreparedPrompt {
@@ -70,7 +75,7 @@ export function preparePrompt(
   const samples = samplesOf(numPatchesList, options.dataFlag, options.splitSizes);
   const tokensPerTile = samples.flatMap((s) => s.tilesPerImage.map(() => model.tokensPerTile(s.dataFlag)));
   const pieces = expandImagePieces(
-    buildPromptPieces(options.systemMessage ?? model.config.system_message, history ?? [], question),
+    buildPromptPieces(options.systemMessage ?? model.config.system_message, history ?? [], question, options.answerPrefix),
     numPatchesList,
     tokensPerTile,
   );

@@ -25,11 +25,11 @@ const markup = (text: string): PromptPiece => ({ text, markup: true });
 const plain = (text: string): PromptPiece => ({ text, markup: false });
 
 /**
- * system + history + the new question, ending with the assistant's role so that the model answers, as
- * pieces (see PromptPiece). As upstream's template, an empty answer in the history adds its role
- * without a separator.
+ * system + history + the new question, ending with the assistant's role so that the model answers (or
+ * with `answerPrefix` after it, which the model continues), as pieces (see PromptPiece). As upstream's
+ * template, an empty answer in the history adds its role without a separator.
  */
-export function buildPromptPieces(systemMessage: string, history: History, question: string): PromptPiece[] {
+export function buildPromptPieces(systemMessage: string, history: History, question: string, answerPrefix = ''): PromptPiece[] {
   const pieces = [markup(START), plain(`system\n${systemMessage}`), markup(SEPARATOR)];
   const turn = (role: string, message: string | null) => pieces.push(markup(START), plain(role + (message || '')), ...(message ? [markup(SEPARATOR)] : []));
   for (const [q, a] of history) {
@@ -37,7 +37,7 @@ export function buildPromptPieces(systemMessage: string, history: History, quest
     turn(ROLES[1], a);
   }
   turn(ROLES[0], question);
-  turn(ROLES[1], null);
+  pieces.push(markup(START), plain(ROLES[1] + answerPrefix));
   return pieces;
 }
 

@@ -48,7 +48,7 @@ export interface GenerationRunOptions {
   cache?: KVCache;
 }
 
-function stopStrings(config: GenerationConfig, options: GenerationRunOptions): StopStrings | undefined {
+export function stopStrings(config: GenerationConfig, options: GenerationRunOptions): StopStrings | undefined {
   if (config.stop.length === 0) return undefined;
   if (options.decode === undefined) throw new Error('stop strings need a decode function (options.decode)');
   return new StopStrings(config.stop, options.decode);
@@ -115,7 +115,8 @@ export async function* generateSteps(
   }
 }
 
-function chooseToken(logits: Float32Array, seen: number[], step: number, config: GenerationConfig, rng: SeededRandom): number {
+/** The next token from one row's logits (processed in place): the processors in transformers' order, then argmax or a draw. */
+export function chooseToken(logits: Float32Array, seen: number[], step: number, config: GenerationConfig, rng: SeededRandom): number {
   applyRepetitionPenalty(logits, seen, config.repetitionPenalty);
   applyMinNewTokens(logits, step, config.minNewTokens, config.eosTokenId);
   if (!config.doSample) return argmax(logits);

@@ -77,6 +77,17 @@ export function cachedAttention(
 }
 
 /**
+ * A decode step of independent sequences (continuous batching): row b of q [B, H, 1, hd] and of the new
+ * keys/values [B, KV, 1, hd] goes to its own cache `caches[b]` (one row each, any length), with no mask
+ * (a single new position sees all of its row's past). Returns the output [B, H, 1, hd].
+ */
+export function rowsAttention(kernels: Kernels, q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D, caches: KVCache[], layer: number): tf.Tensor4D {
+  if (caches.length === 1) return cachedAttention(kernels, q, k, v, caches[0], layer, undefined).out;
+  const [qs, ks, vs] = [q, k, v].map((x) => tf.split(x, caches.length, 0) as tf.Tensor4D[]);
+  return tf.concat(caches.map((cache, b) => cachedAttention(kernels, qs[b], ks[b], vs[b], cache, layer, undefined).out)) as tf.Tensor4D;
+}
+
+/**
  * Attention of beams over a prompt they share (see KVCache.beams): q [B*K, H, T, hd] (rotated); the
  * prompt's keys/values [B, KV, P, hd], the beams' own [B*K, KV, t, hd]. One softmax over both parts.
  * For the prompt part the K beams' queries of a batch row ride along as extra queries of its kv

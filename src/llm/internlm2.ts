@@ -13,7 +13,7 @@ import { runSync, Steps } from '../event_loop';
 import { HeldMatrix, Weights } from '../io/weights';
 import { mergeHeads, splitHeads } from '../nn/attention';
 import { Kernels, Linear, RMSNorm, silu, Tap } from '../nn/layers';
-import { cachedAttention, createAttentionMask, positionsFromMask } from './base';
+import { cachedAttention, createAttentionMask, positionsFromMask, rowsAttention } from './base';
 import { KVCache } from './cache';
 import { applyRotary, RopeTables, RotaryEmbedding } from './rope';
 
@@ -35,11 +35,13 @@ class Attention {
     this.o = new Linear(w, `${prefix}.o`, false, kernels);
   }
 
-  forward(x: tf.Tensor3D, rope: RopeTables, mask: tf.Tensor4D | undefined, cache: KVCache, layer: number, tap?: Tap): tf.Tensor3D {
+  /** `cache`: the batch's cache, or one cache per row (a decode step of independent sequences, see decodeRowsSteps). */
+  forward(x: tf.Tensor3D, rope: RopeTables, mask: tf.Tensor4D | undefined, cache: KVCache | KVCache[], layer: number, tap?: Tap): tf.Tensor3D {
     const { num_attention_heads: H, num_key_value_heads: KV } = this.config;
     const q = applyRotary(splitHeads(this.q.forward(x), H), rope);
     const k = applyRotary(splitHeads(this.k.forward(x), KV), rope);
     const v = splitHeads(this.v.forward(x), KV);
+    if (Array.isArray(cache)) return this.o.forward(mergeHeads(rowsAttention(this.kernels, q, k, v, cache, layer)));
     const { out, probs } = cachedAttention(this.kernels, q, k, v, cache, layer, mask);
     if (tap) tap(`${this.prefix}.probs`, probs());
     return this.o.forward(mergeHeads(out));
@@ -86,7 +88,7 @@ class DecoderLayer {
     return DecoderLayer.TAPS.map((t) => `${this.prefix}.${t}`);
   }
 
-  forward(h: tf.Tensor3D, rope: RopeTables, mask: tf.Tensor4D | undefined, cache: KVCache, tap?: Tap): tf.Tensor3D {
+  forward(h: tf.Tensor3D, rope: RopeTables, mask: tf.Tensor4D | undefined, cache: KVCache | KVCache[], tap?: Tap): tf.Tensor3D {
     const attnOut = this.attn.forward(this.attnNorm.forward(h), rope, mask, cache, this.index, tap);
     if (tap) tap(`${this.prefix}.attn.out`, attnOut);
     h = tf.add(h, attnOut);
@@ -104,6 +106,8 @@ export interface ForwardOptions {
   /** Compute logits for the last position of each row only (generation). */
   lastOnly?: boolean;
   tap?: Tap;
+  /** The rotary state this sequence reads and grows (default: the model's own, see RotaryEmbedding). */
+  rotary?: RotaryEmbedding;
 }
 
 export interface PrefillOptions {
@@ -112,6 +116,14 @@ export interface PrefillOptions {
   /** Positions run through all layers at once (default: the whole prompt). */
   chunkSize?: number;
   tap?: Tap;
+  /** As ForwardOptions.rotary. */
+  rotary?: RotaryEmbedding;
+}
+
+/** One sequence of a decode step over independent sequences: its own cache (one row) and rotary state. */
+export interface DecodeRow {
+  cache: KVCache;
+  rotary: RotaryEmbedding;
 }
 
 export class InternLM2 {
@@ -173,14 +185,14 @@ export class InternLM2 {
     const [B, T] = embeds.shape;
     const chunk = Math.max(1, Math.min(options.chunkSize ?? T, T));
     // Dynamic NTK scaling reads the whole length once, as a single pass over the prompt would.
-    this.rotary.update(cache.length + T);
+    (options.rotary ?? this.rotary).update(cache.length + T);
     for (let start = 0; ; start += chunk) {
       const n = Math.min(chunk, T - start);
       const last = start + n >= T;
       const part = n === T ? embeds : (tf.slice(embeds, [0, start, 0], [B, n, -1]) as tf.Tensor3D);
       try {
         const attentionMask = options.attentionMask?.map((row) => row.slice(start, start + n));
-        const logits = yield* this.forwardSteps(part, cache, { attentionMask, tap: options.tap, logits: last ? 'last' : 'none' });
+        const logits = yield* this.forwardSteps(part, cache, { attentionMask, tap: options.tap, rotary: options.rotary, logits: last ? 'last' : 'none' });
         if (last) return logits!;
       } finally {
         if (part !== embeds) part.dispose();
@@ -205,10 +217,51 @@ export class InternLM2 {
     const past = cache.length;
     const fullMask = cache.mask.map((row, b) => [...row, ...newMask[b]]);
     const positions = positionsFromMask(fullMask, past);
-    this.rotary.update(past + T);
-    const tap = options.tap;
-    const rope = this.rotary.tables(positions);
+    const rotary = options.rotary ?? this.rotary;
+    rotary.update(past + T);
+    const rope = rotary.tables(positions);
     const mask = createAttentionMask(fullMask, past, cache.numBeams > 1 ? 1 : this.config.num_key_value_heads);
+    const logits = yield* this.layerSteps(embeds, rope, mask, cache, options.tap, options.logits);
+    cache.mask = fullMask;
+    return logits;
+  }
+
+  /**
+   * One decode step of independent sequences (continuous batching): token b continues rows[b], which
+   * has its own cache of one row (any length) and its own rotary state. The products run once for all
+   * rows ([B, 1, D] against each weight: a decode step reads the weights once, not B times); attention
+   * runs per row over its cache. Returns the logits [B, 1, V]; pauses after each layer.
+   */
+  *decodeRowsSteps(tokens: number[], rows: DecodeRow[]): Steps<tf.Tensor3D> {
+    if (tokens.length !== rows.length) throw new Error(`decodeRowsSteps: ${tokens.length} tokens for ${rows.length} rows`);
+    const caches = rows.map((r) => r.cache);
+    if (caches.some((c) => c.mask.length !== 1 || c.numBeams !== 1)) throw new Error('decodeRowsSteps: each row needs a cache of one row (no beams)');
+    const embeds = this.embedTokens(tokens.map((t) => [t]));
+    try {
+      const tables = rows.map(({ cache, rotary }) => {
+        rotary.update(cache.length + 1);
+        return rotary.tables(positionsFromMask([[...cache.mask[0], 1]], cache.length));
+      });
+      const rope = { cos: tf.concat(tables.map((t) => t.cos)) as tf.Tensor4D, sin: tf.concat(tables.map((t) => t.sin)) as tf.Tensor4D };
+      tf.dispose(tables.flatMap((t) => [t.cos, t.sin]));
+      const logits = yield* this.layerSteps(embeds, rope, undefined, caches, undefined, 'last');
+      for (const cache of caches) cache.mask = [[...cache.mask[0], 1]];
+      return logits!;
+    } finally {
+      embeds.dispose();
+    }
+  }
+
+  /** The layers over `embeds` (pausing after each), then the logits asked for; frees `rope` and `mask`. */
+  private *layerSteps(
+    embeds: tf.Tensor3D,
+    rope: RopeTables,
+    mask: tf.Tensor4D | undefined,
+    cache: KVCache | KVCache[],
+    tap: Tap | undefined,
+    logits: 'all' | 'last' | 'none',
+  ): Steps<tf.Tensor3D | null> {
+    const [B, T] = embeds.shape;
     let h = embeds;
     try {
       if (tap) tap('llm.embeds', h);
@@ -219,10 +272,9 @@ export class InternLM2 {
         if (prev !== embeds) prev.dispose();
         yield;
       }
-      cache.mask = fullMask;
-      if (options.logits === 'none') return null;
+      if (logits === 'none') return null;
       return tf.tidy(() => {
-        let x = options.logits === 'last' ? h.slice([0, T - 1, 0], [B, 1, -1]) : h;
+        let x = logits === 'last' ? h.slice([0, T - 1, 0], [B, 1, -1]) : h;
         x = this.norm.forward(x);
         if (tap) tap('llm.norm', x);
         const out = this.output.forward(x);

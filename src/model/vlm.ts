@@ -266,14 +266,22 @@ export class VisionLanguageModel {
   /**
    * The LLM's input for prompt rows (token ids, one row per question) and the pixel values of their
    * samples: the rows left-padded with `ids.pad` to one length, embedded, and their IMG_CONTEXT rows
-   * (`ids.imgContext`) replaced by the visual tokens in order. Steps: it pauses after each vision layer.
-   * The caller disposes `embeds`.
+   * (`ids.imgContext`) replaced by the visual tokens in order (`visualTokens` when given: no vision
+   * pass). Steps: it pauses after each vision layer. The caller disposes `embeds`.
    */
-  *inputSteps(rows: number[][], pixelValues: tf.Tensor4D | null, samples: Sample[], ids: PromptTokenIds, tap?: Tap): Steps<LLMInput> {
+  *inputSteps(
+    rows: number[][],
+    pixelValues: tf.Tensor4D | null,
+    samples: Sample[],
+    ids: PromptTokenIds,
+    tap?: Tap,
+    visualTokens?: tf.Tensor2D,
+  ): Steps<LLMInput> {
     const T = Math.max(...rows.map((r) => r.length));
     const padded = rows.map((r) => [...new Array<number>(T - r.length).fill(ids.pad), ...r]);
     const attentionMask = rows.map((r) => [...new Array<number>(T - r.length).fill(0), ...r.map(() => 1)]);
-    const visual = pixelValues === null ? null : yield* this.visualTokenSteps(pixelValues, samples, tap);
+    // Visual tokens given (the caller's, kept by it) are used as they are: a clone, freed below.
+    const visual = visualTokens ? visualTokens.clone() : pixelValues === null ? null : yield* this.visualTokenSteps(pixelValues, samples, tap);
     try {
       yield;
       const text = this.llm.embedTokens(padded);

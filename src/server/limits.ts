@@ -37,8 +37,15 @@ export interface ServerLimits {
   maxTokens: number;
   /** New tokens when the request does not say. */
   defaultMaxTokens: number;
-  /** Requests waiting for the model behind the running one (429 above). */
+  /** Requests waiting for a slot behind the maxBatch admitted (429 above). */
   maxQueue: number;
+  /**
+   * Requests admitted at once: their generations decode together (continuous batching); media and
+   * the vision encoder still run one request at a time. A beam search runs alone.
+   */
+  maxBatch: number;
+  /** Bytes of visual tokens the vision-feature cache keeps (0: none). */
+  featureCacheBytes: number;
   /** Milliseconds a client has to send a request's headers (Node's server.headersTimeout; 408 and the connection closed after). */
   headersTimeoutMs: number;
   /** Milliseconds a client has to send a whole request, headers and body (Node's server.requestTimeout). */
@@ -82,6 +89,8 @@ export const DEFAULT_LIMITS: ServerLimits = {
   maxTokens: 8192,
   defaultMaxTokens: 512,
   maxQueue: 16,
+  maxBatch: 8,
+  featureCacheBytes: 256 * 1024 * 1024,
   headersTimeoutMs: 30_000,
   requestTimeoutMs: 300_000,
   bodyIdleTimeoutMs: 30_000,

@@ -153,7 +153,7 @@ export class LiveSessions {
     const session = this.find(id);
     this.enter(session);
     try {
-      const release = await this.queue.acquire(signal);
+      const release = await this.queue.acquire(signal, true); // the model alone (not in the batch: the session's own caches)
       try {
         throwIfAborted(signal);
         if (this.sessions.get(id) !== session) this.find(id); // deleted while the question waited: 404
@@ -181,7 +181,7 @@ export class LiveSessions {
         // the waiting one keeps its place in the queue.
         let release: () => void;
         try {
-          release = await this.queue.acquire(session.freed.signal);
+          release = await this.queue.acquire(session.freed.signal, true);
         } catch (e) {
           // The queue is full (429), or the session was freed (its frame was answered then).
           const waiting = session.waiting;

@@ -3,10 +3,17 @@
 //
 // The conversation becomes upstream's chat() arguments: an optional system message (replacing the
 // template's), then user / assistant turns alternating and ending with a user turn: the last is the
-// question, the earlier pairs the history. Each user turn's images (or a video's frames) are written
-// in front of its text as upstream's examples do ("<image>\n" for one image, "Image-1: <image>\n..."
-// for several, "Frame1: <image>\n..." for a video), and the images of every turn stay in the prompt at
-// their turn, as upstream's multi-round chat() keeps them (history questions keep their <image>).
+// question, the earlier pairs the history; a last assistant message is the start of the answer, which
+// the model continues (a prefill, as VLMEvalKit's MVBench prompt "Best option:(" needs). Each user
+// turn's images (or a video's frames) are written in front of its text as upstream's examples do
+// ("<image>\n" for one image, "Image-1: <image>\n..." for several, "Frame1: <image>\n..." for a
+// video), unless the text places them itself with one <image> per image or frame (as upstream's chat()
+// takes them, and VLMEvalKit writes them); the images of every turn stay in the prompt at their turn,
+// as upstream's multi-round chat() keeps them (history questions keep their <image>).
+//
+// `images_as_video` (or `pvc serve --images-as-video`): the request's images are one video's frames,
+// one tile each, PVC's video path (data flag 3), as the evaluation harnesses send a video (lmms-eval's
+// openai model and VLMEvalKit both decode it on the client into image_url frames).
 import { withImagePlaceholders } from '../chat/prompt';
 import { IMAGE_PLACEHOLDER, IMG_CONTEXT_TOKEN, IMG_END_TOKEN, IMG_START_TOKEN } from '../chat/template';
 import { History } from '../chat/template';
@@ -25,6 +32,10 @@ export interface ChatRequest {
   maxTokens: number;
   stream: boolean;
   includeUsage: boolean;
+  /** The start of the answer (a last assistant message): the model continues it; the reply is what follows. */
+  answerPrefix?: string;
+  /** The images are one video's frames (images_as_video). */
+  imagesAsVideo: boolean;
 }
 
 const TOP_LEVEL = new Set([
@@ -41,6 +52,7 @@ const TOP_LEVEL = new Set([
   'stream_options',
   'top_k',
   'repetition_penalty',
+  'images_as_video',
   // OpenAI's, accepted where they ask nothing this server does not do (checkOpenAIFields).
   'user',
   'metadata',
@@ -117,9 +129,10 @@ function number(body: Json, name: string, check: (v: number) => boolean, expecte
   return v;
 }
 
-function text(v: unknown, param: string): string {
+/** A text part; `<image>` placeholders only where `images` (a user message, whose count content() checks). */
+function text(v: unknown, param: string, images = false): string {
   if (typeof v !== 'string') throw badRequest(param, 'expected a string');
-  const reserved = RESERVED.find((r) => v.includes(r));
+  const reserved = RESERVED.find((r) => v.includes(r) && !(images && r === IMAGE_PLACEHOLDER));
   if (reserved !== undefined) throw badRequest(param, `the text contains '${reserved}', which is reserved for images (send images as image_url parts)`);
   return v;
 }
@@ -138,6 +151,7 @@ async function content(
   root: string | null,
   limits: ServerLimits,
   maxDynamicPatch: number,
+  imagesAsVideo: boolean,
 ): Promise<string> {
   const c = message.content;
   if (typeof c === 'string') return text(c, `${param}.content`);
@@ -149,7 +163,7 @@ async function content(
     if (!isObject(part)) throw badRequest(p, 'expected a content part object');
     if (part.type === 'text') {
       checkKeys(part, ['type', 'text'], p);
-      texts.push(text(part.text, `${p}.text`));
+      texts.push(text(part.text, `${p}.text`, role === 'user'));
       continue;
     }
     if (part.type !== 'image_url' && part.type !== 'video_url')
@@ -160,18 +174,23 @@ async function content(
     const inner = part[part.type];
     const q = `${p}.${part.type}`;
     if (!isObject(inner)) throw badRequest(q, 'expected an object with a url');
-    // detail is OpenAI's (ignored: tiles follow max_num); max_num and num_frames are ours.
-    checkKeys(inner, kind === 'image' ? ['url', 'detail', 'max_num'] : ['url', 'num_frames'], q);
+    // detail is OpenAI's (ignored: tiles follow max_num); max_num and num_frames are ours, max_dynamic_patch
+    // lmdeploy's name for max_num (VLMEvalKit sends it).
+    checkKeys(inner, kind === 'image' ? ['url', 'detail', 'max_num', 'max_dynamic_patch'] : ['url', 'num_frames'], q);
     if (typeof inner.url !== 'string' || inner.url === '') throw badRequest(`${q}.url`, 'expected a non-empty string');
     if (media.length >= limits.maxMediaParts) throw badRequest(q, `more than ${limits.maxMediaParts} images or videos in one request`);
     const source: MediaSource = { kind, param: q, ...(await resolveMedia(inner.url, kind, `${q}.url`, root, limits)) };
     media.push(source); // at once: its file is closed (closeMedia) whatever comes next
     if (kind === 'image') {
-      const maxNum = inner.max_num ?? maxDynamicPatch;
+      const field = inner.max_num !== undefined || inner.max_dynamic_patch === undefined ? 'max_num' : 'max_dynamic_patch';
+      const maxNum = inner[field] ?? maxDynamicPatch;
       if (!Number.isInteger(maxNum) || (maxNum as number) < 1 || (maxNum as number) > limits.maxTilesPerImage) {
-        throw badRequest(`${q}.max_num`, `${show(maxNum)} is not an integer from 1 to ${limits.maxTilesPerImage}`);
+        throw badRequest(`${q}.${field}`, `${show(maxNum)} is not an integer from 1 to ${limits.maxTilesPerImage}`);
       }
-      source.maxNum = maxNum as number;
+      if (inner.max_num !== undefined && inner.max_dynamic_patch !== undefined && inner.max_num !== inner.max_dynamic_patch)
+        throw badRequest(`${q}.max_dynamic_patch`, `differs from max_num (${show(inner.max_num)}): give one of them`);
+      // A video's frames are one tile each, as load_video's.
+      source.maxNum = imagesAsVideo ? 1 : (maxNum as number);
     } else {
       const frames = inner.num_frames ?? limits.defaultFrames;
       if (!Number.isInteger(frames) || (frames as number) < 1 || (frames as number) > limits.maxFrames) {
@@ -182,12 +201,17 @@ async function content(
     kinds.push(kind);
   }
   const question = texts.join('\n');
-  if (kinds.length === 0) return question;
   if (kinds.includes('video') && kinds.length > 1) throw badRequest(`${param}.content`, 'a message carries either images or one video');
-  if (kinds[0] === 'image' && kinds.length === 1) return `${IMAGE_PLACEHOLDER}\n${question}`;
   // load_video returns exactly num_frames frames (repeating some in a short clip), one tile each.
-  if (kinds[0] === 'video') return withImagePlaceholders(question, media[media.length - 1].numFrames!, 'video');
-  return withImagePlaceholders(question, kinds.length, 'images');
+  const slots = kinds[0] === 'video' ? media[media.length - 1].numFrames! : kinds.length;
+  const placed = question.split(IMAGE_PLACEHOLDER).length - 1;
+  if (placed > 0 && placed !== slots) {
+    const what = kinds[0] === 'video' ? `the video's ${slots} frames (num_frames)` : `its ${slots} image parts`;
+    throw badRequest(`${param}.content`, `the text has ${placed} ${IMAGE_PLACEHOLDER} placeholders for ${what}: one each, or none`);
+  }
+  if (kinds.length === 0 || placed > 0) return question;
+  if (kinds[0] === 'image' && kinds.length === 1 && !imagesAsVideo) return `${IMAGE_PLACEHOLDER}\n${question}`;
+  return withImagePlaceholders(question, slots, kinds[0] === 'video' || imagesAsVideo ? 'video' : 'images');
 }
 
 /**
@@ -195,17 +219,30 @@ async function content(
  * decoded yet; video files open: closeMedia closes them, as it does here when the request is refused).
  * `root`: realpath of --allowed-local-media-path or null.
  */
-export async function parseChatRequest(body: unknown, root: string | null, limits: ServerLimits, maxDynamicPatch: number): Promise<ChatRequest> {
+export async function parseChatRequest(
+  body: unknown,
+  root: string | null,
+  limits: ServerLimits,
+  maxDynamicPatch: number,
+  imagesAsVideo = false,
+): Promise<ChatRequest> {
   const media: MediaSource[] = [];
   try {
-    return await parse(body, root, limits, maxDynamicPatch, media);
+    return await parse(body, root, limits, maxDynamicPatch, imagesAsVideo, media);
   } catch (e) {
     await closeMedia(media);
     throw e;
   }
 }
 
-async function parse(body: unknown, root: string | null, limits: ServerLimits, maxDynamicPatch: number, media: MediaSource[]): Promise<ChatRequest> {
+async function parse(
+  body: unknown,
+  root: string | null,
+  limits: ServerLimits,
+  maxDynamicPatch: number,
+  imagesAsVideoDefault: boolean,
+  media: MediaSource[],
+): Promise<ChatRequest> {
   if (!isObject(body)) throw badRequest(null, 'the request body must be a JSON object');
   for (const k of Object.keys(body)) if (!TOP_LEVEL.has(k)) throw badRequest(key(k), `unknown field (accepted: ${[...TOP_LEVEL].join(', ')})`, 'unknown_field');
   if (typeof body.model !== 'string') throw badRequest('model', 'expected the model name as a string');
@@ -213,6 +250,9 @@ async function parse(body: unknown, root: string | null, limits: ServerLimits, m
   if (body.n !== undefined && body.n !== null && body.n !== 1) throw badRequest('n', `${show(body.n)}: only n = 1 is supported`);
   if (body.stream !== undefined && body.stream !== null && typeof body.stream !== 'boolean') throw badRequest('stream', 'expected true or false');
   const stream = body.stream === true;
+  if (body.images_as_video !== undefined && body.images_as_video !== null && typeof body.images_as_video !== 'boolean')
+    throw badRequest('images_as_video', 'expected true or false');
+  const imagesAsVideo = typeof body.images_as_video === 'boolean' ? body.images_as_video : imagesAsVideoDefault;
   let includeUsage = false;
   if (body.stream_options !== undefined && body.stream_options !== null) {
     if (!stream) throw badRequest('stream_options', 'only with stream: true');
@@ -263,20 +303,28 @@ async function parse(body: unknown, root: string | null, limits: ServerLimits, m
     const role = message.role;
     if (role === 'system' || role === 'developer') {
       if (i !== 0) throw badRequest(`${param}.role`, 'a system message may only come first');
-      systemMessage = await content(message, param, role, media, root, limits, maxDynamicPatch);
+      systemMessage = await content(message, param, role, media, root, limits, maxDynamicPatch, imagesAsVideo);
       continue;
     }
     if (role !== 'user' && role !== 'assistant') throw badRequest(`${param}.role`, `${show(role)} is not a supported role (system, user, assistant)`);
     const expected = turns.length % 2 === 0 ? 'user' : 'assistant';
     if (role !== expected) throw badRequest(`${param}.role`, `expected a ${expected} message here (user and assistant messages alternate, starting with user)`);
-    turns.push({ role, text: await content(message, param, role, media, root, limits, maxDynamicPatch) });
+    const before = media.length;
+    turns.push({ role, text: await content(message, param, role, media, root, limits, maxDynamicPatch, imagesAsVideo) });
+    if (imagesAsVideo && media.length > before && before > 0)
+      throw badRequest(`${param}.content`, "with images_as_video the images are one video's frames: send them in one message");
   }
-  if (turns.length === 0 || turns[turns.length - 1].role !== 'user') throw badRequest('messages', 'the last message must be a user message');
-  const chars = turns.reduce((n, t) => n + t.text.length, systemMessage?.length ?? 0);
+  // A last assistant message: the start of the answer, which the model continues.
+  const answerPrefix = turns[turns.length - 1]?.role === 'assistant' ? turns.pop()!.text : undefined;
+  if (turns.length === 0) throw badRequest('messages', 'the conversation needs a user message');
+  const chars = turns.reduce((n, t) => n + t.text.length, (systemMessage?.length ?? 0) + (answerPrefix?.length ?? 0));
   if (chars > limits.maxTextChars)
     throw badRequest('messages', `${chars} characters of text, more than the ${limits.maxTextChars} accepted`, 'context_length_exceeded');
   if (media.filter((m) => m.kind === 'video').length > 0 && media.length > 1) throw badRequest('messages', 'a request carries either images or one video');
   const history: History = [];
   for (let k = 0; k + 1 < turns.length; k += 2) history.push([turns[k].text, turns[k + 1].text]);
-  return { model: body.model, systemMessage, history, question: turns[turns.length - 1].text, media, generation, maxTokens, stream, includeUsage };
+  if (imagesAsVideo && media.some((m) => m.kind === 'video'))
+    throw badRequest('images_as_video', 'the request has a video_url part: its images are not frames');
+  const question = turns[turns.length - 1].text;
+  return { model: body.model, systemMessage, history, question, media, generation, maxTokens, stream, includeUsage, answerPrefix, imagesAsVideo };
 }

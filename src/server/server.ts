@@ -8,18 +8,23 @@ import { createHash, randomUUID, timingSafeEqual } from 'crypto';
 import * as fs from 'fs';
 import * as http from 'http';
 import { AddressInfo } from 'net';
-import { ChatInputs, chatInputs } from '../chat/inputs';
+import * as tf from '@tensorflow/tfjs';
+import { chatInputs } from '../chat/inputs';
 import { contextLength } from '../config';
 import { InputError } from '../errors';
-import { AbortError, throwIfAborted } from '../event_loop';
+import { AbortError, runYielding, throwIfAborted } from '../event_loop';
+import { ContinuousBatcher } from '../generation/batch';
 import { GenerationConfig } from '../generation/config';
+import { DataFlag, samplesOf } from '../model/samples';
 import { LoadedImage } from '../preprocess/image';
 import { LoadedVideo } from '../preprocess/video';
 import { PVCModel } from '../pvc_model';
 import { ApiError, badRequest } from './errors';
+import { CachedFeatures, FeatureCache, featureKey } from './features';
 import { DEFAULT_LIMITS, ServerLimits } from './limits';
 import { closeMedia, decodeImagePart, decodeVideoPart, tilesOf } from './media';
 import { checkFrameType, LiveSessions } from './live';
+import { ServerMetrics } from './metrics';
 import { GenerationQueue } from './queue';
 import { ChatRequest, parseChatRequest } from './request';
 
@@ -42,15 +47,34 @@ export interface ServeOptions {
    * rope_scaling factor (vLLM's rule). The model itself has no such limit (see RunLimits.maxContext).
    */
   maxModelLen?: number;
+  /**
+   * The images of a request are one video's frames unless it says otherwise (its `images_as_video`):
+   * for the evaluation harnesses, which send a video as image_url frames (PVC's video path then runs).
+   */
+  imagesAsVideo?: boolean;
   /** One line per request (method, path, status, milliseconds); default: none. */
   log?: (line: string) => void;
+}
+
+/** A request's media for the prompt: tiles per image or frame, PVC's data flag, and their visual tokens (the request's to free). */
+interface VisualInput {
+  numPatchesList: number[];
+  dataFlag?: DataFlag;
+  visualTokens?: tf.Tensor2D;
 }
 
 export class ChatServer {
   readonly modelName: string;
   readonly limits: ServerLimits;
+  /** Admission: limits.maxBatch requests at once, limits.maxQueue waiting. */
   readonly queue: GenerationQueue;
+  /** Media decoding and the vision encoder: one request at a time (their memory is per request). */
+  private readonly encoding = new GenerationQueue(Number.MAX_SAFE_INTEGER, 1);
   readonly sessions: LiveSessions;
+  readonly features: FeatureCache;
+  readonly metrics: ServerMetrics;
+  /** The continuous batch (created with the model). */
+  private batcher: ContinuousBatcher | undefined;
   private model: PVCModel | null = null;
   private loadError: Error | null = null;
   private readonly mediaRoot: string | null;
@@ -64,7 +88,9 @@ export class ChatServer {
   private constructor(private readonly options: ServeOptions) {
     this.modelName = options.modelName ?? 'pvc';
     this.limits = { ...DEFAULT_LIMITS, ...options.limits };
-    this.queue = new GenerationQueue(this.limits.maxQueue);
+    this.queue = new GenerationQueue(this.limits.maxQueue, this.limits.maxBatch);
+    this.features = new FeatureCache(this.limits.featureCacheBytes);
+    this.metrics = new ServerMetrics(this.queue, this.features, () => this.batching.decoding + this.batching.prefilling);
     this.sessions = new LiveSessions(this.limits, this.queue, (model) => this.maxModelLen(model));
     this.mediaRoot = options.allowedLocalMediaPath === undefined ? null : fs.realpathSync(options.allowedLocalMediaPath);
     if (this.mediaRoot !== null && !fs.statSync(this.mediaRoot).isDirectory())
@@ -82,12 +108,20 @@ export class ChatServer {
       (req, res) => void this.handle(req, res),
     );
     Promise.resolve(options.model).then(
-      (model) => (this.model = model),
+      (model) => {
+        this.model = model;
+        this.batcher = model.createBatcher();
+      },
       (e: Error) => {
         this.loadError = e;
         options.log?.(`error: the model failed to load: ${e?.stack ?? e}`);
       },
     );
+  }
+
+  /** Rows in the continuous batch now (in decode, and waiting for or in their prefill). */
+  get batching(): { decoding: number; prefilling: number } {
+    return this.batcher?.size ?? { decoding: 0, prefilling: 0 };
   }
 
   /** Starts listening (host default 127.0.0.1, port default 8000). */
@@ -119,6 +153,7 @@ export class ChatServer {
     this.queue.rejectWaiting(new ApiError(503, 'the server is shutting down', null, 'shutting_down'));
     for (const controller of this.active) controller.abort(new Error('the server is shutting down'));
     this.sessions.close();
+    this.features.clear();
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
     this.server.closeIdleConnections();
     // Give aborted responses a moment to end, then drop what is left.
@@ -154,13 +189,19 @@ export class ChatServer {
     });
     res.on('error', () => {}); // writes after a disconnect
     try {
-      await this.route(req, res, controller.signal, hold);
+      await this.route(req, res, controller.signal, hold, started);
     } catch (e) {
       this.fail(res, e);
     }
   }
 
-  private async route(req: http.IncomingMessage, res: http.ServerResponse, signal: AbortSignal, hold: (bytes: number) => void): Promise<void> {
+  private async route(
+    req: http.IncomingMessage,
+    res: http.ServerResponse,
+    signal: AbortSignal,
+    hold: (bytes: number) => void,
+    received: number,
+  ): Promise<void> {
     const pathname = new URL(req.url ?? '/', 'http://localhost').pathname.replace(/\/+$/, '');
     // /v1/models/{id}: one model (the openai clients' models.retrieve()); /v1/live/sessions/{id}[/...]: a live session.
     const modelId = /^\/v1\/models\/(.+)$/.exec(pathname)?.[1];
@@ -168,6 +209,7 @@ export class ChatServer {
     const path = modelId !== undefined ? '/v1/models/{id}' : live ? `/v1/live/sessions/{id}${live[2] ?? ''}` : pathname;
     const routes: Record<string, string[]> = {
       '/health': ['GET'],
+      '/metrics': ['GET'],
       '/v1/models': ['GET'],
       '/v1/models/{id}': ['GET'],
       '/v1/chat/completions': ['POST'],
@@ -187,9 +229,16 @@ export class ChatServer {
       const status = this.model ? 'ok' : this.loadError ? 'failed' : 'loading';
       return sendJson(res, this.model ? 200 : 503, { status, queue: this.queue.depth, live_sessions: this.sessions.count });
     }
+    if (path === '/metrics') {
+      // Unauthenticated as /health (vLLM's rule): counts and timings, nothing of any request's content.
+      const text = await this.metrics.registry.metrics();
+      res.writeHead(200, { 'content-type': this.metrics.registry.contentType, 'content-length': Buffer.byteLength(text) });
+      res.end(text);
+      return;
+    }
     this.authorize(req);
     const model = this.ready();
-    if (live) return this.routeLive(model, req, res, live[1], live[2], signal, hold);
+    if (live) return this.routeLive(model, req, res, live[1], live[2], signal, hold, received);
     if (path === '/v1/live/sessions') return sendJson(res, 200, this.sessions.create(model, await this.readJson(req, hold)));
     const card = { id: this.modelName, object: 'model', created: 0, owned_by: 'pvc-tfjs', max_model_len: this.maxModelLen(model) };
     if (path === '/v1/models') return sendJson(res, 200, { object: 'list', data: [card] });
@@ -205,12 +254,12 @@ export class ChatServer {
       return sendJson(res, 200, card);
     }
     const body = await this.readJson(req, hold);
-    const request = await parseChatRequest(body, this.mediaRoot, this.limits, model.config.max_dynamic_patch);
+    const request = await parseChatRequest(body, this.mediaRoot, this.limits, model.config.max_dynamic_patch, this.options.imagesAsVideo);
     try {
       // Resolved once, here: a bad option is a 400 before the request waits or decodes anything.
       const generation = model.generationConfig(request.generation);
       this.checkVisualTokens(model, request);
-      await this.complete(model, request, generation, res, signal);
+      await this.complete(model, request, generation, res, signal, received);
     } finally {
       await closeMedia(request.media);
     }
@@ -243,6 +292,7 @@ export class ChatServer {
     sub: string | undefined,
     signal: AbortSignal,
     hold: (bytes: number) => void,
+    received: number,
   ): Promise<void> {
     if (sub === undefined) return sendJson(res, 200, req.method === 'DELETE' ? this.sessions.delete(id) : this.sessions.get(id));
     if (sub === '/frames') {
@@ -254,7 +304,7 @@ export class ChatServer {
     // A question: a chat completion's body, one user message of text (the frames are the session's).
     const body = await this.readJson(req, hold);
     const request = await parseChatRequest(body ?? {}, null, this.limits, model.config.max_dynamic_patch);
-    if (request.media.length > 0 || request.history.length > 0 || request.systemMessage !== undefined) {
+    if (request.media.length > 0 || request.history.length > 0 || request.systemMessage !== undefined || request.answerPrefix !== undefined) {
       await closeMedia(request.media);
       throw badRequest(
         'messages',
@@ -287,6 +337,7 @@ export class ChatServer {
           stream: (options) => live.stream(request.question, generation, options),
         },
         signal,
+        received,
       );
     });
   }
@@ -303,7 +354,7 @@ export class ChatServer {
   /** The media's visual tokens alone (from headers and the request) against the context, before the request waits or decodes. */
   private checkVisualTokens(model: PVCModel, request: ChatRequest): void {
     const { media } = request;
-    const dataFlag = media.some((m) => m.kind === 'video') ? 3 : media.length > 1 ? 2 : 1;
+    const dataFlag = media.some((m) => m.kind === 'video') || request.imagesAsVideo ? 3 : media.length > 1 ? 2 : 1;
     const visual = media.reduce((n, m) => n + tilesOf(m, model.config.image_size), 0) * model.tokensPerTile(dataFlag);
     if (visual + request.maxTokens > this.maxModelLen(model)) {
       throw badRequest(
@@ -325,31 +376,29 @@ export class ChatServer {
     return this.model;
   }
 
-  /** Waits for the slot, decodes the media, generates, answers (JSON or server-sent events). */
-  private async complete(model: PVCModel, request: ChatRequest, generation: GenerationConfig, res: http.ServerResponse, signal: AbortSignal): Promise<void> {
-    const release = await this.queue.acquire(signal);
-    const images: LoadedImage[] = [];
-    let video: LoadedVideo | undefined;
-    let inputs: ChatInputs | null = null;
+  /**
+   * Waits for a slot (every slot for a beam search), gets the media's visual tokens (the feature cache,
+   * or decoding and the vision encoder, one request at a time), then generates in the continuous
+   * batch and answers (JSON or server-sent events).
+   */
+  private async complete(
+    model: PVCModel,
+    request: ChatRequest,
+    generation: GenerationConfig,
+    res: http.ServerResponse,
+    signal: AbortSignal,
+    received: number,
+  ): Promise<void> {
+    const waited = performance.now();
+    const release = await this.queue.acquire(signal, generation.numBeams > 1);
+    this.metrics.queueTime.observe((performance.now() - waited) / 1000);
+    let visual: VisualInput | null = null;
     try {
-      for (const m of request.media) {
-        throwIfAborted(signal);
-        const inputSize = model.config.image_size;
-        if (m.kind === 'image') images.push(await decodeImagePart(m.bytes!, { inputSize, maxNum: m.maxNum!, maxPixels: this.limits.maxImagePixels }, m.param));
-        else
-          video = await decodeVideoPart(
-            m,
-            { inputSize, numFrames: m.numFrames!, maxFramePixels: this.limits.maxFramePixels, maxDecodePixels: this.limits.maxDecodePixels },
-            signal,
-          );
-      }
-      throwIfAborted(signal);
-      // The placeholders are the request's own (one set per user turn, see request.ts).
-      inputs = chatInputs(video ? { video } : { images });
-      const { pixelValues, numPatchesList, dataFlag } = inputs;
+      visual = await this.visualInput(model, request, signal);
       // Message text is text: only the template places special tokens (a client cannot forge a turn).
-      const promptOptions = { history: request.history, systemMessage: request.systemMessage, numPatchesList, dataFlag, plainText: true };
-      const turn = model.prepareChat(pixelValues, request.question, { ...promptOptions, generation });
+      const { history, systemMessage, answerPrefix } = request;
+      const promptOptions = { history, systemMessage, answerPrefix, plainText: true, ...visual };
+      const turn = model.prepareChat(null, request.question, { ...promptOptions, generation });
       const promptTokens = turn.inputIds.length;
       if (promptTokens + request.maxTokens > this.maxModelLen(model)) {
         throw badRequest(
@@ -358,21 +407,82 @@ export class ChatServer {
           'context_length_exceeded',
         );
       }
+      // Each request is answered as on a freshly loaded model: no rotary state from earlier requests
+      // (the batch gives each row its own; a beam search, alone, resets the model's).
+      const run = { resetRotary: true, batcher: this.batcher };
       await this.sendCompletion(
         res,
         request,
         generation,
         promptTokens,
         {
-          // Each request is answered as on a freshly loaded model: no rotary state from earlier requests.
-          answer: async (options) => (await model.answer(turn, { ...options, resetRotary: true })).answer,
-          stream: (options) => model.streamAnswer(turn, { ...options, resetRotary: true }),
+          answer: async (options) => (await model.answer(turn, { ...options, ...run })).answer,
+          stream: (options) => model.streamAnswer(turn, { ...options, ...run }),
         },
         signal,
+        received,
       );
     } finally {
-      if (inputs) inputs.pixelValues?.dispose();
-      else [...images, ...(video ? [video] : [])].forEach((m) => m.pixelValues.dispose());
+      visual?.visualTokens?.dispose();
+      release();
+    }
+  }
+
+  /**
+   * The visual tokens of a request's media, in prompt order, with its numPatchesList and data flag.
+   * All parts in the feature cache: from there, nothing decoded. Otherwise every part is decoded and
+   * encoded together (one request at a time: `encoding`), as model.chat would, and each part's
+   * tokens are cached.
+   */
+  private async visualInput(model: PVCModel, request: ChatRequest, signal: AbortSignal): Promise<VisualInput> {
+    const { media } = request;
+    if (media.length === 0) return { numPatchesList: [] };
+    const video = media[0].kind === 'video' || request.imagesAsVideo;
+    const dataFlag: DataFlag = video ? 3 : media.length > 1 ? 2 : 1;
+    const inputSize = model.config.image_size;
+    // Cached per part: an image, or a video (its frames attend to each other: one entry for them all).
+    const partKeys = await Promise.all(media.map((m) => featureKey(m, inputSize, dataFlag)));
+    const keys = video ? [partKeys.join('+')] : partKeys;
+    const hits = keys.map((k) => this.features.get(k));
+    this.metrics.featureCacheHits.inc(hits.filter(Boolean).length);
+    this.metrics.featureCacheMisses.inc(hits.filter((h) => !h).length);
+    if (hits.every((h) => h !== undefined)) {
+      const cached = hits as CachedFeatures[];
+      return { numPatchesList: cached.flatMap((h) => h.tiles), dataFlag, visualTokens: tf.concat(cached.map((h) => h.tokens)) as tf.Tensor2D };
+    }
+    const release = await this.encoding.acquire(signal);
+    const loaded: (LoadedImage | LoadedVideo)[] = [];
+    let pixelValues: tf.Tensor4D | null = null;
+    try {
+      for (const m of media) {
+        throwIfAborted(signal);
+        if (m.kind === 'image') loaded.push(await decodeImagePart(m.bytes!, { inputSize, maxNum: m.maxNum!, maxPixels: this.limits.maxImagePixels }, m.param));
+        else
+          loaded.push(
+            await decodeVideoPart(
+              m,
+              { inputSize, numFrames: m.numFrames!, maxFramePixels: this.limits.maxFramePixels, maxDecodePixels: this.limits.maxDecodePixels },
+              signal,
+            ),
+          );
+      }
+      throwIfAborted(signal);
+      // Images as a video's frames: one tile each (max_num 1), the data flag a video's.
+      const inputs = chatInputs(media[0].kind === 'video' ? { video: loaded[0] as LoadedVideo } : { images: loaded as LoadedImage[] });
+      pixelValues = inputs.pixelValues;
+      const numPatchesList = inputs.numPatchesList!;
+      const visualTokens = await runYielding(model.visualTokenSteps(pixelValues!, samplesOf(numPatchesList, dataFlag)), signal);
+      // Each part's rows: its tiles (a video: its frames) x the tokens of a tile.
+      const perPart = video ? [numPatchesList] : numPatchesList.map((n) => [n]);
+      const rows = perPart.map((tiles) => tiles.reduce((a, b) => a + b, 0) * model.tokensPerTile(dataFlag));
+      const parts = tf.split(visualTokens, rows) as tf.Tensor2D[];
+      parts.forEach((part, i) => this.features.put(keys[i], part, perPart[i]));
+      tf.dispose(parts);
+      return { numPatchesList, dataFlag, visualTokens };
+    } finally {
+      // chatInputs joins the parts' pixel values into one tensor (and frees them), unless there is one part.
+      if (pixelValues) pixelValues.dispose();
+      else loaded.forEach((m) => m.pixelValues.dispose());
       release();
     }
   }
@@ -391,16 +501,30 @@ export class ChatServer {
       stream: (options: { signal: AbortSignal; onToken: (id: number) => void }) => AsyncGenerator<string>;
     },
     signal: AbortSignal,
+    /** When the request came in (Date.now()), for the metrics' time to first token and latency. */
+    received: number,
   ): Promise<void> {
     let completionTokens = 0;
     let last = -1;
-    const options = { signal, onToken: (id: number) => (completionTokens++, (last = id)) };
+    const onToken = (id: number) => {
+      if (completionTokens++ === 0) this.metrics.timeToFirstToken.observe((Date.now() - received) / 1000);
+      this.metrics.generationTokens.inc();
+      last = id;
+    };
+    const options = { signal, onToken };
+    // Counted once the answer has ended (sent whole, or its stream's last event written).
+    const answered = () => {
+      this.metrics.promptTokens.inc(promptTokens);
+      this.metrics.requestSuccess.inc({ finished_reason: finishReason() });
+      this.metrics.e2eLatency.observe((Date.now() - received) / 1000);
+    };
     const finishReason = () => (!generation.eosTokenId.includes(last) && completionTokens >= request.maxTokens ? 'length' : 'stop');
     const usage = () => ({ prompt_tokens: promptTokens, completion_tokens: completionTokens, total_tokens: promptTokens + completionTokens });
     const id = `chatcmpl-${randomUUID()}`;
     const created = Math.floor(Date.now() / 1000);
     if (!request.stream) {
       const answer = await run.answer(options);
+      answered();
       return sendJson(res, 200, {
         id,
         object: 'chat.completion',
@@ -428,6 +552,7 @@ export class ChatServer {
     } finally {
       await pieces.return(undefined); // a throw between pieces still ends the generation (and frees its slot)
     }
+    answered();
     sendEvent(res, chunk({}, finishReason()));
     if (request.includeUsage) sendEvent(res, { id, object: 'chat.completion.chunk', created, model: this.modelName, choices: [], usage: usage() });
     res.end('data: [DONE]\n\n');
