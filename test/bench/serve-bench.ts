@@ -7,7 +7,8 @@
 //
 //   npx tsx test/bench/serve-bench.ts [--clients 8] [--requests 12] [--max-queue 4] [--max-tokens 16] [--time-limit 120]
 //
-// With --abuse: hostile requests against a `pvc serve` process instead (serve-abuse.ts).
+// With --abuse: hostile requests against a `pvc serve` process instead (serve-abuse.ts). With --batching:
+// continuous batching against one request at a time, 8 and 32 clients (serve-batching.ts).
 import * as tf from '@tensorflow/tfjs';
 import * as fs from 'fs';
 import OpenAI from 'openai';
@@ -17,6 +18,7 @@ import { PVCModel } from '../../src/pvc_model';
 import { ChatServer } from '../../src/server/server';
 import { convertFixture } from '../helpers';
 import { abuseBench } from './serve-abuse';
+import { batchingBench } from './serve-batching';
 
 const ROOT = path.join(__dirname, '..', '..');
 const IMAGE = path.join(ROOT, 'examples', 'media', 'image1.jpg'); // the repository's own 1000x747 example
@@ -40,6 +42,7 @@ interface Outcome {
 
 async function main(): Promise<number> {
   if (process.argv.includes('--abuse')) return abuseBench();
+  if (process.argv.includes('--batching')) return batchingBench();
   const clients = option('clients', 8);
   const perClient = option('requests', 12);
   const maxQueue = option('max-queue', 4);
