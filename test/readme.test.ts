@@ -52,3 +52,5 @@ test('the "Using it from code" example runs as written', () => runBlock('## Usin
 (tensorflowInstalled() ? test : test.skip)('the "Weights in memory" example runs as written (tensorflow backend)', () => runBlock('### Weights in memory'));
 
 test('the "Live video" example runs as written', () => runBlock('## Live video', 'tiny-pvc'));
+
+test('the continuous batching example runs as written', () => runBlock('**Batching, the feature cache and metrics.**'));
