@@ -1,9 +1,11 @@
-// `pvc serve`: an OpenAI-compatible HTTP server (GET /v1/models, POST /v1/chat/completions, GET /health)
-// on Node's own http module, with the model in this thread: generation gives the event loop a turn
-// after every layer, so requests keep being answered while one generates. One generation runs at a
-// time (GenerationQueue); each request has an AbortController that the client's disconnect fires, so a
-// client that leaves stops its generation within a layer and frees the slot. Stateless per request:
-// replicas scale out behind any HTTP load balancer.
+// `pvc serve`: an OpenAI-compatible HTTP server (GET /v1/models, POST /v1/chat/completions, GET /health,
+// GET /metrics) on Node's own http module, with the model in this thread: generation gives the event
+// loop a turn after every layer, so requests keep being answered while it runs. Up to limits.maxBatch
+// requests are admitted at once (GenerationQueue) and decode together (ContinuousBatcher); their media
+// and vision run one request at a time, or come from the feature cache (features.ts). Each request has
+// an AbortController that the client's disconnect fires, so a client that leaves stops its generation
+// within a step and frees its slot. Stateless per request (the feature cache aside, which changes no
+// answer): replicas scale out behind any HTTP load balancer.
 import { createHash, randomUUID, timingSafeEqual } from 'crypto';
 import * as fs from 'fs';
 import * as http from 'http';
