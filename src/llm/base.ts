@@ -3,7 +3,7 @@
 // over the KV cache, grouped-query or in the beams' shared-prompt layout.
 import * as tf from '@tensorflow/tfjs';
 import { attention } from '../nn/attention';
-import { Kernels } from '../nn/layers';
+import { batchMatMul, Kernels } from '../nn/layers';
 import { KVBlock, KVCache } from './cache';
 
 /** The additive mask value for positions a query may not see (PyTorch's finfo(float32).min, as upstream). */
@@ -80,11 +80,35 @@ export function cachedAttention(
  * A decode step of independent sequences (continuous batching): row b of q [B, H, 1, hd] and of the new
  * keys/values [B, KV, 1, hd] goes to its own cache `caches[b]` (one row each, any length), with no mask
  * (a single new position sees all of its row's past). Returns the output [B, H, 1, hd].
+ * With single-kernel products (tensorflow) a row's query heads, grouped under their kv heads
+ * [1, KV, G, hd], multiply its cache's blocks [1, KV, T, hd] as they are (BatchMatMulV2 takes any rank):
+ * no reshape per block and one scaling for all rows; each op is a call into libtensorflow, and a row
+ * costs ~10 of them a layer instead of ~17 (the per-row part of a batched step).
  */
 export function rowsAttention(kernels: Kernels, q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D, caches: KVCache[], layer: number): tf.Tensor4D {
-  if (caches.length === 1) return cachedAttention(kernels, q, k, v, caches[0], layer, undefined).out;
-  const [qs, ks, vs] = [q, k, v].map((x) => tf.split(x, caches.length, 0) as tf.Tensor4D[]);
-  return tf.concat(caches.map((cache, b) => cachedAttention(kernels, qs[b], ks[b], vs[b], cache, layer, undefined).out)) as tf.Tensor4D;
+  const B = caches.length;
+  if (B === 1) return cachedAttention(kernels, q, k, v, caches[0], layer, undefined).out;
+  const [ks, vs] = [k, v].map((x) => tf.split(x, B, 0) as tf.Tensor4D[]);
+  if (!kernels.singleKernelMatMul) {
+    const qs = tf.split(q, B, 0) as tf.Tensor4D[];
+    return tf.concat(caches.map((cache, b) => cachedAttention(kernels, qs[b], ks[b], vs[b], cache, layer, undefined).out)) as tf.Tensor4D;
+  }
+  const [, H, , hd] = q.shape;
+  const KV = k.shape[1];
+  const qs = tf.split(tf.mul(q, 1 / Math.sqrt(hd)).reshape([B, KV, H / KV, hd]), B, 0) as tf.Tensor4D[];
+  const outs = caches.map((cache, b) => {
+    const { keys, values } = cache.append(layer, ks[b], vs[b]);
+    const scores = keys.map((block) => batchMatMul(qs[b], block, true));
+    const probs = tf.softmax(scores.length === 1 ? scores[0] : tf.concat(scores, 3));
+    if (values.length === 1) return batchMatMul(probs, values[0]);
+    const parts = tf.split(
+      probs,
+      values.map((block) => block.shape[2]),
+      3,
+    ) as tf.Tensor4D[];
+    return tf.addN(parts.map((p, i) => batchMatMul(p, values[i])));
+  });
+  return tf.concat(outs).reshape([B, H, 1, hd]) as tf.Tensor4D;
 }
 
 /**
