@@ -6,7 +6,7 @@
 import * as tf from '@tensorflow/tfjs';
 import * as fs from 'fs';
 import * as path from 'path';
-import { DataFlag, imageAttentionMap, loadImage, PVCModel, PVCTokenizer, renderHeatmap, TileLayout } from '../src';
+import { DataFlag, imageAttentionMap, Inspection, loadImage, PVCModel, PVCTokenizer, renderHeatmap, reportTaps, TileLayout } from '../src';
 import { modelDir, seconds } from './common';
 
 /** The held-out evaluation set written by train_scenes.py (PNG files and eval.json). */
@@ -69,6 +69,37 @@ export async function askScene(model: PVCModel, tokenizer: PVCTokenizer, set: Sc
   const inputs = await sceneInputs(model, set, record);
   try {
     return await model.chat(inputs.pixelValues, record.question, { maxNewTokens: 8 }, { dataFlag: record.data_flag, numPatchesList: inputs.numPatchesList });
+  } finally {
+    inputs.pixelValues.dispose();
+  }
+}
+
+/**
+ * The HTML report (model.inspect, then toHTML) of the model's answer to a record: where it looked, by
+ * layer and head. `keep` gets the inspection before it is disposed (its taps, for a closer look).
+ */
+export async function sceneReport(model: PVCModel, set: ScenesEval, record: SceneRecord, keep?: (trace: Inspection<tf.Tensor>) => void): Promise<string> {
+  const inputs = await sceneInputs(model, set, record);
+  const files = record.files.map((f) => path.join(set.dir, f));
+  try {
+    const trace = await model.inspect({
+      pixelValues: inputs.pixelValues,
+      question: record.question,
+      dataFlag: record.data_flag,
+      numPatchesList: inputs.numPatchesList,
+      taps: reportTaps(model),
+      generate: { maxNewTokens: 4 },
+    });
+    try {
+      keep?.(trace);
+      const reportInputs =
+        record.data_flag === 3
+          ? { video: { pixelValues: inputs.pixelValues, numPatchesList: inputs.numPatchesList }, frames: files }
+          : { images: files.map((source, i) => ({ source, grid: inputs.grids[i], numPatches: inputs.numPatchesList[i] })) };
+      return await trace.toHTML(reportInputs);
+    } finally {
+      trace.dispose();
+    }
   } finally {
     inputs.pixelValues.dispose();
   }

@@ -34,7 +34,7 @@ export type { InspectRequest, Inspection, TapArray } from './inspect/inspect';
 export { formatSummaries, logitLens, summarize } from './inspect/lens';
 export { imageAttentionMap, renderHeatmap } from './inspect/heatmap';
 export type { TileLayout } from './inspect/heatmap';
-export { renderInspectionHTML, REPORT_MAX_BYTES } from './inspect/report';
+export { renderInspectionHTML, REPORT_MAX_BYTES, reportTaps } from './inspect/report';
 export type { ReportInputs, ReportOptions } from './inspect/report';
 export { AbortError } from './event_loop';
 export { WorkerModel } from './runtime/worker';

@@ -88,17 +88,57 @@ test("pvc inspect writes taps, a summary and a heatmap of the image's size", asy
   expect([meta.width, meta.height]).toEqual([1000, 747]);
 });
 
-test('pvc inspect --html writes one self-contained report with the taps it needs', async () => {
+test('pvc inspect --html writes one self-contained report with the taps it needs, and prints the answer', async () => {
   const file = path.join(out, 'report.html');
   expect(await main(['inspect', '--model', dir, '--image', IMAGE, '--html', file, '--max-new-tokens', '2', '--backend', 'wasm', 'What is in the image?'])).toBe(
     0,
   );
   expect(output.stdout()).toContain(`report: ${file} (`);
   const data = JSON.parse(/<script type="application\/json" id="report-data">([\s\S]*?)<\/script>/.exec(fs.readFileSync(file, 'utf8'))![1]);
-  expect(data.title).toBe('<image>\nWhat is in the image?');
+  expect(output.stdout()).toContain(`answer: ${data.answer}\n`);
+  expect(data.title).toBe('[image] What is in the image?');
   expect(data.attention.layers).toEqual([0, 1]);
-  expect(data.lens.layers).toEqual([0, 1]);
-  expect(data.panels.map((p: { label: string }) => p.label)).toEqual(['image (4x3 tiles)', 'image: thumbnail']);
+  // The embeddings row (llm.embeds), then the layers.
+  expect(data.lens.layers).toEqual([-1, 0, 1]);
+  expect(data.panels.map((p: { label: string }) => p.label)).toEqual(['image: 4x3 tiles', 'image: thumbnail (the whole image as one tile)']);
+  expect(fs.readdirSync(out).filter((f) => f.includes('.partial-'))).toEqual([]);
+});
+
+test('pvc inspect --html takes several images, and a video as its frame images (--frame, --frames-from)', async () => {
+  const reportOf = (file: string) => JSON.parse(/id="report-data">([\s\S]*?)<\/script>/.exec(fs.readFileSync(file, 'utf8'))![1]);
+  const two = path.join(out, 'two.html');
+  const base = ['inspect', '--model', dir, '--max-new-tokens', '1', '--backend', 'wasm'];
+  expect(await main([...base, '--image', IMAGE, '--image', MEDIA.image2, '--html', two, 'Compare them.'])).toBe(0);
+  const images = reportOf(two);
+  expect(images.model.dataFlag).toBe(2);
+  expect(images.panels.map((p: { label: string }) => p.label.split(':')[0])).toEqual(['Image-1', 'Image-1', 'Image-2', 'Image-2']);
+  expect(images.title).toBe('[2 images] Compare them.');
+  // Frames in a folder, taken in name order (frame10 after frame2); other files are ignored.
+  const frames = path.join(out, 'frames');
+  fs.mkdirSync(frames);
+  for (const [i, name] of ['frame1.png', 'frame2.jpg', 'frame10.png'].entries())
+    await sharp({ create: { width: 64, height: 48, channels: 3, background: { r: 80 * i, g: 40, b: 200 - 80 * i } } }).toFile(path.join(frames, name));
+  fs.writeFileSync(path.join(frames, 'notes.txt'), 'not a frame');
+  const video = path.join(out, 'frames.html');
+  expect(await main([...base, '--frames-from', frames, '--html', video, 'What happens?'])).toBe(0);
+  const v = reportOf(video);
+  expect(v.model.dataFlag).toBe(3);
+  expect(v.panels.map((p: { label: string; aspect: number }) => [p.label, p.aspect])).toEqual([
+    ['Frame1', 64 / 48],
+    ['Frame2', 64 / 48],
+    ['Frame3', 64 / 48],
+  ]);
+  expect(v.title).toBe('[3 frames] What happens?');
+  const same = path.join(out, 'frames2.html');
+  const files = ['frame1.png', 'frame2.jpg', 'frame10.png'].map((f) => path.join(frames, f));
+  expect(await main([...base, ...files.flatMap((f) => ['--frame', f]), '--html', same, 'What happens?'])).toBe(0);
+  expect(reportOf(same)).toEqual(v);
+  expect(await main([...base, '--frames-from', frames, '--frame', files[0], '--html', same, 'q'])).toBe(2);
+  expect(output.stderr()).toMatch(/give --frame FILE \.\.\. or --frames-from DIR, not both/);
+  expect(await main([...base, '--frames-from', path.join(out, 'nowhere'), '--html', same, 'q'])).toBe(2);
+  expect(output.stderr()).toMatch(/--frames-from .*nowhere: ENOENT/);
+  expect(await main([...base, '--image', IMAGE, '--frame', files[0], '--html', same, 'q'])).toBe(2);
+  expect(output.stderr()).toMatch(/give --image, --video or the frames of a video \(--frame, --frames-from\), one of them/);
 });
 
 test('usage errors exit 2 and say what is wrong', async () => {
@@ -116,11 +156,7 @@ test('every command checks its options as it parses them: unknown, repeated and 
     [['chat', '--model', dir, '--bogus', 'q'], /^pvc chat: unknown option --bogus$/m],
     [['inspect', '--model', dir, '--html', html, '-x', 'q'], /^pvc inspect: unknown option -x$/m],
     [['serve', '--model', dir, '--bogus'], /^pvc serve: unknown option --bogus$/m],
-    // One image for inspect (chat takes several), one model, one switch.
-    [
-      ['inspect', '--model', dir, '--image', IMAGE, '--image', IMAGE, '--html', html, 'q'],
-      /^pvc inspect: --image was given more than once \(it takes one value\)$/m,
-    ],
+    // One model, one switch.
     [['chat', '--model', dir, '--model', dir, 'q'], /^pvc chat: --model was given more than once/m],
     [['chat', '--model', dir, '--json', '--json', 'q'], /^pvc chat: --json was given more than once$/m],
     [['serve', '--model', dir, '--port', '1', '--port', '2'], /^pvc serve: --port was given more than once/m],

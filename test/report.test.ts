@@ -10,6 +10,7 @@ import { renderInspectionHTML, REPORT_MAX_BYTES } from '../src/inspect/report';
 import { PVCModel } from '../src/pvc_model';
 import { loadImage } from '../src/preprocess/image';
 import { loadVideo } from '../src/preprocess/video';
+import { readScenesEval, sceneReport } from '../examples/scenes';
 import { convertFixture, MEDIA } from './helpers';
 
 const OUT = fs.mkdtempSync(path.join(os.tmpdir(), 'pvc-report-'));
@@ -46,8 +47,38 @@ interface PageResult {
   screenshot: string;
 }
 
-/** Opens the report, records console errors and page errors, switches the LLM layer, reads the first overlay. */
+/** Opens the report, records console errors and page errors, switches to another LLM layer, reads the first overlay. */
 async function openReport(file: string, screenshot: string): Promise<PageResult> {
+  const { errors, result } = await withPage(file, async (page) => {
+    // Page code as strings: the tests compile without the DOM's types.
+    // The first overlay's pixels, kept in the page (moving them through the protocol is slow); the
+    // second read counts the bytes that differ from the first.
+    const pixels = () =>
+      page.evaluate<{ bytes: number; changed: number }>(`(() => {
+      const c = document.querySelector('canvas.overlay');
+      const now = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+      const was = window.testPixels || now;
+      window.testPixels = now;
+      let changed = 0;
+      for (let i = 0; i < now.length; i++) if (now[i] !== was[i]) changed++;
+      return { bytes: now.length, changed };
+    })()`);
+    const layers = await page.evaluate<string[]>(`Array.from(document.querySelectorAll('#layer option'), (o) => o.value)`);
+    const before = await pixels();
+    const shown = await page.evaluate<string>(`document.querySelector('#layer').value`);
+    await page.selectOption(
+      '#layer',
+      layers.find((l) => l !== shown)!,
+    );
+    const after = await pixels();
+    await page.screenshot({ path: screenshot, fullPage: true });
+    return { layers, overlay: { bytes: before.bytes, changed: after.changed } };
+  });
+  return { errors, ...result, screenshot };
+}
+
+/** Opens a report in Chromium and runs `f` on the page once it is drawn; console and page errors and network requests are collected. */
+async function withPage<T>(file: string, f: (page: import('playwright-core').Page) => Promise<T>): Promise<{ errors: string[]; result: T }> {
   if (!chromium) throw new Error('no Chromium: install one with `sudo apt-get install -y chromium` (or set PVC_CHROMIUM)');
   // eslint-disable-next-line @typescript-eslint/no-require-imports
   const { chromium: launcher } = require('playwright-core') as typeof import('playwright-core');
@@ -63,26 +94,8 @@ async function openReport(file: string, screenshot: string): Promise<PageResult>
       if (!r.url().startsWith('file:') && !r.url().startsWith('data:')) errors.push(`network request: ${r.url()}`);
     });
     await page.goto('file://' + file);
-    // Page code as strings: the tests compile without the DOM's types.
     await page.waitForFunction('window.pvcReportReady === true', undefined, { timeout: 20000 });
-    // The first overlay's pixels, kept in the page (moving them through the protocol is slow); the
-    // second read counts the bytes that differ from the first.
-    const pixels = () =>
-      page.evaluate<{ bytes: number; changed: number }>(`(() => {
-      const c = document.querySelector('canvas.overlay');
-      const now = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-      const was = window.testPixels || now;
-      window.testPixels = now;
-      let changed = 0;
-      for (let i = 0; i < now.length; i++) if (now[i] !== was[i]) changed++;
-      return { bytes: now.length, changed };
-    })()`);
-    const layers = await page.evaluate<string[]>(`Array.from(document.querySelectorAll('#layer option'), (o) => o.value)`);
-    const before = await pixels();
-    await page.selectOption('#layer', layers[0]);
-    const after = await pixels();
-    await page.screenshot({ path: screenshot, fullPage: true });
-    return { errors, layers, overlay: { bytes: before.bytes, changed: after.changed }, screenshot };
+    return { errors, result: await f(page) };
   } finally {
     await browser.close();
   }
@@ -272,5 +285,157 @@ describe('tiny-pvc: a video', () => {
     expect(r.errors).toEqual([]);
     expect(r.overlay.changed).toBeGreaterThan(r.overlay.bytes / 100);
     console.log(`report: ${file} (${Buffer.byteLength(html)} bytes), screenshot ${r.screenshot}`);
+  });
+});
+
+describe('scenes-pvc: where the model looked (the trained toy)', () => {
+  let model: PVCModel;
+  const set = readScenesEval();
+  const star = set.questions.find((r) => r.id === 'colour-008')!; // 200x100, "What colour is the star?" -> red
+  const video = set.questions.find((r) => r.id === 'video-008')!; // 8 frames, "Which way does the circle move?" -> left
+  /** token 0's attention rows (the prompt's last position) per layer and head, and the visual positions. */
+  let rows: { layer: number; heads: Float32Array[] }[] = [];
+  let positions: number[] = [];
+  let starHTML = '';
+  let videoHTML = '';
+
+  beforeAll(async () => {
+    model = await PVCModel.load(path.join(__dirname, '..', 'weights', 'scenes-pvc'), { backend: 'wasm' });
+    const before = tf.memory().numTensors;
+    starHTML = await sceneReport(model, set, star, (trace) => {
+      positions = trace.imageTokenPositions;
+      rows = Object.entries(trace.taps)
+        .filter(([n]) => /^llm\.layers\.\d+\.attn\.probs$/.test(n))
+        .map(([n, t]) => {
+          const [, H, Q, K] = t.shape;
+          const d = t.dataSync() as Float32Array;
+          return { layer: Number(n.split('.')[2]), heads: Array.from({ length: H }, (_, h) => d.slice((h * Q + Q - 1) * K, (h * Q + Q) * K)) };
+        });
+    });
+    videoHTML = await sceneReport(model, set, video);
+    expect(tf.memory().numTensors).toBe(before);
+    fs.writeFileSync(path.join(OUT, 'scenes-star.html'), starHTML);
+    fs.writeFileSync(path.join(OUT, 'scenes-video.html'), videoHTML);
+  });
+  afterAll(() => model.dispose());
+
+  /** The star's centre, and its cell in a panel's tile grid (the tile holding it, the cell's column and row). */
+  const object = star.scenes[0].objects.find((o) => o.shape === 'star')!;
+  const cellOf = (panel: { tiles: { rect: number[]; g: number }[] }, pool: number) => {
+    const t = panel.tiles.findIndex(({ rect: [x0, y0, x1, y1] }) => object.x >= x0 && object.x < x1 && object.y >= y0 && object.y < y1);
+    const [x0, y0, x1, y1] = panel.tiles[t].rect;
+    const g = Math.ceil(panel.tiles[t].g / pool);
+    return { tile: t, cx: Math.floor(((object.x - x0) / (x1 - x0)) * g), cy: Math.floor(((object.y - y0) / (y1 - y0)) * g) };
+  };
+
+  test('the answers are right; the reports are small and the labels clean', () => {
+    const s = reportData(starHTML);
+    const v = reportData(videoHTML);
+    expect([s.answer, v.answer]).toEqual(['red', 'left']);
+    expect([s.title, v.title]).toEqual(['[image] What colour is the star?', '[8 frames] Which way does the circle move?']);
+    expect(s.prompt).toMatch(/<img><IMG_CONTEXT> x 192 tokens<\/img>/);
+    expect(Buffer.byteLength(videoHTML)).toBeLessThan(200 * 1024);
+    // The initial view: the layer whose heads put the largest share on the visual tokens (mean of heads).
+    const share = (layer: number) =>
+      rows.find((r) => r.layer === layer)!.heads.reduce((a, row) => a + positions.reduce((b, p) => b + row[p], 0), 0) / rows[0].heads.length;
+    const best = [...rows.map((r) => r.layer)].sort((a, b) => share(b) - share(a))[0];
+    expect(s.attention.initial).toEqual({ layer: best, head: 0, share: Number(share(best).toPrecision(4)) });
+    // Attention to the prompt: token 0, mean of heads, each layer sums to 1 over the groups; the image groups are its panels.
+    for (const perHead of s.text.values[0]) expect(perHead[0].reduce((a: number, b: number) => a + b, 0)).toBeCloseTo(1, 2);
+    expect(s.text.groups.filter((g: { kind: string }) => g.kind === 'image').map((g: { count: number }) => g.count)).toEqual([128, 64]);
+    expect(s.text.groups.find((g: { kind: string }) => g.kind === 'system').count).toBeGreaterThan(1);
+    // Logit lens: an embeddings row, and for the last prompt position the answer's probability and rank at the last layer.
+    expect(s.lens.layers).toEqual([-1, 0, 1, 2, 3]);
+    const last = s.lens.columns.find((c: { label: string }) => c.label.endsWith('(last)'));
+    expect([last.next, last.cells[4].next[1]]).toEqual(['red', 1]);
+    expect(last.cells[4].top).toHaveLength(10);
+  });
+
+  browserTest('in Chromium: the initial view lights the star; the sharpest head looks at it; the shared scale; the hover readout', async () => {
+    const file = path.join(OUT, 'scenes-star.html');
+    const D = reportData(starHTML);
+    const A = D.attention;
+    const { errors, result } = await withPage(file, async (page) => {
+      /** The overlays' opacity at the centre of every cell: [panel][tile][cell]. */
+      const alphas = () =>
+        page.evaluate<number[][][]>(`(() => {
+          const D = JSON.parse(document.getElementById('report-data').textContent);
+          const g = D.attention.g;
+          return Array.from(document.querySelectorAll('canvas.overlay'), (c, k) => {
+            const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            return D.panels[k].tiles.map(({ rect: [x0, y0, x1, y1] }) => Array.from({ length: g * g }, (_, i) => {
+              const x = Math.floor((x0 + ((i % g) + 0.5) / g * (x1 - x0)) * c.width);
+              const y = Math.floor((y0 + (Math.floor(i / g) + 0.5) / g * (y1 - y0)) * c.height);
+              return px[(y * c.width + x) * 4 + 3];
+            }));
+          });
+        })()`);
+      const initial = await alphas();
+      const sharpest = await page.evaluate<[number, number]>(
+        `(() => { const td = document.querySelector('#overview td.best'); return [Number(td.dataset.layer), Number(td.dataset.head)]; })()`,
+      );
+      // The star's cell in the tiles panel, hovered at its centre.
+      const c = cellOf(D.panels[0], A.pool);
+      const box = (await page.locator('canvas.overlay').first().boundingBox())!;
+      await page.mouse.move(box.x + object.x * box.width, box.y + object.y * box.height);
+      const readout = await page.evaluate<Record<string, string>>(
+        `({ ...document.getElementById('readout').dataset, text: document.getElementById('readout').textContent })`,
+      );
+      // A map with under 1% of its attention on the image, under the shared scale.
+      const li = A.layers.findIndex((_: number, l: number) => D.frameMass[0][l].some((m: number[], h: number) => h > 0 && m.reduce((a, b) => a + b, 0) < 0.01));
+      const h = D.frameMass[0][li].findIndex((m: number[], h: number) => h > 0 && m.reduce((a, b) => a + b, 0) < 0.01);
+      await page.click(`#overview td[data-layer="${A.layers[li]}"][data-head="${h}"]`);
+      const faint = await alphas();
+      const opacity = Number(await page.inputValue('#opacity'));
+      const scale = await page.evaluate<string>(`document.querySelector('#scale').value`);
+      return { initial, sharpest, c, readout, faint, faintShare: D.frameMass[0][li][h], opacity, scale };
+    });
+    expect(errors).toEqual([]);
+    // 1. The initial view's brightest cell is the star's cell (in the panel that holds it).
+    let brightest = { panel: -1, tile: -1, cell: -1, alpha: -1 };
+    result.initial.forEach((tiles, panel) =>
+      tiles.forEach((cells, tile) => cells.forEach((alpha, cell) => alpha > brightest.alpha && (brightest = { panel, tile, cell, alpha }))),
+    );
+    const want = cellOf(D.panels[brightest.panel], A.pool);
+    expect([brightest.tile, brightest.cell]).toEqual([want.tile, want.cy * A.g + want.cx]);
+    // 2. The overview's sharpest head puts >= 90% of its attention (from the taps) on the star's cell (the tile's 4 repeats).
+    const [layer, head] = result.sharpest;
+    expect(head).toBeGreaterThan(0);
+    const tile = D.panels[0].tiles[result.c.tile];
+    const row = rows.find((r) => r.layer === layer)!.heads[head - 1];
+    let onStar = 0;
+    for (let f = 0; f < tile.frames; f++) onStar += row[positions[tile.first + f * tile.g * tile.g + result.c.cy * tile.g + result.c.cx]];
+    expect(onStar).toBeGreaterThanOrEqual(0.9);
+    // 3. The hover readout shows the value the data holds for that cell (and the taps', to the 8-bit step).
+    const scales = new Float32Array(Uint8Array.from(Buffer.from(A.scales, 'base64')).buffer);
+    const maps = Buffer.from(A.maps, 'base64');
+    const mapSize = D.panels.reduce((a: number, p: { tiles: unknown[] }) => a + p.tiles.length * A.g * A.g, 0);
+    const k = A.layers.indexOf(A.initial.layer) * A.headsKept;
+    const index = result.c.tile * A.g * A.g + result.c.cy * A.g + result.c.cx;
+    expect(Number(result.readout.cell)).toBe(index);
+    expect(Number(result.readout.value)).toBe((maps[k * mapSize + index] / 255) * scales[k]);
+    const heads = rows.find((r) => r.layer === A.initial.layer)!.heads;
+    let mean = 0;
+    for (const r of heads) for (let f = 0; f < tile.frames; f++) mean += r[positions[tile.first + f * tile.g * tile.g + (index % (A.g * A.g))]] / heads.length;
+    expect(Math.abs(Number(result.readout.value) - mean)).toBeLessThanOrEqual(scales[k] / 510 + 1e-7);
+    expect(result.readout.text).toMatch(/tile 1 of 2, cell \(\d, \d\): visual token \d+ \(prompt position \d+\) and its 3 repeats/);
+    // 4. Under the shared scale (the default), a map with < 1% on the image draws no cell above 10% of the scale.
+    expect(result.scale).toBe('1');
+    expect(result.faintShare.reduce((a: number, b: number) => a + b, 0)).toBeLessThan(0.01);
+    const top = Math.max(...result.faint.flat(2));
+    expect(top).toBeLessThanOrEqual(Math.ceil(0.1 * result.opacity * 255));
+  });
+
+  browserTest("in Chromium: the video's initial view puts its two brightest frames on the circle's first and last positions", async () => {
+    const { errors, result } = await withPage(path.join(OUT, 'scenes-video.html'), (page) =>
+      page.evaluate<number[]>(`Array.from(document.querySelectorAll('#frames td[data-value]'), (td) => Number(td.dataset.value))`),
+    );
+    expect(errors).toEqual([]);
+    expect(result).toHaveLength(8);
+    const at = (f: number) => JSON.stringify(video.scenes[f].objects.find((o) => o.shape === 'circle'));
+    const first = [...Array(8).keys()].filter((f) => at(f) === at(0));
+    const last = [...Array(8).keys()].filter((f) => at(f) === at(7));
+    const [a, b] = [...result.keys()].sort((x, y) => result[y] - result[x]);
+    expect([first.includes(a) || first.includes(b), last.includes(a) || last.includes(b)]).toEqual([true, true]);
   });
 });

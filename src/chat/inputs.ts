@@ -8,8 +8,11 @@ import { ImageOptions, LoadedImage, loadImage } from '../preprocess/image';
 import { LoadedVideo, loadVideo } from '../preprocess/video';
 import { withImagePlaceholders } from './prompt';
 
-/** Decoded media: several images, or one video. */
-export type LoadedMedia = { images: LoadedImage[]; video?: undefined } | { video: LoadedVideo; images?: undefined };
+/** Decoded media: several images, one video, or a video's frames given as images (one tile each). */
+export type LoadedMedia =
+  | { images: LoadedImage[]; video?: undefined; frames?: undefined }
+  | { video: LoadedVideo; images?: undefined; frames?: undefined }
+  | { frames: LoadedImage[]; images?: undefined; video?: undefined };
 
 export interface ChatInputs {
   /** [tiles, 3, S, S], or null without media; the caller disposes it. */
@@ -27,6 +30,12 @@ export function chatInputs(media: LoadedMedia | null): ChatInputs {
     const { pixelValues, numPatchesList } = media.video;
     return { pixelValues, numPatchesList, dataFlag: 3, withPlaceholders: (q) => withImagePlaceholders(q, numPatchesList.length, 'video') };
   }
+  if (media?.frames) {
+    const pixelValues = tf.concat(media.frames.map((f) => f.pixelValues)) as tf.Tensor4D;
+    media.frames.forEach((f) => f.pixelValues.dispose());
+    const numPatchesList = media.frames.map((f) => f.numPatches);
+    return { pixelValues, numPatchesList, dataFlag: 3, withPlaceholders: (q) => withImagePlaceholders(q, numPatchesList.length, 'video') };
+  }
   const images = media?.images ?? [];
   if (images.length === 0) return { pixelValues: null, withPlaceholders: (q) => q };
   const pixelValues = images.length === 1 ? images[0].pixelValues : (tf.concat(images.map((i) => i.pixelValues)) as tf.Tensor4D);
@@ -42,6 +51,8 @@ export function chatInputs(media: LoadedMedia | null): ChatInputs {
 export interface MediaFiles {
   images?: (string | Buffer)[];
   video?: string;
+  /** A video as its frame images, in order (each one tile, as a video's frames are). */
+  frames?: (string | Buffer)[];
 }
 
 export interface MediaOptions extends Pick<ImageOptions, 'maxNum' | 'maxPixels'> {
@@ -51,22 +62,29 @@ export interface MediaOptions extends Pick<ImageOptions, 'maxNum' | 'maxPixels'>
   numFrames?: number;
 }
 
-/** Loads images (files or bytes) or one video file: the decoded media (for the report) and their chat inputs. */
+/** Loads images (files or bytes), one video file, or a video's frame images: the decoded media (for the report) and their chat inputs. */
 export async function loadChatInputs(files: MediaFiles, options: MediaOptions): Promise<{ media: LoadedMedia | null; inputs: ChatInputs }> {
   const images = files.images ?? [];
-  if (files.video !== undefined && images.length > 0) throw new InputError('video', 'give either images or one video, not both');
+  const frames = files.frames ?? [];
+  if ([files.video !== undefined, images.length > 0, frames.length > 0].filter(Boolean).length > 1)
+    throw new InputError(files.video !== undefined ? 'video' : 'frames', 'give images, one video or its frames, not two of them');
   let media: LoadedMedia | null = null;
-  if (files.video !== undefined) {
-    media = { video: await loadVideo(files.video, { numSegments: options.numFrames, inputSize: options.inputSize, maxNum: 1 }) };
-  } else if (images.length > 0) {
+  const loadAll = async (sources: (string | Buffer)[], maxNum: number | undefined) => {
     const loaded: LoadedImage[] = [];
     try {
-      for (const source of images) loaded.push(await loadImage(source, { inputSize: options.inputSize, maxNum: options.maxNum, maxPixels: options.maxPixels }));
+      for (const source of sources) loaded.push(await loadImage(source, { inputSize: options.inputSize, maxNum, maxPixels: options.maxPixels }));
     } catch (e) {
       loaded.forEach((i) => i.pixelValues.dispose());
       throw e;
     }
-    media = { images: loaded };
+    return loaded;
+  };
+  if (files.video !== undefined) {
+    media = { video: await loadVideo(files.video, { numSegments: options.numFrames, inputSize: options.inputSize, maxNum: 1 }) };
+  } else if (images.length > 0) {
+    media = { images: await loadAll(images, options.maxNum) };
+  } else if (frames.length > 0) {
+    media = { frames: await loadAll(frames, 1) };
   }
   return { media, inputs: chatInputs(media) };
 }

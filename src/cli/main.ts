@@ -9,6 +9,7 @@ import * as path from 'path';
 import { BACKEND_NAMES } from '../backend';
 import { GenerationOptions } from '../chat/chat';
 import { loadChatInputs } from '../chat/inputs';
+import { reportTaps, ReportInputs } from '../inspect/report';
 import { imageAttentionMap, renderHeatmap } from '../inspect/heatmap';
 import { formatSummaries, logitLens, summarize } from '../inspect/lens';
 import { writeSafetensors } from '../io/safetensors';
@@ -20,8 +21,8 @@ import { serveCommand } from './serve';
 import { watchCommand } from './watch';
 
 const USAGE = `usage: pvc chat --model DIR [--image FILE ...] [--video FILE [--frames N]] [options] "question"
-       pvc inspect --model DIR [--image FILE | --video FILE [--frames N]] [--taps PATTERN ...] [--out DIR]
-                   [--heatmap] [--logit-lens] [--html FILE] [--max-new-tokens N] "question"
+       pvc inspect --model DIR [--image FILE ... | --video FILE [--frames N] | --frame FILE ... | --frames-from DIR]
+                   [--taps PATTERN ...] [--out DIR] [--heatmap] [--logit-lens] [--html FILE] [--max-new-tokens N] "question"
        pvc doctor [--backend B] [--json]   versions, backends, GPU, memory, and a self-check (exit 1 on failure)
        pvc serve --model DIR [--host H] [--port P] [--api-key K] ...   an OpenAI-compatible server (pvc serve --help)
        pvc watch --model DIR (--video FILE | --stdin) [--fps F] [--ask "Q" --every N]   live video (pvc watch --help)
@@ -42,8 +43,11 @@ ${WEIGHT_USAGE}
 inspect writes DIR/taps.safetensors (prompt pass; generation step k as "step{k}.NAME"), DIR/summary.txt
 (name, shape, mean, std, min, max), with --heatmap DIR/heatmap.png (attention of the generated tokens
 over the image, the image's size) and with --logit-lens DIR/logit-lens.json (top tokens per LLM layer).
---html FILE writes one self-contained HTML report (attention over the image or frames by layer and head,
-logit lens, PVC temporal attention, tap statistics); it records the taps it needs.
+--html FILE writes one self-contained HTML report (where the model looked: attention over the images or
+frames by layer and head with an overview of all of them, attention to the prompt, logit lens, PVC temporal
+attention, tap statistics); it records the taps it needs. A video can also be given as its frame images:
+--frame FILE (repeatable, in order) or --frames-from DIR (its .png/.jpg/.jpeg/.webp files, by name).
+inspect prints the answer.
 Tap patterns: vision.layers.*.out, llm.layers.{0..3}.attn.probs, projector.out, llm.logits, ...`;
 
 /** Counts: tokens, tiles, frames, pixels. */
@@ -166,7 +170,9 @@ async function chat(args: ChatArgs): Promise<void> {
 
 const INSPECT_OPTIONS = {
   ...MODEL_OPTIONS,
-  image: value(text),
+  image: list(text),
+  frame: list(text),
+  framesFrom: value(text),
   frames: value(POSITIVE, 8),
   taps: list(text, { greedy: true }),
   out: value(text),
@@ -176,19 +182,44 @@ const INSPECT_OPTIONS = {
   maxNewTokens: value(COUNT, 8),
 };
 
-type InspectArgs = Values<typeof INSPECT_OPTIONS> & { model: string; question: string };
+type InspectArgs = Omit<Values<typeof INSPECT_OPTIONS>, 'image' | 'frame' | 'framesFrom'> & {
+  model: string;
+  question: string;
+  images: string[];
+  frameFiles: string[];
+};
+
+/** The frame images of a folder, by name: .png, .jpg, .jpeg, .webp (other files are ignored). */
+export function frameFilesIn(dir: string): string[] {
+  let names: string[];
+  try {
+    names = fs.readdirSync(dir);
+  } catch (e) {
+    throw new Error(`--frames-from ${dir}: ${(e as Error).message}`, { cause: e });
+  }
+  const files = names
+    .filter((n) => /\.(png|jpe?g|webp)$/i.test(n))
+    .sort((a, b) => a.localeCompare(b, 'en', { numeric: true }))
+    .map((n) => path.join(dir, n));
+  if (files.length === 0) throw new Error(`--frames-from ${dir}: no .png, .jpg, .jpeg or .webp files in it`);
+  return files;
+}
 
 function parseInspectArgs(argv: string[]): InspectArgs {
-  const { values, positionals: rest } = parseOptions(argv, INSPECT_OPTIONS, { positionals: true });
-  const { model, ...a } = values;
+  const { values, positionals: rest, given } = parseOptions(argv, INSPECT_OPTIONS, { positionals: true });
+  const { model, image: images, frame, framesFrom, ...a } = values;
   if (!model) throw new Error('--model DIR is required');
   if (!a.out && !a.html) throw new Error('--out DIR or --html FILE is required');
-  if (a.image && a.video) throw new Error('give --image or --video, not both');
+  if (frame.length > 0 && framesFrom) throw new Error('give --frame FILE ... or --frames-from DIR, not both');
+  const frameFiles = framesFrom ? frameFilesIn(framesFrom) : frame;
+  if ([images.length > 0, a.video !== undefined, frameFiles.length > 0].filter(Boolean).length > 1)
+    throw new Error('give --image, --video or the frames of a video (--frame, --frames-from), one of them');
+  if (given.has('frames') && !a.video) throw new Error('--frames applies to --video (the number of frames sampled from it)');
   // The question is the last positional argument (it may follow the tap patterns).
   if (rest.length === 0 && a.taps.length > 0) rest.push(a.taps.pop()!);
   if (rest.length !== 1) throw new Error(`expected one question, got ${rest.length} argument(s)`);
-  if (a.heatmap && !a.image) throw new Error('--heatmap needs --image');
-  return { ...a, model, question: rest[0] };
+  if (a.heatmap && images.length !== 1) throw new Error('--heatmap needs one --image');
+  return { ...a, model, images, frameFiles, question: rest[0] };
 }
 
 async function inspect(args: InspectArgs): Promise<void> {
@@ -196,11 +227,8 @@ async function inspect(args: InspectArgs): Promise<void> {
   const taps = new Set(args.taps);
   if (args.heatmap) taps.add('llm.layers.*.attn.probs');
   if (args.logitLens) taps.add('llm.layers.*.out');
-  if (args.html) {
-    for (const t of ['llm.layers.*.attn.probs', 'llm.layers.*.out']) taps.add(t);
-    if (model.tapNames().some((n) => n.endsWith('.temporal.probs'))) taps.add('vision.layers.*.temporal.probs');
-  }
-  const files = args.video ? { video: args.video } : { images: args.image ? [args.image] : [] };
+  if (args.html) for (const t of reportTaps(model)) taps.add(t);
+  const files = args.video ? { video: args.video } : args.frameFiles.length > 0 ? { frames: args.frameFiles } : { images: args.images };
   const { media, inputs } = await loadChatInputs(files, {
     inputSize: model.config.image_size,
     maxNum: model.config.max_dynamic_patch,
@@ -214,13 +242,26 @@ async function inspect(args: InspectArgs): Promise<void> {
     const result = await model.inspect({ pixelValues, taps: [...taps], generate, question: inputs.withPlaceholders(args.question), dataFlag, numPatchesList });
     const image = media?.images?.[0];
     try {
+      const answer = decodeAnswer(model.tokenizer, result.outputIds);
       if (args.html) {
-        const reportInputs = image ? { images: [{ source: args.image!, ...image }] } : media?.video ? { video: media.video } : {};
+        const reportInputs: ReportInputs = media?.images
+          ? { images: media.images.map((loaded, i) => ({ source: args.images[i], ...loaded })) }
+          : media?.video
+            ? { video: media.video }
+            : media?.frames
+              ? { video: { pixelValues: pixelValues!, numPatchesList: numPatchesList! }, frames: args.frameFiles }
+              : {};
         const html = await result.toHTML(reportInputs);
-        fs.writeFileSync(args.html, html);
+        // Whole or not at all: written beside, then renamed over.
+        const partial = `${args.html}.partial-${process.pid}`;
+        fs.writeFileSync(partial, html);
+        fs.renameSync(partial, args.html);
         process.stdout.write(`report: ${args.html} (${Buffer.byteLength(html)} bytes)\n`);
       }
-      if (args.out === undefined) return;
+      if (args.out === undefined) {
+        process.stdout.write(`answer: ${answer}\n`);
+        return;
+      }
       fs.mkdirSync(args.out, { recursive: true });
       const all: [string, tf.Tensor][] = [
         ...Object.entries(result.taps),
@@ -233,7 +274,7 @@ async function inspect(args: InspectArgs): Promise<void> {
       const summary = formatSummaries(all.map(([n, t]) => summarize(n, t)));
       fs.writeFileSync(path.join(args.out, 'summary.txt'), summary + '\n');
       process.stdout.write(summary + '\n');
-      process.stdout.write(`answer: ${decodeAnswer(model.tokenizer, result.outputIds)}\n`);
+      process.stdout.write(`answer: ${answer}\n`);
       if (args.heatmap && image) {
         const probs = result.steps.flatMap((s) =>
           Object.entries(s)
@@ -241,7 +282,7 @@ async function inspect(args: InspectArgs): Promise<void> {
             .map(([, t]) => t),
         );
         const layout = { grid: image.grid, tokensPerFrame: model.numImageToken, framesPerTile: model.tokensPerTile(1) / model.numImageToken };
-        const png = await renderHeatmap(args.image!, imageAttentionMap(probs, result.imageTokenPositions, layout));
+        const png = await renderHeatmap(args.images[0], imageAttentionMap(probs, result.imageTokenPositions, layout));
         fs.writeFileSync(path.join(args.out, 'heatmap.png'), png);
         process.stdout.write(`heatmap: ${path.join(args.out, 'heatmap.png')} (${image.width}x${image.height})\n`);
       }

@@ -41,6 +41,52 @@ export function formatSummaries(rows: TensorSummary[]): string {
   return [header, ...lines].map((l) => l.map((c, i) => c.padEnd(widths[i])).join('  ')).join('\n');
 }
 
+/** One position through the logit lens: its top tokens, and the probability and rank (1 = the top) of a target token. */
+export interface LensRow {
+  top: { id: number; token: string; prob: number }[];
+  target: { prob: number; rank: number } | null;
+}
+
+/**
+ * Logit lens of one recorded state [1, L, D] (a layer's output, or the embeddings) at `positions`: the
+ * final norm and output head applied to each (one product for all of them), the top-k tokens it would
+ * predict and, where `targets[i]` is given, that token's probability and rank.
+ */
+export function lensRows(
+  llm: InternLM2,
+  tokenizer: PVCTokenizer,
+  state: tf.Tensor,
+  positions: number[],
+  k: number,
+  targets: (number | undefined)[] = [],
+): LensRow[] {
+  const probs = tf.tidy(() => {
+    const rows = tf.gather(state.reshape(state.shape.slice(1)), positions).expandDims(0) as tf.Tensor3D;
+    return tf.softmax(llm.output.forward(llm.norm.forward(rows))).dataSync() as Float32Array;
+  });
+  const V = probs.length / positions.length;
+  return positions.map((_, i) => {
+    const p = probs.subarray(i * V, (i + 1) * V);
+    const top: number[] = [];
+    for (let id = 0; id < V; id++) {
+      // top stays sorted by probability, ties in id order (as a stable sort of all ids would leave them).
+      if (top.length === k && p[id] <= p[top[k - 1]]) continue;
+      let at = 0;
+      while (at < top.length && p[top[at]] >= p[id]) at++;
+      top.splice(at, 0, id);
+      if (top.length > k) top.pop();
+    }
+    const t = targets[i];
+    let target = null;
+    if (t !== undefined) {
+      let above = 0;
+      for (let id = 0; id < V; id++) if (p[id] > p[t]) above++;
+      target = { prob: p[t], rank: above + 1 };
+    }
+    return { top: top.map((id) => ({ id, token: tokenizer.idToToken(id) ?? '?', prob: p[id] })), target };
+  });
+}
+
 /**
  * Logit lens: the final norm and output head applied to each layer's state at one position (default
  * the last): the top-k tokens each layer would predict.
@@ -55,15 +101,7 @@ export function logitLens(
   return [...layerStates.entries()]
     .sort((a, b) => a[0] - b[0])
     .map(([layer, state]) => {
-      const probs = tf.tidy(() => {
-        const L = state.shape[1]!;
-        const pos = position < 0 ? L + position : position;
-        const h = state.slice([0, pos, 0], [1, 1, -1]) as tf.Tensor3D;
-        return tf.softmax(llm.output.forward(llm.norm.forward(h)).reshape([-1])).dataSync() as Float32Array;
-      });
-      const order = Array.from(probs.keys())
-        .sort((a, b) => probs[b] - probs[a])
-        .slice(0, k);
-      return { layer, top: order.map((id) => ({ id, token: tokenizer.idToToken(id) ?? '?', prob: probs[id] })) };
+      const L = state.shape[1]!;
+      return { layer, top: lensRows(llm, tokenizer, state, [position < 0 ? L + position : position], k)[0].top };
     });
 }

@@ -10,18 +10,24 @@ import { VisionLanguageModel } from '../model/vlm';
 import { decodeRGB } from '../preprocess/image';
 import { IMAGENET_MEAN, IMAGENET_STD } from '../preprocess/tiles';
 import { RGBImage } from '../preprocess/resample';
-import { PVCTokenizer } from '../tokenizer';
+import { decodeAnswer, PVCTokenizer } from '../tokenizer';
 import type { Inspection, TapArray } from './inspect';
-import { logitLens, summarizeValues, TensorSummary } from './lens';
-import type { Panel, Picture, ReportAttention, ReportData, ReportLens, ReportTemporal, Tile } from './report_data';
+import { LensRow, lensRows, summarizeValues, TensorSummary } from './lens';
+import type { LensCell, Panel, Picture, ReportAttention, ReportData, ReportLens, ReportTemporal, ReportText, Tile } from './report_data';
 import { reportPageHTML } from './report_page';
 
 /** What the prompt's pixels were: the report draws them and lays the visual tokens out on them. */
 export interface ReportInputs {
   /** The prompt's images in order: the file (or bytes) each was loaded from, and loadImage's grid and numPatches. */
   images?: { source: string | Buffer; grid: [number, number]; numPatches: number }[];
-  /** A video: loadVideo's pixelValues (one tile per frame) and numPatchesList; frames are drawn from the pixels. */
-  video?: { pixelValues: tf.Tensor4D; numPatchesList: number[] };
+  /**
+   * A video: loadVideo's pixelValues (one tile per frame) and numPatchesList. The frames are drawn from
+   * `frames` (the frame images, files or bytes) when given, else from the model's tiles at the video's
+   * aspect ratio (`width` / `height`, which loadVideo gives).
+   */
+  video?: { pixelValues: tf.Tensor4D; numPatchesList: number[]; width?: number; height?: number };
+  /** The video's frames as images (pvc inspect --frame / --frames-from), drawn as they are. */
+  frames?: (string | Buffer)[];
   /** Default: the question of the prompt's last turn. */
   title?: string;
 }
@@ -29,14 +35,24 @@ export interface ReportInputs {
 export interface ReportOptions {
   /** Upper bound on the HTML file's size in bytes (default REPORT_MAX_BYTES); attention maps are pooled to fit. */
   maxBytes?: number;
-  /** Prompt positions (the last ones) in the logit-lens grid besides the generated ones (default 4). */
+  /**
+   * Prompt positions in the logit-lens grid besides the generated ones: at most this many of the text
+   * positions (visual tokens left out), the last ones (default 64). The page shows the question's, or all.
+   */
   lensPromptPositions?: number;
-  /** Tokens per logit-lens cell (default 5). */
+  /** Tokens per logit-lens cell (default 10). */
   topK?: number;
   /** Generated tokens shown, the first ones (default 32). */
   maxTokens?: number;
   /** Aborts the build (AbortError) between its steps, where the event loop also gets a turn. */
   signal?: AbortSignal;
+}
+
+/** The taps the report reads for `model`: the embeddings and each LLM layer's attention and output, and PVC's temporal attention. */
+export function reportTaps(model: VisionLanguageModel): string[] {
+  const taps = ['llm.embeds', 'llm.layers.*.attn.probs', 'llm.layers.*.out'];
+  if (model.tapNames().some((n) => n.endsWith('.temporal.probs'))) taps.push('vision.layers.*.temporal.probs');
+  return taps;
 }
 
 /** The default size budget of a report: 16 MiB. */
@@ -94,6 +110,7 @@ async function layoutPanels(
   let first = 0;
   let dataFlag: DataFlag | null = null;
   if (inputs.images && inputs.video) throw new Error('report inputs: give images or a video, not both');
+  if (inputs.frames && !inputs.video) throw new Error('report inputs: frames are the pictures of a video: give the video too');
   if (inputs.images && inputs.images.length > 0) {
     dataFlag = inputs.images.length > 1 ? 2 : 1;
     const frames = model.tokensPerTile(dataFlag) / model.numImageToken;
@@ -103,8 +120,10 @@ async function layoutPanels(
       if (image.numPatches !== cols * rows + (thumbnail ? 1 : 0))
         throw new Error(`report inputs: image ${i + 1} has ${image.numPatches} tiles, which does not fit its ${cols}x${rows} grid`);
       // Decoded as the model's preprocessing decodes it (the formats and limits it accepts).
-      pictures.push(await jpegDataURL(await decodeRGB(image.source), 512));
+      const picture = await jpegDataURL(await decodeRGB(image.source), 512);
+      pictures.push(picture);
       const label = inputs.images.length > 1 ? `Image-${i + 1}` : 'image';
+      const aspect = picture.width / picture.height;
       const tiles: Tile[] = [];
       for (let t = 0; t < cols * rows; t++) {
         const x = t % cols;
@@ -112,26 +131,49 @@ async function layoutPanels(
         tiles.push({ rect: [x / cols, y / rows, (x + 1) / cols, (y + 1) / rows], first, g, frames });
         first += frames * g * g;
       }
-      panels.push({ label: `${label} (${cols}x${rows} tiles)`, picture: pictures.length - 1, tiles, tokens: tiles.length * frames * g * g });
+      panels.push({
+        label: `${label}: ${cols}x${rows} tiles`,
+        kind: 'tiles',
+        picture: pictures.length - 1,
+        aspect,
+        tiles,
+        tokens: tiles.length * frames * g * g,
+      });
       if (thumbnail) {
-        panels.push({ label: `${label}: thumbnail`, picture: pictures.length - 1, tiles: [{ rect: [0, 0, 1, 1], first, g, frames }], tokens: frames * g * g });
+        const tile = { rect: [0, 0, 1, 1] as Tile['rect'], first, g, frames };
+        panels.push({
+          label: `${label}: thumbnail (the whole image as one tile)`,
+          kind: 'thumbnail',
+          picture: pictures.length - 1,
+          aspect,
+          tiles: [tile],
+          tokens: frames * g * g,
+        });
         first += frames * g * g;
       }
     }
   } else if (inputs.video) {
     dataFlag = 3;
-    const { pixelValues, numPatchesList } = inputs.video;
+    const { pixelValues, numPatchesList, width, height } = inputs.video;
+    if (inputs.frames && inputs.frames.length !== numPatchesList.length)
+      throw new Error(`report inputs: ${inputs.frames.length} frame pictures for a video of ${numPatchesList.length} frames`);
     const frames = model.tokensPerTile(3) / model.numImageToken;
     let tile = 0;
     for (const [f, n] of numPatchesList.entries()) {
-      const tiles: Tile[] = [];
-      for (let t = 0; t < n; t++, tile++) {
-        pictures.push(await jpegDataURL(tileRGB(pixelValues, tile), 224));
-        tiles.push({ rect: [0, 0, 1, 1], first, g, frames });
-        first += frames * g * g;
-      }
       // A frame of several tiles (not PVC) is drawn as its first tile; its tokens still all count.
-      panels.push({ label: `Frame${f + 1}`, picture: pictures.length - n, tiles: tiles.slice(0, 1), tokens: n * frames * g * g });
+      const picture = inputs.frames ? await jpegDataURL(await decodeRGB(inputs.frames[f]), 320) : await jpegDataURL(tileRGB(pixelValues, tile), 224);
+      pictures.push(picture);
+      const aspect = inputs.frames ? picture.width / picture.height : width && height ? width / height : 1;
+      panels.push({
+        label: `Frame${f + 1}`,
+        kind: 'frame',
+        picture: pictures.length - 1,
+        aspect,
+        tiles: [{ rect: [0, 0, 1, 1], first, g, frames }],
+        tokens: n * frames * g * g,
+      });
+      first += n * frames * g * g;
+      tile += n;
     }
   }
   if (panels.length > 0 && first !== visualTokens) {
@@ -163,6 +205,8 @@ interface Source {
   steps: Pass[];
   /** The generated tokens shown: the first maxTokens. */
   generated: number[];
+  /** What the page should say about what it left out. */
+  notes: string[];
   signal?: AbortSignal;
 }
 
@@ -187,38 +231,76 @@ async function tapStatistics(src: Source): Promise<TensorSummary[]> {
   return stats;
 }
 
-/** One logit-lens column: the top tokens of each layer's state at one position of one pass. */
-async function lensColumn(src: Source, layers: number[], topK: number, pass: Pass, position: number, label: string, input: number, next: number | undefined) {
-  const states = new Map<number, tf.Tensor>();
-  for (const layer of layers) {
-    const v = pass[`llm.layers.${layer}.out`];
-    if (v) states.set(layer, v instanceof tf.Tensor ? v : tf.tensor(v.data, v.shape));
-  }
-  const rows = logitLens(src.model.llm, src.tokenizer, states, topK, position);
-  for (const [layer, t] of states) if (!(pass[`llm.layers.${layer}.out`] instanceof tf.Tensor)) t.dispose();
-  await yieldToEventLoop(src.signal);
+/** One lens row as the page shows it: the top tokens (as indices into `lens.tokens`), the next token's probability and rank. */
+function lensCell(src: Source, lens: ReportLens, index: Map<number, number>, row: LensRow): LensCell {
+  const at = (id: number) => {
+    if (!index.has(id)) index.set(id, lens.tokens.push(tokenText(src, id)) - 1);
+    return index.get(id)!;
+  };
   return {
-    label,
-    input: tokenText(src, input),
-    next: next === undefined ? null : tokenText(src, next),
-    cells: rows.map((r) => ({ top: r.top.map((t) => [t.token, t.prob] as [string, number]), hit: next !== undefined && r.top[0]?.id === next })),
+    top: row.top.map((t) => [at(t.id), Number(t.prob.toPrecision(3))]),
+    next: row.target ? [Number(row.target.prob.toPrecision(3)), row.target.rank] : null,
   };
 }
 
-/** Logit lens: layers x positions (the last prompt positions, then each generated token's predictor). */
-async function lensGrid(src: Source, lensPromptPositions: number, topK: number): Promise<ReportLens> {
-  const lens: ReportLens = { columns: [], layers: layersOf(src.taps, /^llm\.layers\.(\d+)\.out$/) };
-  if (lens.layers.length === 0) return lens;
-  const { inputIds } = src.inspection;
+/** Where the prompt's last user turn starts (its text after "<|im_start|>user\n"), or 0. */
+function questionStart(src: Source): number {
+  const ids = src.inspection.inputIds;
+  for (let i = ids.length - 3; i >= 0; i--) {
+    if (tokenText(src, ids[i]) === '<|im_start|>' && tokenText(src, ids[i + 1]).replace('\u2581', '') === 'user') return i + 3;
+  }
+  return 0;
+}
+
+/**
+ * Logit lens: rows (the embeddings when llm.embeds was recorded, then each layer's output) x positions
+ * (the prompt's last `maxPrompt` text positions, then each generated token's predictor). Each cell: the
+ * top tokens, and the probability and rank of the token that came next.
+ */
+async function lensGrid(src: Source, maxPrompt: number, topK: number): Promise<ReportLens> {
+  const layers = layersOf(src.taps, /^llm\.layers\.(\d+)\.out$/);
+  if (layers.length === 0) return { columns: [], layers: [], tokens: [] };
+  const rows: [number, string][] = [
+    ...(src.taps['llm.embeds'] ? [[-1, 'llm.embeds'] as [number, string]] : []),
+    ...layers.map((l): [number, string] => [l, `llm.layers.${l}.out`]),
+  ];
+  const lens: ReportLens = { columns: [], layers: rows.map(([l]) => l), tokens: [] };
+  const index = new Map<number, number>();
+  const { inputIds, imageTokenPositions } = src.inspection;
   const { generated, taps, steps } = src;
   const L = inputIds.length;
-  for (let p = L - Math.min(lensPromptPositions, L); p < L; p++) {
-    const next = p + 1 < L ? inputIds[p + 1] : generated[0];
-    lens.columns.push(await lensColumn(src, lens.layers, topK, taps, p, p === L - 1 ? `prompt ${p} (last)` : `prompt ${p}`, inputIds[p], next));
-  }
+  const visual = new Set(imageTokenPositions);
+  const positions = [...inputIds.keys()].filter((p) => !visual.has(p)).slice(-maxPrompt);
+  const next = (p: number) => (p + 1 < L ? inputIds[p + 1] : generated[0]);
+  /** The lens of one pass's states at `at` (positions of its states), one product per row. */
+  const cellsOf = async (pass: Pass, at: number[], targets: (number | undefined)[]) => {
+    const cells: LensCell[][] = at.map(() => []);
+    for (const [, name] of rows) {
+      const v = pass[name];
+      const state = v instanceof tf.Tensor ? v : tf.tensor(v.data, v.shape);
+      lensRows(src.model.llm, src.tokenizer, state, at, topK, targets).forEach((r, i) => cells[i].push(lensCell(src, lens, index, r)));
+      if (state !== v) state.dispose();
+      await yieldToEventLoop(src.signal);
+    }
+    return cells;
+  };
+  const qStart = questionStart(src);
+  const promptCells = await cellsOf(taps, positions, positions.map(next));
+  positions.forEach((p, i) => {
+    const n = next(p);
+    lens.columns.push({
+      label: p === L - 1 ? `prompt ${p} (last)` : `prompt ${p}`,
+      part: p >= qStart ? 'question' : 'prompt',
+      input: tokenText(src, inputIds[p]),
+      next: n === undefined ? null : tokenText(src, n),
+      cells: promptCells[i],
+    });
+  });
   for (let j = 1; j < generated.length; j++) {
-    if (steps[j - 1]?.[`llm.layers.${lens.layers[0]}.out`])
-      lens.columns.push(await lensColumn(src, lens.layers, topK, steps[j - 1], -1, `gen ${j - 1}`, generated[j - 1], generated[j]));
+    const pass = steps[j - 1];
+    if (!rows.every(([, name]) => pass?.[name])) continue;
+    const [cells] = await cellsOf(pass, [0], [generated[j]]);
+    lens.columns.push({ label: `gen ${j - 1}`, part: 'generated', input: tokenText(src, generated[j - 1]), next: tokenText(src, generated[j]), cells });
   }
   return lens;
 }
@@ -245,7 +327,7 @@ function temporalAttention(taps: Pass): ReportTemporal[] {
   });
 }
 
-/** The attention rows of the generated tokens over the visual tokens, by LLM layer and head. */
+/** The attention rows of the generated tokens over the visual tokens and over the prompt's groups, by LLM layer and head. */
 interface AttentionRows {
   layers: number[];
   /** The generated tokens whose predicting pass recorded every attention layer (the leading ones). */
@@ -254,42 +336,118 @@ interface AttentionRows {
   maps: Float32Array[][][];
   /** [j][layer][head][panel]: the attention mass on each panel's tokens. */
   frameMass: number[][][][];
+  text: ReportText;
+}
+
+/** Most values of the text view with every head kept; past it only the mean of heads is kept. */
+const TEXT_VALUES_WITH_HEADS = 200_000;
+
+/**
+ * The prompt's positions in groups for the text view: the first token, the system prompt (one group),
+ * each image, tile set or frame (one group per panel), every other token alone; then the generated
+ * tokens. Returns the groups and the group of each position (prompt, then generated).
+ */
+function textGroups(src: Source, panels: Panel[], tokens: number): { groups: ReportText['groups']; groupOf: number[] } {
+  const ids = src.inspection.inputIds;
+  const texts = ids.map((id) => tokenText(src, id));
+  const visual = new Map(src.inspection.imageTokenPositions.map((pos, v) => [pos, v]));
+  // The system turn's text: after "<|im_start|>system\n", up to its "<|im_end|>".
+  let system: [number, number] = [-1, -1];
+  const open = texts.indexOf('<|im_start|>');
+  const newline = texts.indexOf('\n', open);
+  if (
+    open >= 0 &&
+    newline > open &&
+    texts
+      .slice(open + 1, newline)
+      .join('')
+      .replace(/\u2581/g, '') === 'system'
+  ) {
+    const close = texts.indexOf('<|im_end|>', newline);
+    if (close > newline + 1) system = [newline + 1, close];
+  }
+  const groups: ReportText['groups'] = [];
+  const groupOf: number[] = [];
+  const panelGroup = new Map<number, number>();
+  ids.forEach((id, pos) => {
+    const v = visual.get(pos);
+    if (v !== undefined) {
+      const k = panels.findIndex((p) => v >= p.tiles[0].first && v < p.tiles[0].first + p.tokens);
+      if (!panelGroup.has(k)) {
+        panelGroup.set(k, groups.length);
+        groups.push({ label: k >= 0 ? panels[k].label : 'visual tokens', kind: 'image', count: 0 });
+      }
+      groupOf.push(panelGroup.get(k)!);
+    } else if (pos >= system[0] && pos < system[1]) {
+      if (pos === system[0]) groups.push({ label: 'system prompt', kind: 'system', count: 0 });
+      groupOf.push(groups.length - 1);
+    } else {
+      const kind = pos === 0 ? 'first' : src.tokenizer.specialIds.has(id) ? 'special' : 'text';
+      groups.push({ label: texts[pos], kind, count: 0 });
+      groupOf.push(groups.length - 1);
+    }
+    groups[groupOf[pos]].count++;
+  });
+  for (let j = 0; j + 1 < tokens; j++) {
+    groupOf.push(groups.length);
+    groups.push({ label: tokenText(src, src.generated[j]), kind: 'generated', count: 1 });
+  }
+  return { groups, groupOf };
 }
 
 async function attentionRows(src: Source, panels: Panel[]): Promise<AttentionRows> {
   const layers = layersOf(src.taps, /^llm\.layers\.(\d+)\.attn\.probs$/);
   let tokens = 0;
   while (tokens < src.generated.length && layers.length > 0 && layers.every((l) => passOf(src, tokens)?.[`llm.layers.${l}.attn.probs`] !== undefined)) tokens++;
-  const rows: AttentionRows = { layers, tokens, maps: [], frameMass: [] };
-  if (panels.length === 0) return rows;
+  const { groups, groupOf } = textGroups(src, panels, tokens);
+  const rows: AttentionRows = { layers, tokens, maps: [], frameMass: [], text: { groups, values: [] } };
+  const heads = src.model.config.llm.num_attention_heads;
+  const textHeads = tokens * layers.length * (heads + 1) * groups.length <= TEXT_VALUES_WITH_HEADS;
   const positions = src.inspection.imageTokenPositions;
+  const round = (x: number) => Number(x.toPrecision(4));
+  const roundText = (x: number) => (x < 1e-6 ? 0 : Number(x.toPrecision(3)));
   const panelMass = (v: Float32Array) =>
     panels.map((p) => {
       let sum = 0;
       const start = p.tiles[0].first;
       for (let i = start; i < start + p.tokens; i++) sum += v[i];
-      return Number(sum.toPrecision(4));
+      return round(sum);
     });
+  /** A row over all positions (the prompt's and the generated ones before it) summed by group. */
+  const groupMass = (row: Float32Array) => {
+    const sums = new Array<number>(groupOf[row.length - 1] + 1).fill(0);
+    row.forEach((x, pos) => (sums[groupOf[pos]] += x));
+    return sums.map(roundText);
+  };
   for (let j = 0; j < tokens; j++) {
     await yieldToEventLoop(src.signal);
     const pass = passOf(src, j)!;
-    const perLayer = layers.map((layer) => {
-      const visual = lastQueryRows(pass[`llm.layers.${layer}.attn.probs`]).map((row) => Float32Array.from(positions, (pos) => row[pos]));
-      const mean = new Float32Array(visual[0].length);
-      visual.forEach((v) => v.forEach((x, i) => (mean[i] += x / visual.length)));
-      return [mean, ...visual];
-    });
+    const perLayer: Float32Array[][] = [];
+    const textLayers: number[][][] = [];
+    for (const layer of layers) {
+      const headRows = lastQueryRows(pass[`llm.layers.${layer}.attn.probs`]);
+      const meanRow = new Float32Array(headRows[0].length);
+      headRows.forEach((r) => r.forEach((x, i) => (meanRow[i] += x / headRows.length)));
+      const all = [meanRow, ...headRows];
+      perLayer.push(panels.length > 0 ? all.map((row) => Float32Array.from(positions, (pos) => row[pos])) : []);
+      textLayers.push((textHeads ? all : [meanRow]).map(groupMass));
+    }
+    rows.text.values.push(textLayers);
+    if (panels.length === 0) continue;
     rows.maps.push(perLayer);
     rows.frameMass.push(perLayer.map((perHead) => perHead.map(panelMass)));
   }
+  if (!textHeads && tokens > 0) src.notes.push(`attention to the prompt kept as the mean of heads only (${groups.length} groups)`);
   return rows;
 }
 
 /** The prompt with each image's run of IMG_CONTEXT tokens written as a count, and its last turn's question. */
 function promptAndQuestion(inspection: Source['inspection']): { prompt: string | null; question: string | undefined } {
   const prompt =
-    inspection.prompt?.replace(/<img>((?:<IMG_CONTEXT>)+)<\/img>/g, (_, run: string) => `<img><IMG_CONTEXT> x ${run.length / '<IMG_CONTEXT>'.length}</img>`) ??
-    null;
+    inspection.prompt?.replace(
+      /<img>((?:<IMG_CONTEXT>)+)<\/img>/g,
+      (_, run: string) => `<img><IMG_CONTEXT> x ${run.length / '<IMG_CONTEXT>'.length} tokens</img>`,
+    ) ?? null;
   const lastTurn = prompt?.slice(prompt.lastIndexOf('<|im_start|>user\n') + '<|im_start|>user\n'.length) ?? '';
   const question = prompt?.includes('<|im_start|>user\n')
     ? lastTurn
@@ -298,6 +456,18 @@ function promptAndQuestion(inspection: Source['inspection']): { prompt: string |
         .trim()
     : undefined;
   return { prompt, question };
+}
+
+/** A question for a title: its runs of placeholder lines ("Frame1: <image>", "Image-2: <image>") as a count. */
+export function titleOfQuestion(question: string): string {
+  return question
+    .replace(/(?:(Frame|Image-)\d+: <image>\n?)+/g, (run: string, kind: string) => {
+      const n = run.split('<image>').length - 1;
+      return kind === 'Frame' ? `[${n} frames] ` : `[${n} images] `;
+    })
+    .replace(/<image>\n?/g, '[image] ')
+    .replace(/\s+/g, ' ')
+    .trim();
 }
 
 /** The page's data with the attention maps still empty (the budget decides how they are stored). */
@@ -309,8 +479,19 @@ function reportPayload(
   const { model, inspection } = src;
   const { prompt, question } = promptAndQuestion(inspection);
   const heads = model.config.llm.num_attention_heads;
+  const { rows } = parts;
+  // The view the page opens on: for token 0, the layer whose heads (their mean) put the most attention on the visual tokens.
+  const shareOf = (li: number) => rows.frameMass[0]?.[li]?.[0]?.reduce((a, b) => a + b, 0) ?? 0;
+  let best = rows.layers.length - 1;
+  rows.layers.forEach((_, li) => (shareOf(li) > shareOf(best) ? (best = li) : 0));
+  const runs: [number, number][] = [];
+  for (const pos of inspection.imageTokenPositions) {
+    const last = runs[runs.length - 1];
+    if (last && last[0] + last[1] === pos) last[1]++;
+    else runs.push([pos, 1]);
+  }
   return {
-    title: inputs.title ?? question ?? prompt ?? '',
+    title: inputs.title ?? (question !== undefined ? titleOfQuestion(question) : (prompt ?? '')),
     model: {
       dir: model.dir,
       llmLayers: model.config.llm.num_hidden_layers,
@@ -323,8 +504,19 @@ function reportPayload(
     promptTokens: inspection.inputIds.length,
     visualTokens: inspection.imageTokenPositions.length,
     generated: src.generated.map((id) => tokenText(src, id)),
-    answer: src.tokenizer.decode(inspection.outputIds),
-    attention: { layers: parts.rows.layers, tokens: parts.rows.tokens, headsKept: heads + 1, g: 0, pool: 1, maps: '', scales: '' },
+    answer: decodeAnswer(src.tokenizer, inspection.outputIds),
+    attention: {
+      layers: rows.layers,
+      tokens: rows.tokens,
+      headsKept: heads + 1,
+      g: 0,
+      pool: 1,
+      maps: '',
+      scales: '',
+      initial: { layer: rows.layers[best] ?? 0, head: 0, share: Number(shareOf(best).toPrecision(4)) },
+      positions: runs,
+    },
+    text: rows.text,
     notes: parts.notes,
     pictures: parts.pictures,
     panels: parts.panels,
@@ -366,6 +558,7 @@ function fitMaps(rows: AttentionRows, panels: Panel[], g0: number, heads: number
  * levels as the colour scale has.
  */
 async function encodeMaps(
+  base: ReportAttention,
   rows: AttentionRows,
   panels: Panel[],
   g0: number,
@@ -398,7 +591,7 @@ async function encodeMaps(
         k++;
       }
   }
-  return { layers: rows.layers, tokens: rows.tokens, headsKept, g: gp, pool, maps: Buffer.from(maps).toString('base64'), scales: base64Floats(scales) };
+  return { ...base, headsKept, g: gp, pool, maps: Buffer.from(maps).toString('base64'), scales: base64Floats(scales) };
 }
 
 /**
@@ -416,12 +609,21 @@ export async function renderInspectionHTML(
 ): Promise<string> {
   const maxBytes = options.maxBytes ?? REPORT_MAX_BYTES;
   const generated = inspection.outputIds.slice(0, options.maxTokens ?? 32);
-  const src: Source = { model, tokenizer, inspection, taps: inspection.taps as Pass, steps: inspection.steps as Pass[], generated, signal: options.signal };
   const notes: string[] = [];
+  const src: Source = {
+    model,
+    tokenizer,
+    inspection,
+    taps: inspection.taps as Pass,
+    steps: inspection.steps as Pass[],
+    generated,
+    notes,
+    signal: options.signal,
+  };
   if (inspection.outputIds.length > generated.length)
     notes.push(`only the first ${generated.length} of ${inspection.outputIds.length} generated tokens are shown`);
   const stats = await tapStatistics(src);
-  const lens = await lensGrid(src, options.lensPromptPositions ?? 4, options.topK ?? 5);
+  const lens = await lensGrid(src, options.lensPromptPositions ?? 64, options.topK ?? 10);
   const temporal = temporalAttention(src.taps);
   const { pictures, panels, dataFlag } = await layoutPanels(model, inputs, inspection.imageTokenPositions.length);
   const rows = await attentionRows(src, panels);
@@ -434,7 +636,7 @@ export async function renderInspectionHTML(
   if (fit.pool > 1)
     notes.push(`attention maps pooled ${fit.pool}x${fit.pool} (each tile's ${g0}x${g0} token grid shown as ${gp}x${gp}) to stay within ${maxBytes} bytes`);
   if (fit.headsKept === 1 && rows.tokens > 0) notes.push(`per-head attention maps left out (mean of heads only) to stay within ${maxBytes} bytes`);
-  data.attention = await encodeMaps(rows, panels, g0, fit, options.signal);
+  data.attention = await encodeMaps(data.attention, rows, panels, g0, fit, options.signal);
   const html = reportPageHTML(data);
   if (Buffer.byteLength(html) > maxBytes) throw new Error(`report: ${Buffer.byteLength(html)} bytes, over maxBytes ${maxBytes}`);
   return html;

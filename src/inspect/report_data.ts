@@ -17,10 +17,13 @@ export interface Picture {
   height: number;
 }
 
-/** A picture the attention is drawn over: an image, its thumbnail, or a video frame. */
+/** A picture the attention is drawn over: an image's tiles, its thumbnail, or a video frame. */
 export interface Panel {
   label: string;
+  kind: 'tiles' | 'thumbnail' | 'frame';
   picture: number;
+  /** The picture's width / height as shown (a frame of a video file: the video's, not the model's square tile). */
+  aspect: number;
   tiles: Tile[];
   tokens: number;
 }
@@ -33,13 +36,34 @@ export interface ReportAttention {
   g: number;
   pool: number;
   maps: string;
+  /** Each map's largest value (the attention on its most attended cell). */
   scales: string;
+  /** The view the page opens on: the layer (mean of heads) whose heads put the largest share of token 0's attention on the visual tokens. */
+  initial: { layer: number; head: number; share: number };
+  /** The visual tokens' prompt positions, as runs [first position, count]. */
+  positions: [number, number][];
 }
 
-/** Logit lens: a column per position, a cell per layer (top tokens and whether the first came next). */
+/** Attention to the whole prompt: the positions grouped (an image or frame's tokens, the system prompt, each other token). */
+export interface ReportText {
+  groups: { label: string; kind: 'first' | 'system' | 'special' | 'text' | 'image' | 'generated'; count: number }[];
+  /** [token][layer][0 = mean of heads, 1 + h][group]: attention mass (groups after the token's own predictor are absent). */
+  values: number[][][][];
+}
+
+/** One logit-lens cell: the top tokens (indices into ReportLens.tokens) with their probabilities, and the probability and rank (1 = top) of the token that came next. */
+export interface LensCell {
+  top: [number, number][];
+  next: [number, number] | null;
+}
+
+/** Logit lens: a column per position, a cell per row (the embeddings when recorded, then each layer's output). */
 export interface ReportLens {
-  columns: { label: string; input: string; next: string | null; cells: { top: [string, number][]; hit: boolean }[] }[];
+  columns: { label: string; part: 'prompt' | 'question' | 'generated'; input: string; next: string | null; cells: LensCell[] }[];
+  /** The rows: -1 the embeddings (llm.embeds), then the layers. */
   layers: number[];
+  /** The tokens the cells name, each once. */
+  tokens: string[];
 }
 
 /** PVC's temporal attention of one ViT layer: [mean of heads, head 0, ...][F * F]. */
@@ -62,6 +86,7 @@ export interface ReportData {
   generated: string[];
   answer: string;
   attention: ReportAttention;
+  text: ReportText;
   notes: string[];
   pictures: Picture[];
   panels: Panel[];

@@ -38,6 +38,9 @@ export interface LoadedVideo {
   fps: number;
   /** Frames in the stream, as decord counts them. */
   frameCount: number;
+  /** The decoded frames' size (the tiles are squares of the model's input size). */
+  width: number;
+  height: number;
 }
 
 export interface VideoInfo {
@@ -311,5 +314,5 @@ export async function loadVideo(file: VideoFile, options: VideoOptions = {}): Pr
   }
   tiled.clear();
   const pixelValues = tf.tensor4d(pixels, [at / tileValues, 3, inputSize, inputSize]);
-  return { pixelValues, numPatchesList, frameIndices, fps: info.fps, frameCount: info.frameCount };
+  return { pixelValues, numPatchesList, frameIndices, fps: info.fps, frameCount: info.frameCount, width: info.width, height: info.height };
 }
