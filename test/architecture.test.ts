@@ -21,7 +21,7 @@ const LAYERS: string[][] = [
   ['inspect'],
   ['pvc_model'],
   ['runtime'],
-  ['server'],
+  ['server', 'eval'],
   ['index'],
   ['cli'],
 ];

@@ -19,6 +19,7 @@ import { flag, list, number, oneOf, optionName, orNone, parseOptions, text, valu
 import { doctorCommand } from './doctor';
 import { serveCommand } from './serve';
 import { watchCommand } from './watch';
+import { evalCommand } from './eval';
 
 const USAGE = `usage: pvc chat --model DIR [--image FILE ...] [--video FILE [--frames N]] [options] "question"
        pvc inspect --model DIR [--image FILE ... | --video FILE [--frames N] | --frame FILE ... | --frames-from DIR]
@@ -26,6 +27,7 @@ const USAGE = `usage: pvc chat --model DIR [--image FILE ...] [--video FILE [--f
        pvc doctor [--backend B] [--json]   versions, backends, GPU, memory, and a self-check (exit 1 on failure)
        pvc serve --model DIR [--host H] [--port P] [--api-key K] ...   an OpenAI-compatible server (pvc serve --help)
        pvc watch --model DIR (--video FILE | --stdin) [--fps F] [--ask "Q" --every N]   live video (pvc watch --help)
+       pvc eval --model DIR --benchmark mvbench --data DIR --out FILE.jsonl [--queue redis://H:P]   PVC's protocol (pvc eval --help)
 
 options:
   --max-new-tokens N   most tokens to generate (default 512)
@@ -314,6 +316,7 @@ export async function main(argv = process.argv.slice(2)): Promise<number> {
   if (command === 'doctor') return doctorCommand(rest);
   if (command === 'serve') return serveCommand(rest);
   if (command === 'watch') return watchCommand(rest);
+  if (command === 'eval') return evalCommand(rest);
   const commands: Record<string, [(a: string[]) => unknown, (a: never) => Promise<void>]> = {
     chat: [parseChatArgs, chat],
     inspect: [parseInspectArgs, inspect],

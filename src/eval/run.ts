@@ -1,0 +1,136 @@
+// `pvc eval` in one process: the items not yet in the results file answered one after another, each
+// result appended as one line as soon as it is known. A rerun (after a crash, a kill, a Ctrl-C) skips
+// what the file holds; a line cut short by a kill is dropped when the file is opened again, so a
+// killed run loses at most the item it was answering.
+import * as fs from 'fs';
+import * as tf from '@tensorflow/tfjs';
+import { throwIfAborted } from '../event_loop';
+import { InputError } from '../errors';
+import { PVCModel } from '../pvc_model';
+import { decodeAnswer } from '../tokenizer';
+import { checkAnswer, EvalItem, EvalProtocol, itemFrames, mvbenchQuestion } from './mvbench';
+
+/** One line of the results file. */
+export interface EvalResult {
+  id: string;
+  task: string;
+  /** Tokens of the prompt (visual tokens included). */
+  promptIds: number;
+  answer: string;
+  /** The option read from the answer (its first word), and whether it is the right one. */
+  option: string;
+  correct: boolean;
+  seconds: number;
+}
+
+/** A JSONL file of results, one line per item, appended one whole line at a time. */
+export class ResultsFile {
+  private constructor(
+    readonly file: string,
+    readonly results: Map<string, EvalResult>,
+    private fd: number | null,
+  ) {}
+
+  /** Opens (or creates) the file; a last line without its newline (a write cut short) is removed. */
+  static open(file: string): ResultsFile {
+    const results = new Map<string, EvalResult>();
+    if (fs.existsSync(file)) {
+      const text = fs.readFileSync(file, 'utf8');
+      const whole = text.lastIndexOf('\n') + 1;
+      if (whole < text.length) fs.truncateSync(file, Buffer.byteLength(text.slice(0, whole)));
+      text
+        .slice(0, whole)
+        .split('\n')
+        .forEach((line, i) => {
+          if (line === '') return;
+          let r: EvalResult;
+          try {
+            r = JSON.parse(line) as EvalResult;
+          } catch (e) {
+            throw new InputError('out', `${file} line ${i + 1}: not JSON (${(e as Error).message}); not a results file of pvc eval?`);
+          }
+          if (typeof r.id !== 'string' || typeof r.correct !== 'boolean' || typeof r.task !== 'string')
+            throw new InputError('out', `${file} line ${i + 1}: not a result (id, task, correct)`);
+          results.set(r.id, r);
+        });
+    }
+    return new ResultsFile(file, results, fs.openSync(file, 'a'));
+  }
+
+  has(id: string): boolean {
+    return this.results.has(id);
+  }
+
+  /** Appends a result as one write of one line (O_APPEND: whole lines, also with other writers). Twice the same id: the first stays. */
+  append(result: EvalResult): void {
+    if (this.fd === null) throw new Error(`${this.file}: closed`);
+    if (this.results.has(result.id)) return;
+    fs.writeSync(this.fd, JSON.stringify(result) + '\n');
+    this.results.set(result.id, result);
+  }
+
+  close(): void {
+    if (this.fd !== null) fs.closeSync(this.fd);
+    this.fd = null;
+  }
+}
+
+/** Accuracy per task and over all items, in percent (as PVC prints it: the tasks, then 'Avg'). */
+export function accuracyOf(results: Iterable<EvalResult>): {
+  tasks: Record<string, { correct: number; total: number; accuracy: number }>;
+  avg: number;
+  items: number;
+} {
+  const tasks: Record<string, { correct: number; total: number; accuracy: number }> = {};
+  let correct = 0;
+  let items = 0;
+  for (const r of results) {
+    const t = (tasks[r.task] ??= { correct: 0, total: 0, accuracy: 0 });
+    t.total++;
+    items++;
+    if (r.correct) {
+      t.correct++;
+      correct++;
+    }
+  }
+  for (const t of Object.values(tasks)) t.accuracy = (100 * t.correct) / t.total;
+  return { tasks, avg: items === 0 ? 0 : (100 * correct) / items, items };
+}
+
+/** Answers one item under the protocol: its frames, PVC's prompt, beam search; on a fresh rotary state (no item depends on the ones before). */
+export async function answerItem(model: PVCModel, dir: string, item: EvalItem, protocol: EvalProtocol, signal?: AbortSignal): Promise<EvalResult> {
+  const started = Date.now();
+  const { pixelValues, numPatchesList } = await itemFrames(dir, item, protocol.numSegments, model.config.image_size, signal);
+  try {
+    const generation = { numBeams: protocol.numBeams, maxNewTokens: protocol.maxNewTokens, minNewTokens: protocol.minNewTokens, doSample: false };
+    const ids = await model.chatIds(pixelValues, mvbenchQuestion(item, numPatchesList.length), generation, {
+      dataFlag: 3,
+      numPatchesList,
+      signal,
+      resetRotary: true,
+    });
+    const answer = decodeAnswer(model.tokenizer, ids.outputIds);
+    const { option, correct } = checkAnswer(answer, item.answer);
+    return { id: item.id, task: item.task, promptIds: ids.inputIds.length, answer, option, correct, seconds: (Date.now() - started) / 1000 };
+  } finally {
+    tf.dispose(pixelValues);
+  }
+}
+
+/** Answers the items the results file does not hold yet, in order; `onResult` after each. */
+export async function runEval(
+  model: PVCModel,
+  dir: string,
+  items: EvalItem[],
+  protocol: EvalProtocol,
+  results: ResultsFile,
+  options: { signal?: AbortSignal; onResult?: (r: EvalResult) => void } = {},
+): Promise<void> {
+  for (const item of items) {
+    if (results.has(item.id)) continue;
+    throwIfAborted(options.signal);
+    const r = await answerItem(model, dir, item, protocol, options.signal);
+    results.append(r);
+    options.onResult?.(r);
+  }
+}
