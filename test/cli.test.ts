@@ -173,6 +173,16 @@ test('every command checks its options as it parses them: unknown, repeated and 
     [['chat', '--model', dir, '--image=', 'q'], /^pvc chat: --image needs a non-empty value$/m],
     [['doctor', '--json=yes'], /^pvc doctor: --json takes no value$/m],
     [['watch', '--model', dir, '--ask', 'q'], /^pvc watch: give --video FILE\|URL or --stdin \(one of them\)$/m],
+    [['eval', '--benchmark', 'mvbench', '--data', out], /^pvc eval: --out FILE\.jsonl is required$/m],
+    [['eval', '--benchmark', 'imagenet', '--data', out, '--out', html], /^pvc eval: --benchmark expects mvbench, not imagenet$/m],
+    [['eval', 'worker', '--model', dir, '--data', out], /^pvc eval worker: --queue redis:\/\/HOST:PORT is required$/m],
+    [['eval', 'worker', '--queue', 'redis://127.0.0.1:1', '--model', dir, '--data', out, '--out', html], /^pvc eval worker: --out is the coordinator's/m],
+    [
+      ['eval', 'worker', '--queue', 'redis://127.0.0.1:1', '--model', dir, '--data', out, '--lock-seconds', '0'],
+      /^pvc eval worker: --lock-seconds expects a number from 1 to 86400, not 0$/m,
+    ],
+    [['eval', '--benchmark', 'mvbench', '--data', out, '--out', html, '--queue', 'http://x'], /^pvc eval: --queue http:\/\/x: expected redis:\/\/HOST:PORT$/m],
+
     [['watch', '--model', dir, '--stdin'], /^pvc watch: --stdin takes the video from stdin: give the questions with --ask$/m],
     [['watch', '--model', dir, '--video', MEDIA.video, '--every', '2'], /^pvc watch: --every applies to --ask$/m],
     [['watch', '--model', dir, '--video', MEDIA.video, '--fps', '0'], /^pvc watch: --fps expects a number in \(0, 240\], not 0$/m],

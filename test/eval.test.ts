@@ -108,8 +108,11 @@ describe('the scenes toy under the protocol', () => {
   test('killed midway (SIGKILL, a line cut short), a rerun ends with the results of an uninterrupted run; a finished file needs no model', async () => {
     const out = path.join(OUT, 'killed.jsonl');
     const first = run([...EVAL, '--model', MODEL, '--out', out]);
-    await until('5 results', () => fs.existsSync(out) && fs.readFileSync(out, 'utf8').split('\n').length > 5);
-    first.kill('SIGKILL');
+    try {
+      await until('5 results', () => fs.existsSync(out) && fs.readFileSync(out, 'utf8').split('\n').length > 5);
+    } finally {
+      first.kill('SIGKILL');
+    }
     await exited(first);
     const kept = lines(out).length;
     expect(kept).toBeLessThan(REF.items.length);

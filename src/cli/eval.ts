@@ -9,7 +9,7 @@ import * as os from 'os';
 import { BACKEND_NAMES } from '../backend';
 import { InputError } from '../errors';
 import { MVBENCH_PROTOCOL, readMVBench } from '../eval/mvbench';
-import { coordinate, work } from '../eval/queue';
+import { coordinate, redisConnection, work } from '../eval/queue';
 import { accuracyOf, EvalResult, ResultsFile, runEval } from '../eval/run';
 import { PVCModel } from '../pvc_model';
 import { flag, number, oneOf, parseOptions, text, value, Values, WEIGHT_OPTIONS, WEIGHT_USAGE, weightLoadOptions } from './args';
@@ -41,7 +41,7 @@ const EVAL_OPTIONS = {
   numSegments: value(number({ integer: true, min: 1, max: 512 }), MVBENCH_PROTOCOL.numSegments),
   numBeams: value(number({ integer: true, min: 1, max: 64 }), MVBENCH_PROTOCOL.numBeams),
   maxNewTokens: value(number({ integer: true, min: 1 }), MVBENCH_PROTOCOL.maxNewTokens),
-  lockSeconds: value(number({ above: 0 }), 60),
+  lockSeconds: value(number({ min: 1, max: 86400 }), 60),
   json: flag(),
   backend: value(oneOf(BACKEND_NAMES)),
   ...WEIGHT_OPTIONS,
@@ -54,12 +54,12 @@ function parseEvalArgs(argv: string[], worker: boolean): EvalArgs {
   const { values: o, given } = parseOptions(argv, EVAL_OPTIONS);
   if (o.help) return o;
   if (!o.data) throw new Error('--data DIR is required (the benchmark in its published layout)');
+  if (o.queue) redisConnection(o.queue); // a URL it cannot use is refused here, before any work
   if (worker) {
-    if (!o.queue) throw new Error('pvc eval worker: --queue redis://HOST:PORT is required');
+    if (!o.queue) throw new Error('--queue redis://HOST:PORT is required');
     if (!o.model) throw new Error('--model DIR is required');
     for (const k of ['out', 'benchmark', 'numSegments', 'numBeams', 'maxNewTokens'] as const)
-      if (given.has(k))
-        throw new Error(`pvc eval worker: --${k.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase())} is the coordinator's (the jobs carry the protocol)`);
+      if (given.has(k)) throw new Error(`--${k.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase())} is the coordinator's (the jobs carry the protocol)`);
     return o;
   }
   if (!o.out) throw new Error('--out FILE.jsonl is required');

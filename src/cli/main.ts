@@ -256,8 +256,13 @@ async function inspect(args: InspectArgs): Promise<void> {
         const html = await result.toHTML(reportInputs);
         // Whole or not at all: written beside, then renamed over.
         const partial = `${args.html}.partial-${process.pid}`;
-        fs.writeFileSync(partial, html);
-        fs.renameSync(partial, args.html);
+        try {
+          fs.writeFileSync(partial, html);
+          fs.renameSync(partial, args.html);
+        } catch (e) {
+          fs.rmSync(partial, { force: true });
+          throw e;
+        }
         process.stdout.write(`report: ${args.html} (${Buffer.byteLength(html)} bytes)\n`);
       }
       if (args.out === undefined) {

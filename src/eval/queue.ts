@@ -2,7 +2,8 @@
 // its id the item's), `pvc eval worker` processes (one model each, on this machine or others that see
 // the same data folder) answer them, and the coordinator writes each finished job's result into the
 // results file and removes the job. A worker that dies mid-item holds its job's lock until it expires
-// (lockSeconds); then another worker's stalled-job check puts the job back and it is answered again.
+// (lockSeconds); another worker's stalled-job check (every lockSeconds) then puts the job back, and it
+// is answered again: within about twice lockSeconds.
 import { Job, Queue, Worker } from 'bullmq';
 import * as path from 'path';
 import { InputError } from '../errors';
@@ -44,24 +45,70 @@ export async function coordinate(
   const queue = new Queue<JobData, EvalResult>(queueName, { connection: redisConnection(url) });
   try {
     const pending = items.filter((item) => !results.has(item.id));
-    await queue.addBulk(pending.map((item) => ({ name: 'item', data: { item, protocol }, opts: { jobId: item.id, attempts: 2, removeOnFail: false } })));
-    const wanted = new Set(pending.map((i) => i.id));
-    while ([...wanted].some((id) => !results.has(id))) {
+    // A job of an earlier run that failed (or finished unrecorded) would keep its id: it goes, and is added again.
+    for (const item of pending) {
+      const old = await queue.getJob(item.id);
+      if (old && (await old.isFailed())) await old.remove();
+    }
+    const add = (list: EvalItem[]) =>
+      queue.addBulk(list.map((item) => ({ name: 'item', data: { item, protocol }, opts: { jobId: item.id, attempts: 2, removeOnFail: false } })));
+    await add(pending);
+    const wanted = new Map(pending.map((i) => [i.id, i]));
+    for (let poll = 1; [...wanted.keys()].some((id) => !results.has(id)); poll++) {
       options.signal?.throwIfAborted();
       for (const job of await queue.getJobs(['completed'])) {
-        if (wanted.has(job.id!) && !results.has(job.id!)) {
-          results.append(job.returnvalue);
-          options.onResult?.(job.returnvalue);
+        if (!wanted.has(job.id!)) continue; // another evaluation's
+        if (!results.has(job.id!)) {
+          const r = job.returnvalue as EvalResult | null;
+          if (r === null || typeof r !== 'object' || r.id !== job.id || typeof r.correct !== 'boolean' || typeof r.task !== 'string')
+            throw new Error(`pvc eval: job ${job.id} finished without a result of its item (${JSON.stringify(r)?.slice(0, 200)})`);
+          results.append(r);
+          options.onResult?.(r);
         }
         await job.remove();
       }
       const failed = (await queue.getJobs(['failed'])).filter((j) => wanted.has(j.id!));
       if (failed.length > 0) throw new Error(`pvc eval: ${failed.map((j) => `${j.id}: ${j.failedReason}`).join('; ')}`);
+      // Every 40 polls: an item whose job is gone (Redis restarted, the queue emptied) is added again.
+      if (poll % 40 === 0) {
+        const gone = [];
+        for (const [id, item] of wanted) if (!results.has(id) && !(await queue.getJob(id))) gone.push(item);
+        if (gone.length > 0) await add(gone);
+      }
       await new Promise((resolve) => setTimeout(resolve, options.pollMs ?? 250));
     }
   } finally {
     await queue.close();
   }
+}
+
+/** A job's data as a worker takes it (it comes from Redis): an error names what is wrong. */
+function checkJob(job: Job<JobData, EvalResult>, root: string): JobData {
+  const { item, protocol } = job.data ?? ({} as JobData);
+  const bad = (what: string) => new Error(`job ${job.id}: ${what}`);
+  if (typeof item?.media !== 'string' || !path.resolve(root, item.media).startsWith(root + path.sep))
+    throw bad(`media ${JSON.stringify(item?.media)} is not inside ${root}`);
+  if (item.kind !== 'video' && item.kind !== 'frame') throw bad(`kind ${JSON.stringify(item.kind)}: expected video or frame`);
+  if (
+    !Array.isArray(item.candidates) ||
+    item.candidates.length === 0 ||
+    item.candidates.length > 26 ||
+    typeof item.question !== 'string' ||
+    typeof item.answer !== 'string'
+  )
+    throw bad('question, candidates (1 to 26) and answer are needed');
+  if (item.bound !== null && !(Array.isArray(item.bound) && item.bound.length === 2 && item.bound[0] <= item.bound[1]))
+    throw bad(`bound ${JSON.stringify(item.bound)}`);
+  const int = (v: unknown, min: number, max: number) => Number.isInteger(v) && (v as number) >= min && (v as number) <= max;
+  if (
+    !protocol ||
+    !int(protocol.numSegments, 1, 512) ||
+    !int(protocol.numBeams, 1, 64) ||
+    !int(protocol.maxNewTokens, 1, 1 << 20) ||
+    !int(protocol.minNewTokens, 0, 1 << 20)
+  )
+    throw bad(`protocol ${JSON.stringify(protocol)}: numSegments 1-512, numBeams 1-64, maxNewTokens and minNewTokens integers`);
+  return { item, protocol };
 }
 
 /**
@@ -80,10 +127,7 @@ export async function work(
   const worker = new Worker<JobData, EvalResult>(
     queueName,
     async (job: Job<JobData, EvalResult>) => {
-      const { item, protocol } = job.data;
-      // Job data comes from Redis: the media must be inside this worker's data folder.
-      if (typeof item?.media !== 'string' || !path.resolve(root, item.media).startsWith(root + path.sep))
-        throw new Error(`job ${job.id}: media ${JSON.stringify(item?.media)} is not inside ${root}`);
+      const { item, protocol } = checkJob(job, root);
       const r = await answerItem(model, root, item, protocol);
       options.onResult?.(r);
       return r;
@@ -92,9 +136,11 @@ export async function work(
   );
   try {
     await worker.waitUntilReady();
-    await new Promise<void>((resolve) => {
+    // Until the signal, or an error of the worker itself (its connection, its run loop): then it stops with it.
+    await new Promise<void>((resolve, reject) => {
       if (options.signal?.aborted) resolve();
       options.signal?.addEventListener('abort', () => resolve(), { once: true });
+      worker.on('error', (e) => reject(new Error(`pvc eval worker: ${e.message}`, { cause: e })));
     });
   } finally {
     await worker.close();

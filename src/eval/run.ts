@@ -35,21 +35,22 @@ export class ResultsFile {
   static open(file: string): ResultsFile {
     const results = new Map<string, EvalResult>();
     if (fs.existsSync(file)) {
-      const text = fs.readFileSync(file, 'utf8');
-      const whole = text.lastIndexOf('\n') + 1;
-      if (whole < text.length) fs.truncateSync(file, Buffer.byteLength(text.slice(0, whole)));
-      text
-        .slice(0, whole)
+      const bytes = fs.readFileSync(file);
+      const whole = bytes.lastIndexOf(0x0a) + 1;
+      if (whole < bytes.length) fs.truncateSync(file, whole);
+      bytes
+        .subarray(0, whole)
+        .toString('utf8')
         .split('\n')
         .forEach((line, i) => {
           if (line === '') return;
-          let r: EvalResult;
+          let r: EvalResult | null;
           try {
-            r = JSON.parse(line) as EvalResult;
+            r = JSON.parse(line) as EvalResult | null;
           } catch (e) {
             throw new InputError('out', `${file} line ${i + 1}: not JSON (${(e as Error).message}); not a results file of pvc eval?`);
           }
-          if (typeof r.id !== 'string' || typeof r.correct !== 'boolean' || typeof r.task !== 'string')
+          if (r === null || typeof r !== 'object' || typeof r.id !== 'string' || typeof r.correct !== 'boolean' || typeof r.task !== 'string')
             throw new InputError('out', `${file} line ${i + 1}: not a result (id, task, correct)`);
           results.set(r.id, r);
         });
@@ -65,7 +66,8 @@ export class ResultsFile {
   append(result: EvalResult): void {
     if (this.fd === null) throw new Error(`${this.file}: closed`);
     if (this.results.has(result.id)) return;
-    fs.writeSync(this.fd, JSON.stringify(result) + '\n');
+    const line = Buffer.from(JSON.stringify(result) + '\n');
+    for (let at = 0; at < line.length;) at += fs.writeSync(this.fd, line, at);
     this.results.set(result.id, result);
   }
 
@@ -129,7 +131,13 @@ export async function runEval(
   for (const item of items) {
     if (results.has(item.id)) continue;
     throwIfAborted(options.signal);
-    const r = await answerItem(model, dir, item, protocol, options.signal);
+    let r: EvalResult;
+    try {
+      r = await answerItem(model, dir, item, protocol, options.signal);
+    } catch (e) {
+      if (options.signal?.aborted) throw e;
+      throw new Error(`${item.id} (${item.media}): ${(e as Error).message}`, { cause: e });
+    }
     results.append(r);
     options.onResult?.(r);
   }

@@ -354,7 +354,8 @@ function textGroups(src: Source, panels: Panel[], tokens: number): { groups: Rep
   // The system turn's text: after "<|im_start|>system\n", up to its "<|im_end|>".
   let system: [number, number] = [-1, -1];
   const open = texts.indexOf('<|im_start|>');
-  const newline = texts.indexOf('\n', open);
+  // The role's line ends with a newline token: "\n", or the byte token <0x0A> of a byte-fallback vocabulary.
+  const newline = texts.findIndex((t, i) => i > open && (t === '\n' || t === '<0x0A>'));
   if (
     open >= 0 &&
     newline > open &&
@@ -596,9 +597,10 @@ async function encodeMaps(
 
 /**
  * The report of an inspection as one HTML string. The inspection needs `llm.layers.*.attn.probs` for
- * the attention view, `llm.layers.*.out` for the logit lens and (PVC) `vision.layers.*.temporal.probs`
- * for the temporal view; sections without their taps say which taps they need. Call before disposing
- * the inspection. Each tap, lens column and token's maps is one step: the event loop gets a turn between them.
+ * the attention views, `llm.layers.*.out` (and `llm.embeds` for its embeddings row) for the logit lens
+ * and (PVC) `vision.layers.*.temporal.probs` for the temporal view: `reportTaps(model)`; sections
+ * without their taps say which taps they need. Call before disposing the inspection. Each tap, lens row
+ * and token's maps is one step: the event loop gets a turn between them.
  */
 export async function renderInspectionHTML(
   model: VisionLanguageModel,
