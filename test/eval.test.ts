@@ -11,10 +11,9 @@ import { Queue } from 'bullmq';
 import { checkAnswer, MVBENCH_PROTOCOL, mvbenchQuestion, readMVBench } from '../src/eval/mvbench';
 import { accuracyOf, EvalResult, ResultsFile, runEval } from '../src/eval/run';
 import { PVCModel } from '../src/pvc_model';
-import { FIXTURES } from './helpers';
+import { convertFixture, FIXTURES } from './helpers';
 
 const DATA = path.join(FIXTURES, 'mvbench-scenes');
-const MODEL = path.join(__dirname, '..', 'weights', 'scenes-pvc');
 const PVC = path.join(__dirname, '..', 'src', 'cli', 'pvc.js');
 const REF = JSON.parse(fs.readFileSync(path.join(DATA, 'reference.json'), 'utf8')) as {
   num_segments: number;
@@ -23,7 +22,13 @@ const REF = JSON.parse(fs.readFileSync(path.join(DATA, 'reference.json'), 'utf8'
   items: { id: string; task: string; question: string; prompt_ids: number; pred: string; gt: string; correct: boolean }[];
 };
 const OUT = fs.mkdtempSync(path.join(os.tmpdir(), 'pvc-eval-'));
-afterAll(() => fs.rmSync(OUT, { recursive: true, force: true }));
+/** The scenes toy, converted from its committed checkpoint. */
+let MODEL = '';
+beforeAll(() => (MODEL = convertFixture('scenes-pvc')));
+afterAll(() => {
+  fs.rmSync(OUT, { recursive: true, force: true });
+  fs.rmSync(path.dirname(MODEL), { recursive: true, force: true });
+});
 
 /** A results file's lines without the timings, in order. */
 const lines = (file: string) =>

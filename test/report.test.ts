@@ -289,6 +289,7 @@ describe('tiny-pvc: a video', () => {
 });
 
 describe('scenes-pvc: where the model looked (the trained toy)', () => {
+  let dir: string;
   let model: PVCModel;
   const set = readScenesEval();
   const star = set.questions.find((r) => r.id === 'colour-008')!; // 200x100, "What colour is the star?" -> red
@@ -300,7 +301,8 @@ describe('scenes-pvc: where the model looked (the trained toy)', () => {
   let videoHTML = '';
 
   beforeAll(async () => {
-    model = await PVCModel.load(path.join(__dirname, '..', 'weights', 'scenes-pvc'), { backend: 'wasm' });
+    dir = convertFixture('scenes-pvc');
+    model = await PVCModel.load(dir, { backend: 'wasm' });
     const before = tf.memory().numTensors;
     starHTML = await sceneReport(model, set, star, (trace) => {
       positions = trace.imageTokenPositions;
@@ -317,7 +319,10 @@ describe('scenes-pvc: where the model looked (the trained toy)', () => {
     fs.writeFileSync(path.join(OUT, 'scenes-star.html'), starHTML);
     fs.writeFileSync(path.join(OUT, 'scenes-video.html'), videoHTML);
   });
-  afterAll(() => model.dispose());
+  afterAll(() => {
+    model.dispose();
+    fs.rmSync(path.dirname(dir), { recursive: true, force: true });
+  });
 
   /** The star's centre, and its cell in a panel's tile grid (the tile holding it, the cell's column and row). */
   const object = star.scenes[0].objects.find((o) => o.shape === 'star')!;
