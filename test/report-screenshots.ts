@@ -15,6 +15,7 @@ const OUT = path.join(__dirname, '..', 'examples', 'media', 'report');
 
 /** Sections to picture: [file name, report, CSS selector]. */
 const SHOTS: [string, 'star' | 'video', string][] = [
+  ['summary', 'star', '#summary'],
   ['overview', 'star', '#overview'],
   ['pictures', 'star', '#attention .panels'],
   ['prompt-attention', 'star', '#text'],
@@ -22,11 +23,12 @@ const SHOTS: [string, 'star' | 'video', string][] = [
   ['frames', 'video', '#attention .panels'],
   ['frame-bars', 'video', '#frame-bars'],
   ['temporal', 'video', '#temporal-section'],
+  ['stats', 'star', '#stats-section'],
 ];
 
 async function main() {
   const browserPath = process.env.PVC_CHROMIUM ?? execFileSync('which', ['chromium'], { encoding: 'utf8' }).trim();
-  const model = await PVCModel.load(path.join(__dirname, '..', 'weights', 'scenes-pvc'));
+  const model = await PVCModel.load(path.relative(process.cwd(), path.join(__dirname, '..', 'weights', 'scenes-pvc')));
   const set = readScenesEval();
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'pvc-shots-'));
   const files = { star: path.join(work, 'star.html'), video: path.join(work, 'video.html') };

@@ -131,7 +131,7 @@ function legend(max: number, label: string, overlay: boolean): HTMLSpanElement {
 function summarySection(D: ReportData): HTMLElement {
   const summary = el(
     'section',
-    {},
+    { id: 'summary' },
     el(
       'div',
       {},
