@@ -45,7 +45,8 @@ export async function coordinate(
   const queue = new Queue<JobData, EvalResult>(queueName, { connection: redisConnection(url) });
   try {
     const pending = items.filter((item) => !results.has(item.id));
-    // A job of an earlier run that failed (or finished unrecorded) would keep its id: it goes, and is added again.
+    // A failed job of an earlier run keeps its id and would block its item: it goes, and is added again
+    // (a job that finished while no coordinator was there to record it is taken as it is, below).
     for (const item of pending) {
       const old = await queue.getJob(item.id);
       if (old && (await old.isFailed())) await old.remove();
@@ -61,14 +62,14 @@ export async function coordinate(
         if (!results.has(job.id!)) {
           const r = job.returnvalue as EvalResult | null;
           if (r === null || typeof r !== 'object' || r.id !== job.id || typeof r.correct !== 'boolean' || typeof r.task !== 'string')
-            throw new Error(`pvc eval: job ${job.id} finished without a result of its item (${JSON.stringify(r)?.slice(0, 200)})`);
+            throw new Error(`job ${job.id} finished without a result of its item (${JSON.stringify(r)?.slice(0, 200)})`);
           results.append(r);
           options.onResult?.(r);
         }
         await job.remove();
       }
       const failed = (await queue.getJobs(['failed'])).filter((j) => wanted.has(j.id!));
-      if (failed.length > 0) throw new Error(`pvc eval: ${failed.map((j) => `${j.id}: ${j.failedReason}`).join('; ')}`);
+      if (failed.length > 0) throw new Error(`failed: ${failed.map((j) => `${j.id}: ${j.failedReason}`).join('; ')}`);
       // Every 40 polls: an item whose job is gone (Redis restarted, the queue emptied) is added again.
       if (poll % 40 === 0) {
         const gone = [];
@@ -140,7 +141,7 @@ export async function work(
     await new Promise<void>((resolve, reject) => {
       if (options.signal?.aborted) resolve();
       options.signal?.addEventListener('abort', () => resolve(), { once: true });
-      worker.on('error', (e) => reject(new Error(`pvc eval worker: ${e.message}`, { cause: e })));
+      worker.on('error', (e) => reject(new Error(`the worker stopped: ${e.message}`, { cause: e })));
     });
   } finally {
     await worker.close();
