@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import make_fixtures as mf  # noqa: E402
+import make_mvbench_scenes as MS  # noqa: E402
 import make_preprocess_fixtures as mpf  # noqa: E402
 import pvc_spec  # noqa: E402
 import train_scenes as T  # noqa: E402
@@ -35,12 +36,8 @@ PROMPT = ('Carefully watch the video and pay attention to the cause and sequence
           'objects, and the action and pose of persons. Based on your observations, select the best option that '
           'accurately addresses the question.\n')
 QUESTION_PROMPT = '\nOnly give the best option.'
-# The set's tasks: MVBench's names, files and folders (make_mvbench_scenes.py), none with start/end.
-TASKS = {
-    'Moving Direction': ('moving_direction.json', 'clevrer/video_validation'),
-    'Object Existence': ('object_existence.json', 'clevrer/video_validation'),
-    'State Change': ('state_change.json', 'perception/videos'),
-}
+# The set's tasks: MVBench's names, files and folders, as make_mvbench_scenes.py wrote them (none with start/end).
+TASKS = {task: (file, folder) for task, (file, folder, _) in MS.TASKS.items()}
 
 
 def fresh_rotary(model):
