@@ -201,6 +201,38 @@ describe("PVC properties (independent of the spec's guesses)", () => {
     expect(tf.memory().numTensors).toBe(before);
   });
 
+  test("a video in passes runs layer by layer: the frame cache's tokens, bit for bit, holding one temporal layer's keys and values at a time", () => {
+    const before = tf.memory().numTensors;
+    const T = clip.shape[0];
+    const saved = model.limits.framesPerPass;
+    model.limits.framesPerPass = 2;
+    // How many temporal layers hold cached keys and values whenever one is read.
+    const layerOf = FrameCache.prototype.layer;
+    let held = 0;
+    const spy = jest.spyOn(FrameCache.prototype, 'layer').mockImplementation(function (this: FrameCache, layer: number) {
+      held = Math.max(held, [...this.blocks].filter(([l, b]) => l !== layer && b.length > 0).length + 1);
+      return layerOf.call(this, layer);
+    });
+    const layerMajor = model.visualTokens(clip, [{ dataFlag: 3, firstTile: 0, tilesPerImage: new Array(T).fill(1) }]);
+    const heldLayerMajor = held;
+    held = 0;
+    model.limits.framesPerPass = saved;
+    // The same chunks of 2 frames, each through every layer before the next (the streaming encoder's order).
+    const encoder = model.videoEncoder();
+    const pieces = Array.from({ length: Math.ceil(T / 2) }, (_, i) =>
+      tf.tidy(() => encoder.encode(clip.slice([2 * i, 0, 0, 0], [Math.min(2, T - 2 * i), -1, -1, -1]) as tf.Tensor4D)),
+    );
+    const frameMajor = tf.tidy(() => tf.concat(pieces.map((p) => p.reshape([-1, p.shape[2]]))));
+    spy.mockRestore();
+    expect(relativeMaxError(layerMajor.dataSync(), frameMajor.dataSync())).toBe(0);
+    expect(config.pvc!.temporal_layers.length).toBeGreaterThan(1);
+    expect(heldLayerMajor).toBe(1);
+    expect(held).toBe(config.pvc!.temporal_layers.length); // the streaming encoder keeps every temporal layer's
+    encoder.dispose();
+    tf.dispose([layerMajor, frameMajor, ...pieces]);
+    expect(tf.memory().numTensors).toBe(before);
+  });
+
   test("extractFeature is chat's path: each tile as an image of image_repeat_time frames through the temporal layers", () => {
     const image = clip.slice([0, 0, 0, 0], [2, -1, -1, -1]) as tf.Tensor4D;
     const features = model.extractFeature(image);

@@ -206,9 +206,9 @@ describe('tiny-pvc in small vision passes', () => {
   });
 });
 
-test('frames per vision pass by default: 8 for small towers, 3 for InternViT-300M at 448 px (67 MB of scores a frame)', () => {
+test('frames per vision pass by default: 8 for small towers, 2 for InternViT-300M at 448 px (67 MB of scores a frame)', () => {
   const hf = syntheticConfig(1, true);
-  expect(defaultFramesPerPass(normalizeHFConfig(hf, 'synthetic', syntheticPVCLayers(hf)))).toBe(3);
+  expect(defaultFramesPerPass(normalizeHFConfig(hf, 'synthetic', syntheticPVCLayers(hf)))).toBe(2);
   const tiny = JSON.parse(fs.readFileSync(path.join(__dirname, 'fixtures', 'checkpoints', 'tiny-pvc', 'config.json'), 'utf8'));
   expect(defaultFramesPerPass(normalizeHFConfig(tiny, 'tiny-pvc', { adaln_layers: [], temporal_layers: [] }))).toBe(8);
 });

@@ -39,12 +39,13 @@ export interface RunLimits {
 export const DEFAULT_RUN_LIMITS: RunLimits = { framesPerPass: 8, prefillChunk: 512 };
 
 /** A vision pass holds at most this many bytes of one attention score tensor (scores, probabilities and softmax temporaries are several). */
-const VISION_SCORE_BYTES = 256 * 2 ** 20;
+const VISION_SCORE_BYTES = 160 * 2 ** 20;
 
 /**
  * Frames per vision pass by default: 8, or fewer where 8 frames' attention scores would pass
- * VISION_SCORE_BYTES (InternViT-300M at 448 px: 16 heads x 1025^2 x 4 bytes = 67 MB a frame, so 3; a
- * 64-frame video at 8 per pass was OOM-killed on a 24 GiB machine with the 8B weights in bf16).
+ * VISION_SCORE_BYTES (InternViT-300M at 448 px: 16 heads x 1025^2 x 4 bytes = 67 MB a frame, so 2; a
+ * 64-frame video at 8 per pass was OOM-killed on a 24 GiB machine with the 8B weights in bf16, and 2
+ * frames a pass peak ~240 MiB lower than 3 at the same speed).
  */
 export function defaultFramesPerPass(config: ModelConfig): number {
   const v = config.vision;
@@ -207,9 +208,10 @@ export class VisionLanguageModel {
   }
 
   /**
-   * `visualTokens` as steps, pausing after each vision layer. At most `limits.framesPerPass` frames go
-   * through the vision encoder at once: whole sequences together when they fit, else one sequence in
-   * chunks of frames carrying its frame cache (causal, so the tokens are those of a single pass).
+   * `visualTokens` as steps, pausing after each pass through a vision layer. At most
+   * `limits.framesPerPass` frames go through the vision encoder at once: whole sequences together when
+   * they fit, else one sequence in chunks of frames carrying its frame cache (causal, so the tokens are
+   * those of a single pass), the chunks layer by layer.
    */
   *visualTokenSteps(pixelValues: tf.Tensor4D, samples: Sample[], tap?: Tap): Steps<tf.Tensor2D> {
     this.checkPixelValues(pixelValues);
@@ -231,30 +233,36 @@ export class VisionLanguageModel {
         // With a tap, one pass per sample: taps then have their whole shapes (temporal attention over all frames).
         const perPass = tap ? Infinity : this.limits.framesPerPass;
         const passes = visionPasses((tiles * repeats) / F, F, perPass);
-        let cache = new FrameCache();
-        try {
-          for (const pass of passes) {
-            if (pass.newCache && cache.frames > 0) {
-              cache.dispose();
-              cache = new FrameCache();
-            }
-            const tileIndex = Array.from({ length: pass.count }, (_, i) => sample.firstTile + Math.floor((pass.start + i) / repeats));
-            const frames = tf.tidy(() => tf.gather(pixelValues, tf.tensor1d(tileIndex, 'int32')) as tf.Tensor4D);
-            try {
-              const hidden = yield* this.vision.forwardSteps(frames, { sequences: pass.sequences, cache, tap });
+        // The passes that share a frame cache (a video's chunks) run together, layer by layer: a long
+        // video then holds one temporal layer's keys and values at a time (see passesSteps).
+        for (let first = 0; first < passes.length;) {
+          let end = first + 1;
+          while (end < passes.length && !passes[end].newCache) end++;
+          const run = passes.slice(first, end).map((pass) => ({
+            sequences: pass.sequences,
+            frames: tf.tidy(() => {
+              const tileIndex = Array.from({ length: pass.count }, (_, i) => sample.firstTile + Math.floor((pass.start + i) / repeats));
+              return tf.gather(pixelValues, tf.tensor1d(tileIndex, 'int32')) as tf.Tensor4D;
+            }),
+          }));
+          first = end;
+          const cache = new FrameCache();
+          let hidden: tf.Tensor3D[] = [];
+          try {
+            hidden = yield* this.vision.passesSteps(run, { cache, tap, release: true });
+            for (const h of hidden) {
               parts.push(
                 tf.tidy(() => {
-                  const tokens = this.projector.forward(hidden, tap);
-                  hidden.dispose();
+                  const tokens = this.projector.forward(h, tap);
+                  h.dispose();
                   return tokens.reshape([-1, tokens.shape[2]]) as tf.Tensor2D;
                 }),
               );
-            } finally {
-              frames.dispose();
             }
+          } finally {
+            tf.dispose(hidden);
+            cache.dispose();
           }
-        } finally {
-          cache.dispose();
         }
       }
       return tf.concat(parts) as tf.Tensor2D;

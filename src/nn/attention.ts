@@ -51,16 +51,27 @@ export function attention(
     }
     return { out: tf.stack(outs) as tf.Tensor3D, probs: tf.stack(probs) as tf.Tensor3D };
   }
-  const scaled = tf.mul(q, scale) as tf.Tensor3D;
-  const blockScores = keys.map((kb) => batchMatMul(scaled, kb, true));
-  const probs = tf.softmax(addMask(blockScores.length === 1 ? blockScores[0] : tf.concat(blockScores, 2)), -1) as tf.Tensor3D;
+  // At most two score-sized tensors are alive at once (a chunk of a long prompt: [heads, chunk, L]): the
+  // blocks' scores until they are joined, the joined ones until masked, the masked ones until the
+  // probabilities exist; then one block's slice of the probabilities at a time.
+  const probs = tf.tidy(() => {
+    const scaled = tf.mul(q, scale) as tf.Tensor3D;
+    const parts = keys.map((kb) => batchMatMul(scaled, kb, true));
+    const scores = parts.length === 1 ? parts[0] : tf.concat(parts, 2);
+    if (parts.length > 1) tf.dispose(parts);
+    const masked = tf.tidy(() => addMask(scores));
+    if (masked !== scores) scores.dispose();
+    return tf.softmax(masked, -1) as tf.Tensor3D;
+  });
   if (values.length === 1) return { out: batchMatMul(probs, values[0]), probs };
-  const blockProbs = tf.split(
-    probs,
-    values.map((b) => b.shape[1]),
-    2,
-  ) as tf.Tensor3D[];
-  return { out: tf.addN(blockProbs.map((p, i) => batchMatMul(p, values[i]))), probs };
+  let start = 0;
+  const products = values.map((vb) => {
+    const n = vb.shape[1];
+    const product = tf.tidy(() => batchMatMul(tf.slice(probs, [0, 0, start], [Q, R, n]), vb));
+    start += n;
+    return product;
+  });
+  return { out: tf.addN(products), probs };
 }
 
 /** [B, T, H*hd] -> [B, H, T, hd] (for one position, T = 1, the same memory order: a reshape suffices) */

@@ -11,7 +11,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { ModelConfig, VisionConfig, visionLayersRun } from '../config';
 import { Weights } from '../io/weights';
-import { attention, mergeHeads, splitHeads } from '../nn/attention';
+import { attention, disposeBlocks, mergeHeads, splitHeads } from '../nn/attention';
 import { gelu, Kernels, LayerNorm, Linear, Norm, RMSNorm, silu, Tap } from '../nn/layers';
 import { FrameCache, TemporalAttention, TimeEmbedder } from './temporal';
 import { runSync, Steps } from '../event_loop';
@@ -116,17 +116,28 @@ export class EncoderLayer {
     return [probs, attnOut, ...(this.temporal?.tapNames() ?? []), mlpOut, out];
   }
 
+  /** Call inside tf.tidy. Each residual branch runs in a scope of its own, so its temporaries are freed before the next one runs. */
   forward(x: tf.Tensor3D, sequences?: FrameSequences, tap?: Tap): tf.Tensor3D {
     const mod = this.adaln && sequences ? (tf.split(this.adaln.forward(sequences.time).reshape([x.shape[0], 1, -1]), 4, -1) as tf.Tensor3D[]) : null;
-    let h = this.norm1.forward(x);
-    if (mod) h = tf.add(tf.mul(h, tf.add(mod[1], 1)), mod[0]) as tf.Tensor3D;
-    const attnOut = this.attn.forward(h, tap);
+    const attnOut = tf.tidy(() => {
+      let h = this.norm1.forward(x);
+      if (mod) h = tf.add(tf.mul(h, tf.add(mod[1], 1)), mod[0]) as tf.Tensor3D;
+      return this.attn.forward(h, tap);
+    });
     if (tap) tap(`${this.prefix}.attn.out`, attnOut);
     x = tf.add(x, tf.mul(attnOut, this.ls1));
-    if (this.temporal && sequences) x = tf.add(x, this.temporal.forward(x, sequences.count, sequences.cache, tap));
-    h = this.norm2.forward(x);
-    if (mod) h = tf.add(tf.mul(h, tf.add(mod[3], 1)), mod[2]) as tf.Tensor3D;
-    const mlpOut = this.mlp.forward(h);
+    const xa = x;
+    if (this.temporal && sequences)
+      x = tf.add(
+        x,
+        tf.tidy(() => this.temporal!.forward(xa, sequences.count, sequences.cache, tap)),
+      );
+    const xt = x;
+    const mlpOut = tf.tidy(() => {
+      let h = this.norm2.forward(xt);
+      if (mod) h = tf.add(tf.mul(h, tf.add(mod[3], 1)), mod[2]) as tf.Tensor3D;
+      return this.mlp.forward(h);
+    });
     if (tap) tap(`${this.prefix}.mlp.out`, mlpOut);
     const out = tf.add(x, tf.mul(mlpOut, this.ls2)) as tf.Tensor3D;
     if (tap) tap(`${this.prefix}.out`, out);
@@ -262,36 +273,68 @@ export class InternVisionModel {
 
   /** `forward` as steps: pauses after each layer. */
   *forwardSteps(frames: tf.Tensor4D, options: { sequences?: number; cache?: FrameCache; tap?: Tap } = {}): Steps<tf.Tensor3D> {
+    const { sequences = frames.shape[0], cache, tap } = options;
+    const [out] = yield* this.passesSteps([{ frames: frames.clone(), sequences }], { cache, tap });
+    return out;
+  }
+
+  /**
+   * Passes of frames [S*T, 3, H, W] (S sequences of T frames each), each continuing the previous pass's
+   * sequences in `cache` -> each pass's selected hidden state, exactly as `forward` on the passes in
+   * order gives, but run layer by layer: every pass through layer l, then through layer l + 1. What is
+   * held between layers is the passes' hidden states; with `release`, a temporal layer's keys and values
+   * are freed once every pass has been through it, so a long video holds one layer's cache, not each
+   * temporal layer's (the cache cannot be continued after such a call). Each pass's frames are
+   * disposed once embedded. Pauses after each pass through a layer. The caller owns the results.
+   */
+  *passesSteps(passes: { frames: tf.Tensor4D; sequences: number }[], options: { cache?: FrameCache; tap?: Tap; release?: boolean } = {}): Steps<tf.Tensor3D[]> {
     const { tap } = options;
-    let seq: FrameSequences | undefined;
-    let x: tf.Tensor3D | undefined;
+    // Plain InternViT: every frame is a sequence of its own, no cache.
+    const cache = this.timeEmbedder ? options.cache : undefined;
+    if (this.timeEmbedder && cache === undefined) throw new Error('a PVC vision encoder needs a FrameCache for its temporal layers');
+    const seqs: FrameSequences[] = [];
+    const starts: number[] = [];
+    const xs: tf.Tensor3D[] = [];
     try {
-      if (this.timeEmbedder) {
-        const S = options.sequences ?? frames.shape[0];
-        const T = frames.shape[0] / S;
-        if (!Number.isInteger(T)) throw new Error(`${frames.shape[0]} frames do not split into ${S} sequences`);
-        if (options.cache === undefined) throw new Error('a PVC vision encoder needs a FrameCache for its temporal layers');
-        const times = Array.from({ length: S * T }, (_, k) => options.cache!.frames + (k % T));
-        const embedder = this.timeEmbedder;
-        seq = { count: S, time: tf.tidy(() => silu(embedder.forward(times))), cache: options.cache };
+      let frame = cache?.frames ?? 0;
+      for (const pass of passes) {
+        starts.push(frame);
+        const S = pass.sequences;
+        const T = pass.frames.shape[0] / S;
+        if (!Number.isInteger(T)) throw new Error(`${pass.frames.shape[0]} frames do not split into ${S} sequences`);
+        if (this.timeEmbedder) {
+          const times = Array.from({ length: S * T }, (_, k) => frame + (k % T));
+          const embedder = this.timeEmbedder;
+          seqs.push({ count: S, time: tf.tidy(() => silu(embedder.forward(times))), cache: cache! });
+        }
+        frame += T;
       }
-      x = tf.tidy(() => this.embed(frames));
-      if (tap) tap('vision.embeddings', x);
+      for (const pass of passes) {
+        xs.push(tf.tidy(() => this.embed(pass.frames)));
+        pass.frames.dispose();
+        if (tap) tap('vision.embeddings', xs[xs.length - 1]);
+      }
       yield;
       for (const layer of this.layers) {
-        // A scope per layer: its intermediates are freed before the next layer runs.
-        const prev: tf.Tensor3D = x;
-        x = tf.tidy(() => layer.forward(prev, seq, tap));
-        prev.dispose();
-        yield;
+        for (let p = 0; p < passes.length; p++) {
+          // A scope per layer and pass: its intermediates are freed before the next one runs.
+          if (cache) cache.frames = starts[p];
+          const prev = xs[p];
+          xs[p] = tf.tidy(() => layer.forward(prev, seqs[p], tap));
+          prev.dispose();
+          yield;
+        }
+        if (options.release && cache?.blocks.has(layer.index)) {
+          disposeBlocks(cache.blocks.get(layer.index)!);
+          cache.blocks.delete(layer.index);
+        }
       }
-      if (seq) seq.cache.frames += frames.shape[0] / seq.count;
-      const out = x;
-      x = undefined;
-      return out;
+      if (cache) cache.frames = frame;
+      return xs.splice(0);
     } finally {
-      x?.dispose();
-      seq?.time.dispose();
+      for (const pass of passes) if (!pass.frames.isDisposed) pass.frames.dispose();
+      tf.dispose(xs);
+      tf.dispose(seqs.map((s) => s.time));
     }
   }
 
