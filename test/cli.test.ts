@@ -174,7 +174,7 @@ test('every command checks its options as it parses them: unknown, repeated and 
     [['doctor', '--json=yes'], /^pvc doctor: --json takes no value$/m],
     [['watch', '--model', dir, '--ask', 'q'], /^pvc watch: give --video FILE\|URL or --stdin \(one of them\)$/m],
     [['eval', '--benchmark', 'mvbench', '--data', out], /^pvc eval: --out FILE\.jsonl is required$/m],
-    [['eval', '--benchmark', 'imagenet', '--data', out, '--out', html], /^pvc eval: --benchmark expects mvbench, not imagenet$/m],
+    [['eval', '--benchmark', 'imagenet', '--data', out, '--out', html], /^pvc eval: --benchmark expects mvbench or mmbench, not imagenet$/m],
     [['eval', 'worker', '--model', dir, '--data', out], /^pvc eval worker: --queue redis:\/\/HOST:PORT is required$/m],
     [['eval', 'worker', '--queue', 'redis://127.0.0.1:1', '--model', dir, '--data', out, '--out', html], /^pvc eval worker: --out is the coordinator's/m],
     [

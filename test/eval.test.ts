@@ -3,11 +3,14 @@
 // against PyTorch's answers under the same protocol (reference.json, make_mvbench_reference.py: PVC's own
 // eval script on the PVC spec oracle); resumable after a kill; shared out through BullMQ on a local
 // redis-server (Debian's redis-server; without one these tests are skipped, and fail under CI=true).
+// MMBench the same way on the MMBench-format scenes set (test/fixtures/mmbench-scenes,
+// make_mmbench_scenes.py; reference.json from make_mmbench_reference.py).
 import { ChildProcess, execFileSync, spawn } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { Queue } from 'bullmq';
+import { MMBENCH_PROTOCOL, mmbenchOption, readMMBench } from '../src/eval/mmbench';
 import { checkAnswer, MVBENCH_PROTOCOL, mvbenchQuestion, readMVBench } from '../src/eval/mvbench';
 import { accuracyOf, EvalResult, ResultsFile, runEval } from '../src/eval/run';
 import { PVCModel } from '../src/pvc_model';
@@ -202,4 +205,91 @@ describe('the scenes toy under the protocol', () => {
     },
     120000,
   );
+});
+
+describe('MMBench', () => {
+  const TSV = path.join(FIXTURES, 'mmbench-scenes', 'mmbench_dev_en_scenes.tsv');
+  const MREF = JSON.parse(fs.readFileSync(path.join(FIXTURES, 'mmbench-scenes', 'reference.json'), 'utf8')) as {
+    max_num: number;
+    num_beams: number;
+    accuracy: Record<string, number>;
+    items: { id: string; task: string; question: string; tiles: number; prompt_ids: number; pred: string; option: string; gt: string; correct: boolean }[];
+  };
+  const out = path.join(OUT, 'mmbench.jsonl');
+
+  test("the TSV read as pandas reads it, PVC's question, and PVC's post_process", () => {
+    const items = readMMBench(TSV);
+    expect(items.map((i) => [i.id, i.task, i.question, i.answer])).toEqual(MREF.items.map((r) => [r.id, r.task, r.question, r.gt]));
+    expect(items.some((i) => Object.keys(i.options).length === 3) && items.some((i) => i.question.split('\n').length > 6)).toBe(true); // fewer options; a hint
+    expect([MREF.max_num, MREF.num_beams]).toEqual([MMBENCH_PROTOCOL.maxNum, MMBENCH_PROTOCOL.numBeams]);
+    const options = { A: 'red', B: 'dark blue', C: '3' };
+    for (const [answer, option] of [
+      ['B', 'B'], // one character: itself
+      [' C ', 'C'],
+      ['A. red', 'A'], // an option letter first
+      ['dark blue', 'B'], // else the first option whose text it contains
+      ['It is red.', 'A'],
+      ['green', 'green'], // none: the answer itself
+      ['x', 'x'],
+    ] as const)
+      expect([answer, mmbenchOption(answer, options)]).toEqual([answer, option]);
+    // Bad files: named.
+    const bad = path.join(OUT, 'bad.tsv');
+    expect(() => readMMBench(bad)).toThrow(/bad.tsv: no such file/);
+    fs.writeFileSync(bad, 'index\tquestion\tA\n1\tq\ta\n');
+    expect(() => readMMBench(bad)).toThrow(/no 'image' column/);
+    fs.writeFileSync(bad, 'index\tquestion\tA\timage\n1\tq\ta\tx\n1\tq\ta\tx\n');
+    expect(() => readMMBench(bad)).toThrow(/row 3: index 1 is there twice/);
+    fs.writeFileSync(bad, 'index\tquestion\tA\timage\n1\tq\ta\n');
+    expect(() => readMMBench(bad)).toThrow(/row 2: 3 cells, the header has 4/);
+    // pandas' missing values: "NA" as an option is no option, as PVC's script sees it.
+    fs.writeFileSync(bad, 'index\tquestion\thint\tA\tB\timage\n7\tq\tnan\tyes\tNA\tx\n');
+    expect(readMMBench(bad)[0]).toMatchObject({
+      id: '7',
+      options: { A: 'yes' },
+      question: "q\nA. yes\nAnswer with the option's letter from the given choices directly.",
+      answer: null,
+    });
+  });
+
+  test('the scenes toy with --dynamic --max-num 6: every answer, prompt length, option read and verdict, and the accuracy, equal upstream PyTorch', async () => {
+    const model = await PVCModel.load(MODEL);
+    const results = ResultsFile.open(out);
+    try {
+      await runEval(model, TSV, readMMBench(TSV), MMBENCH_PROTOCOL, results);
+    } finally {
+      results.close();
+      model.dispose();
+    }
+    for (const r of MREF.items) {
+      const ours = results.results.get(r.id)!;
+      expect([r.id, ours.answer, ours.promptIds, ours.option, ours.correct]).toEqual([r.id, r.pred, r.prompt_ids, r.option, r.correct]);
+    }
+    expect(MREF.items.some((r) => r.tiles > 1)).toBe(true); // images in several tiles plus the thumbnail
+    const acc = accuracyOf(results.results.values());
+    expect(acc.avg).toBe(MREF.accuracy.Avg);
+    for (const [task, t] of Object.entries(acc.tasks)) expect(t.accuracy).toBe(MREF.accuracy[task]);
+    // The toy was trained on "<image>\nquestion" prompts, not on lettered options: it answers with words,
+    // which post_process maps to a letter only where an option's text is in them (so the accuracy is 0).
+    expect(MREF.items.some((r) => r.option !== r.pred && r.option.length === 1)).toBe(true);
+  });
+
+  test('pvc eval --benchmark mmbench: the accuracy of the results file; options of the other benchmark refused', async () => {
+    const cli = run(['eval', '--benchmark', 'mmbench', '--data', TSV, '--dynamic', '--out', out, '--json']);
+    let summary = '';
+    cli.stdout!.on('data', (d) => (summary += d));
+    expect(await exited(cli)).toBe(0);
+    expect(JSON.parse(summary)).toMatchObject({ benchmark: 'mmbench', items: MREF.items.length, answeredNow: 0, avg: MREF.accuracy.Avg });
+    for (const [args, message] of [
+      [['--num-segments', '8'], '--num-segments is not an option of mmbench'],
+      [['--max-num', '4'], '--max-num tiles an image: it needs --dynamic'],
+      [['--dynamic', '--num-beams', '5'], "--num-beams with --dynamic: PVC's script decodes tiled images with 1 beam"],
+    ] as const) {
+      const bad = run(['eval', '--benchmark', 'mmbench', '--data', TSV, '--out', out, ...args]);
+      let err = '';
+      bad.stderr!.on('data', (d) => (err += d));
+      expect(await exited(bad)).toBe(2);
+      expect(err).toContain(message);
+    }
+  });
 });

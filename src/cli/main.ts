@@ -27,7 +27,7 @@ const USAGE = `usage: pvc chat --model DIR [--image FILE ...] [--video FILE [--f
        pvc doctor [--backend B] [--json]   versions, backends, GPU, memory, and a self-check (exit 1 on failure)
        pvc serve --model DIR [--host H] [--port P] [--api-key K] ...   an OpenAI-compatible server (pvc serve --help)
        pvc watch --model DIR (--video FILE | --stdin) [--fps F] [--ask "Q" --every N]   live video (pvc watch --help)
-       pvc eval --model DIR --benchmark mvbench --data DIR --out FILE.jsonl [--queue redis://H:P]   PVC's protocol (pvc eval --help)
+       pvc eval --model DIR --benchmark mvbench|mmbench --data PATH --out FILE.jsonl [--queue redis://H:P]   PVC's protocol (pvc eval --help)
 
 options:
   --max-new-tokens N   most tokens to generate (default 512)

@@ -11,6 +11,7 @@ import { InputError } from '../errors';
 import { getIndex, loadVideo } from '../preprocess/video';
 import { loadImage } from '../preprocess/image';
 import * as tf from '@tensorflow/tfjs';
+import type { EvalProtocol } from './run';
 
 /** How a task's media are stored: a video file, or a folder of JPEG frames (00001.jpg, ... at 3 fps). */
 type MediaKind = 'video' | 'frame';
@@ -47,8 +48,9 @@ const LAST_LINE = '\nOnly give the best option.';
 /** Frames per second of a task stored as frame folders. */
 const FRAME_FOLDER_FPS = 3;
 
-/** One benchmark item, as a job: everything a worker needs besides the data folder. */
-export interface EvalItem {
+/** One MVBench item, as a job: everything a worker needs besides the data folder. */
+export interface MVBenchItem {
+  benchmark: 'mvbench';
   /** `<task file without .json>/<index in it>`: unique in the benchmark. */
   id: string;
   task: string;
@@ -62,21 +64,14 @@ export interface EvalItem {
   answer: string;
 }
 
-/** The decoding and frames of the protocol (PVC's MVBench defaults: 96 frames, 5 beams). */
-export interface EvalProtocol {
-  numSegments: number;
-  numBeams: number;
-  maxNewTokens: number;
-  minNewTokens: number;
-}
-
-export const MVBENCH_PROTOCOL: EvalProtocol = { numSegments: 96, numBeams: 5, maxNewTokens: 1000, minNewTokens: 1 };
+/** PVC's MVBench defaults: 96 frames, one tile each, 5 beams. */
+export const MVBENCH_PROTOCOL: EvalProtocol = { numSegments: 96, maxNum: 1, numBeams: 5, maxNewTokens: 1000, minNewTokens: 1 };
 
 /** The items of the tasks whose file is in `dir`/json, in the task table's order; an error names what is wrong. */
-export function readMVBench(dir: string): EvalItem[] {
+export function readMVBench(dir: string): MVBenchItem[] {
   const json = path.join(dir, 'json');
   if (!fs.existsSync(json)) throw new InputError('data', `${dir}: no json/ folder (MVBench's layout: json/<task>.json and video/)`);
-  const items: EvalItem[] = [];
+  const items: MVBenchItem[] = [];
   for (const [task, row] of Object.entries(MVBENCH_TASKS)) {
     const file = path.join(json, row.file);
     if (!fs.existsSync(file)) continue;
@@ -106,6 +101,7 @@ export function readMVBench(dir: string): EvalItem[] {
       // The right option as PVC's qa_template writes it (its letter: the last candidate equal to the answer; none: "(@)").
       const right = candidates.lastIndexOf(answer);
       items.push({
+        benchmark: 'mvbench',
         id: `${row.file.slice(0, -5)}/${index}`,
         task,
         kind: row.kind,
@@ -129,7 +125,7 @@ export function readMVBench(dir: string): EvalItem[] {
 }
 
 /** The question the model gets for an item of `frames` frames: PVC's MVBench prompt. */
-export function mvbenchQuestion(item: EvalItem, frames: number): string {
+export function mvbenchQuestion(item: MVBenchItem, frames: number): string {
   const lines = Array.from({ length: frames }, (_, i) => `Frame${i + 1}:<image>`).join('\n');
   const options = item.candidates.map((c, i) => `(${String.fromCharCode(65 + i)}) ${c}`).join('\n');
   const qa = `Question: ${item.question}\nOptions:\n${options}`.trimEnd();
@@ -150,7 +146,7 @@ export function checkAnswer(answer: string, right: string): { option: string; co
 /** An item's frames as the protocol samples them: [frames, 3, S, S] (the caller disposes) and one tile per frame. */
 export async function itemFrames(
   dir: string,
-  item: EvalItem,
+  item: MVBenchItem,
   numSegments: number,
   inputSize: number,
   signal?: AbortSignal,
@@ -170,4 +166,22 @@ export async function itemFrames(
   } finally {
     tf.dispose(tiles);
   }
+}
+
+/** What is wrong with an MVBench item that came from a queue (null: nothing); its media must be inside `root`. */
+export function mvbenchItemError(item: MVBenchItem, root: string): string | null {
+  if (typeof item.media !== 'string' || !path.resolve(root, item.media).startsWith(root + path.sep))
+    return `media ${JSON.stringify(item.media)} is not inside ${root}`;
+  if (item.kind !== 'video' && item.kind !== 'frame') return `kind ${JSON.stringify(item.kind)}: expected video or frame`;
+  if (
+    !Array.isArray(item.candidates) ||
+    item.candidates.length === 0 ||
+    item.candidates.length > 26 ||
+    typeof item.question !== 'string' ||
+    typeof item.answer !== 'string'
+  )
+    return 'question, candidates (1 to 26) and answer are needed';
+  if (item.bound !== null && !(Array.isArray(item.bound) && item.bound.length === 2 && item.bound[0] <= item.bound[1]))
+    return `bound ${JSON.stringify(item.bound)}`;
+  return null;
 }

@@ -8,8 +8,9 @@ import { Job, Queue, Worker } from 'bullmq';
 import * as path from 'path';
 import { InputError } from '../errors';
 import { PVCModel } from '../pvc_model';
-import { EvalItem, EvalProtocol } from './mvbench';
-import { answerItem, EvalResult, ResultsFile } from './run';
+import { mmbenchItemError } from './mmbench';
+import { mvbenchItemError } from './mvbench';
+import { answerItem, EvalItem, EvalProtocol, EvalResult, ResultsFile } from './run';
 
 /** What a job carries: the item and the protocol (the worker brings the model and the data folder). */
 interface JobData {
@@ -84,52 +85,48 @@ export async function coordinate(
 }
 
 /** A job's data as a worker takes it (it comes from Redis): an error names what is wrong. */
-function checkJob(job: Job<JobData, EvalResult>, root: string): JobData {
+function checkJob(job: Job<JobData, EvalResult>, root: string | null): JobData {
   const { item, protocol } = job.data ?? ({} as JobData);
   const bad = (what: string) => new Error(`job ${job.id}: ${what}`);
-  if (typeof item?.media !== 'string' || !path.resolve(root, item.media).startsWith(root + path.sep))
-    throw bad(`media ${JSON.stringify(item?.media)} is not inside ${root}`);
-  if (item.kind !== 'video' && item.kind !== 'frame') throw bad(`kind ${JSON.stringify(item.kind)}: expected video or frame`);
-  if (
-    !Array.isArray(item.candidates) ||
-    item.candidates.length === 0 ||
-    item.candidates.length > 26 ||
-    typeof item.question !== 'string' ||
-    typeof item.answer !== 'string'
-  )
-    throw bad('question, candidates (1 to 26) and answer are needed');
-  if (item.bound !== null && !(Array.isArray(item.bound) && item.bound.length === 2 && item.bound[0] <= item.bound[1]))
-    throw bad(`bound ${JSON.stringify(item.bound)}`);
+  if (typeof item?.id !== 'string' || typeof item.task !== 'string') throw bad('an item with an id and a task is needed');
+  let error: string | null;
+  if (item.benchmark === 'mmbench') error = mmbenchItemError(item);
+  else if (item.benchmark === 'mvbench')
+    error = root === null ? 'an MVBench item needs the data folder (pvc eval worker --data DIR)' : mvbenchItemError(item, root);
+  else error = `benchmark ${JSON.stringify((item as { benchmark: unknown }).benchmark)}: expected mvbench or mmbench`;
+  if (error !== null) throw bad(error);
   const int = (v: unknown, min: number, max: number) => Number.isInteger(v) && (v as number) >= min && (v as number) <= max;
   if (
     !protocol ||
     !int(protocol.numSegments, 1, 512) ||
+    !int(protocol.maxNum, 1, 40) ||
     !int(protocol.numBeams, 1, 64) ||
     !int(protocol.maxNewTokens, 1, 1 << 20) ||
     !int(protocol.minNewTokens, 0, 1 << 20)
   )
-    throw bad(`protocol ${JSON.stringify(protocol)}: numSegments 1-512, numBeams 1-64, maxNewTokens and minNewTokens integers`);
+    throw bad(`protocol ${JSON.stringify(protocol)}: numSegments 1-512, maxNum 1-40, numBeams 1-64, maxNewTokens and minNewTokens integers`);
   return { item, protocol };
 }
 
 /**
- * A worker: takes jobs one at a time and answers them with `model` on the items of `dir`, until
+ * A worker: takes jobs one at a time and answers them with `model` (video items from the data folder
+ * `dir`; image items carry their image), until
  * `signal` aborts (the job in hand is finished first). Returns when it has stopped.
  */
 export async function work(
   url: string,
   queueName: string,
   model: PVCModel,
-  dir: string,
+  dir: string | null,
   options: { signal?: AbortSignal; lockSeconds?: number; name?: string; onResult?: (r: EvalResult) => void } = {},
 ): Promise<void> {
-  const root = path.resolve(dir);
+  const root = dir === null ? null : path.resolve(dir);
   const lockDuration = 1000 * (options.lockSeconds ?? 60);
   const worker = new Worker<JobData, EvalResult>(
     queueName,
     async (job: Job<JobData, EvalResult>) => {
       const { item, protocol } = checkJob(job, root);
-      const r = await answerItem(model, root, item, protocol);
+      const r = await answerItem(model, root ?? '', item, protocol);
       options.onResult?.(r);
       return r;
     },

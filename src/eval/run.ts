@@ -7,8 +7,27 @@ import * as tf from '@tensorflow/tfjs';
 import { throwIfAborted } from '../event_loop';
 import { InputError } from '../errors';
 import { PVCModel } from '../pvc_model';
+import { loadImage } from '../preprocess/image';
 import { decodeAnswer } from '../tokenizer';
-import { checkAnswer, EvalItem, EvalProtocol, itemFrames, mvbenchQuestion } from './mvbench';
+import { MMBenchItem, mmbenchOption } from './mmbench';
+import { checkAnswer, itemFrames, MVBenchItem, mvbenchQuestion } from './mvbench';
+
+export type Benchmark = 'mvbench' | 'mmbench';
+export const BENCHMARKS: readonly Benchmark[] = ['mvbench', 'mmbench'];
+
+/** An item of a benchmark, as a job carries it. */
+export type EvalItem = MVBenchItem | MMBenchItem;
+
+/** A protocol's media and decoding. */
+export interface EvalProtocol {
+  /** Frames sampled from a video (video benchmarks), one tile each. */
+  numSegments: number;
+  /** Most tiles of an image (image benchmarks; 1: the image as one tile, PVC's script without --dynamic). */
+  maxNum: number;
+  numBeams: number;
+  maxNewTokens: number;
+  minNewTokens: number;
+}
 
 /** One line of the results file. */
 export interface EvalResult {
@@ -99,15 +118,38 @@ export function accuracyOf(results: Iterable<EvalResult>): {
   return { tasks, avg: items === 0 ? 0 : (100 * correct) / items, items };
 }
 
-/** Answers one item under the protocol: its frames, PVC's prompt, beam search; on a fresh rotary state (no item depends on the ones before). */
+/** Answers one item under the protocol; on a fresh rotary state (no item depends on the ones before). */
 export async function answerItem(model: PVCModel, dir: string, item: EvalItem, protocol: EvalProtocol, signal?: AbortSignal): Promise<EvalResult> {
   const started = Date.now();
-  const { pixelValues, numPatchesList } = await itemFrames(dir, item, protocol.numSegments, model.config.image_size, signal);
+  const generation = { numBeams: protocol.numBeams, maxNewTokens: protocol.maxNewTokens, minNewTokens: protocol.minNewTokens, doSample: false };
+  let pixelValues: tf.Tensor4D | undefined;
   try {
-    const generation = { numBeams: protocol.numBeams, maxNewTokens: protocol.maxNewTokens, minNewTokens: protocol.minNewTokens, doSample: false };
-    const ids = await model.chatIds(pixelValues, mvbenchQuestion(item, numPatchesList.length), generation, {
+    if (item.benchmark === 'mmbench') {
+      // The image tiled as PVC's script does (--dynamic: up to maxNum tiles and the thumbnail), no data flag.
+      const image = await loadImage(Buffer.from(item.image, 'base64'), {
+        inputSize: model.config.image_size,
+        maxNum: protocol.maxNum,
+        useThumbnail: model.config.use_thumbnail,
+      });
+      pixelValues = image.pixelValues;
+      const ids = await model.chatIds(pixelValues, item.question, generation, { numPatchesList: [image.numPatches], signal, resetRotary: true });
+      const answer = decodeAnswer(model.tokenizer, ids.outputIds);
+      const option = mmbenchOption(answer, item.options);
+      return {
+        id: item.id,
+        task: item.task,
+        promptIds: ids.inputIds.length,
+        answer,
+        option,
+        correct: option === item.answer,
+        seconds: (Date.now() - started) / 1000,
+      };
+    }
+    const frames = await itemFrames(dir, item, protocol.numSegments, model.config.image_size, signal);
+    pixelValues = frames.pixelValues;
+    const ids = await model.chatIds(pixelValues, mvbenchQuestion(item, frames.numPatchesList.length), generation, {
       dataFlag: 3,
-      numPatchesList,
+      numPatchesList: frames.numPatchesList,
       signal,
       resetRotary: true,
     });
@@ -136,7 +178,7 @@ export async function runEval(
       r = await answerItem(model, dir, item, protocol, options.signal);
     } catch (e) {
       if (options.signal?.aborted) throw e;
-      throw new Error(`${item.id} (${item.media}): ${(e as Error).message}`, { cause: e });
+      throw new Error(`${item.id}${item.benchmark === 'mvbench' ? ` (${item.media})` : ''}: ${(e as Error).message}`, { cause: e });
     }
     results.append(r);
     options.onResult?.(r);
