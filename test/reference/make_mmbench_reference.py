@@ -16,7 +16,6 @@ ids, output ids, answer, the letter read, and the accuracy per category and over
     --pvc-commit 3a031d2f24d19caf3c1dbf59f365dd31baa9bfc4
 """
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -27,7 +26,6 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import make_fixtures as mf  # noqa: E402
 import make_mvbench_reference as mvr  # noqa: E402
-import make_preprocess_fixtures as mpf  # noqa: E402
 import pvc_spec  # noqa: E402
 import train_scenes as T  # noqa: E402
 
@@ -48,12 +46,7 @@ def main():
     ap.add_argument('--threads', type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    mf.setup_upstream(os.path.abspath(args.upstream))
-    mpf.torchvision_stand_in()  # PVC's utils/preprocess.py imports torchvision's transforms (see the README)
-    sys.path.insert(0, os.path.abspath(args.pvc_eval))  # its eval script imports utils.preprocess
-    spec = importlib.util.spec_from_file_location('pvc_mmbench', os.path.join(args.pvc_eval, 'eval', 'mmbench', 'evaluate_mmbench.py'))
-    pvc = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(pvc)
+    pvc = mvr.import_pvc_eval(args, 'mmbench')
 
     tok, _ = mf.load_tokenizer(args.checkpoint)
     config, _ = T.build_model(tok)

@@ -53,6 +53,17 @@ def fresh_rotary(model):
             m.__init__(m.dim, m.max_position_embeddings, m.base, None)
 
 
+def import_pvc_eval(args, benchmark):
+    """PVC's eval/<benchmark>/evaluate_<benchmark>.py from the --pvc-eval checkout, upstream InternVL set up first."""
+    mf.setup_upstream(os.path.abspath(args.upstream))
+    mpf.torchvision_stand_in()  # PVC's utils/preprocess.py imports torchvision's transforms (see the README)
+    sys.path.insert(0, os.path.abspath(args.pvc_eval))  # its eval script imports utils.preprocess
+    spec = importlib.util.spec_from_file_location(f'pvc_{benchmark}', os.path.join(args.pvc_eval, 'eval', benchmark, f'evaluate_{benchmark}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--upstream', required=True)
@@ -66,12 +77,7 @@ def main():
     ap.add_argument('--threads', type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    mf.setup_upstream(os.path.abspath(args.upstream))
-    mpf.torchvision_stand_in()  # PVC's utils/preprocess.py imports torchvision's transforms (see the README)
-    sys.path.insert(0, os.path.abspath(args.pvc_eval))  # its eval script imports utils.preprocess
-    spec = importlib.util.spec_from_file_location('pvc_mvbench', os.path.join(args.pvc_eval, 'eval', 'mvbench', 'evaluate_mvbench.py'))
-    pvc = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(pvc)
+    pvc = import_pvc_eval(args, 'mvbench')
 
     data = os.path.abspath(args.data)
     data_list = {task: (file, os.path.join(data, 'video', folder) + '/', 'video', False) for task, (file, folder) in TASKS.items()}
