@@ -233,11 +233,12 @@ export class VisionLanguageModel {
         // With a tap, one pass per sample: taps then have their whole shapes (temporal attention over all frames).
         const perPass = tap ? Infinity : this.limits.framesPerPass;
         const passes = visionPasses((tiles * repeats) / F, F, perPass);
-        // The passes that share a frame cache (a video's chunks) run together, layer by layer: a long
-        // video then holds one temporal layer's keys and values at a time (see passesSteps).
+        // The passes that share a frame cache (a PVC video's chunks) run together, layer by layer: a long
+        // video then holds one temporal layer's keys and values at a time (see passesSteps). Without
+        // temporal layers each pass runs alone.
         for (let first = 0; first < passes.length;) {
           let end = first + 1;
-          while (end < passes.length && !passes[end].newCache) end++;
+          while (pvc?.use_temporal && end < passes.length && !passes[end].newCache) end++;
           const run = passes.slice(first, end).map((pass) => ({
             sequences: pass.sequences,
             frames: tf.tidy(() => {
