@@ -224,7 +224,7 @@ describe('pvc serve with continuous batching', () => {
     const first = await alone(image.pixelValues, '<image>\nWhat is it?', { maxNewTokens: 12 });
     const second = await alone(image.pixelValues, 'And its colour?', { maxNewTokens: 12 }, { history: [['<image>\nWhat is it?', first]] });
     image.pixelValues.dispose();
-    const vision = jest.spyOn(model.vision, 'forwardSteps');
+    const vision = jest.spyOn(model.vision, 'passesSteps'); // every vision pass goes through it
     const part = imagePart(MEDIA.image2, { max_num: 3 });
     try {
       const hits = server.features.hits;
