@@ -15,7 +15,6 @@ ids, output ids, answer, the letter read, and the accuracy per category and over
     --upstream-commit dbda466ce1ff2b3a829d37149f5d2262456c6115 --pvc-eval /tmp/PVC-eval \
     --pvc-commit 3a031d2f24d19caf3c1dbf59f365dd31baa9bfc4
 """
-import argparse
 import json
 import os
 import sys
@@ -35,15 +34,9 @@ PROMPT = {'en': "Answer with the option's letter from the given choices directly
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument('--upstream', required=True)
-    ap.add_argument('--upstream-commit', required=True)
-    ap.add_argument('--pvc-eval', required=True, help='a checkout of OpenGVLab/PVC (eval/ and utils/)')
-    ap.add_argument('--pvc-commit', required=True)
+    ap = mvr.oracle_arguments()
     ap.add_argument('--data', default=os.path.join(HERE, '..', 'fixtures', 'mmbench-scenes', 'mmbench_dev_en_scenes.tsv'))
-    ap.add_argument('--checkpoint', default=os.path.join(HERE, '..', 'fixtures', 'checkpoints', 'scenes-pvc'))
     ap.add_argument('--max-num', type=int, default=6)
-    ap.add_argument('--threads', type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     pvc = mvr.import_pvc_eval(args, 'mmbench')

@@ -64,17 +64,23 @@ def import_pvc_eval(args, benchmark):
     return module
 
 
-def main():
+def oracle_arguments():
+    """The options both PVC benchmark references take: upstream, PVC's eval checkout, their commits, the toy."""
     ap = argparse.ArgumentParser()
     ap.add_argument('--upstream', required=True)
     ap.add_argument('--upstream-commit', required=True)
     ap.add_argument('--pvc-eval', required=True, help='a checkout of OpenGVLab/PVC (eval/ and utils/)')
     ap.add_argument('--pvc-commit', required=True)
-    ap.add_argument('--data', default=os.path.join(HERE, '..', 'fixtures', 'mvbench-scenes'))
     ap.add_argument('--checkpoint', default=os.path.join(HERE, '..', 'fixtures', 'checkpoints', 'scenes-pvc'))
+    ap.add_argument('--threads', type=int, default=2)
+    return ap
+
+
+def main():
+    ap = oracle_arguments()
+    ap.add_argument('--data', default=os.path.join(HERE, '..', 'fixtures', 'mvbench-scenes'))
     ap.add_argument('--num-segments', type=int, default=96)
     ap.add_argument('--num-beams', type=int, default=5)
-    ap.add_argument('--threads', type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     pvc = import_pvc_eval(args, 'mvbench')
