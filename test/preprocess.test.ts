@@ -10,7 +10,7 @@ import sharp from 'sharp';
 import { initBackend } from '../src/backend';
 import { decodeRGB, loadImage } from '../src/preprocess/image';
 import { candidateGrids, dynamicPreprocess, tile, tileImage } from '../src/preprocess/tiles';
-import { decodeFrames, getIndex, loadVideo, probeVideo, roundHalfEven } from '../src/preprocess/video';
+import { binary, decodeFrames, getIndex, loadVideo, probeVideo, roundHalfEven } from '../src/preprocess/video';
 import { SafetensorsFile } from '../src/io/safetensors';
 import { FIXTURES, MEDIA, SHARED_ASSETS as ASSETS, SHARED_ASSETS_PRESENT, withSharedAssets } from './helpers';
 
@@ -217,6 +217,23 @@ describe('media work off the event loop, in bounded buffers', () => {
     expect(buffers[2]).toBe(buffers[1]);
     expect(spares).toHaveLength(1);
     expect(spares[0]).toBe(buffers[1]);
+  });
+
+  test(`decodeFrames takes more than 100 frames (FFmpeg 5+ refuses a flat select chain of 101 terms; ffmpeg here: ${binary('ffmpeg')})`, async () => {
+    const info = await probeVideo(MEDIA.video);
+    const indices = Array.from({ length: 150 }, (_, k) => Math.floor((k * 179) / 149));
+    const all: string[] = [];
+    await decodeFrames(MEDIA.video, info, indices, (_, frame) => void all.push(sha(frame.data)));
+    expect(all).toHaveLength(150);
+    const picked = [0, 1, 74, 149];
+    const few: string[] = [];
+    await decodeFrames(
+      MEDIA.video,
+      info,
+      picked.map((k) => indices[k]),
+      (_, frame) => void few.push(sha(frame.data)),
+    );
+    expect(picked.map((k) => all[k])).toEqual(few);
   });
 });
 

@@ -76,6 +76,18 @@ function findBinary(name: 'ffmpeg' | 'ffprobe'): string {
 }
 
 /**
+ * ffmpeg's select expression for the frames `indices`: a sum of `eq(n,i)`, nested as a balanced tree.
+ * FFmpeg 5 and later refuse a flat chain of more than 100 terms (its parser's depth guard); the tree's
+ * depth is log2 of the count.
+ */
+export function selectFrames(indices: number[]): string {
+  if (indices.length === 0) throw new Error('selectFrames: no frame indices');
+  if (indices.length === 1) return `eq(n\\,${indices[0]})`;
+  const half = indices.length >> 1;
+  return `(${selectFrames(indices.slice(0, half))}+${selectFrames(indices.slice(half))})`;
+}
+
+/**
  * A video by path, or by a descriptor already open on it (its `name` stands for it in messages).
  * ffprobe and ffmpeg get a descriptor as their fd 3 and read /proc/self/fd/3: the file that was opened
  * (and checked) is the one read, whatever its path names meanwhile; that needs Linux's /proc.
@@ -190,7 +202,7 @@ export async function decodeFrames(
   spare: Uint8Array[] = [],
 ): Promise<void> {
   const { input, stdio, name, clean } = ffInput(file);
-  const select = indices.map((i) => `eq(n\\,${i})`).join('+');
+  const select = selectFrames(indices);
   const args = [
     '-v',
     'error',
