@@ -14,7 +14,7 @@ import * as tf from '@tensorflow/tfjs';
 import { chatInputs } from '../chat/inputs';
 import { contextLength } from '../config';
 import { InputError } from '../errors';
-import { AbortError, runYielding, throwIfAborted } from '../event_loop';
+import { AbortError, runYielding, throwIfAborted, yieldToEventLoop } from '../event_loop';
 import { ContinuousBatcher } from '../generation/batch';
 import { GenerationConfig } from '../generation/config';
 import { DataFlag, samplesOf } from '../model/samples';
@@ -65,6 +65,9 @@ interface VisualInput {
   visualTokens?: tf.Tensor2D;
 }
 
+/** Bodies at least this large are parsed in turns of the event loop, one at a time (readJson). */
+const LARGE_BODY_BYTES = 1 << 20;
+
 export class ChatServer {
   readonly modelName: string;
   readonly limits: ServerLimits;
@@ -72,6 +75,8 @@ export class ChatServer {
   readonly queue: GenerationQueue;
   /** Media decoding and the vision encoder: one request at a time (their memory is per request). */
   private readonly encoding = new GenerationQueue(Number.MAX_SAFE_INTEGER, 1);
+  /** Large request bodies are parsed one at a time (see readJson). */
+  private readonly parsing = new GenerationQueue(Number.MAX_SAFE_INTEGER, 1);
   readonly sessions: LiveSessions;
   readonly features: FeatureCache;
   readonly metrics: ServerMetrics;
@@ -241,7 +246,7 @@ export class ChatServer {
     this.authorize(req);
     const model = this.ready();
     if (live) return this.routeLive(model, req, res, live[1], live[2], signal, hold, received);
-    if (path === '/v1/live/sessions') return sendJson(res, 200, this.sessions.create(model, await this.readJson(req, hold)));
+    if (path === '/v1/live/sessions') return sendJson(res, 200, this.sessions.create(model, await this.readJson(req, hold, signal)));
     const card = { id: this.modelName, object: 'model', created: 0, owned_by: 'pvc-tfjs', max_model_len: this.maxModelLen(model) };
     if (path === '/v1/models') return sendJson(res, 200, { object: 'list', data: [card] });
     if (modelId !== undefined) {
@@ -255,7 +260,7 @@ export class ChatServer {
         throw new ApiError(404, `the model '${id.slice(0, 100)}' does not exist (this server serves '${this.modelName}')`, 'model', 'model_not_found');
       return sendJson(res, 200, card);
     }
-    const body = await this.readJson(req, hold);
+    const body = await this.readJson(req, hold, signal);
     const request = await parseChatRequest(body, this.mediaRoot, this.limits, model.config.max_dynamic_patch, this.options.imagesAsVideo);
     try {
       // Resolved once, here: a bad option is a 400 before the request waits or decodes anything.
@@ -267,17 +272,35 @@ export class ChatServer {
     }
   }
 
-  /** The body as JSON (its depth checked before it is parsed); a `model` it names must be this server's. An empty body is undefined. */
-  private async readJson(req: http.IncomingMessage, hold: (bytes: number) => void): Promise<unknown> {
-    const raw = await readBody(req, this.limits.maxBodyBytes, this.limits.bodyIdleTimeoutMs, hold);
-    if (raw.length === 0) return undefined;
-    if (jsonDepth(raw) > this.limits.maxJsonDepth)
-      throw badRequest(null, `the body nests arrays and objects more than ${this.limits.maxJsonDepth} deep`, 'invalid_json');
+  /**
+   * The body as JSON (its depth checked before it is parsed); a `model` it names must be this server's.
+   * An empty body is undefined. A large body is joined, decoded and parsed in turns of the event loop,
+   * one such body at a time: 40 MB take ~80 ms a step, and six ending together held /health 1.5 s.
+   */
+  private async readJson(req: http.IncomingMessage, hold: (bytes: number) => void, signal: AbortSignal): Promise<unknown> {
+    const chunks = await readBody(req, this.limits.maxBodyBytes, this.limits.bodyIdleTimeoutMs, hold);
+    const size = chunks.reduce((n, c) => n + c.length, 0);
+    if (size === 0) return undefined;
+    const large = size >= LARGE_BODY_BYTES;
+    const release = large ? await this.parsing.acquire(signal) : () => {};
+    const turn = () => (large ? yieldToEventLoop(signal) : undefined);
     let body: unknown;
     try {
-      body = JSON.parse(raw.toString('utf8'));
-    } catch (e) {
-      throw badRequest(null, `the body is not valid JSON (${(e as Error).message})`, 'invalid_json');
+      const raw = Buffer.concat(chunks, size);
+      chunks.length = 0;
+      await turn();
+      if (jsonDepth(raw) > this.limits.maxJsonDepth)
+        throw badRequest(null, `the body nests arrays and objects more than ${this.limits.maxJsonDepth} deep`, 'invalid_json');
+      await turn();
+      const text = raw.toString('utf8');
+      await turn();
+      try {
+        body = JSON.parse(text);
+      } catch (e) {
+        throw badRequest(null, `the body is not valid JSON (${(e as Error).message})`, 'invalid_json');
+      }
+    } finally {
+      release();
     }
     const name = (body as { model?: unknown } | null)?.model;
     if (typeof name === 'string' && name !== this.modelName)
@@ -300,11 +323,11 @@ export class ChatServer {
     if (sub === '/frames') {
       this.sessions.get(id); // 404 before the body is read
       checkFrameType(req);
-      const bytes = await readBody(req, this.limits.maxMediaBytes, this.limits.bodyIdleTimeoutMs, hold);
+      const bytes = Buffer.concat(await readBody(req, this.limits.maxMediaBytes, this.limits.bodyIdleTimeoutMs, hold));
       return sendJson(res, 200, await this.sessions.addFrame(model, id, bytes, signal));
     }
     // A question: a chat completion's body, one user message of text (the frames are the session's).
-    const body = await this.readJson(req, hold);
+    const body = await this.readJson(req, hold, signal);
     const request = await parseChatRequest(body ?? {}, null, this.limits, model.config.max_dynamic_patch);
     if (request.media.length > 0 || request.history.length > 0 || request.systemMessage !== undefined || request.answerPrefix !== undefined) {
       await closeMedia(request.media);
@@ -624,14 +647,12 @@ function sendEvent(res: http.ServerResponse, body: unknown): void {
 }
 
 /**
- * The body, at most `limit` bytes (413 beyond, the rest read and dropped); a pause of more than
- * `idleMs` between chunks is a 408 (the whole request is bounded by the server's requestTimeout).
+ * The body's chunks, at most `limit` bytes (413 beyond, the rest read and dropped), each chunk first
+ * counted by `hold` (which throws to refuse it); a pause of more than `idleMs` between chunks is a 408
+ * (the whole request is bounded by the server's requestTimeout). Joined by the caller: several large
+ * bodies ending at once would otherwise be copied in one turn of the event loop.
  */
-/**
- * The body, at most `limit` bytes, each chunk first counted by `hold` (which throws to refuse it);
- * a pause of more than `idleMs` between chunks is a 408.
- */
-function readBody(req: http.IncomingMessage, limit: number, idleMs: number, hold: (bytes: number) => void): Promise<Buffer> {
+function readBody(req: http.IncomingMessage, limit: number, idleMs: number, hold: (bytes: number) => void): Promise<Buffer[]> {
   const tooLarge = () => new ApiError(413, `the request body is larger than ${limit} bytes`, null, 'request_too_large');
   const refuse = (e: unknown) => {
     req.resume(); // the rest is read and dropped
@@ -664,7 +685,7 @@ function readBody(req: http.IncomingMessage, limit: number, idleMs: number, hold
     req.setTimeout(idleMs, () => reject(new ApiError(408, `the request body paused for more than ${idleMs} ms`, null, 'request_timeout')));
     req.on('end', () => {
       req.setTimeout(0); // the body is in: generation may take its time
-      resolve(Buffer.concat(chunks));
+      resolve(chunks);
     });
     req.on('error', reject);
     // A client gone before the end of its body: nothing to answer (the response's 'close' aborts the rest).
