@@ -15,6 +15,7 @@ import * as path from 'path';
 import { convertCheckpoint } from '../../converter/convert';
 import { PVCModel } from '../../src/pvc_model';
 import { ChatServer } from '../../src/server/server';
+import { checkpointDir } from '../helpers';
 import { BENCH_CONFIGS } from './configs';
 import { writeSyntheticCheckpoint } from './synthetic-checkpoint';
 
@@ -48,7 +49,12 @@ interface Row {
 }
 
 async function load(name: string, work: string): Promise<string> {
-  if (name === 'scenes-pvc') return path.join(ROOT, 'weights', 'scenes-pvc');
+  if (name === 'scenes-pvc') {
+    // The committed checkpoint, converted here (a fresh clone has no weights/scenes-pvc).
+    const dir = path.join(work, 'scenes-pvc');
+    convertCheckpoint(checkpointDir('scenes-pvc'), dir);
+    return dir;
+  }
   if (name !== 'medium') throw new Error(`--models: ${name} is not medium or scenes-pvc`);
   // The medium model with the synthetic tokenizer's vocabulary: its answers are decoded to text here,
   // and a random head over 92553 ids would name tokens that tokenizer does not have.
