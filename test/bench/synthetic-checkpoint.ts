@@ -110,13 +110,50 @@ function scaleOf(name: string, shape: number[]): number {
   return 0.1;
 }
 
+/** Ids of the tiny fixtures' tokenizer: its sentencepiece pieces, then InternVL's added tokens (<img> ... </box>). */
+const TEST_TOKENIZER_IDS = 1015;
+
+/** A protobuf length-delimited field: tag, varint length, bytes. */
+function protoBytes(field: number, bytes: Uint8Array): Buffer {
+  const len: number[] = [];
+  for (let n = bytes.length; ; n >>>= 7) {
+    len.push(n > 0x7f ? (n & 0x7f) | 0x80 : n);
+    if (n <= 0x7f) break;
+  }
+  return Buffer.concat([Buffer.from([(field << 3) | 2, ...len]), bytes]);
+}
+
+/**
+ * The tiny fixtures' sentencepiece model with pieces appended up to `vocabSize` ids, so that every id
+ * a full-size model's head can produce decodes (sentencepiece, like our tokenizer, refuses an id past
+ * its pieces). The ids of the added tokens get a piece each (the added tokens rename them), then
+ * "<extra_N>" pieces: NORMAL, the lowest score, no merge forms them, so text never encodes to them.
+ * Appended ModelProto.pieces entries (field 1) follow the model's other fields, which protobuf allows.
+ */
+export function syntheticTokenizerModel(vocabSize: number): Buffer {
+  const base = fs.readFileSync(path.join(checkpointDir('tiny-internvl2'), 'tokenizer.model'));
+  if (vocabSize <= TEST_TOKENIZER_IDS) return base;
+  const score = Buffer.alloc(5);
+  score[0] = (2 << 3) | 5;
+  score.writeFloatLE(-1e9, 1);
+  const pieces: Buffer[] = [];
+  const pieceCount = TEST_TOKENIZER_IDS - 9; // the 9 added tokens of added_tokens.json follow the pieces
+  for (let id = pieceCount; id < vocabSize; id++) {
+    const text = Buffer.from(id < TEST_TOKENIZER_IDS ? `<added_${id}>` : `<extra_${id}>`);
+    pieces.push(protoBytes(1, Buffer.concat([protoBytes(1, text), score, Buffer.from([(3 << 3) | 0, 1])])));
+  }
+  return Buffer.concat([base, ...pieces]);
+}
+
 export function writeSyntheticCheckpoint(outDir: string, hf: Record<string, unknown>): number {
   fs.mkdirSync(outDir, { recursive: true });
   // Floats that are whole numbers keep their ".0" (upstream's config validation wants a float factor).
   fs.writeFileSync(path.join(outDir, 'config.json'), JSON.stringify(hf, null, 2).replace(/"factor": (\d+)([,\n])/g, '"factor": $1.0$2'));
-  for (const f of ['tokenizer.model', 'tokenizer_config.json', 'special_tokens_map.json', 'added_tokens.json']) {
+  for (const f of ['tokenizer_config.json', 'special_tokens_map.json', 'added_tokens.json']) {
     fs.copyFileSync(path.join(checkpointDir('tiny-internvl2'), f), path.join(outDir, f));
   }
+  const vocabSize = (hf.llm_config as { vocab_size?: number } | undefined)?.vocab_size ?? TEST_TOKENIZER_IDS;
+  fs.writeFileSync(path.join(outDir, 'tokenizer.model'), syntheticTokenizerModel(vocabSize));
   const rules = tensorRules(normalizeHFConfig(hf, 'synthetic config', syntheticPVCLayers(hf)));
   // Group into shards of about SHARD_BYTES, in rule order.
   const groups: { name: string; shape: number[] }[][] = [[]];
