@@ -56,6 +56,30 @@ const until = async (what: string, ok: () => boolean | Promise<boolean>, ms = 60
 };
 const EVAL = ['eval', '--benchmark', 'mvbench', '--data', DATA, '--json'];
 
+const redis = (() => {
+  try {
+    return execFileSync('which', ['redis-server'], { encoding: 'utf8' }).trim() || null;
+  } catch {
+    return null;
+  }
+})();
+const redisTest = redis || process.env.CI === 'true' ? test : test.skip;
+if (!redis)
+  console.warn(
+    `eval.test.ts: no redis-server: the BullMQ tests are ${process.env.CI === 'true' ? 'FAILED under CI' : 'skipped'} (sudo apt-get install -y redis-server)`,
+  );
+
+/** A redis-server of its own on a random port, ready for connections (the caller kills `child`). */
+async function startRedis(): Promise<{ child: ChildProcess; port: number; url: string }> {
+  if (!redis) throw new Error('no redis-server: sudo apt-get install -y redis-server');
+  const port = 20000 + Math.floor(Math.random() * 20000);
+  const child = spawn(redis, ['--port', String(port), '--save', '', '--appendonly', 'no', '--bind', '127.0.0.1'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let ready = '';
+  child.stdout!.on('data', (d) => (ready += d));
+  await until('redis-server', () => ready.includes('Ready to accept connections'), 20000);
+  return { child, port, url: `redis://127.0.0.1:${port}` };
+}
+
 test("the benchmark's layout, PVC's prompt and PVC's reading of the answer", () => {
   const items = readMVBench(DATA);
   expect(items.map((i) => i.id).sort()).toEqual(REF.items.map((i) => i.id).sort());
@@ -139,32 +163,13 @@ describe('the scenes toy under the protocol', () => {
     expect(JSON.parse(summary)).toMatchObject({ items: REF.items.length, answeredNow: 0, avg: REF.accuracy.Avg });
   });
 
-  const redis = (() => {
-    try {
-      return execFileSync('which', ['redis-server'], { encoding: 'utf8' }).trim() || null;
-    } catch {
-      return null;
-    }
-  })();
-  const redisTest = redis || process.env.CI === 'true' ? test : test.skip;
-  if (!redis)
-    console.warn(
-      `eval.test.ts: no redis-server: the BullMQ test is ${process.env.CI === 'true' ? 'FAILED under CI' : 'skipped'} (sudo apt-get install -y redis-server)`,
-    );
-
   redisTest(
     'two workers through BullMQ on a local redis-server: the accuracy of one process, each item once; a worker killed mid-item: its item is retried',
     async () => {
-      if (!redis) throw new Error('no redis-server: sudo apt-get install -y redis-server');
-      const port = 20000 + Math.floor(Math.random() * 20000);
-      const server = spawn(redis, ['--port', String(port), '--save', '', '--appendonly', 'no', '--bind', '127.0.0.1'], { stdio: ['ignore', 'pipe', 'pipe'] });
-      let ready = '';
-      server.stdout!.on('data', (d) => (ready += d));
+      const { child: server, port, url } = await startRedis();
       const children: ChildProcess[] = [server];
-      const url = `redis://127.0.0.1:${port}`;
       const queue = new Queue('pvc-eval-test', { connection: { host: '127.0.0.1', port } });
       try {
-        await until('redis-server', () => ready.includes('Ready to accept connections'), 20000);
         const worker = (label: string) => {
           const child = run(['eval', 'worker', '--queue', url, '--queue-name', 'pvc-eval-test', '--model', MODEL, '--data', DATA, '--lock-seconds', '2']);
           let log = '';
@@ -185,7 +190,7 @@ describe('the scenes toy under the protocol', () => {
           const job = (await queue.getActive()).find((j) => j.processedBy === a.name);
           if (job) {
             a.child.kill('SIGKILL');
-            killed = job.id!;
+            killed = (job.data as { item: { id: string } }).item.id;
           }
           return killed !== '';
         });
@@ -292,4 +297,44 @@ describe('MMBench', () => {
       expect(err).toContain(message);
     }
   });
+
+  redisTest(
+    'through BullMQ: a worker without --data (the jobs carry the images) gives the results of one process',
+    async () => {
+      const { child: server, url } = await startRedis();
+      const children: ChildProcess[] = [server];
+      try {
+        const worker = run(['eval', 'worker', '--queue', url, '--queue-name', 'pvc-eval-mmbench', '--model', MODEL, '--lock-seconds', '5']);
+        children.push(worker);
+        const queued = path.join(OUT, 'mmbench-queue.jsonl');
+        const coordinator = run([
+          'eval',
+          '--benchmark',
+          'mmbench',
+          '--data',
+          TSV,
+          '--dynamic',
+          '--out',
+          queued,
+          '--json',
+          '--queue',
+          url,
+          '--queue-name',
+          'pvc-eval-mmbench',
+        ]);
+        children.push(coordinator);
+        let summary = '';
+        coordinator.stdout!.on('data', (d) => (summary += d));
+        expect(await exited(coordinator)).toBe(0);
+        expect(JSON.parse(summary)).toMatchObject({ benchmark: 'mmbench', items: MREF.items.length, answeredNow: MREF.items.length, avg: MREF.accuracy.Avg });
+        // The lines of the single-process run above (the order in which workers answer may differ).
+        expect(lines(queued).sort()).toEqual(lines(out).sort());
+        worker.kill('SIGTERM');
+        expect(await exited(worker)).toBe(0);
+      } finally {
+        for (const c of children) if (c.exitCode === null) c.kill('SIGKILL');
+      }
+    },
+    120000,
+  );
 });

@@ -1,6 +1,6 @@
 // `pvc eval --queue redis://HOST:PORT`: the items go into a BullMQ queue on Redis (one job per item,
-// its id the item's), `pvc eval worker` processes (one model each, on this machine or others that see
-// the same data folder) answer them, and the coordinator writes each finished job's result into the
+// its id the item's under its benchmark, see jobIdOf), `pvc eval worker` processes (one model each,
+// on this machine or others that see the same data folder) answer them, and the coordinator writes each finished job's result into the
 // results file and removes the job. A worker that dies mid-item holds its job's lock until it expires
 // (lockSeconds); another worker's stalled-job check (every lockSeconds) then puts the job back, and it
 // is answered again: within about twice lockSeconds.
@@ -16,6 +16,14 @@ import { answerItem, EvalItem, EvalProtocol, EvalResult, ResultsFile } from './r
 interface JobData {
   item: EvalItem;
   protocol: EvalProtocol;
+}
+
+/**
+ * An item's job id: "benchmark/id". BullMQ refuses custom ids that read as integers (MMBench's are its
+ * index column) and most with a ':'.
+ */
+export function jobIdOf(item: EvalItem): string {
+  return `${item.benchmark}/${item.id}`;
 }
 
 /** BullMQ's connection options for a redis://HOST:PORT URL. */
@@ -49,20 +57,21 @@ export async function coordinate(
     // A failed job of an earlier run keeps its id and would block its item: it goes, and is added again
     // (a job that finished while no coordinator was there to record it is taken as it is, below).
     for (const item of pending) {
-      const old = await queue.getJob(item.id);
+      const old = await queue.getJob(jobIdOf(item));
       if (old && (await old.isFailed())) await old.remove();
     }
     const add = (list: EvalItem[]) =>
-      queue.addBulk(list.map((item) => ({ name: 'item', data: { item, protocol }, opts: { jobId: item.id, attempts: 2, removeOnFail: false } })));
+      queue.addBulk(list.map((item) => ({ name: 'item', data: { item, protocol }, opts: { jobId: jobIdOf(item), attempts: 2, removeOnFail: false } })));
     await add(pending);
-    const wanted = new Map(pending.map((i) => [i.id, i]));
-    for (let poll = 1; [...wanted.keys()].some((id) => !results.has(id)); poll++) {
+    const wanted = new Map(pending.map((i) => [jobIdOf(i), i]));
+    for (let poll = 1; [...wanted.values()].some((item) => !results.has(item.id)); poll++) {
       options.signal?.throwIfAborted();
       for (const job of await queue.getJobs(['completed'])) {
-        if (!wanted.has(job.id!)) continue; // another evaluation's
-        if (!results.has(job.id!)) {
+        const item = wanted.get(job.id!);
+        if (item === undefined) continue; // another evaluation's
+        if (!results.has(item.id)) {
           const r = job.returnvalue as EvalResult | null;
-          if (r === null || typeof r !== 'object' || r.id !== job.id || typeof r.correct !== 'boolean' || typeof r.task !== 'string')
+          if (r === null || typeof r !== 'object' || r.id !== item.id || typeof r.correct !== 'boolean' || typeof r.task !== 'string')
             throw new Error(`job ${job.id} finished without a result of its item (${JSON.stringify(r)?.slice(0, 200)})`);
           results.append(r);
           options.onResult?.(r);
@@ -74,7 +83,7 @@ export async function coordinate(
       // Every 40 polls: an item whose job is gone (Redis restarted, the queue emptied) is added again.
       if (poll % 40 === 0) {
         const gone = [];
-        for (const [id, item] of wanted) if (!results.has(id) && !(await queue.getJob(id))) gone.push(item);
+        for (const [jobId, item] of wanted) if (!results.has(item.id) && !(await queue.getJob(jobId))) gone.push(item);
         if (gone.length > 0) await add(gone);
       }
       await new Promise((resolve) => setTimeout(resolve, options.pollMs ?? 250));
