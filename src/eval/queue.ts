@@ -1,9 +1,9 @@
 // `pvc eval --queue redis://HOST:PORT`: the items go into a BullMQ queue on Redis (one job per item,
 // its id the item's under its benchmark, see jobIdOf), `pvc eval worker` processes (one model each,
-// on this machine or others that see the same data folder) answer them, and the coordinator writes each finished job's result into the
-// results file and removes the job. A worker that dies mid-item holds its job's lock until it expires
-// (lockSeconds); another worker's stalled-job check (every lockSeconds) then puts the job back, and it
-// is answered again: within about twice lockSeconds.
+// on this machine or others that see the same data folder) answer them, and the coordinator writes
+// each finished job's result into the results file and removes the job. A worker that dies mid-item
+// holds its job's lock until it expires (lockSeconds); another worker's stalled-job check (every
+// lockSeconds) then puts the job back, and it is answered again: within about twice lockSeconds.
 import { Job, Queue, Worker } from 'bullmq';
 import * as path from 'path';
 import { InputError } from '../errors';
