@@ -12,7 +12,8 @@ import { convertCheckpoint } from '../converter/convert';
 import { initBackend } from '../src/backend';
 import { generateForRows } from '../src/chat/chat';
 import { bf16ToF32, f32ToBf16 } from '../src/io/safetensors';
-import { openWeights, quantizeInt8, readManifest } from '../src/io/weights';
+import { HeldMatrix, openWeights, quantizeInt8, readManifest, Weights } from '../src/io/weights';
+import { INT8_WIDEN_BYTES, Kernels, Linear } from '../src/nn/layers';
 import { LoadOptions } from '../src/model/vlm';
 import { NativeTensor, stagingBuffer } from '../src/io/native';
 import { PVCModel } from '../src/pvc_model';
@@ -201,6 +202,42 @@ onTensorflow('weights held in bfloat16 and int8 (tensorflow backend)', () => {
     t.dispose();
     tt.dispose();
   });
+
+  test('an int8 weight too large to widen at once is multiplied a slice of outputs at a time, as the whole widened weight would be, in both layouts', () => {
+    // [1024, 34000] int8 widens to 139 MB: over INT8_WIDEN_BYTES, so Linear takes it in 2 parts.
+    const [ins, outs] = [1024, 34000];
+    expect(ins * outs * 4).toBeGreaterThan(INT8_WIDEN_BYTES);
+    let seed = 31;
+    const random = () => ((seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32) * 2 - 1;
+    const { q, scale } = quantizeInt8(Float32Array.from({ length: ins * outs }, random), ins, outs);
+    const staged = stagingBuffer(q.byteLength);
+    staged.set(new Uint8Array(q.buffer));
+    const x = tf.tensor3d(Float32Array.from({ length: 3 * ins }, random), [1, 3, ins]);
+    for (const layout of ['in-out', 'out-in'] as const) {
+      const held = new HeldMatrix(
+        NativeTensor.fromStaging(staged, 'int8', [ins, outs], { transpose: layout === 'out-in' }),
+        tf.tensor1d(scale),
+        layout === 'out-in' ? 0 : 1,
+      );
+      const weights = { matrix: () => held, storeTransposed: () => held } as unknown as Weights;
+      const kernels: Kernels = { linearLayout: layout, singleKernelMatMul: true, attentionPer2DGroup: false, bf16MatMul: 'exact' };
+      const slices = jest.spyOn(NativeTensor.prototype, 'sliceToFloat32');
+      const y = new Linear(weights, 'w', false, kernels).forward(x);
+      expect(slices.mock.calls.map(([, begin, size]) => [begin, size])).toEqual([
+        [0, 32768],
+        [32768, outs - 32768],
+      ]);
+      slices.mockRestore();
+      // The whole weight widened at once, the outputs scaled after the product as Linear scales them.
+      const whole = held.data.toFloat32();
+      const want = tf.mul(tf.matMul(x.reshape([3, ins]), whole, false, layout === 'out-in'), held.scale!);
+      expect(y.shape).toEqual([1, 3, outs]);
+      expect(relativeMaxError(y.dataSync(), want.dataSync())).toBeLessThan(1e-6);
+      tf.dispose([y, whole, want]);
+      held.dispose();
+    }
+    x.dispose();
+  }, 120_000);
 
   test('load and dispose leave no tfjs tensor and no libtensorflow handle behind', async () => {
     const binding = (tf.backend() as unknown as { binding: { getNumOfTensors(): number } }).binding;

@@ -206,6 +206,21 @@ export class NativeTensor {
     return this.be.createOutputTensor(run(this.be, 'Cast', castAttrs(b, DTYPE_CODE[this.dtype], b.TF_FLOAT), [this.id]));
   }
 
+  /** Rows (axis 0) or columns (axis 1) `begin .. begin + size` of a 2-D tensor, widened to float32 (the caller owns it). */
+  sliceToFloat32(axis: 0 | 1, begin: number, size: number): tf.Tensor {
+    const be = this.be;
+    const b = be.binding;
+    const code = DTYPE_CODE[this.dtype];
+    const at = axis === 0 ? [begin, 0] : [0, begin];
+    const extent = axis === 0 ? [size, -1] : [-1, size];
+    const part = withInt32(be, at, (beginId) =>
+      withInt32(be, extent, (sizeId) => run(be, 'Slice', [typeAttr(b, 'T', code), typeAttr(b, 'Index', b.TF_INT32)], [this.id, beginId, sizeId])),
+    );
+    const f = run(be, 'Cast', castAttrs(b, code, b.TF_FLOAT), [part.id]);
+    b.deleteTensor(part.id);
+    return be.createOutputTensor(f);
+  }
+
   /** Rows `ids` (int32, any shape) of a 2-D tensor, widened to float32: [...ids.shape, columns]. */
   gatherRows(ids: tf.Tensor): tf.Tensor {
     const be = this.be;

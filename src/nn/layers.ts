@@ -6,6 +6,7 @@
 // (src/model/kernels.ts), and handed to the layers as a `Kernels` value: nothing here asks which
 // backend is active.
 import * as tf from '@tensorflow/tfjs';
+import { NativeTensor } from '../io/native';
 import { HeldMatrix, Weights } from '../io/weights';
 import { PackedTensor } from '../io/webgpu_packed';
 
@@ -99,6 +100,7 @@ export class Linear {
       return w.scale ? tf.mul(y, w.scale) : y;
     }
     if (w.data.dtype === 'bfloat16' && this.kernels.bf16MatMul === 'fast') return w.data.matMulBf16(a, this.transposed);
+    if (w.data.dtype === 'int8' && w.data.byteLength * 4 > INT8_WIDEN_BYTES) return this.int8ProductByParts(a, w.data);
     // The whole weight is widened, then the float32 kernel runs on exactly the shapes a float32 model
     // runs: the same sums in the same order (splitting it by columns changes Eigen's blocking at decode).
     const values = w.data.toFloat32();
@@ -106,7 +108,37 @@ export class Linear {
     values.dispose();
     return w.scale ? tf.mul(y, w.scale) : y;
   }
+
+  /**
+   * An int8 weight too large to widen at once (the output head: 1.5 GB as float32), widened and
+   * multiplied a slice of outputs at a time: each output's sum is over the same inputs, and libtensorflow's
+   * pool, which keeps the largest block it ever handed out, never holds the whole float32 matrix.
+   */
+  private int8ProductByParts(a: tf.Tensor, data: NativeTensor): tf.Tensor {
+    const w = this.weight as HeldMatrix;
+    const outAxis = this.transposed ? 0 : 1;
+    const [outs, ins] = outAxis === 1 ? [data.shape[1], data.shape[0]] : [data.shape[0], data.shape[1]];
+    const step = Math.max(1, Math.floor(INT8_WIDEN_BYTES / (4 * ins)));
+    const parts: tf.Tensor[] = [];
+    try {
+      for (let begin = 0; begin < outs; begin += step) {
+        const values = data.sliceToFloat32(outAxis as 0 | 1, begin, Math.min(step, outs - begin));
+        parts.push(batchMatMul(a, values, this.transposed));
+        values.dispose();
+      }
+      const y = parts.length === 1 ? parts[0] : tf.concat(parts, -1);
+      return w.scale ? tf.mul(y, w.scale) : y;
+    } finally {
+      if (parts.length > 1) tf.dispose(parts);
+    }
+  }
 }
+
+/**
+ * Bytes of float32 an int8 weight is widened to at once (Linear.int8ProductByParts): the output head's
+ * [4096, 92553] goes in 23 parts, an InternLM2-7B MLP matrix (235 MB) in 2.
+ */
+export const INT8_WIDEN_BYTES = 128 * 2 ** 20;
 
 /** nn.LayerNorm over the last axis: biased variance, eps inside the square root, affine. */
 export class LayerNorm {
