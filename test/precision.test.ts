@@ -54,6 +54,20 @@ test('quantizeInt8: per-column scales, values within half a step', () => {
   for (let i = 0; i < w.length; i++) expect(Math.abs(q[i] * scale[i % cols] - w[i])).toBeLessThanOrEqual(scale[i % cols] / 2 + 1e-7);
 });
 
+test('quantizeInt8 of bfloat16 bits (widened block by block) equals quantizeInt8 of their float32 values', () => {
+  // 1500 x 3001: three blocks of rows, the last one short.
+  const [rows, cols] = [1500, 3001];
+  let seed = 7;
+  const bits = Uint16Array.from({ length: rows * cols }, () => (seed = (seed * 1103515245 + 12345) >>> 0) >>> 16);
+  const finite = bits.map((b) => ((b & 0x7f80) === 0x7f80 ? b & 0x807f : b)); // no inf / NaN
+  const want = quantizeInt8(bf16ToF32(finite), rows, cols);
+  const out = new Int8Array(rows * cols);
+  const got = quantizeInt8({ bf16: finite }, rows, cols, out);
+  expect(got.q).toBe(out);
+  expect(Buffer.from(got.q.buffer).equals(Buffer.from(want.q.buffer))).toBe(true);
+  expect(Buffer.from(got.scale.buffer).equals(Buffer.from(want.scale.buffer))).toBe(true);
+});
+
 test('pvc-convert --dtype bfloat16 writes bf16 shards whose values are the float32 conversion rounded', () => {
   const f32 = convertFixture('tiny-internvl2');
   const bf = path.join(path.dirname(f32), 'bf16');

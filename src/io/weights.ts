@@ -140,14 +140,45 @@ function hold(values: Uint8Array, dtype: NativeDType, shape: [number, number], t
   return PackedTensor.fromBytes(values, dtype, shape, what);
 }
 
-/** Symmetric int8 per output column of an [in, out] matrix: q = round(w / s), s = max |w| / 127. */
-export function quantizeInt8(values: Float32Array, rows: number, cols: number): { q: Int8Array; scale: Float32Array } {
+/** A BF16 tensor's bits, in an aligned array of its own. */
+function readBf16(weights: { readInto<T extends Uint8Array>(name: string, buf: T): T }, name: string, n: number): Uint16Array {
+  const bits = new Uint16Array(n);
+  weights.readInto(name, new Uint8Array(bits.buffer));
+  return bits;
+}
+
+/** Values (whole rows of them) of a bfloat16 matrix widened to float32 at once while it is quantized (quantizeInt8). */
+const QUANTIZE_BLOCK_VALUES = 1 << 22;
+
+/**
+ * Symmetric int8 per output column of an [in, out] matrix: q = round(w / s), s = max |w| / 127. The
+ * values are float32, or bfloat16 bits ({ bf16 }), widened a block of rows at a time (never the whole
+ * matrix: the output head would be 1.5 GB of float32). `out` receives q.
+ */
+export function quantizeInt8(
+  values: Float32Array | { bf16: Uint16Array },
+  rows: number,
+  cols: number,
+  out: Int8Array = new Int8Array(rows * cols),
+): { q: Int8Array; scale: Float32Array } {
+  const blockRows = Math.max(1, Math.floor(QUANTIZE_BLOCK_VALUES / cols));
+  const wide = values instanceof Float32Array ? null : new Uint32Array(Math.min(rows, blockRows) * cols);
+  /** Rows r0 .. r0 + blockRows as float32. */
+  const block = (r0: number): Float32Array => {
+    const r1 = Math.min(rows, r0 + blockRows);
+    if (values instanceof Float32Array) return values.subarray(r0 * cols, r1 * cols);
+    const src = values.bf16.subarray(r0 * cols, r1 * cols);
+    for (let i = 0; i < src.length; i++) wide![i] = src[i] << 16;
+    return new Float32Array(wide!.buffer, 0, src.length);
+  };
   const scale = new Float32Array(cols);
-  for (let r = 0; r < rows; r++) {
-    const o = r * cols;
-    for (let c = 0; c < cols; c++) {
-      const a = Math.abs(values[o + c]);
-      if (a > scale[c]) scale[c] = a;
+  for (let r0 = 0; r0 < rows; r0 += blockRows) {
+    const b = block(r0);
+    for (let o = 0; o < b.length; o += cols) {
+      for (let c = 0; c < cols; c++) {
+        const a = Math.abs(b[o + c]);
+        if (a > scale[c]) scale[c] = a;
+      }
     }
   }
   const inv = new Float32Array(cols);
@@ -155,12 +186,14 @@ export function quantizeInt8(values: Float32Array, rows: number, cols: number): 
     scale[c] /= 127;
     inv[c] = scale[c] > 0 ? 1 / scale[c] : 0;
   }
-  const q = new Int8Array(rows * cols);
-  for (let r = 0; r < rows; r++) {
-    const o = r * cols;
-    for (let c = 0; c < cols; c++) q[o + c] = Math.max(-127, Math.min(127, Math.round(values[o + c] * inv[c])));
+  for (let r0 = 0; r0 < rows; r0 += blockRows) {
+    const b = block(r0);
+    const at = r0 * cols;
+    for (let o = 0; o < b.length; o += cols) {
+      for (let c = 0; c < cols; c++) out[at + o + c] = Math.max(-127, Math.min(127, Math.round(b[o + c] * inv[c])));
+    }
   }
-  return { q, scale };
+  return { q: out, scale };
 }
 
 /**
@@ -203,9 +236,12 @@ export class Weights {
             else f32ToBf16(weights.readFloat32(name), new Uint16Array(buf.buffer, buf.byteOffset, n));
             held = new HeldMatrix(hold(buf, 'bfloat16', shape, transpose, what), null, transpose ? 0 : 1);
           } else {
-            const { q, scale } = quantizeInt8(weights.readFloat32(name), shape[0], shape[1]);
+            // Quantized straight into the buffer the tensor is made from; a bf16 checkpoint is read as
+            // its bits (no float32 copy of the matrix).
             const buf = bufferFor(n);
-            buf.set(new Uint8Array(q.buffer));
+            const out = new Int8Array(buf.buffer, buf.byteOffset, n);
+            const values = info.dtype === 'BF16' ? { bf16: readBf16(weights, name, n) } : weights.readFloat32(name);
+            const { scale } = quantizeInt8(values, shape[0], shape[1], out);
             held = new HeldMatrix(hold(buf, 'int8', shape, transpose, what), tf.tensor1d(scale), transpose ? 0 : 1);
           }
           tensors.set(name, held);
