@@ -46,11 +46,11 @@ export function numElements(shape: readonly number[]): number {
 
 // ---- dtype conversion ----------------------------------------------------------------------------
 
-/** bfloat16 is the top half of a float32: widening is a 16-bit shift. */
-export function bf16ToF32(src: Uint16Array): Float32Array {
-  const out = new Uint32Array(src.length);
+/** bfloat16 is the top half of a float32: widening (exact) is a 16-bit shift; into `into` (its first src.length words) when given. */
+export function bf16ToF32(src: Uint16Array, into?: Uint32Array): Float32Array {
+  const out = into ?? new Uint32Array(src.length);
   for (let i = 0; i < src.length; i++) out[i] = src[i] << 16;
-  return new Float32Array(out.buffer);
+  return new Float32Array(out.buffer, out.byteOffset, src.length);
 }
 
 export function f16ToF32(src: Uint16Array): Float32Array {

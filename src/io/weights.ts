@@ -12,7 +12,7 @@
 import * as path from 'path';
 import { FORMAT_NAME, FORMAT_VERSION } from '../config';
 import * as tf from '@tensorflow/tfjs';
-import { DType, f32ToBf16, SafetensorsCheckpoint } from './safetensors';
+import { bf16ToF32, DType, f32ToBf16, SafetensorsCheckpoint } from './safetensors';
 import { readJsonFile } from '../json';
 import { NativeDType, NativeTensor, releaseStagingBuffer, stagingBuffer } from './native';
 import { PackedTensor } from './webgpu_packed';
@@ -167,9 +167,7 @@ export function quantizeInt8(
   const block = (r0: number): Float32Array => {
     const r1 = Math.min(rows, r0 + blockRows);
     if (values instanceof Float32Array) return values.subarray(r0 * cols, r1 * cols);
-    const src = values.bf16.subarray(r0 * cols, r1 * cols);
-    for (let i = 0; i < src.length; i++) wide![i] = src[i] << 16;
-    return new Float32Array(wide!.buffer, 0, src.length);
+    return bf16ToF32(values.bf16.subarray(r0 * cols, r1 * cols), wide!);
   };
   const scale = new Float32Array(cols);
   for (let r0 = 0; r0 < rows; r0 += blockRows) {

@@ -116,13 +116,13 @@ export class Linear {
    */
   private int8ProductByParts(a: tf.Tensor, data: NativeTensor): tf.Tensor {
     const w = this.weight as HeldMatrix;
-    const outAxis = this.transposed ? 0 : 1;
-    const [outs, ins] = outAxis === 1 ? [data.shape[1], data.shape[0]] : [data.shape[0], data.shape[1]];
+    const outAxis: 0 | 1 = this.transposed ? 0 : 1;
+    const [outs, ins] = [data.shape[outAxis], data.shape[1 - outAxis]];
     const step = Math.max(1, Math.floor(INT8_WIDEN_BYTES / (4 * ins)));
     const parts: tf.Tensor[] = [];
     try {
       for (let begin = 0; begin < outs; begin += step) {
-        const values = data.sliceToFloat32(outAxis as 0 | 1, begin, Math.min(step, outs - begin));
+        const values = data.sliceToFloat32(outAxis, begin, Math.min(step, outs - begin));
         parts.push(batchMatMul(a, values, this.transposed));
         values.dispose();
       }
