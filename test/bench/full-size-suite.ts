@@ -4,6 +4,9 @@
 // tensorflow backend, and upstream PyTorch in bf16 on the InternVL2-8B checkpoint with the same pixels and
 // prompt ids (full_size_torch.py; upstream has no PVC modeling, so the PVC runs have no PyTorch row).
 // float32 does not fit this machine (8.08B x 4 bytes = 32 GB): its rows say so instead of running.
+// The full-size logits' error against float32 (the last position of the PVC image prompt, after the
+// prefill): bfloat16 exact stands for float32 there, once 'pvc-8b-l2' (the same model at full width with 2
+// LLM layers, whose float32 fits) shows the two bit-equal on that prompt.
 //
 // The checkpoints (~16 GB each, and their conversions) are kept in PVC_FULL_SIZE_CACHE (default
 // ~/.cache/pvc-tfjs/full-size) and reused; nothing there is committed. Each finished row is appended to
@@ -14,15 +17,22 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { convertCheckpoint } from '../../converter/convert';
+import { relativeMaxError } from '../helpers';
 import { syntheticConfig, writeSyntheticCheckpoint } from './synthetic-checkpoint';
 
 export interface FullSizeRun {
-  model: 'internvl2-8b' | 'pvc-8b';
+  model: 'internvl2-8b' | 'pvc-8b' | 'pvc-8b-l2';
   chat: 'image' | 'video';
   mode: 'bfloat16' | 'bfloat16-fast' | 'int8' | 'pytorch-bfloat16' | 'float32';
+  /** Stop after the prefill and keep the logits of the prompt's last position (full-size.ts --write-logits). */
+  logits?: true;
 }
 
+/** LLM layers of each model (InternVL2-8B's 32; the vision side and every width are full size in all). */
+const LLM_LAYERS: Record<FullSizeRun['model'], number> = { 'internvl2-8b': 32, 'pvc-8b': 32, 'pvc-8b-l2': 2 };
+
 const MODES: Record<string, { weights: string; matmul: string; env: Record<string, string> }> = {
+  float32: { weights: 'float32', matmul: 'exact', env: { TF_ENABLE_ONEDNN_OPTS: '0' } },
   bfloat16: { weights: 'bfloat16', matmul: 'exact', env: { TF_ENABLE_ONEDNN_OPTS: '0' } },
   'bfloat16-fast': { weights: 'bfloat16', matmul: 'fast', env: { TF_ENABLE_ONEDNN_OPTS: '1' } },
   int8: { weights: 'int8', matmul: 'exact', env: { TF_ENABLE_ONEDNN_OPTS: '0' } },
@@ -39,9 +49,14 @@ export const FULL_SIZE_RUNS: FullSizeRun[] = [
   { model: 'internvl2-8b', chat: 'image', mode: 'bfloat16' },
   { model: 'pvc-8b', chat: 'video', mode: 'bfloat16' },
   { model: 'pvc-8b', chat: 'image', mode: 'bfloat16-fast' },
+  { model: 'pvc-8b-l2', chat: 'image', mode: 'float32', logits: true },
+  { model: 'pvc-8b-l2', chat: 'image', mode: 'bfloat16', logits: true },
+  { model: 'pvc-8b', chat: 'image', mode: 'bfloat16', logits: true },
+  { model: 'pvc-8b', chat: 'image', mode: 'bfloat16-fast', logits: true },
+  { model: 'pvc-8b', chat: 'image', mode: 'int8', logits: true },
 ];
 
-const key = (r: { model?: unknown; chat?: unknown; mode?: unknown }) => `${r.model}:${r.chat}:${r.mode}`;
+const key = (r: { model?: unknown; chat?: unknown; mode?: unknown; logits?: unknown }) => `${r.model}:${r.chat}:${r.mode}${r.logits ? ':logits' : ''}`;
 
 function log(line: string): void {
   process.stderr.write(`bench full-size: ${line}\n`);
@@ -67,7 +82,7 @@ function prepared(cache: string, model: FullSizeRun['model']): { hf: string; con
   if (!fs.existsSync(path.join(hf, 'model.safetensors.index.json'))) {
     log(`writing the synthetic ${model} checkpoint to ${hf}`);
     fs.rmSync(hf, { recursive: true, force: true });
-    writeSyntheticCheckpoint(hf, syntheticConfig(32, model === 'pvc-8b'));
+    writeSyntheticCheckpoint(hf, syntheticConfig(LLM_LAYERS[model], model !== 'internvl2-8b'));
   }
   if (fs.existsSync(path.join(converted, 'manifest.json'))) return { hf, converted };
   log(`pvc-convert --dtype bfloat16 ${hf}`);
@@ -114,7 +129,7 @@ export function fullSizeSuite(tsx: string, python: string, upstream: string | un
     const { hf, converted } = models.get(run.model)!;
     const inputs = path.join(cache, `${run.model}-image-inputs.safetensors`);
     log(key(run));
-    if (run.mode === 'float32') {
+    if (run.mode === 'float32' && LLM_LAYERS[run.model] === 32) {
       record({ ...run, skipped: `8.08B float32 weights need 32.3 GB; this machine has ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB` });
       continue;
     }
@@ -142,7 +157,8 @@ export function fullSizeSuite(tsx: string, python: string, upstream: string | un
     }
     const m = MODES[run.mode];
     const args = [path.join(__dirname, 'full-size.ts'), '--model', converted, '--weights', m.weights, '--matmul', m.matmul, '--chat', run.chat];
-    if (run.model === 'internvl2-8b' && !fs.existsSync(inputs)) args.push('--write-inputs', inputs);
+    if (run.logits) args.push('--write-logits', path.join(cache, `${key(run).replace(/:/g, '-')}.f32`));
+    else if (run.model === 'internvl2-8b' && !fs.existsSync(inputs)) args.push('--write-inputs', inputs);
     const r = spawnSync(tsx, args, { encoding: 'utf8', maxBuffer: 1 << 26, env: { ...process.env, ...m.env }, stdio: ['ignore', 'pipe', 'inherit'] });
     record({ ...run, ...lastJson(r) });
   }
@@ -166,7 +182,7 @@ export function fullSizeTable(rows: Record<string, unknown>[]): string {
     '| model | chat | mode | prompt tokens | load s | load MB/s | held GB | vision s | prefill s | decode tok/s | decode bound tok/s | faults/step | peak RSS GB |',
     '|---|---|---|---|---|---|---|---|---|---|---|---|---|',
   ];
-  for (const r of rows.filter((x) => x.measure !== 'convert')) {
+  for (const r of rows.filter((x) => x.measure !== 'convert' && !x.logits)) {
     if (r.error || r.skipped) {
       lines.push(`| ${r.model} | ${r.chat} | ${r.mode} | ${r.skipped ? `not run: ${r.skipped}` : `error: ${String(r.error).slice(0, 160)}`} |||||||||`);
       continue;
@@ -178,5 +194,51 @@ export function fullSizeTable(rows: Record<string, unknown>[]): string {
   }
   for (const r of rows.filter((x) => x.measure === 'convert'))
     lines.push('', `- pvc-convert --dtype bfloat16 of ${r.model}: ${f((r.convertMs as number) / 1000, 0)} s`);
-  return lines.join('\n') + '\n';
+  return lines.join('\n') + logitsTable(rows) + '\n';
+}
+
+/** Indices of the k largest values. */
+function topK(v: Float32Array, k: number): number[] {
+  return Array.from(v.keys())
+    .sort((a, b) => v[b] - v[a])
+    .slice(0, k);
+}
+
+/**
+ * Each logits row against its model's float32 row, or, where float32 does not fit, against bfloat16 exact
+ * (bit-equal to float32: the fixtures' parity suites, and the 'pvc-8b-l2' rows here at full width).
+ */
+function logitsTable(rows: Record<string, unknown>[]): string {
+  const runs = rows.filter((r) => r.logits && !r.error && typeof r.logits === 'string' && fs.existsSync(r.logits));
+  if (runs.length === 0) return '';
+  const read = (r: Record<string, unknown>) => {
+    const b = fs.readFileSync(r.logits as string);
+    return new Float32Array(b.buffer, b.byteOffset, b.byteLength / 4);
+  };
+  const lines = [
+    '',
+    '',
+    "### Full-size logits against float32 (the PVC image prompt's last position)",
+    '',
+    '| model | mode | reference | prompt tokens | prefill s | peak RSS GB | values differing | relative max error | max abs error | argmax equal | top-5 overlap |',
+    '|---|---|---|---|---|---|---|---|---|---|---|',
+  ];
+  for (const r of runs) {
+    const ref = runs.find((x) => x.model === r.model && x.mode === 'float32') ?? runs.find((x) => x.model === r.model && x.mode === 'bfloat16');
+    if (!ref || ref === r) continue;
+    const [a, b] = [read(r), read(ref)];
+    let differing = 0;
+    let maxAbs = 0;
+    for (let i = 0; i < b.length; i++) {
+      if (a[i] !== b[i]) differing++;
+      maxAbs = Math.max(maxAbs, Math.abs(a[i] - b[i]));
+    }
+    const [ta, tb] = [topK(a, 5), topK(b, 5)];
+    const overlap = ta.filter((i) => tb.includes(i)).length;
+    const refName = ref.mode === 'float32' ? 'float32' : 'bfloat16 exact (for float32)';
+    lines.push(
+      `| ${r.model} | ${r.mode} | ${refName} | ${r.promptTokens} | ${((r.prefillMs as number) / 1000).toFixed(1)} | ${((r.peakRssMB as number) / 1024).toFixed(2)} | ${differing} of ${b.length} | ${relativeMaxError(a, b).toExponential(2)} | ${maxAbs.toExponential(2)} | ${ta[0] === tb[0] ? 'yes' : 'no'} | ${overlap}/5 |`,
+    );
+  }
+  return lines.join('\n');
 }

@@ -1,10 +1,12 @@
 // One full-size chat in a fresh process (so its peak RSS is its own), for `npm run bench -- --suites
 // full-size` (run.ts): load a converted model with a weight mode, then one chat on seeded pixels, timed
 // by stage as chat runs it: vision (pixels -> the LLM's input embeddings), prefill (the first token),
-// decode (the other new tokens). One JSON line on stdout; progress on stderr.
+// decode (the other new tokens). One JSON line on stdout; progress on stderr. With --write-logits it stops
+// after the prefill and writes the logits of the prompt's last position (V float32 values, little-endian)
+// to FILE, for the suite's errors against float32.
 //
 //   npx tsx test/bench/full-size.ts --model DIR --weights bfloat16 [--matmul fast] --chat image|video
-//        [--tiles 13] [--frames 64] [--new-tokens 32] [--write-inputs FILE [--inputs-only]]
+//        [--tiles 13] [--frames 64] [--new-tokens 32] [--write-inputs FILE [--inputs-only]] [--write-logits FILE]
 import * as fs from 'fs';
 import * as tf from '@tensorflow/tfjs';
 import { parseArgs } from 'node:util';
@@ -14,6 +16,7 @@ import { runYielding } from '../../src/event_loop';
 import { writeSafetensors } from '../../src/io/safetensors';
 import { WeightPrecision } from '../../src/io/weights';
 import { generateSteps } from '../../src/generation/generate';
+import { prefill } from '../../src/generation/steps';
 import { PVCModel } from '../../src/pvc_model';
 
 const { values: o } = parseArgs({
@@ -27,6 +30,7 @@ const { values: o } = parseArgs({
     'new-tokens': { type: 'string', default: '32' },
     'write-inputs': { type: 'string' },
     'inputs-only': { type: 'boolean', default: false },
+    'write-logits': { type: 'string' },
   },
 });
 
@@ -112,6 +116,29 @@ async function main() {
   const visionMs = now() - tVision;
   const peakAfterVisionMB = process.resourceUsage().maxRSS / 1024;
   log(`vision ${(visionMs / 1000).toFixed(1)} s`);
+  if (o['write-logits']) {
+    const cache = model.llm.newCache(1);
+    const tPrefill = now();
+    const logits = await prefill(
+      model.llm,
+      cache,
+      { embeds, attentionMask, seenIds: [[model.tokenizer.bosTokenId]] },
+      { prefillChunk: model.limits.prefillChunk },
+    );
+    const prefillMs = now() - tPrefill;
+    const values = (await logits.data()) as Float32Array;
+    tf.dispose([logits, embeds, pixelValues]);
+    cache.dispose();
+    // Written whole to a temporary name, then renamed: never a half-written file under FILE.
+    fs.writeFileSync(`${o['write-logits']}.partial`, new Uint8Array(values.buffer, values.byteOffset, values.byteLength));
+    fs.renameSync(`${o['write-logits']}.partial`, o['write-logits']);
+    log(`prefill ${(prefillMs / 1000).toFixed(1)} s; the prompt's logits written to ${o['write-logits']}`);
+    const row = { backend: 'tensorflow', weights, matmul, oneDNN: process.env.TF_ENABLE_ONEDNN_OPTS ?? '0', chat: o.chat, tiles };
+    const measured = { promptTokens: turn.inputIds.length, loadMs, visionMs, prefillMs, peakRssMB: process.resourceUsage().maxRSS / 1024 };
+    process.stdout.write(JSON.stringify({ ...row, ...measured, logits: o['write-logits'] }) + '\n');
+    model.dispose();
+    return;
+  }
   const steps: number[] = [];
   const stepFaults: number[] = [];
   let peakAfterPrefillMB = 0;
