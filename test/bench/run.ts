@@ -14,7 +14,7 @@
 //                      time against length, a 96-frame video chat, event-loop delay); default both;
 //                      full-size (InternVL2-8B and PVC-InternVL2-8B at real size in each weight mode against
 //                      PyTorch bf16: about an hour, ~65 GB of disk in PVC_FULL_SIZE_CACHE; full-size-suite.ts)
-//   --full-size a,b    only the full-size runs whose "model:chat:mode" contains one of these
+//   --full-size a,b    only the full-size runs whose "model:chat:mode[:logits]" contains one of these
 //   --full-size-fresh  run every full-size row again (default: rows in the cache's results.jsonl are kept)
 import { spawnSync } from 'child_process';
 import * as fs from 'fs';
