@@ -213,7 +213,8 @@ function logitsTable(rows: Record<string, unknown>[]): string {
   if (runs.length === 0) return '';
   const read = (r: Record<string, unknown>) => {
     const b = fs.readFileSync(r.logits as string);
-    return new Float32Array(b.buffer, b.byteOffset, b.byteLength / 4);
+    // A copy: a Buffer's offset in its pool need not be a multiple of 4.
+    return new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
   };
   const lines = [
     '',
