@@ -4,6 +4,7 @@
 // tfjs-node(-gpu) are optional dependencies: their install step downloads libtensorflow, which fails
 // on machines without access to Google's host, and npm then leaves them out. So every candidate is
 // tried, the reason each one was passed over is kept, and the choice is reported once.
+import * as fs from 'fs';
 import * as tf from '@tensorflow/tfjs';
 import { formatAdapter, prepareWebGPUBackend, registerWebGPU, WebGPUAdapterReport } from './webgpu';
 
@@ -172,6 +173,26 @@ export async function initBackend(options: BackendOptions = {}): Promise<Backend
   }
   active = info;
   return info;
+}
+
+/**
+ * Whether this CPU has the instructions libtensorflow's bf16 product runs on (oneDNN's AVX512-BF16 or AMX-BF16
+ * code), from the flags in `cpuinfo` (default: /proc/cpuinfo); undefined where they cannot be read (not
+ * Linux). Without them matmul 'fast' has no fast kernel: oneDNN falls back, and is no faster than 'exact'.
+ */
+export function cpuHasBf16Instructions(cpuinfo?: string): boolean | undefined {
+  let text = cpuinfo;
+  if (text === undefined) {
+    try {
+      text = fs.readFileSync('/proc/cpuinfo', 'utf8');
+    } catch {
+      return undefined;
+    }
+  }
+  const flags = /^flags\s*:(.*)$/m.exec(text);
+  if (!flags) return undefined;
+  const set = new Set(flags[1].trim().split(/\s+/));
+  return set.has('avx512_bf16') || set.has('amx_bf16');
 }
 
 /**

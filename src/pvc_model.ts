@@ -2,7 +2,7 @@
 // chat(), batch_chat(), a streaming chat (src/chat/) and layer inspection (src/inspect/). Each method
 // is the function of that folder applied to this model and its own tokenizer (or options.tokenizer).
 import type * as tf from '@tensorflow/tfjs';
-import { BackendName, initBackend } from './backend';
+import { BackendInfo, BackendName, cpuHasBf16Instructions, initBackend } from './backend';
 import {
   answerOf,
   chatGenerationConfig,
@@ -61,6 +61,7 @@ export class PVCModel extends VisionLanguageModel implements ChatModel {
     const backend = await initBackend({ backend: options.backend });
     const config = loadConfig(dir);
     checkFits(dir, backend.name, precision, matmul);
+    if (matmul === 'fast') warnIfNoBf16Kernel(backend);
     const kernels = kernelsFor(backend.name, matmul);
     // Held weights that Linear wants as [out, in] are transposed as they load (one copy, never two).
     const transpose = kernels.linearLayout === 'out-in' ? readByLinear : undefined;
@@ -212,6 +213,20 @@ function checkFits(dir: string, backend: BackendName, precision: WeightPrecision
         `use the tensorflow backend, with weights 'bfloat16' (${(bytes / 2 ** 31).toFixed(1)} GiB) or 'int8' where memory is short`,
     );
   }
+}
+
+/**
+ * matmul 'fast' on a CPU without AVX512-BF16 or AMX-BF16 loads and runs, but slower than 'exact': oneDNN has
+ * no bf16 product there and falls back (measured on an AVX2 machine: the decode product at exact's speed,
+ * the full-size prefill 2.8x slower). Said once per load, as a Node warning (process.on('warning')).
+ */
+function warnIfNoBf16Kernel(backend: BackendInfo): void {
+  if (backend.name !== 'tensorflow' || !backend.device?.startsWith('CPU') || cpuHasBf16Instructions() !== false) return;
+  process.emitWarning(
+    "matmul 'fast' on a CPU without AVX512-BF16 or AMX-BF16 (/proc/cpuinfo): libtensorflow has no fast bf16 product here " +
+      "and runs slower than matmul 'exact', which also gives float32's numbers; load with matmul 'exact' (README, \"Weights in memory\")",
+    { type: 'PVCPerformanceWarning', code: 'PVC_FAST_WITHOUT_BF16' },
+  );
 }
 
 export interface InspectionReport {

@@ -6,7 +6,7 @@ import * as path from 'path';
 import { DoctorReport, formatReport, SELF_CHECK_TOLERANCE } from '../src/cli/doctor';
 import doctorModel from '../src/cli/doctor-model.json';
 import { main } from '../src/cli/main';
-import { BACKEND_NAMES } from '../src/backend';
+import { BACKEND_NAMES, cpuHasBf16Instructions } from '../src/backend';
 import { captureOutput, convertFixture, readJson } from './helpers';
 
 const output = captureOutput();
@@ -35,6 +35,7 @@ test('pvc doctor --json reports versions, every backend, memory, and a passing s
   const webgpu = report.backends.find((b) => b.name === 'webgpu')!;
   expect(report.webgpu.startsWith('none: ')).toBe(!webgpu.available);
   expect(report.memory.totalBytes).toBe(os.totalmem());
+  expect(report.cpu).toEqual({ model: os.cpus()[0].model, cores: os.cpus().length, bf16: cpuHasBf16Instructions() });
   expect(report.active).toMatchObject({ name: 'wasm', reason: 'requested by the backend option' });
   const check = report.selfCheck!;
   expect(check).toMatchObject({ backend: 'wasm', reference: 'cpu', passed: true, tolerance: SELF_CHECK_TOLERANCE });
@@ -47,6 +48,7 @@ test('pvc doctor --json reports versions, every backend, memory, and a passing s
   for (const name of BACKEND_NAMES) expect(text).toMatch(new RegExp(`^  ${name} +(available|unavailable): `, 'm'));
   expect(text).toMatch(/^webgpu adapter: /m);
   expect(text).toMatch(/^memory: [0-9.]+ GiB total/m);
+  expect(text).toMatch(/^cpu: .+, [0-9]+ cores; (bf16 instructions unknown|AVX512-BF16 or AMX-BF16: |no AVX512-BF16 or AMX-BF16: )/m);
   expect(text).toMatch(/\nself-check: PASS$/);
 });
 

@@ -9,7 +9,7 @@ import * as os from 'os';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs';
 import { convertCheckpoint } from '../converter/convert';
-import { initBackend } from '../src/backend';
+import { cpuHasBf16Instructions, initBackend } from '../src/backend';
 import { generateForRows } from '../src/chat/chat';
 import { bf16ToF32, f32ToBf16 } from '../src/io/safetensors';
 import { HeldMatrix, openWeights, quantizeInt8, readManifest, Weights } from '../src/io/weights';
@@ -42,6 +42,16 @@ test('f32ToBf16 rounds to nearest even and keeps specials', () => {
   const all = new Uint16Array(65536).map((_, i) => i);
   const back = f32ToBf16(bf16ToF32(all));
   expect(all.every((b, i) => back[i] === b || ((b & 0x7f80) === 0x7f80 && (b & 0x7f) !== 0))).toBe(true);
+});
+
+test("cpuHasBf16Instructions reads /proc/cpuinfo's flags: AVX512-BF16 or AMX-BF16, whole words", () => {
+  const cpu = (flags: string) => `processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: ${flags}\nbugs\t\t: sysret_ss_attrs\n`;
+  expect(cpuHasBf16Instructions(cpu('fpu sse2 avx avx2 fma'))).toBe(false);
+  expect(cpuHasBf16Instructions(cpu('avx2 avx512f avx512bw avx512_vnni'))).toBe(false);
+  expect(cpuHasBf16Instructions(cpu('avx2 avx512f avx512_bf16 avx512_fp16'))).toBe(true);
+  expect(cpuHasBf16Instructions(cpu('avx2 amx_bf16 amx_tile amx_int8'))).toBe(true);
+  expect(cpuHasBf16Instructions(cpu('avx2 xavx512_bf16'))).toBe(false);
+  expect(cpuHasBf16Instructions('processor\t: 0\nFeatures\t: fp asimd\n')).toBeUndefined();
 });
 
 test('quantizeInt8: per-column scales, values within half a step', () => {
@@ -261,6 +271,19 @@ onTensorflow('weights held in bfloat16 and int8 (tensorflow backend)', () => {
     for (const options of [{ weights: 'bfloat16' }, { weights: 'bfloat16', matmul: 'fast' }, { weights: 'int8' }] as LoadOptions[])
       await run('tiny-pvc', { backend, ...options });
     expect({ tensors: tf.memory().numTensors, handles: binding.getNumOfTensors() }).toEqual({ tensors, handles });
+  }, 120_000);
+
+  test("matmul 'fast' warns at load on a CPU without bf16 instructions, and only there", async () => {
+    const warn = jest.spyOn(process, 'emitWarning').mockImplementation(() => undefined);
+    try {
+      for (const matmul of ['fast', 'exact'] as const) (await PVCModel.load(dirs.get('tiny-internvl2')!, { backend, weights: 'bfloat16', matmul })).dispose();
+      const codes = warn.mock.calls.map((c) => (c[1] as { code?: string } | undefined)?.code);
+      // This machine's own flags decide which is right (a CUDA build on a GPU would not warn either).
+      const onCpu = (await initBackend({ backend, log: null })).device?.startsWith('CPU');
+      expect(codes).toEqual(onCpu && cpuHasBf16Instructions() === false ? ['PVC_FAST_WITHOUT_BF16'] : []);
+    } finally {
+      warn.mockRestore();
+    }
   }, 120_000);
 
   test('refuses what cannot work, naming the alternative', async () => {

@@ -17,7 +17,7 @@
 import * as os from 'os';
 import * as fs from 'fs';
 import * as tf from '@tensorflow/tfjs';
-import { BACKEND_NAMES, BackendInfo, BackendName, initBackend } from '../backend';
+import { BACKEND_NAMES, BackendInfo, BackendName, cpuHasBf16Instructions, initBackend } from '../backend';
 import { validateConfig } from '../config';
 import { Weights } from '../io/weights';
 import { kernelsFor } from '../model/kernels';
@@ -56,6 +56,8 @@ export interface DoctorReport {
   tensorflow?: { provider?: string; libtensorflow?: string; cudaDevice: boolean; nvidiaDriver?: string };
   webgpu: string;
   memory: { totalBytes: number; freeBytes: number; rssBytes: number; gpus: string[] };
+  /** The CPU, and whether it has the bf16 instructions `--matmul fast` needs on the CPU (undefined: unknown, not Linux). */
+  cpu: { model: string; cores: number; bf16: boolean | undefined };
   active?: BackendInfo;
   selfCheck?: SelfCheck;
 }
@@ -236,6 +238,7 @@ export async function doctor(options: { backend?: BackendName; selfCheck?: boole
     backends: [],
     webgpu: '',
     memory: { totalBytes: os.totalmem(), freeBytes: os.freemem(), rssBytes: process.memoryUsage().rss, gpus: nvidiaGpus() },
+    cpu: { model: os.cpus()[0]?.model ?? 'unknown', cores: os.cpus().length, bf16: cpuHasBf16Instructions() },
   };
   // First the backend a model load would choose (--backend, PVC_BACKEND, else the automatic order), with
   // its reason; then every backend is probed; then the chosen one is made active again.
@@ -300,6 +303,13 @@ export function formatReport(r: DoctorReport): string {
     `memory: ${gib(r.memory.totalBytes)} total, ${gib(r.memory.freeBytes)} free; GPUs: ${r.memory.gpus.length ? r.memory.gpus.join('; ') : 'none listed by nvidia-smi'}`,
   );
   lines.push('  (PVC-InternVL2-8B in float32: about 32 GB of weights, plus the KV cache, 256 KiB per token, and activations; see the README)');
+  const bf16 =
+    r.cpu.bf16 === undefined
+      ? 'bf16 instructions unknown (no /proc/cpuinfo)'
+      : r.cpu.bf16
+        ? 'AVX512-BF16 or AMX-BF16: --matmul fast has its bf16 kernels'
+        : 'no AVX512-BF16 or AMX-BF16: on the CPU use --matmul exact, fast has no bf16 kernel here';
+  lines.push(`cpu: ${r.cpu.model}, ${r.cpu.cores} cores; ${bf16}`);
   if (r.active) {
     const detail = [r.active.provider, r.active.device].filter((s) => s).join(', ');
     lines.push(`active backend: ${r.active.name}${detail ? ` (${detail})` : ''} (${r.active.reason})`);
