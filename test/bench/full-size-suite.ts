@@ -118,7 +118,9 @@ export function fullSizeSuite(tsx: string, python: string, upstream: string | un
     fs.appendFileSync(jsonl, JSON.stringify(row) + '\n');
   };
   const done = new Set(kept.filter((r) => !r.error).map(key));
-  const runs = FULL_SIZE_RUNS.filter((r) => (!only || only.some((o) => key(r).includes(o))) && !done.has(key(r)));
+  // A filter matches whole parts of a key: "bfloat16" is not "bfloat16-fast", "pvc-8b" not "pvc-8b-l2".
+  const chosen = (r: FullSizeRun) => !only || only.some((o) => `:${key(r)}:`.includes(`:${o}:`));
+  const runs = FULL_SIZE_RUNS.filter((r) => chosen(r) && !done.has(key(r)));
   const models = new Map<string, ReturnType<typeof prepared>>();
   for (const run of runs) {
     if (!models.has(run.model)) {

@@ -14,7 +14,8 @@
 //                      time against length, a 96-frame video chat, event-loop delay); default both;
 //                      full-size (InternVL2-8B and PVC-InternVL2-8B at real size in each weight mode against
 //                      PyTorch bf16: about an hour, ~65 GB of disk in PVC_FULL_SIZE_CACHE; full-size-suite.ts)
-//   --full-size a,b    only the full-size runs whose "model:chat:mode[:logits]" contains one of these
+//   --full-size a,b    only the full-size runs whose "model:chat:mode[:logits]" holds one of these as whole
+//                      parts ("logits", "pvc-8b:video", "internvl2-8b:image:bfloat16": exact mode, not fast)
 //   --full-size-fresh  run every full-size row again (default: rows in the cache's results.jsonl are kept)
 import { spawnSync } from 'child_process';
 import * as fs from 'fs';
