@@ -1,8 +1,12 @@
 // The full-size suite of `npm run bench -- --suites full-size`: InternVL2-8B and PVC-InternVL2-8B at their
 // real size (synthetic random bf16 weights, test/bench/synthetic-checkpoint.ts), converted with
 // `pvc-convert --dtype bfloat16`, then one process per chat (full-size.ts) for each weight mode on the
-// tensorflow backend, and upstream PyTorch in bf16 on the InternVL2-8B checkpoint with the same pixels and
-// prompt ids (full_size_torch.py; upstream has no PVC modeling, so the PVC runs have no PyTorch row).
+// tensorflow backend, and PyTorch in bf16 on the same checkpoint, pixels and prompt ids (full_size_torch.py:
+// upstream's InternVL2; for PVC, which has no upstream modeling, PVC spec v0 in PyTorch on upstream's classes,
+// test/reference/pvc_spec.py). The 64-frame video is compared at full width with 2 LLM layers ('pvc-8b-l2'),
+// which bf16 PyTorch runs here in well under an hour. At 32 layers eager PyTorch would also hold a layer's
+// attention scores whole ([32 heads, 4683, 4683], 2.8 GB in float32 for its softmax) beside 16.2 GB of
+// weights: not tried on a 24 GiB machine.
 // float32 does not fit this machine (8.08B x 4 bytes = 32 GB): its rows say so instead of running.
 // The full-size logits' error against float32 (the last position of the PVC image prompt, after the
 // prefill): bfloat16 exact stands for float32 there, once 'pvc-8b-l2' (the same model at full width with 2
@@ -49,6 +53,9 @@ export const FULL_SIZE_RUNS: FullSizeRun[] = [
   { model: 'internvl2-8b', chat: 'image', mode: 'bfloat16' },
   { model: 'pvc-8b', chat: 'video', mode: 'bfloat16' },
   { model: 'pvc-8b', chat: 'image', mode: 'bfloat16-fast' },
+  { model: 'pvc-8b-l2', chat: 'video', mode: 'pytorch-bfloat16' },
+  { model: 'pvc-8b-l2', chat: 'video', mode: 'bfloat16' },
+  { model: 'pvc-8b-l2', chat: 'video', mode: 'bfloat16-fast' },
   { model: 'pvc-8b-l2', chat: 'image', mode: 'float32', logits: true },
   { model: 'pvc-8b-l2', chat: 'image', mode: 'bfloat16', logits: true },
   { model: 'pvc-8b', chat: 'image', mode: 'bfloat16', logits: true },
@@ -129,7 +136,7 @@ export function fullSizeSuite(tsx: string, python: string, upstream: string | un
       if (convertMs !== undefined) record({ model: run.model, measure: 'convert', convertMs });
     }
     const { hf, converted } = models.get(run.model)!;
-    const inputs = path.join(cache, `${run.model}-image-inputs.safetensors`);
+    const inputs = path.join(cache, `${run.model}-${run.chat}-inputs.safetensors`);
     log(key(run));
     if (run.mode === 'float32' && LLM_LAYERS[run.model] === 32) {
       record({ ...run, skipped: `8.08B float32 weights need 32.3 GB; this machine has ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB` });
@@ -141,13 +148,30 @@ export function fullSizeSuite(tsx: string, python: string, upstream: string | un
         continue;
       }
       if (!fs.existsSync(inputs)) {
-        // The tfjs side writes the pixels and prompt ids both sides read (its first run does it too).
-        const args = [path.join(__dirname, 'full-size.ts'), '--model', converted, '--chat', run.chat, '--write-inputs', inputs, '--inputs-only'];
-        spawnSync(tsx, args, { stdio: ['ignore', 'ignore', 'inherit'] });
+        // The tfjs side writes the pixels and prompt ids both sides read (its first run does it too). It
+        // loads the model to build the prompt: in bfloat16, as float32 would not fit.
+        const args = [
+          path.join(__dirname, 'full-size.ts'),
+          '--model',
+          converted,
+          '--weights',
+          'bfloat16',
+          '--chat',
+          run.chat,
+          '--write-inputs',
+          inputs,
+          '--inputs-only',
+        ];
+        const w = spawnSync(tsx, args, { stdio: ['ignore', 'ignore', 'inherit'] });
+        if (w.status !== 0 || !fs.existsSync(inputs)) {
+          record({ ...run, error: `writing the inputs failed (full-size.ts --inputs-only: ${w.signal ?? `exit ${w.status}`})` });
+          continue;
+        }
       }
+      const pvc = run.model === 'internvl2-8b' ? [] : ['--pvc', '--data-flag', run.chat === 'video' ? '3' : '1'];
       const r = spawnSync(
         python,
-        [path.join(__dirname, 'full_size_torch.py'), '--upstream', upstream, '--model', hf, '--inputs', inputs, '--dtype', 'bfloat16'],
+        [path.join(__dirname, 'full_size_torch.py'), '--upstream', upstream, '--model', hf, '--inputs', inputs, '--dtype', 'bfloat16', ...pvc],
         {
           encoding: 'utf8',
           maxBuffer: 1 << 26,
@@ -160,7 +184,7 @@ export function fullSizeSuite(tsx: string, python: string, upstream: string | un
     const m = MODES[run.mode];
     const args = [path.join(__dirname, 'full-size.ts'), '--model', converted, '--weights', m.weights, '--matmul', m.matmul, '--chat', run.chat];
     if (run.logits) args.push('--write-logits', path.join(cache, `${key(run).replace(/:/g, '-')}.f32`));
-    else if (run.model === 'internvl2-8b' && !fs.existsSync(inputs)) args.push('--write-inputs', inputs);
+    else if (!fs.existsSync(inputs)) args.push('--write-inputs', inputs);
     const r = spawnSync(tsx, args, { encoding: 'utf8', maxBuffer: 1 << 26, env: { ...process.env, ...m.env }, stdio: ['ignore', 'pipe', 'inherit'] });
     record({ ...run, ...lastJson(r) });
   }
@@ -169,9 +193,9 @@ export function fullSizeSuite(tsx: string, python: string, upstream: string | un
 
 export function fullSizeTable(rows: Record<string, unknown>[]): string {
   const f = (v: unknown, digits = 1) => (typeof v === 'number' ? v.toFixed(digits) : '-');
-  const torch = rows.find((r) => r.mode === 'pytorch-bfloat16' && !r.error);
   const vs = (r: Record<string, unknown>, key: string, higherIsBetter = false) => {
-    if (!torch || r === torch || r.model !== 'internvl2-8b' || typeof r[key] !== 'number' || typeof torch[key] !== 'number') return '';
+    const torch = rows.find((x) => x.mode === 'pytorch-bfloat16' && !x.error && x.model === r.model && x.chat === r.chat);
+    if (!torch || r === torch || typeof r[key] !== 'number' || typeof torch[key] !== 'number') return '';
     const x = higherIsBetter ? (r[key] as number) / (torch[key] as number) : (torch[key] as number) / (r[key] as number);
     return ` (${x.toFixed(2)}x)`;
   };

@@ -38,7 +38,8 @@ class TimeEmbedder(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(TIME_FREQ_DIM, width), nn.SiLU(), nn.Linear(width, width))
 
     def forward(self, t):
-        return self.mlp(timestep_features(t))
+        # The features are computed in float32; a bf16 model (the full-size bench) takes them in its dtype.
+        return self.mlp(timestep_features(t).to(self.mlp[0].weight.dtype))
 
 
 class TemporalAttention(nn.Module):
