@@ -178,7 +178,7 @@ export async function initBackend(options: BackendOptions = {}): Promise<Backend
 /**
  * Whether this CPU has the instructions libtensorflow's bf16 product runs on (oneDNN's AVX512-BF16 or AMX-BF16
  * code), from the flags in `cpuinfo` (default: /proc/cpuinfo); undefined where they cannot be read (not
- * Linux). Without them matmul 'fast' has no fast kernel: oneDNN falls back, and is no faster than 'exact'.
+ * Linux). Without them matmul 'fast' has no fast kernel: oneDNN falls back, and runs slower than 'exact'.
  */
 export function cpuHasBf16Instructions(cpuinfo?: string): boolean | undefined {
   let text = cpuinfo;
