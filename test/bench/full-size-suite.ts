@@ -4,9 +4,9 @@
 // tensorflow backend, and PyTorch in bf16 on the same checkpoint, pixels and prompt ids (full_size_torch.py:
 // upstream's InternVL2; for PVC, which has no upstream modeling, PVC spec v0 in PyTorch on upstream's classes,
 // test/reference/pvc_spec.py). The 64-frame video is compared at full width with 2 LLM layers ('pvc-8b-l2'),
-// which bf16 PyTorch runs here in well under an hour. At 32 layers eager PyTorch would also hold a layer's
-// attention scores whole ([32 heads, 4683, 4683], 2.8 GB in float32 for its softmax) beside 16.2 GB of
-// weights: not tried on a 24 GiB machine.
+// which keeps PyTorch's prefill short (its vision stays full size: on an AVX2 CPU, over an hour). At 32
+// layers eager PyTorch would also hold a layer's attention scores whole ([32 heads, 4683, 4683], 2.8 GB in
+// float32 for its softmax) beside 16.2 GB of weights: not tried on a 24 GiB machine.
 // float32 does not fit this machine (8.08B x 4 bytes = 32 GB): its rows say so instead of running.
 // The full-size logits' error against float32 (the last position of the PVC image prompt, after the
 // prefill): bfloat16 exact stands for float32 there, once 'pvc-8b-l2' (the same model at full width with 2
